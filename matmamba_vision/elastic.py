@@ -1,0 +1,72 @@
+"""Elastic inference: standalone submodels, and parameter and FLOP counts at any granularity."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .models.matmamba_vision import Granularity, MatMambaVision
+
+__all__ = ["extract_submodel", "count_params", "count_flops", "EMBEDDING_PREFIXES"]
+
+EMBEDDING_PREFIXES = ("patch_embed.", "pos_embed", "cls_token")
+
+
+def _active_state_dict(model: MatMambaVision, granularity: Granularity) -> dict:
+    """The model's weights active at ``granularity``, as views, keyed as a submodel's state dict."""
+    dims = model.resolve_granularity(granularity)
+    state = {k: v for k, v in model.state_dict().items() if ".mixer." not in k}
+    for i, (blk, g) in enumerate(zip(model.layers, dims)):
+        for name, t in blk.mixer.sliced_parameters(g).items():
+            state[f"layers.{i}.mixer.{name}"] = t.detach()
+    return state
+
+
+def extract_submodel(model: MatMambaVision, granularity: Granularity) -> MatMambaVision:
+    """A standalone model holding only the weights active at ``granularity`` (int or per-layer list).
+
+    Its outputs equal the nested model's at that granularity; it is itself elastic (smaller granularities
+    remain nested inside it), and its ``model_args`` (``mixer_dims`` per block) rebuild it.
+    """
+    dims = model.resolve_granularity(granularity)
+    args = dict(model.model_args)
+    args["mixer_dims"] = [g or blk.mixer.max_granularity for g, blk in zip(dims, model.layers)]
+    sub = MatMambaVision(**args)
+    sub.load_state_dict({k: v.clone() for k, v in _active_state_dict(model, dims).items()})
+    sub.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    sub.train(model.training)
+    p = next(model.parameters())
+    return sub.to(device=p.device, dtype=p.dtype)
+
+
+def count_params(model: MatMambaVision, granularity: Granularity = None, exclude_embedding: bool = False) -> int:
+    """Parameters active at ``granularity``; ``exclude_embedding`` drops patch/position embeddings and [CLS]."""
+    state = _active_state_dict(model, granularity)
+    names = {n for n, _ in model.named_parameters()} | {k for k in state if ".mixer." in k}
+    return sum(
+        t.numel() for k, t in state.items()
+        if k in names and not (exclude_embedding and k.startswith(EMBEDDING_PREFIXES))
+    )
+
+
+@torch.no_grad()
+def count_flops(model: MatMambaVision, granularity: Granularity = None, img_size: Optional[int] = None) -> int:
+    """FLOPs (2 per multiply-add) of one image's forward at ``granularity``, by torch's flop counter.
+
+    Counts matrix products and convolutions (the patch embedding, projections, the SSD's products, head);
+    elementwise work is not counted. ``img_size`` defaults to the model's; other sizes need
+    ``dynamic_img_size=True``.
+    """
+    size = img_size or model.patch_embed.img_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    p = next(model.parameters())
+    x = torch.zeros(1, model.in_chans, *size, device=p.device, dtype=p.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with model.granularity(granularity), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())

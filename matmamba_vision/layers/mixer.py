@@ -1,0 +1,175 @@
+"""The MatMamba2 mixer: a Mamba2 mixer whose inner width is nested.
+
+At granularity ``g`` a layer uses ``expand * g`` inner channels (``expand * g / headdim`` heads). Weights are
+stored so that every granularity's weights are contiguous leading rows, so a nested forward slices views
+and copies no weight:
+
+- ``xbc_proj.weight``: rows ``[B (groups*d_state), C (groups*d_state), x (d_inner)]``;
+- ``zdt_proj.weight``: per head, ``headdim`` rows of ``z`` then that head's ``dt`` row;
+- ``conv.weight`` (channels, d_conv) and ``conv.bias``: channels ``[B, C, x]``;
+- ``dt_bias``, ``A_log``, ``D`` per head; ``norm.weight`` and ``out_proj`` columns per inner channel.
+
+:func:`matmamba_vision.models.convert_official_state_dict` maps the official layout onto this one.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops.ssd import check_ssd_backend, ssd_scan
+from .gated_norm import GatedRMSNorm
+
+__all__ = ["MatMamba2Mixer", "causal_depthwise_conv1d"]
+
+
+def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Depthwise causal conv over the sequence of ``x`` (batch, seqlen, channels); ``weight`` (channels, k).
+
+    Output ``t`` sees inputs ``t-k+1 .. t`` (zeros before the start), as ``nn.Conv1d`` with ``padding=k-1``
+    cut to the first ``seqlen`` outputs. Channels-last shifted sums: no transposes, cheap backward.
+    """
+    seqlen, k = x.shape[1], weight.shape[1]
+    xp = F.pad(x, (0, 0, k - 1, 0))
+    out = torch.addcmul(bias, xp[:, :seqlen], weight[:, 0])
+    for i in range(1, k):
+        out = out.addcmul(xp[:, i:i + seqlen], weight[:, i])
+    return out
+
+
+class CausalConv(nn.Module):
+    """Parameters of the depthwise causal conv (channels, kernel) and (channels,)."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(channels, kernel_size))
+        self.bias = nn.Parameter(torch.empty(channels))
+        bound = 1.0 / math.sqrt(kernel_size)  # nn.Conv1d's default init for a depthwise conv
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+
+class MatMamba2Mixer(nn.Module):
+    """Mamba2 mixer with nested (Matryoshka) inner width.
+
+    Args:
+        dim: residual width D.
+        max_granularity: the largest granularity g this layer holds (D for a full model; less for an
+            extracted submodel). Inner width is ``expand * max_granularity``.
+        d_state, expand, headdim, d_conv, chunk_size, ngroups: Mamba2's SSM settings.
+        proj_drop: dropout on the input projection's output and on the mixer's output.
+        ssd_backend: see :func:`matmamba_vision.ops.ssd.ssd_scan`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        max_granularity: Optional[int] = None,
+        d_state: int = 128,
+        expand: int = 2,
+        headdim: Optional[int] = None,
+        d_conv: int = 4,
+        chunk_size: int = 256,
+        ngroups: int = 1,
+        proj_drop: float = 0.0,
+        norm_eps: float = 1e-5,
+        ssd_backend: str = "auto",
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        A_init_range=(1.0, 16.0),
+    ):
+        super().__init__()
+        self.dim = dim
+        self.max_granularity = max_granularity or dim
+        self.expand = expand
+        self.headdim = headdim or dim // 32
+        self.d_state = d_state
+        self.ngroups = ngroups
+        self.chunk_size = chunk_size
+        self.ssd_backend = check_ssd_backend(ssd_backend)
+        self.d_inner = expand * self.max_granularity
+        if self.headdim <= 0 or self.d_inner % self.headdim:
+            raise ValueError(f"headdim ({self.headdim}) must divide expand * max_granularity ({self.d_inner})")
+        self.nheads = self.d_inner // self.headdim
+        if self.nheads % ngroups:
+            raise ValueError(f"ngroups ({ngroups}) must divide the number of heads ({self.nheads})")
+        self.n_bc = 2 * ngroups * d_state
+        self.active_granularity: Optional[int] = None  # None: full width
+
+        self.xbc_proj = nn.Linear(dim, self.n_bc + self.d_inner, bias=False)
+        self.zdt_proj = nn.Linear(dim, self.nheads * (self.headdim + 1), bias=False)
+        self.conv = CausalConv(self.n_bc + self.d_inner, d_conv)
+        dt = torch.exp(torch.rand(self.nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(*A_init_range)))
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        self.norm = GatedRMSNorm(self.d_inner, eps=norm_eps)
+        self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def granularity_step(self) -> int:
+        """The smallest valid granularity; every valid one is a multiple of it."""
+        unit = self.headdim * self.ngroups  # expand * g must fill whole heads, in whole groups
+        return unit // math.gcd(unit, self.expand)
+
+    def check_granularity(self, g: Optional[int]) -> Optional[int]:
+        """Return ``g`` if this layer can run at it (None = full width), else raise ValueError."""
+        if g is None:
+            return None
+        step = self.granularity_step()
+        if isinstance(g, bool) or not isinstance(g, numbers.Integral) or not 0 < g <= self.max_granularity or g % step:
+            raise ValueError(
+                f"granularity must be a multiple of {step} in [{step}, {self.max_granularity}] "
+                f"(expand * g divisible by headdim={self.headdim} x ngroups={self.ngroups}), got {g!r}"
+            )
+        return int(g)
+
+    def sliced_parameters(self, g: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """Views of the parameters active at granularity ``g``, keyed as in ``state_dict``."""
+        g = self.check_granularity(g) or self.max_granularity
+        di = self.expand * g
+        h = di // self.headdim
+        nc = self.n_bc + di
+        return {
+            "xbc_proj.weight": self.xbc_proj.weight[:nc],
+            "zdt_proj.weight": self.zdt_proj.weight[: h * (self.headdim + 1)],
+            "conv.weight": self.conv.weight[:nc],
+            "conv.bias": self.conv.bias[:nc],
+            "dt_bias": self.dt_bias[:h],
+            "A_log": self.A_log[:h],
+            "D": self.D[:h],
+            "norm.weight": self.norm.weight[:di],
+            "out_proj.weight": self.out_proj.weight[:, :di],
+        }
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """(batch, seqlen, dim) -> (batch, seqlen, dim), at ``self.active_granularity``."""
+        b, seqlen, _ = u.shape
+        w = self.sliced_parameters(self.active_granularity)
+        h = w["A_log"].shape[0]
+        p, gn = self.headdim, self.ngroups * self.d_state
+
+        xbc = self.proj_drop(F.linear(u, w["xbc_proj.weight"]))
+        zdt = self.proj_drop(F.linear(u, w["zdt_proj.weight"])).view(b, seqlen, h, p + 1)
+        xbc = F.silu(causal_depthwise_conv1d(xbc, w["conv.weight"], w["conv.bias"]))
+        B, C, x = torch.split(xbc, [gn, gn, h * p], dim=-1)
+        x = x.view(b, seqlen, h, p)
+        z, dt = zdt[..., :p], zdt[..., p]
+        dt = F.softplus(dt.float() + w["dt_bias"].float())
+        A = -torch.exp(w["A_log"].float())
+        y = ssd_scan(
+            x, dt, A,
+            B.view(b, seqlen, self.ngroups, self.d_state),
+            C.view(b, seqlen, self.ngroups, self.d_state),
+            chunk_size=self.chunk_size,
+            backend=self.ssd_backend,
+        )
+        y = y + x * w["D"].to(x.dtype).unsqueeze(-1)
+        y = self.norm(y.flatten(2), z.flatten(2), weight=w["norm.weight"])
+        return self.proj_drop(F.linear(y, w["out_proj.weight"]))

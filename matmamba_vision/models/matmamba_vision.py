@@ -1,0 +1,390 @@
+"""MatMamba-Vision: a ViT-like trunk of nested-width Mamba2 blocks, as a timm model."""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, PatchEmbed, resample_abs_pos_embed
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint
+
+from ..layers import MatMamba2Mixer
+from .convert import convert_official_state_dict
+
+__all__ = ["MatMambaVision", "MatMambaBlock", "checkpoint_filter_fn", "Granularity"]
+
+Granularity = Union[None, int, Sequence[Optional[int]]]
+GLOBAL_POOLS = ("token", "avg", "")
+
+
+class MatMambaBlock(nn.Module):
+    """``residual = h + residual; h = drop_path(mixer(norm(residual)))`` (add -> norm -> mixer, no MLP)."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0, norm_eps: float = 1e-5, **mixer_kwargs):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.mixer = MatMamba2Mixer(dim, norm_eps=norm_eps, **mixer_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self, hidden: torch.Tensor, residual: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        residual = hidden if residual is None else hidden + residual
+        return self.drop_path(self.mixer(self.norm(residual))), residual
+
+
+class MatMambaVision(nn.Module):
+    """MatMamba-Vision classifier. The [CLS] token is a suffix: with a causal scan only the last token sees
+    every patch.
+
+    Nested widths: :meth:`set_granularity` (one g for every block or one per block) and the
+    :meth:`granularity` context manager choose the inner width each block runs at.
+    """
+
+    def __init__(
+        self,
+        img_size: Union[int, Tuple[int, int]] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "token",
+        embed_dim: int = 512,
+        depth: int = 20,
+        d_state: int = 128,
+        expand: int = 2,
+        headdim: Optional[int] = None,
+        d_conv: int = 4,
+        chunk_size: int = 256,
+        ngroups: int = 1,
+        mixer_dims: Optional[Sequence[int]] = None,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        norm_eps: float = 1e-5,
+        dynamic_img_size: bool = False,
+        ssd_backend: str = "auto",
+    ):
+        super().__init__()
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+        if mixer_dims is not None and len(mixer_dims) != depth:
+            raise ValueError(f"mixer_dims needs one entry per block ({depth}), got {len(mixer_dims)}")
+        headdim = headdim or embed_dim // 32
+        mixer_dims = [int(d) for d in mixer_dims] if mixer_dims is not None else [embed_dim] * depth
+        self.model_args: Dict[str, Any] = dict(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            global_pool=global_pool, embed_dim=embed_dim, depth=depth, d_state=d_state, expand=expand,
+            headdim=headdim, d_conv=d_conv, chunk_size=chunk_size, ngroups=ngroups, mixer_dims=mixer_dims,
+            drop_rate=drop_rate, proj_drop_rate=proj_drop_rate, drop_path_rate=drop_path_rate,
+            norm_eps=norm_eps, dynamic_img_size=dynamic_img_size, ssd_backend=ssd_backend,
+        )
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, bias=True,
+            strict_img_size=False, output_fmt="NHWC" if dynamic_img_size else None,
+        )
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, embed_dim) * 0.02)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.layers = nn.ModuleList(
+            MatMambaBlock(
+                embed_dim, drop_path=dpr[i], norm_eps=norm_eps, max_granularity=mixer_dims[i], d_state=d_state,
+                expand=expand, headdim=headdim, d_conv=d_conv, chunk_size=chunk_size, ngroups=ngroups,
+                proj_drop=proj_drop_rate, ssd_backend=ssd_backend,
+            )
+            for i in range(depth)
+        )
+        self.norm_f = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.feature_info = [
+            dict(module=f"layers.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)
+        ]
+        self._init_weights(depth)
+
+    def _init_weights(self, depth: int) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        for blk in self.layers:
+            w = blk.mixer.out_proj.weight
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            with torch.no_grad():
+                w.div_(math.sqrt(depth))
+
+    # ----------------------------------------------------------------- timm model API
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """The SSM's per-head parameters (A_log, D, dt_bias); all other 1-D params are excluded by timm."""
+        return {f"layers.{i}.mixer.{n}" for i in range(len(self.layers)) for n in ("A_log", "D", "dt_bias")}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r"^cls_token|^pos_embed|^patch_embed",
+            blocks=[(r"^layers\.(\d+)", None), (r"^norm_f", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.model_args.update(num_classes=num_classes, global_pool=self.global_pool)
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    # ----------------------------------------------------------------- granularity
+    @property
+    def granularities(self) -> List[Optional[int]]:
+        """The granularity each block runs at now (None = that block's full width)."""
+        return [blk.mixer.active_granularity for blk in self.layers]
+
+    @property
+    def matryoshka_levels(self) -> List[int]:
+        """The trained levels D, D/2, D/4, D/8 that every block of this model can run at."""
+        levels = []
+        for m in (1, 2, 4, 8):
+            g = self.embed_dim // m
+            try:
+                self.resolve_granularity(g)
+            except ValueError:
+                continue
+            levels.append(g)
+        return levels
+
+    def resolve_granularity(self, granularity: Granularity) -> List[Optional[int]]:
+        """One checked granularity per block from None, an int, or a per-block list; ValueError if invalid."""
+        n = len(self.layers)
+        if granularity is None or (isinstance(granularity, int) and not isinstance(granularity, bool)):
+            dims = [granularity] * n
+        elif isinstance(granularity, (list, tuple)):
+            if len(granularity) != n:
+                raise ValueError(
+                    f"a per-layer granularity list needs one entry per block ({n}), got {len(granularity)}"
+                )
+            dims = list(granularity)
+        else:
+            raise ValueError(f"granularity must be None, an int, or a list of {n} ints, got {granularity!r}")
+        out = []
+        for i, (blk, g) in enumerate(zip(self.layers, dims)):
+            try:
+                out.append(blk.mixer.check_granularity(g))
+            except ValueError as e:
+                raise ValueError(f"layer {i}: {e}") from None
+        return out
+
+    def set_granularity(self, granularity: Granularity) -> None:
+        """Run every block at ``granularity`` (int), each at its own (list), or at full width (None)."""
+        for blk, g in zip(self.layers, self.resolve_granularity(granularity)):
+            blk.mixer.active_granularity = g
+
+    @contextmanager
+    def granularity(self, granularity: Granularity) -> Iterator["MatMambaVision"]:
+        """Temporarily run at ``granularity``; the previous setting is restored on exit."""
+        previous = self.granularities
+        self.set_granularity(granularity)
+        try:
+            yield self
+        finally:
+            for blk, g in zip(self.layers, previous):
+                blk.mixer.active_granularity = g
+
+    # ----------------------------------------------------------------- forward
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"expected images of shape (batch, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channels (in_chans), got {x.shape[1]}")
+        size = tuple(x.shape[-2:])
+        if self.dynamic_img_size:
+            p = self.patch_embed.patch_size
+            if size[0] % p[0] or size[1] % p[1]:
+                raise ValueError(f"image size {size} must be a multiple of patch_size {p}")
+        elif size != tuple(self.patch_embed.img_size):
+            raise ValueError(
+                f"expected {self.patch_embed.img_size} images, got {size}; create the model with img_size={size} "
+                "or dynamic_img_size=True"
+            )
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        pos = self.pos_embed
+        if self.dynamic_img_size:
+            b, h, w, c = x.shape
+            patch_pos = resample_abs_pos_embed(
+                pos[:, :-1], new_size=(h, w), old_size=self.patch_embed.grid_size, num_prefix_tokens=0
+            )
+            pos = torch.cat([patch_pos, pos[:, -1:]], dim=1)
+            x = x.reshape(b, h * w, c)
+        x = torch.cat([x, self.cls_token.expand(x.shape[0], -1, -1)], dim=1)
+        return x + pos
+
+    def _run_block(self, blk: nn.Module, hidden: torch.Tensor, residual: Optional[torch.Tensor]):
+        if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
+            return checkpoint(blk, hidden, residual)
+        return blk(hidden, residual)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> normalised tokens (batch, num_patches + 1, embed_dim); [CLS] last."""
+        self._check_input(x)
+        hidden, residual = self._pos_embed(self.patch_embed(x)), None
+        for blk in self.layers:
+            hidden, residual = self._run_block(blk, hidden, residual)
+        return self.norm_f(hidden + residual)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.global_pool == "token":
+            return x[:, -1]
+        if self.global_pool == "avg":
+            return x[:, :-1].mean(dim=1)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool ([CLS] or mean of patches); ``pre_logits=True`` returns the embedding used for retrieval."""
+        x = self.head_drop(self.pool(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """The residual stream after the chosen blocks (timm's contract; the [CLS] token is the 'prefix').
+
+        Returns (final normalised tokens, intermediates), or only the intermediates.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        self._check_input(x)
+        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        b, _, height, width = x.shape
+        blocks = self.layers[: max_index + 1] if stop_early else self.layers
+        hidden, residual = self._pos_embed(self.patch_embed(x)), None
+        intermediates = []
+        for i, blk in enumerate(blocks):
+            hidden, residual = self._run_block(blk, hidden, residual)
+            if i in take_indices:
+                stream = hidden + residual
+                intermediates.append(self.norm_f(stream) if norm else stream)
+        cls_tokens = [y[:, -1:] for y in intermediates]
+        intermediates = [y[:, :-1] for y in intermediates]
+        if output_fmt == "NCHW":
+            gh, gw = self.patch_embed.dynamic_feat_size((height, width))
+            intermediates = [y.reshape(b, gh, gw, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if return_prefix_tokens:
+            intermediates = list(zip(intermediates, cls_tokens))
+        if intermediates_only:
+            return intermediates
+        if len(blocks) < len(self.layers):  # stopped early: finish the trunk for the final features
+            for blk in self.layers[len(blocks):]:
+                hidden, residual = self._run_block(blk, hidden, residual)
+        return self.norm_f(hidden + residual), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> List[int]:
+        """Drop blocks after the last needed intermediate (and optionally the final norm and head)."""
+        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        self.layers = self.layers[: max_index + 1]
+        if prune_norm:
+            self.norm_f = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MatMambaVision) -> Dict[str, torch.Tensor]:
+    """timm's pretrained filter: official layout -> ours, position embedding resampled to the model's grid."""
+    state_dict = convert_official_state_dict(state_dict)
+    pos = state_dict.get("pos_embed")
+    if pos is not None and pos.shape != model.pos_embed.shape:
+        old = int(math.sqrt(pos.shape[1] - 1))
+        patch_pos = resample_abs_pos_embed(
+            pos[:, :-1], new_size=model.patch_embed.grid_size, old_size=(old, old), num_prefix_tokens=0
+        )
+        state_dict["pos_embed"] = torch.cat([patch_pos, pos[:, -1:]], dim=1)
+    return state_dict
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> MatMambaVision:
+    out_indices = kwargs.pop("out_indices", 3)
+    return build_model_with_cfg(
+        MatMambaVision, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+def _cfg(**kwargs) -> Dict[str, Any]:
+    return {
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.875,
+        "interpolation": "bicubic", "fixed_input_size": True, "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD, "first_conv": "patch_embed.proj", "classifier": "head",
+        "paper_ids": "arXiv:2410.06718", "paper_name": "MatMamba: A Matryoshka State Space Model",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "matmamba_vision_35m_patch16_224.in1k": _cfg(
+        hf_hub_id="scaledfoundations/MatMamba-Vision-35M-ImageNet", hf_hub_filename="pytorch_model.bin",
+    ),
+    "matmamba_vision_135m_patch16_224.in1k": _cfg(
+        hf_hub_id="scaledfoundations/MatMamba-Vision-135M-ImageNet", hf_hub_filename="pytorch_model.bin",
+    ),
+    "matmamba_vision_tiny_patch4_28.fmnist": _cfg(
+        num_classes=10, input_size=(1, 28, 28), crop_pct=1.0, interpolation="bilinear",
+        mean=(0.2860,), std=(0.3530,),
+    ),
+})
+
+
+@register_model
+def matmamba_vision_35m_patch16_224(pretrained: bool = False, **kwargs) -> MatMambaVision:
+    """MatMamba-Vision-35M (D 512, depth 20, d_state 128), ImageNet-1K."""
+    args = dict(patch_size=16, embed_dim=512, depth=20, d_state=128)
+    return _create("matmamba_vision_35m_patch16_224", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def matmamba_vision_135m_patch16_224(pretrained: bool = False, **kwargs) -> MatMambaVision:
+    """MatMamba-Vision-135M (D 1024, depth 20, d_state 128), ImageNet-1K."""
+    args = dict(patch_size=16, embed_dim=1024, depth=20, d_state=128)
+    return _create("matmamba_vision_135m_patch16_224", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def matmamba_vision_tiny_patch4_28(pretrained: bool = False, **kwargs) -> MatMambaVision:
+    """A small model for a CPU: 28x28 grey images (Fashion-MNIST), 10 classes."""
+    args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=6, d_state=32,
+                headdim=16)
+    return _create("matmamba_vision_tiny_patch4_28", pretrained, **dict(args, **kwargs))
