@@ -1,0 +1,185 @@
+"""timm's model-test conventions for every registered model, and clear errors on bad input."""
+import pytest
+import timm
+import torch
+from timm.models import group_parameters
+
+import matmamba_vision  # noqa: F401
+
+MODELS = timm.list_models("matmamba_vision*")
+SMALL = dict(embed_dim=64, depth=3, d_state=16)  # registered-model variants sized for fast API checks
+
+
+def test_models_registered():
+    assert {"matmamba_vision_35m_patch16_224", "matmamba_vision_135m_patch16_224",
+            "matmamba_vision_tiny_patch4_28"} <= set(MODELS)
+    assert timm.list_models(pretrained=True, filter="matmamba_vision_35m*")
+
+
+def _input(model, batch=1):
+    return torch.randn(batch, *model.pretrained_cfg["input_size"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_default_cfg(name):
+    model = timm.create_model(name).eval()
+    cfg = model.pretrained_cfg
+    with torch.no_grad():
+        out = model(_input(model))
+    assert out.shape == (1, cfg["num_classes"]) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_backward_reaches_every_parameter(name):
+    model = timm.create_model(name, **({} if "tiny" in name else SMALL)).train()
+    model(_input(model, 2)).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_default_cfg_contract(name):
+    model = timm.create_model(name, **SMALL)
+    cfg = model.pretrained_cfg
+    for key in ("input_size", "mean", "std", "crop_pct", "interpolation", "first_conv", "classifier", "num_classes"):
+        assert key in cfg, key
+    modules = dict(model.named_modules())
+    assert cfg["first_conv"] in modules and cfg["classifier"] in modules
+    assert len(cfg["mean"]) == len(cfg["std"]) == cfg["input_size"][0]
+    x = _input(model, 2)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, model.patch_embed.num_patches + 1, model.num_features)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+
+    model.reset_classifier(0)
+    assert model.global_pool == "token" and model(x).shape == (2, model.num_features)
+    model.reset_classifier(7, "avg")
+    assert model(x).shape == (2, 7) and model.get_classifier().out_features == 7
+    model.reset_classifier(5)
+    assert model.global_pool == "avg"  # kept
+
+
+def test_unknown_kwarg_raises_type_error():
+    with pytest.raises(TypeError):
+        timm.create_model("matmamba_vision_tiny_patch4_28", not_a_kwarg=1)
+
+
+def test_timm_kwarg_names_are_accepted():
+    model = timm.create_model(
+        "matmamba_vision_tiny_patch4_28", num_classes=3, img_size=32, patch_size=8, in_chans=3, embed_dim=32,
+        depth=2, global_pool="avg", drop_rate=0.1, drop_path_rate=0.1, proj_drop_rate=0.1, d_state=8, expand=2,
+        headdim=8, d_conv=3, chunk_size=16, ngroups=2, ssd_backend="torch",
+    )
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_group_matcher_splits_parameters():
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL)
+    groups = group_parameters(model, model.group_matcher())
+    flat = [n for g in groups.values() for n in g]
+    assert len(groups) == 1 + SMALL["depth"] + 1  # stem, each block, final norm (+ head with it)
+    assert sorted(flat) == sorted(n for n, _ in model.named_parameters())
+
+
+def test_no_weight_decay_names_real_parameters():
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL)
+    names = dict(model.named_parameters())
+    nwd = model.no_weight_decay()
+    assert nwd and nwd <= set(names)
+    assert {n.rsplit(".", 1)[-1] for n in nwd} == {"A_log", "D", "dt_bias"}
+
+
+def test_forward_intermediates():
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL).eval()
+    x = _input(model, 2)
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x, indices=[0, 2])
+        assert torch.allclose(final, model.forward_features(x), atol=1e-6)
+        assert [t.shape for t in inter] == [(2, 64, 7, 7)] * 2
+        nlc = model.forward_intermediates(x, indices=2, output_fmt="NLC", intermediates_only=True)
+        assert [t.shape for t in nlc] == [(2, 49, 64)] * 2
+        early_final, early = model.forward_intermediates(x, indices=[1], stop_early=True)
+        assert torch.allclose(early_final, final, atol=1e-6)
+        normed = model.forward_intermediates(x, indices=[2], norm=True, output_fmt="NLC", intermediates_only=True)
+        assert torch.allclose(normed[0], final[:, :-1], atol=1e-5)  # last block, normed = final tokens
+        with_cls = model.forward_intermediates(x, indices=[2], return_prefix_tokens=True, intermediates_only=True)
+        assert with_cls[0][1].shape == (2, 1, 64)
+    with pytest.raises(ValueError, match="output_fmt"):
+        model.forward_intermediates(x, output_fmt="NHWC")
+
+
+def test_features_only():
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", features_only=True, out_indices=(0, 2), **SMALL)
+    feats = model(torch.randn(2, 1, 28, 28))
+    assert [f.shape for f in feats] == [(2, 64, 7, 7)] * 2
+    assert model.feature_info.channels() == [64, 64] and model.feature_info.reduction() == [4, 4]
+
+
+def test_grad_checkpointing_recomputes_and_matches():
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL).train()
+    x = _input(model, 2)
+    calls = []
+    model.layers[0].mixer.register_forward_pre_hook(lambda *a: calls.append(1))  # recompute may stop early
+
+    def grads():
+        model.zero_grad()
+        torch.manual_seed(1)
+        model(x).square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain = grads()
+    assert len(calls) == 1
+    model.set_grad_checkpointing(True)
+    calls.clear()
+    ckpt = grads()
+    assert len(calls) == 2  # forward, then the recomputation in backward
+    for n in plain:
+        torch.testing.assert_close(ckpt[n], plain[n], rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_img_size_and_creation_img_size():
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", dynamic_img_size=True, **SMALL).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 36, 20)).shape == (1, 10)
+    big = timm.create_model("matmamba_vision_tiny_patch4_28", img_size=56, **SMALL)
+    assert big.pos_embed.shape == (1, 14 * 14 + 1, 64)
+
+
+def test_avg_pool_differs_from_token_pool():
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL).eval()
+    x = _input(model, 2)
+    feats = model.forward_features(x)
+    token = model.forward_head(feats, pre_logits=True)
+    model.reset_classifier(10, "avg")
+    assert torch.allclose(model.forward_head(feats, pre_logits=True), feats[:, :-1].mean(1))
+    assert torch.equal(token, feats[:, -1])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.randn(1, 28, 28), "expected images of shape"),
+    (torch.randn(1, 1, 1, 28, 28), "expected images of shape"),
+    (torch.randn(1, 3, 28, 28), "input channels"),
+    (torch.randn(1, 1, 32, 32), "create the model with img_size"),
+])
+def test_bad_input_tensor(bad, match):
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL)
+    with pytest.raises(ValueError, match=match):
+        model(bad)
+
+
+def test_dynamic_size_must_fit_patches():
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", dynamic_img_size=True, **SMALL)
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        model(torch.randn(1, 1, 30, 28))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(ssd_backend="cuda"), "ssd_backend must be one of"),
+    (dict(global_pool="max"), "global_pool must be one of"),
+    (dict(headdim=5), "headdim"),
+    (dict(ngroups=3), "ngroups"),
+    (dict(mixer_dims=[64]), "mixer_dims needs one entry per block"),
+])
+def test_bad_model_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        timm.create_model("matmamba_vision_tiny_patch4_28", **dict(SMALL, **kwargs))
