@@ -1,0 +1,172 @@
+"""What validate.py and retrieval.py share: timm-style flags, building the model, data config and loaders."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from timm.data import resolve_data_config
+
+from ..checkpoint import build_model, load_weights
+from ..models.matmamba_vision import MatMambaVision, checkpoint_filter_fn
+
+__all__ = [
+    "add_common_args", "model_from_args", "data_config_from_args", "loader_from_args", "resolve_device",
+    "amp_dtype_from_args", "output_dir_from_args", "check_same_classes", "build_baseline", "data_identity",
+]
+
+DEFAULT_MODEL = "matmamba_vision_tiny_patch4_28"
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags both scripts take, named as in timm's validate.py where timm has one."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", "-m", default=DEFAULT_MODEL, help="timm model name (default: %(default)s)")
+    g.add_argument("--pretrained", action="store_true", help="load the official weights from the hub")
+    g.add_argument("--checkpoint", default="", help="our safetensors checkpoint or an official pytorch_model.bin")
+    g.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: the model's)")
+    g.add_argument("--img-size", type=int, default=None, help="input image size (default: the model's)")
+    g.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's)")
+    d = parser.add_argument_group("data")
+    d.add_argument("--dataset", default="", help="'' (Fashion-MNIST without --data-dir, else an ImageNet-style "
+                   "folder), 'fmnist', 'folder' or 'ffcv'")
+    d.add_argument("--data-dir", default=None, help="dataset root (default: the Fashion-MNIST package)")
+    d.add_argument("--batch-size", "-b", type=int, default=256)
+    d.add_argument("--workers", "-j", type=int, default=2)
+    d.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction (default: the model's cfg)")
+    d.add_argument("--interpolation", default="", help="resize interpolation (default: the model's cfg)")
+    d.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean (default: the model's cfg)")
+    d.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std (default: the model's cfg)")
+    d.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N images of each split")
+    r = parser.add_argument_group("run")
+    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    r.add_argument("--amp", action="store_true", help="mixed precision (autocast)")
+    r.add_argument("--amp-dtype", default="bfloat16", choices=("float16", "bfloat16"))
+    r.add_argument("--output", default="", help="folder for CSV/JSON/PNG (default: the checkpoint's folder, "
+                   "else output/eval/<model>)")
+    r.add_argument("--results-file", default="", help="also write the result rows to this .csv or .json file")
+    r.add_argument("--log-freq", type=int, default=10, help="batches between progress-bar updates")
+    r.add_argument("--no-prefix-sharing", action="store_true",
+                   help="run every configuration as a full forward instead of sharing common leading blocks")
+    return parser
+
+
+def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    kwargs: Dict[str, Any] = {}
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    if args.img_size is not None:
+        kwargs["img_size"] = args.img_size
+    if args.in_chans is not None:
+        kwargs["in_chans"] = args.in_chans
+    return kwargs
+
+
+def model_from_args(args: argparse.Namespace, **extra) -> MatMambaVision:
+    """``build_model`` from ``--model/--pretrained/--checkpoint`` (+ size flags); eval mode."""
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {args.workers}")
+    if args.max_samples is not None and args.max_samples <= 0:
+        raise ValueError(f"--max-samples must be positive, got {args.max_samples}")
+    model = build_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint or None,
+                        **_model_kwargs(args), **extra)
+    return model.eval()
+
+
+def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
+    """A separately trained model from ``[LABEL=]PATH``: a ``save_model_dir`` folder (config.json) or a weights
+    file for ``--model`` (per-block widths read from its shapes). Returns (label, model, checkpoint path)."""
+    label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    p = Path(path)
+    label = label or (p.stem if p.is_file() else p.name)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ValueError(f"--baseline-checkpoints: {path} is a folder without config.json")
+        return label, build_model(f"local-dir:{p}", pretrained=True).eval(), None
+    if not p.is_file():
+        raise ValueError(f"--baseline-checkpoints: no such file or folder {path!r}")
+    probe = build_model(args.model, **_model_kwargs(args))
+    state = checkpoint_filter_fn(load_weights(p), probe)
+    mixer = probe.layers[0].mixer
+    dims = []
+    for i in range(len(probe.layers)):
+        key = f"layers.{i}.mixer.dt_bias"
+        if key not in state:
+            dims = None
+            break
+        dims.append(int(state[key].shape[0]) * mixer.headdim // mixer.expand)
+    extra = {"mixer_dims": dims} if dims else {}
+    return label, build_model(args.model, checkpoint=p, **_model_kwargs(args), **extra).eval(), p
+
+
+def data_config_from_args(args: argparse.Namespace, model: MatMambaVision) -> Dict[str, Any]:
+    """timm's data config: the model's pretrained cfg, overridden by --img-size/--crop-pct/... when given."""
+    overrides = dict(in_chans=model.in_chans, img_size=args.img_size, crop_pct=args.crop_pct,
+                     interpolation=args.interpolation or None, mean=args.mean, std=args.std)
+    try:
+        return resolve_data_config(overrides, model=model)
+    except AssertionError:
+        raise ValueError(f"--mean/--std need 1 or {model.in_chans} values (one per input channel)") from None
+
+
+def loader_from_args(args: argparse.Namespace, split: str, data_config: Dict[str, Any]):
+    """The data module's evaluation loader for ``split`` (an iterable of (images, targets))."""
+    from ..data import create_eval_loader
+
+    return create_eval_loader(dataset=args.dataset, data_dir=args.data_dir, split=split, data_config=data_config,
+                              batch_size=args.batch_size, workers=args.workers)
+
+
+def data_identity(args: argparse.Namespace, split: str, data_config: Dict[str, Any]) -> Dict[str, Any]:
+    """What identifies a split's images and transform (part of an embedding cache key)."""
+    data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
+    return dict(dataset=args.dataset or ("folder" if data_dir else "fmnist"), data_dir=data_dir, split=split,
+                transform={k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data_config.items())})
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device``; ValueError when it names a device this machine lacks."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r} is not a torch device ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: CUDA is not available here; use --device cpu")
+    return dev
+
+
+def amp_dtype_from_args(args: argparse.Namespace) -> Optional[torch.dtype]:
+    return getattr(torch, args.amp_dtype) if args.amp else None
+
+
+def output_dir_from_args(args: argparse.Namespace) -> Path:
+    if args.output:
+        return Path(args.output)
+    if args.checkpoint:
+        return Path(args.checkpoint).resolve().parent
+    return Path("output") / "eval" / args.model
+
+
+def check_same_classes(db_classes: Optional[List], query_classes: Optional[List],
+                       db_split: str = "database", query_split: str = "query") -> None:
+    """ValueError when the database and query splits disagree on the class list (names the differences)."""
+    if db_classes is None or query_classes is None:
+        return
+    db_classes, query_classes = list(db_classes), list(query_classes)
+    if db_classes == query_classes:
+        return
+    only_db = [c for c in db_classes if c not in set(query_classes)]
+    only_q = [c for c in query_classes if c not in set(db_classes)]
+    detail = []
+    if only_db:
+        detail.append(f"only in {db_split}: {only_db[:8]}{' ...' if len(only_db) > 8 else ''}")
+    if only_q:
+        detail.append(f"only in {query_split}: {only_q[:8]}{' ...' if len(only_q) > 8 else ''}")
+    if not detail:
+        detail.append("same classes in a different order, so label ids would not match")
+    raise ValueError(f"class lists differ between the {db_split} split ({len(db_classes)} classes) and the "
+                     f"{query_split} split ({len(query_classes)} classes): " + "; ".join(detail))
