@@ -1,0 +1,84 @@
+"""Write FFCV ``.beton`` files from an ImageNet-style folder (or Fashion-MNIST)::
+
+    python -m matmamba_vision.data.ffcv_writer --data-dir /data/imagenet --output /data/imagenet-ffcv
+
+writes ``OUTPUT/train.beton`` and ``OUTPUT/val.beton`` (JPEG, longest side at most 500 px as in the official
+setup) plus ``OUTPUT/{split}.json`` with class names and sample counts. Needs the optional ffcv extra.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from .ffcv_pipeline import ffcv_meta_path, require_ffcv
+from .fmnist import FashionMNIST
+from .folder import create_folder_dataset
+
+__all__ = ["write_beton", "main"]
+
+
+class _RGBArrays(Dataset):
+    """(H, W, 3) uint8 arrays and int labels from a PIL-yielding dataset (grey images become RGB)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        img, target = self.dataset[index]
+        return np.asarray(img.convert("RGB"), dtype=np.uint8), int(target)
+
+
+def write_beton(dataset, classes: Sequence[str], output: Path, max_resolution: int = 500, jpeg_quality: int = 90,
+                write_mode: str = "jpg", workers: int = 2) -> Path:
+    """Write ``dataset`` (PIL image, label) to ``output`` (.beton) and its class list beside it."""
+    require_ffcv()
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    if write_mode not in ("jpg", "raw", "smart", "proportion"):
+        raise ValueError(f"write_mode must be one of jpg, raw, smart, proportion; got {write_mode!r}")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fields = {"image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality),
+              "label": IntField()}
+    tmp = output.with_name(f".{output.name}.tmp")
+    DatasetWriter(str(tmp), fields, num_workers=max(1, workers)).from_indexed_dataset(_RGBArrays(dataset))
+    tmp.replace(output)
+    ffcv_meta_path(output).write_text(json.dumps({"classes": list(classes), "num_samples": len(dataset)}, indent=1))
+    return output
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="folder", choices=("folder", "fmnist"), help="source of the images")
+    p.add_argument("--data-dir", default=None, help="folder with train/ and val/ (or Fashion-MNIST's IDX files)")
+    p.add_argument("--output", required=True, help="folder for {split}.beton and {split}.json")
+    p.add_argument("--splits", nargs="+", default=["train", "val"], choices=("train", "val"))
+    p.add_argument("--max-resolution", type=int, default=500, help="longest side stored (official: 500)")
+    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--write-mode", default="jpg", help="ffcv RGBImageField mode: jpg, raw, smart, proportion")
+    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (logged) instead of stopping")
+    p.add_argument("-j", "--workers", type=int, default=4)
+    args = p.parse_args(argv)
+    if args.dataset == "folder" and not args.data_dir:
+        p.error("--data-dir is required for --dataset folder")
+    for split in args.splits:
+        if args.dataset == "fmnist":
+            ds = FashionMNIST(split, root=args.data_dir)
+        else:
+            ds = create_folder_dataset(args.data_dir, split, img_mode="RGB", skip_corrupt=args.skip_corrupt)
+        out = write_beton(ds, ds.classes, Path(args.output) / f"{split}.beton", args.max_resolution,
+                          args.jpeg_quality, args.write_mode, args.workers)
+        print(f"wrote {out} ({len(ds)} images, {len(ds.classes)} classes)")
+
+
+if __name__ == "__main__":
+    main()

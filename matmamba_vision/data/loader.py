@@ -1,0 +1,213 @@
+"""Loaders for every data source behind two calls: :func:`create_eval_loader` and :func:`create_train_loader`.
+
+Both return an object that iterates over ``(images float tensor, targets long tensor)`` batches and carries
+``.classes`` (class names) and ``.num_samples``. Data sources (``dataset``):
+
+- ``''``: Fashion-MNIST when ``data_dir`` is None, an ImageNet-style folder otherwise;
+- ``'fmnist'``: Fashion-MNIST (Debian's IDX files; ``data_dir`` may point at another copy);
+- ``'folder'``: ``data_dir/train/CLASS/*`` and ``data_dir/val/CLASS/*`` through timm's dataset;
+- ``'ffcv'``: ``data_dir/{train,val}.beton`` written by ``python -m matmamba_vision.data.ffcv_writer``.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from .fmnist import FashionMNIST, load_fmnist, FMNIST_CLASSES
+from .folder import create_folder_dataset
+from .transforms import TensorAugment, create_eval_transform, create_train_transform, image_mode, to_channels
+
+__all__ = ["DATASETS", "resolve_dataset", "EvalLoader", "TrainLoader", "TensorTrainLoader", "ShardSampler",
+           "create_eval_loader", "create_train_loader", "fmnist_data_config"]
+
+DATASETS = ("", "fmnist", "folder", "ffcv")
+Batch = Tuple[torch.Tensor, torch.Tensor]
+
+
+def resolve_dataset(dataset: str, data_dir: Optional[str]) -> str:
+    """'' -> 'fmnist' without ``data_dir``, 'folder' with one; ValueError for unknown names."""
+    dataset = (dataset or "").lower()
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS[1:]} (or '' to choose from data_dir), got {dataset!r}")
+    if dataset == "":
+        return "folder" if data_dir else "fmnist"
+    if dataset in ("folder", "ffcv") and not data_dir:
+        raise ValueError(f"dataset {dataset!r} needs data_dir")
+    return dataset
+
+
+def _rank_world(distributed: bool) -> Tuple[int, int]:
+    if distributed and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _in_chans(data_config: dict) -> int:
+    return int(data_config["input_size"][0])
+
+
+def fmnist_data_config(in_chans: int = 1) -> dict:
+    """A data config for Fashion-MNIST when no model config is given (28 px, its own mean/std)."""
+    mean, std = (0.2860,) * in_chans, (0.3530,) * in_chans
+    return dict(input_size=(in_chans, 28, 28), interpolation="bilinear", mean=mean, std=std, crop_pct=1.0,
+                crop_mode="center")
+
+
+class ShardSampler(Sampler):
+    """Indices ``rank, rank + world, ...`` in order, without padding (every sample evaluated exactly once)."""
+
+    def __init__(self, num_samples: int, rank: int = 0, world: int = 1):
+        self.indices = list(range(rank, num_samples, world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class EvalLoader:
+    """Batches of one split for evaluation: iterable, ``len()`` in batches, ``.classes``, ``.num_samples``
+    (the whole split; with ``distributed`` each rank sees its shard)."""
+
+    def __init__(self, loader, classes: Sequence[str], num_samples: int, dataset: Optional[Dataset] = None):
+        self.loader, self.classes, self.num_samples, self.dataset = loader, list(classes), num_samples, dataset
+
+    def __iter__(self) -> Iterator[Batch]:
+        for images, targets in self.loader:
+            yield images, targets.long()
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+class TrainLoader(EvalLoader):
+    """Shuffled training batches (each rank's share of the global batch); call :meth:`set_epoch` before
+    each epoch: the order depends only on ``seed`` and the epoch, so a resumed run replays it."""
+
+    def __init__(self, loader, classes, num_samples, dataset=None, sampler=None, seed: int = 0):
+        super().__init__(loader, classes, num_samples, dataset)
+        self.sampler, self.seed = sampler, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        if getattr(self.loader, "generator", None) is not None:
+            self.loader.generator.manual_seed(self.seed * 1000003 + epoch)
+        if hasattr(self.loader, "next_epoch"):  # ffcv's Loader
+            self.loader.next_epoch = epoch
+
+
+class TensorTrainLoader:
+    """Preloaded uint8 images augmented on the tensor side (:class:`TensorAugment`): the fast path for
+    Fashion-MNIST on a CPU, where per-image PIL transforms would cost more than the model."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], batch_size: int,
+                 augment: TensorAugment, seed: int = 0, rank: int = 0, world: int = 1):
+        self.images, self.targets, self.classes = images, targets, list(classes)
+        self.batch_size, self.augment, self.seed, self.rank, self.world = batch_size, augment, seed, rank, world
+        self.num_samples = len(targets)
+        self.generator = torch.Generator()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples // (self.batch_size * self.world)
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.generator.manual_seed(self.seed * 1000003 + self.epoch)
+        order = torch.randperm(self.num_samples, generator=self.generator)
+        step = self.batch_size * self.world
+        for i in range(len(self)):
+            idx = order[i * step:(i + 1) * step][self.rank::self.world]
+            yield self.augment(self.images[idx], self.generator), self.targets[idx]
+
+
+def _folder_or_fmnist_dataset(kind: str, data_dir: Optional[str], split: str, transform, in_chans: int,
+                              skip_corrupt: bool = False):
+    if kind == "fmnist":
+        return FashionMNIST(split, root=data_dir, transform=transform, img_mode=image_mode(in_chans))
+    return create_folder_dataset(data_dir, split, transform=transform, img_mode=image_mode(in_chans),
+                                 skip_corrupt=skip_corrupt)
+
+
+def create_eval_loader(dataset: str = "", data_dir: Optional[str] = None, split: str = "val",
+                       data_config: Optional[dict] = None, batch_size: int = 256, workers: int = 2,
+                       distributed: bool = False) -> EvalLoader:
+    """An evaluation loader of ``split`` ('train' or 'val'; Fashion-MNIST's 'val' is its 10k test set) with
+    evaluation transforms only (resize, centre crop, normalise), in dataset order.
+
+    ``data_config`` is timm's resolved data config (``timm.data.resolve_data_config``); its channel count
+    decides grey or RGB. With ``distributed`` each rank gets every world-size-th sample (no padding).
+    Bad input (missing or empty folder, class lists differing between train and val, an unreadable image)
+    raises ValueError.
+    """
+    kind = resolve_dataset(dataset, data_dir)
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    data_config = dict(data_config or fmnist_data_config())
+    rank, world = _rank_world(distributed)
+    if kind == "ffcv":
+        from .ffcv_pipeline import create_ffcv_loader
+        return create_ffcv_loader(data_dir, split, data_config, batch_size, workers, is_training=False,
+                                  rank=rank, world=world)
+    ds = _folder_or_fmnist_dataset(kind, data_dir, split, create_eval_transform(data_config), _in_chans(data_config))
+    sampler = ShardSampler(len(ds), rank, world)
+    loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    classes = ds.classes
+    return EvalLoader(loader, classes, len(ds), ds)
+
+
+def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split: str = "train",
+                        data_config: Optional[dict] = None, batch_size: int = 256, workers: int = 2,
+                        distributed: bool = False, seed: int = 0, auto_augment: Optional[str] = None,
+                        color_jitter: float = 0.0, color_jitter_prob: Optional[float] = None,
+                        re_prob: float = 0.0, re_mode: str = "pixel", re_count: int = 1,
+                        scale: Optional[Sequence[float]] = None, ratio: Optional[Sequence[float]] = None,
+                        hflip: float = 0.5, skip_corrupt: bool = False, fast_fmnist: bool = True,
+                        device: Optional[torch.device] = None) -> TrainLoader:
+    """A shuffled training loader; ``batch_size`` is this rank's batch per optimiser step (the global batch
+    divided by the world size), and the last partial batch is dropped.
+
+    Fashion-MNIST with ``fast_fmnist`` (and no RandAugment or colour jitter) uses the preloaded
+    :class:`TensorTrainLoader` (translation, flip, erasing); everything else uses timm's transforms.
+    """
+    kind = resolve_dataset(dataset, data_dir)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    data_config = dict(data_config or fmnist_data_config())
+    in_chans = _in_chans(data_config)
+    rank, world = _rank_world(distributed)
+    if kind == "ffcv":
+        from .ffcv_pipeline import create_ffcv_loader
+        return create_ffcv_loader(data_dir, split, data_config, batch_size, workers, is_training=True,
+                                  rank=rank, world=world, seed=seed, scale=scale, ratio=ratio, hflip=hflip,
+                                  device=device)
+    if kind == "fmnist" and fast_fmnist and not auto_augment and not color_jitter:
+        if tuple(data_config["input_size"][1:]) != (28, 28):
+            raise ValueError(f"the Fashion-MNIST fast path needs 28x28 input, got {data_config['input_size']}")
+        images, targets = load_fmnist(split, data_dir)
+        images = to_channels(images.unsqueeze(1), in_chans)
+        augment = TensorAugment(data_config["mean"], data_config["std"], hflip=hflip, re_prob=re_prob, re_mode=re_mode)
+        if len(targets) < batch_size * world:
+            raise ValueError(f"batch size {batch_size * world} exceeds the {len(targets)} training images")
+        return TensorTrainLoader(images, targets, FMNIST_CLASSES, batch_size, augment, seed, rank, world)
+    transform = create_train_transform(data_config, auto_augment, color_jitter, color_jitter_prob, re_prob,
+                                       re_mode, re_count, scale, ratio, hflip)
+    ds = _folder_or_fmnist_dataset(kind, data_dir, split, transform, in_chans, skip_corrupt)
+    if len(ds) < batch_size * world:
+        raise ValueError(f"batch size {batch_size * world} exceeds the {len(ds)} images of {data_dir or kind}/{split}")
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+                        persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                        generator=torch.Generator().manual_seed(seed))
+    return TrainLoader(loader, ds.classes, len(ds), ds, sampler=sampler, seed=seed)
+

@@ -1,0 +1,140 @@
+"""The one place for transforms: timm's train/eval pipelines, mixup/cutmix, and the tensor-side
+augmentation of the preloaded Fashion-MNIST fast path."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup, create_transform, resolve_data_config
+from timm.data.random_erasing import RandomErasing
+
+__all__ = ["image_mode", "model_data_config", "create_eval_transform", "create_train_transform", "create_mixup", "TensorAugment",
+           "normalize_uint8", "split_batch", "to_channels"]
+
+
+def image_mode(in_chans: int) -> str:
+    """PIL mode that feeds a model with ``in_chans`` channels: 'L' (grey) or 'RGB'."""
+    modes = {1: "L", 3: "RGB"}
+    if in_chans not in modes:
+        raise ValueError(f"in_chans must be 1 or 3 for image data, got {in_chans}")
+    return modes[in_chans]
+
+
+def model_data_config(model, args: Optional[dict] = None) -> dict:
+    """timm's ``resolve_data_config`` for ``model``, made consistent with the model itself: the input size
+    is the model's (channels and pixels) and a grey mean/std is repeated for a 3-channel model."""
+    cfg = resolve_data_config(dict(args or {}), model=model)
+    in_chans = int(getattr(model, "in_chans", cfg["input_size"][0]))
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None) or cfg["input_size"][1:]
+    if not getattr(model, "dynamic_img_size", False):
+        cfg["input_size"] = (in_chans, *map(int, size))
+    else:
+        cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
+    for key in ("mean", "std"):
+        v = tuple(cfg[key])
+        if len(v) != in_chans:
+            if len(v) == 1:
+                v = v * in_chans
+            elif in_chans == 1:
+                v = (sum(v) / len(v),)
+            else:
+                raise ValueError(f"data config {key} {v} does not fit in_chans={in_chans}")
+        cfg[key] = v
+    return cfg
+
+
+def _eval_keys(data_config: dict) -> dict:
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    return {k: data_config[k] for k in keys if k in data_config}
+
+
+def create_eval_transform(data_config: dict):
+    """timm's evaluation transform (resize, centre crop by ``crop_pct``, to tensor, normalise)."""
+    return create_transform(**_eval_keys(data_config), is_training=False)
+
+
+def create_train_transform(
+    data_config: dict,
+    auto_augment: Optional[str] = None,
+    color_jitter: float = 0.0,
+    color_jitter_prob: Optional[float] = None,
+    re_prob: float = 0.0,
+    re_mode: str = "pixel",
+    re_count: int = 1,
+    scale: Optional[Sequence[float]] = None,
+    ratio: Optional[Sequence[float]] = None,
+    hflip: float = 0.5,
+):
+    """timm's training transform: RandomResizedCrop + flip, RandAugment (e.g. ``'rand-m9-n2-mstd0.5-inc1'``),
+    colour jitter (applied with ``color_jitter_prob``), normalise, random erasing."""
+    cfg = _eval_keys(data_config)
+    cfg.pop("crop_pct", None)
+    cfg.pop("crop_mode", None)
+    return create_transform(
+        **cfg, is_training=True, auto_augment=auto_augment or None, color_jitter=color_jitter,
+        color_jitter_prob=color_jitter_prob, re_prob=re_prob, re_mode=re_mode, re_count=re_count,
+        scale=tuple(scale) if scale else None, ratio=tuple(ratio) if ratio else None, hflip=hflip,
+    )
+
+
+def create_mixup(mixup: float = 0.0, cutmix: float = 0.0, smoothing: float = 0.0, num_classes: int = 1000,
+                 prob: float = 1.0, switch_prob: float = 0.5, mode: str = "batch") -> Optional[Mixup]:
+    """timm's Mixup/CutMix (with label smoothing folded into the soft targets), or None when both are off."""
+    if mixup <= 0 and cutmix <= 0:
+        return None
+    return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=prob, switch_prob=switch_prob, mode=mode,
+                 label_smoothing=smoothing, num_classes=num_classes)
+
+
+def normalize_uint8(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float, as ``ToTensor`` then ``Normalize(mean, std)``."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (images.float().div_(255.0) - mean_t) / std_t
+
+
+class TensorAugment:
+    """Cheap batch augmentation of small uint8 images: random translation (pad ``pad`` pixels, random crop
+    back), horizontal flip with ``hflip``, normalisation, then timm's RandomErasing with ``re_prob``.
+    Randomness comes from the given generator (and torch's global RNG for erasing), so runs replay."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], pad: int = 2, hflip: float = 0.5,
+                 re_prob: float = 0.0, re_mode: str = "pixel"):
+        self.mean, self.std, self.pad, self.hflip = tuple(mean), tuple(std), pad, hflip
+        self.erase = RandomErasing(re_prob, mode=re_mode, device="cpu") if re_prob > 0 else None
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        b, _, h, w = images.shape
+        if self.pad:
+            padded = F.pad(images, (self.pad,) * 4)
+            dy = torch.randint(0, 2 * self.pad + 1, (b,), generator=generator)
+            dx = torch.randint(0, 2 * self.pad + 1, (b,), generator=generator)
+            rows = (dy.view(b, 1) + torch.arange(h)).view(b, 1, h, 1).expand(b, images.shape[1], h, w + 2 * self.pad)
+            padded = padded.gather(2, rows)
+            cols = (dx.view(b, 1) + torch.arange(w)).view(b, 1, 1, w).expand(b, images.shape[1], h, w)
+            images = padded.gather(3, cols)
+        if self.hflip > 0:
+            flip = torch.rand(b, generator=generator) < self.hflip
+            images = torch.where(flip.view(b, 1, 1, 1), images.flip(-1), images)
+        x = normalize_uint8(images, self.mean, self.std)
+        if self.erase is not None:
+            x = self.erase(x)
+        return x
+
+
+def split_batch(n: int, parts: int, what: str) -> int:
+    """``n // parts``; ValueError when ``n`` does not split evenly (``what`` names the setting)."""
+    if parts <= 0 or n % parts:
+        raise ValueError(f"{what}: {n} does not split into {parts} equal parts")
+    return n // parts
+
+
+def to_channels(images: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Grey (B, 1, H, W) -> ``in_chans`` channels by repetition (as PIL's 'L' -> 'RGB')."""
+    if images.shape[1] == in_chans:
+        return images
+    if images.shape[1] == 1:
+        return images.expand(-1, in_chans, -1, -1).contiguous()
+    raise ValueError(f"cannot convert {images.shape[1]}-channel images to in_chans={in_chans}")
+
