@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from timm.data import resolve_data_config
+from timm.utils import ParseKwargs
 
 from ..checkpoint import build_model, load_weights
 from ..models.matmamba_vision import MatMambaVision, checkpoint_filter_fn
@@ -29,6 +30,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: the model's)")
     g.add_argument("--img-size", type=int, default=None, help="input image size (default: the model's)")
     g.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's)")
+    g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
+                   help="extra timm.create_model kwargs, e.g. embed_dim=64 depth=4")
     d = parser.add_argument_group("data")
     d.add_argument("--dataset", default="", help="'' (Fashion-MNIST without --data-dir, else an ImageNet-style "
                    "folder), 'fmnist', 'folder' or 'ffcv'")
@@ -54,7 +57,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
-    kwargs: Dict[str, Any] = {}
+    kwargs: Dict[str, Any] = dict(args.model_kwargs or {})
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
     if args.img_size is not None:
@@ -72,8 +75,11 @@ def model_from_args(args: argparse.Namespace, **extra) -> MatMambaVision:
         raise ValueError(f"--workers must be 0 or more, got {args.workers}")
     if args.max_samples is not None and args.max_samples <= 0:
         raise ValueError(f"--max-samples must be positive, got {args.max_samples}")
-    model = build_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint or None,
-                        **_model_kwargs(args), **extra)
+    try:
+        model = build_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint or None,
+                            **dict(_model_kwargs(args), **extra))
+    except TypeError as e:  # timm's contract for unknown create_model kwargs
+        raise ValueError(f"--model-kwargs: {e}") from None
     return model.eval()
 
 
@@ -100,7 +106,7 @@ def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
             break
         dims.append(int(state[key].shape[0]) * mixer.headdim // mixer.expand)
     extra = {"mixer_dims": dims} if dims else {}
-    return label, build_model(args.model, checkpoint=p, **_model_kwargs(args), **extra).eval(), p
+    return label, build_model(args.model, checkpoint=p, **dict(_model_kwargs(args), **extra)).eval(), p
 
 
 def data_config_from_args(args: argparse.Namespace, model: MatMambaVision) -> Dict[str, Any]:

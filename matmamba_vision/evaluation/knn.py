@@ -57,7 +57,9 @@ def _merge(best_s: Optional[torch.Tensor], best_i: Optional[torch.Tensor], s: to
 
 
 def _as_f32(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float32)
+    """A C-contiguous float32 array (a writable copy when ``a`` is a read-only memory map)."""
+    out = np.ascontiguousarray(a, dtype=np.float32)
+    return out if out.flags.writeable else out.copy()
 
 
 def _gpu_faiss():

@@ -55,7 +55,7 @@ def plot_tradeoff(rows: Sequence[Dict], path: os.PathLike, metric: str = "top1",
         front = pareto_front(xs, ys)
         ax.plot([xs[i] for i in front], [ys[i] for i in front], "-", c="tab:green", lw=1.5, label="Pareto front")
         ax.set_xlabel(label)
-        ax.set_ylabel(f"{metric} accuracy (%)")
+        ax.set_ylabel(f"{metric.replace('top', 'top-')} accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     if title:

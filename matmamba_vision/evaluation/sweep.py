@@ -30,22 +30,21 @@ def iterate_batches(
     """Batches of ``loader`` with a progress bar, cut to ``max_samples`` images in all (None = every one)."""
     if max_samples is not None and max_samples <= 0:
         raise ValueError(f"max_samples must be a positive number of images, got {max_samples}")
-    try:
-        total = len(loader)
-    except TypeError:
-        total = None
+    total = getattr(loader, "num_samples", None)
+    if total is not None and max_samples is not None:
+        total = min(total, max_samples)
     seen = 0
-    bar = tqdm(loader, total=total, desc=desc, unit="batch", dynamic_ncols=True, mininterval=1.0)
-    for step, (images, targets) in enumerate(bar):
+    bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=1.0)
+    for step, (images, targets) in enumerate(loader):
         if max_samples is not None:
-            keep = max_samples - seen
-            if keep <= 0:
-                break
-            images, targets = images[:keep], targets[:keep]
+            images, targets = images[:max_samples - seen], targets[:max_samples - seen]
         seen += targets.shape[0]
+        bar.update(targets.shape[0])
         if log_freq and step % log_freq == 0:
-            bar.set_postfix(images=seen)
+            bar.set_postfix(batches=step + 1)
         yield images, targets
+        if max_samples is not None and seen >= max_samples:
+            break  # stop before decoding another batch
     bar.close()
 
 

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Evaluate a MatMamba-Vision model at its trained granularities and at mix'n'match configurations.
+
+    python validate.py                                        # tiny model, Fashion-MNIST val, trained levels
+    python validate.py --checkpoint output/train/RUN/model_best.safetensors --mixnmatch official
+    python validate.py --model matmamba_vision_35m_patch16_224 --pretrained --data-dir /data/imagenet
+
+Writes ``validate.csv``, ``validate.json`` and ``validate.png`` to ``--output`` and prints the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+import matmamba_vision  # noqa: F401  (registers the models with timm)
+from matmamba_vision.evaluation import dedupe_configs, parse_granularities, parse_mixnmatch
+from matmamba_vision.evaluation.cli import (
+    add_common_args, amp_dtype_from_args, data_config_from_args, loader_from_args, model_from_args,
+    output_dir_from_args, resolve_device,
+)
+from matmamba_vision.evaluation.report import write_csv, write_json
+from matmamba_vision.evaluation.validation import CSV_COLUMNS, validate_configs, validation_tables, write_validation_outputs
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
+    p.add_argument("--granularities", nargs="*", default=None,
+                   help="uniform granularities g to evaluate (default: the trained levels D, D/2, D/4, D/8)")
+    p.add_argument("--mixnmatch", default="", help="'official' (DESIGN.md section 3 sweep), 'random:N', or a "
+                   "JSON/CSV file of per-layer lists")
+    p.add_argument("--seed", type=int, default=0, help="seed of random:N")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> list:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    device = resolve_device(args.device)
+    model = model_from_args(args).to(device)
+    data_config = data_config_from_args(args, model)
+    configs = dedupe_configs(parse_granularities(model, args.granularities) + parse_mixnmatch(model, args.mixnmatch, args.seed))
+    loader = loader_from_args(args, args.split, data_config)
+    print(f"{args.model}: {len(configs)} configurations on {args.split} "
+          f"({getattr(loader, 'num_samples', '?')} images{'' if args.max_samples is None else f', first {args.max_samples}'})",
+          flush=True)
+    rows = validate_configs(model, loader, configs, img_size=data_config["input_size"][-1], device=str(device),
+                            amp_dtype=amp_dtype_from_args(args), max_samples=args.max_samples,
+                            share_prefix=not args.no_prefix_sharing, log_freq=args.log_freq)
+    seconds = time.perf_counter() - start
+    meta = dict(model=args.model, checkpoint=args.checkpoint or None, pretrained=args.pretrained,
+                dataset=args.dataset, data_dir=args.data_dir, split=args.split, data_config=data_config,
+                mixnmatch=args.mixnmatch or None, seconds=seconds, device=str(device))
+    out_dir = output_dir_from_args(args)
+    paths = write_validation_outputs(rows, out_dir, meta, title=f"{args.model} ({args.split})")
+    if args.results_file:
+        if args.results_file.endswith(".json"):
+            write_json(dict(meta, rows=rows), args.results_file)
+        else:
+            write_csv(rows, args.results_file, CSV_COLUMNS)
+    print()
+    print(validation_tables(rows))
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}  ({seconds:.1f} s)")
+    return rows
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as e:  # bad flags or data: one clear line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
