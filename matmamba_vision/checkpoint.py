@@ -1,10 +1,13 @@
-"""Reading and writing weights safely: atomic writes, no code execution on load, clear errors.
+"""Reading and writing weights safely: atomic writes, no code execution on load, corruption detected.
 
-Weights are safetensors; anything else (a timm/official ``.bin``/``.pth``) loads with
+Weights are safetensors carrying a SHA-256 of their tensors; other state (optimizer, RNG, ...) is a torch
+file wrapped with a SHA-256 of its bytes. Anything else (a timm/official ``.bin``/``.pth``) loads with
 ``torch.load(weights_only=True)``, which refuses pickles that would run code.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tempfile
@@ -13,17 +16,18 @@ from typing import Any, Callable, Dict, Optional, Union
 
 import timm
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from .models import MatMambaVision, checkpoint_filter_fn, unwrap_state_dict
 
 __all__ = [
-    "CheckpointError", "atomic_write", "save_weights", "save_torch", "load_weights", "load_torch",
-    "load_checkpoint", "build_model", "save_model_dir",
+    "CheckpointError", "atomic_write", "tensors_sha256", "save_weights", "read_weights_metadata", "save_torch",
+    "load_weights", "load_torch", "load_checkpoint", "build_model", "save_model_dir",
 ]
 
 PathLike = Union[str, os.PathLike]
+_CHECKED_TORCH_FORMAT = "matmamba_vision/checked-torch-v1"
 
 
 class CheckpointError(ValueError):
@@ -56,39 +60,87 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+def tensors_sha256(tensors: Dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of a state dict (order-independent)."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def save_weights(state_dict: Dict[str, torch.Tensor], path: PathLike, metadata: Optional[Dict[str, Any]] = None) -> Path:
-    """Atomically write a state dict as safetensors (``metadata`` stored as JSON under ``meta``)."""
+    """Atomically write a state dict as safetensors with its SHA-256 (``metadata`` stored as JSON)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    meta = {"meta": json.dumps(metadata, default=str)} if metadata else None
+    meta = {"sha256": tensors_sha256(tensors)}
+    if metadata:
+        meta["meta"] = json.dumps(metadata, default=str)
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
-def save_torch(obj: Any, path: PathLike) -> Path:
-    """Atomically ``torch.save`` an object of plain containers and tensors (loadable with weights_only)."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def load_torch(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
-    """``torch.load(weights_only=True)``; a corrupt, truncated or code-running file raises CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+def read_weights_metadata(path: PathLike) -> Dict[str, Any]:
+    """The JSON ``metadata`` stored by :func:`save_weights` (empty if none)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from e
+    return json.loads(meta["meta"]) if "meta" in meta else {}
+
+
+def save_torch(obj: Any, path: PathLike) -> Path:
+    """Atomically ``torch.save`` plain containers and tensors, wrapped with a SHA-256 of the bytes."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    envelope = {
+        "format": _CHECKED_TORCH_FORMAT,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "data": torch.frombuffer(bytearray(data), dtype=torch.uint8),
+    }
+    return atomic_write(path, lambda tmp: torch.save(envelope, tmp))
+
+
+def _torch_load(source: Any, path: Path, map_location: Union[str, torch.device]) -> Any:
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError, ...
         raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {e})") from e
 
 
+def load_torch(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
+    """``torch.load(weights_only=True)``, checking the SHA-256 of files written by :func:`save_torch`.
+
+    A missing, corrupt, truncated or code-running file raises CheckpointError naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    obj = _torch_load(path, path, map_location)
+    if isinstance(obj, dict) and obj.get("format") == _CHECKED_TORCH_FORMAT:
+        data = obj["data"].numpy().tobytes()
+        if hashlib.sha256(data).hexdigest() != obj["sha256"]:
+            raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt")
+        obj = _torch_load(io.BytesIO(data), path, map_location)
+    return obj
+
+
 def load_weights(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, torch.Tensor]:
-    """A state dict from safetensors or a weights-only torch file; CheckpointError names the file."""
+    """A state dict from safetensors (checksum verified when stored) or a weights-only torch file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
         try:
-            return load_file(str(path), device=str(map_location))
+            with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+                expected = (f.metadata() or {}).get("sha256")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from e
+        if expected is not None and tensors_sha256(tensors) != expected:
+            raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt")
+        return tensors
     obj = load_torch(path, map_location)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
