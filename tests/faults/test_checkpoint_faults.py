@@ -1,0 +1,152 @@
+"""Checkpoint files that are truncated, bit-flipped, hostile, or interrupted mid-write."""
+import ast
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from matmamba_vision.checkpoint import (
+    CheckpointError, load_checkpoint, load_torch, load_weights, save_torch, save_weights,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def model():
+    return timm.create_model("matmamba_vision_tiny_patch4_28", embed_dim=32, depth=2, d_state=8)
+
+
+def corrupt(path: Path, offset_from_end: int = None, truncate_to: float = None) -> None:
+    data = bytearray(path.read_bytes())
+    if truncate_to is not None:
+        data = data[: int(len(data) * truncate_to)]
+    else:
+        data[len(data) - offset_from_end] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncate_half", "truncate_header", "flip_tensor_byte", "flip_header_byte"])
+def test_damaged_safetensors_named_in_error(model, tmp_path, how):
+    path = tmp_path / "model.safetensors"
+    save_weights(model.state_dict(), path)
+    size = path.stat().st_size
+    if how == "truncate_half":
+        corrupt(path, truncate_to=0.5)
+    elif how == "truncate_header":
+        corrupt(path, truncate_to=16 / size)
+    elif how == "flip_tensor_byte":
+        corrupt(path, offset_from_end=17)
+    else:
+        corrupt(path, offset_from_end=size - 20)
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_weights(path)
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_checkpoint(model, path)
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_damaged_state_file_named_in_error(tmp_path, how):
+    path = tmp_path / "state.pth"
+    save_torch({"optimizer": {"exp_avg": torch.randn(256, 64)}, "epoch": 4}, path)
+    if how == "truncate":
+        corrupt(path, truncate_to=0.6)
+    else:
+        corrupt(path, offset_from_end=path.stat().st_size // 2)
+    with pytest.raises(CheckpointError, match="state.pth"):
+        load_torch(path)
+
+
+class _Exploit:
+    """Unpickling this would create the marker file, if the loader ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".bin"])
+def test_code_running_pickle_is_refused_without_running(model, tmp_path, suffix):
+    marker = tmp_path / "pwned"
+    path = tmp_path / f"evil{suffix}"
+    torch.save({"state_dict": model.state_dict(), "payload": _Exploit(marker)}, path)
+    for load in (load_torch, load_weights, lambda p: load_checkpoint(model, p)):
+        with pytest.raises(CheckpointError, match=f"evil{suffix}"):
+            load(path)
+    with pytest.raises(Exception):  # timm's own pretrained path is weights-only too
+        timm.create_model("matmamba_vision_tiny_patch4_28", embed_dim=32, depth=2, d_state=8, pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(path)))
+    assert not marker.exists()
+
+
+def test_not_a_state_dict(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        load_weights(path)
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        load_weights(tmp_path / "missing.safetensors")
+
+
+def test_checkpoint_for_another_model_names_the_keys(model, tmp_path):
+    other = timm.create_model("matmamba_vision_tiny_patch4_28", embed_dim=32, depth=3, d_state=16)
+    path = tmp_path / "other.safetensors"
+    save_weights(other.state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, path)
+    msg = str(err.value)
+    assert "other.safetensors" in msg and "unexpected keys: layers.2." in msg and "shape mismatches" in msg
+    assert "layers.0.mixer.xbc_proj.weight: checkpoint (96, 32) vs model (80, 32)" in msg
+
+
+_WRITER = r"""
+import sys, torch
+from matmamba_vision.checkpoint import save_weights
+path, n = sys.argv[1], 0
+while True:
+    n += 1
+    save_weights({"w": torch.full((1 << 21,), float(n)), "n": torch.tensor(n)}, path)
+    print(n, flush=True)
+"""
+
+
+def test_sigkill_during_writes_leaves_a_loadable_file(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    save_weights({"w": torch.zeros(1 << 21), "n": torch.tensor(0)}, path)
+    for delay in (0.0, 0.02, 0.11):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE,
+                                cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert proc.stdout.readline()  # one whole write done: it is now writing again
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state = load_weights(path)  # whole: either an old or a new version, never a partial one
+        assert torch.all(state["w"] == state["n"].float())
+    assert not [p for p in tmp_path.iterdir() if p.name == "ckpt.safetensors" and p.stat().st_size == 0]
+
+
+def _torch_load_calls(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load":
+            base = node.func.value
+            if isinstance(base, ast.Name) and base.id == "torch":
+                yield node
+
+
+def test_no_torch_load_without_weights_only():
+    sources = [p for p in REPO.rglob("*.py") if ".venv" not in p.parts and "tests" not in p.parts]
+    offenders = []
+    for src in sources:
+        for call in _torch_load_calls(ast.parse(src.read_text(), str(src))):
+            kw = {k.arg: k.value for k in call.keywords}
+            if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
+                offenders.append(f"{src.relative_to(REPO)}:{call.lineno}")
+    assert sources and not offenders, offenders
