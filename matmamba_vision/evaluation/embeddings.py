@@ -109,7 +109,7 @@ class _Writer:
     """Streams rows to a temporary directory; :meth:`commit` marks it complete and renames it into place."""
 
     def __init__(self, cache: EmbeddingCache, identity: Dict[str, Any]):
-        self.identity = identity
+        self.identity, self.cache = identity, cache
         self.final = cache.entry_dir(identity)
         self.rows, self.dim = 0, None
         self._labels: List[np.ndarray] = []
@@ -151,8 +151,15 @@ class _Writer:
             os.fsync(f.fileno())
         try:
             os.rename(self.tmp, self.final)
-        except OSError:  # another process completed the same entry first: theirs is equivalent
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        except OSError:  # the entry's folder exists: another process's complete entry, or debris
+            existing = self.cache.load(self.identity)
+            if existing is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return existing
+            stale = Path(tempfile.mkdtemp(prefix=f".stale-{self.final.name}-", dir=self.final.parent))
+            os.rename(self.final, stale / "old")
+            os.rename(self.tmp, self.final)
+            shutil.rmtree(stale, ignore_errors=True)
         emb = np.memmap(self.final / _EMB, dtype=np.float32, mode="r", shape=(self.rows, self.dim)) if self.rows \
             else np.zeros((0, self.dim or 0), np.float32)
         return EmbeddingSet(emb, labels, meta, self.final)

@@ -1,0 +1,116 @@
+"""validate.py and retrieval.py end to end: an image folder, the Fashion-MNIST default, bad input."""
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eval_synthetic import SyntheticLoader, tiny_model
+from matmamba_vision.checkpoint import CheckpointError, save_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model-kwargs", "embed_dim=32", "depth=2", "d_state=16", "-j", "0", "-b", "16"]
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    return _script("validate"), _script("retrieval")
+
+
+def _folder(root: Path, n_train=24, n_val=12, classes=("a", "b", "c", "d"), val_classes=None):
+    """ROOT/{train,val}/CLASS/*.png from the synthetic templates (grey 28x28)."""
+    for split, n, names in (("train", n_train, classes), ("val", n_val, val_classes or classes)):
+        data = SyntheticLoader(n, n_classes=len(names), seed=len(split))
+        for i, (img, t) in enumerate(zip(data.images, data.targets)):
+            d = root / split / names[int(t)]
+            d.mkdir(parents=True, exist_ok=True)
+            px = np.clip(img[0].numpy() * 60 + 128, 0, 255).astype(np.uint8)
+            Image.fromarray(px, mode="L").save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "model_best.safetensors"
+    save_weights(tiny_model(depth=2).state_dict(), path)
+    return path
+
+
+def test_validate_on_a_folder(scripts, checkpoint, tmp_path):
+    validate, _ = scripts
+    data = _folder(tmp_path / "data")
+    out = tmp_path / "out"
+    rows = validate.main(["--data-dir", str(data), "--checkpoint", str(checkpoint), "--num-classes", "10",
+                          "--mixnmatch", "official", "--output", str(out), "--results-file",
+                          str(tmp_path / "r.json"), *TINY])
+    assert [r["name"] for r in rows[:3]] == ["g=32", "g=16", "g=8"] and len(rows) == 3 + 3  # 3 pairs x (k = 1)
+    assert all(r["samples"] == 12 for r in rows)
+    for ext in ("csv", "json", "png"):
+        assert (out / f"validate.{ext}").stat().st_size > 0
+    meta = json.loads((out / "validate.json").read_text())
+    assert meta["checkpoint"] == str(checkpoint) and meta["data_config"]["input_size"] == [1, 28, 28]
+    assert len(json.loads((tmp_path / "r.json").read_text())["rows"]) == 6
+
+
+def test_retrieval_on_a_folder_reuses_its_cache(scripts, checkpoint, tmp_path, capsys):
+    _, retrieval = scripts
+    data = _folder(tmp_path / "data")
+    args = ["--data-dir", str(data), "--checkpoint", str(checkpoint), "--num-classes", "10", "--output",
+            str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--knn-backend", "torch", *TINY]
+    first = retrieval.main(args)
+    assert [r["query_granularity"] for r in first] == [32, 16, 8]
+    assert not any(r["db_cached"] or r["query_cached"] for r in first)
+    assert first[0]["top1"] == 100.0  # same-class images are near copies
+    second = retrieval.main(args)
+    assert all(r["db_cached"] and r["query_cached"] for r in second)
+    assert [r["top1"] for r in second] == [r["top1"] for r in first]
+    for ext in ("csv", "json", "png"):
+        assert (tmp_path / "out" / f"retrieval.{ext}").stat().st_size > 0
+    assert "1-NN top-1" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_file()
+                    and not os.environ.get("MATMAMBA_FMNIST_DIR"), reason="Fashion-MNIST is not installed")
+def test_defaults_run_on_fashion_mnist(scripts, tmp_path):
+    validate, retrieval = scripts
+    rows = validate.main(["--max-samples", "32", "--granularities", "32", "--output", str(tmp_path), *TINY])
+    assert rows[0]["samples"] == 32
+    rows = retrieval.main(["--max-samples", "32", "--query-granularities", "16", "--output", str(tmp_path),
+                           "--cache-dir", "", *TINY])
+    assert rows[0]["queries"] == 32 and rows[0]["db_size"] == 32
+
+
+def test_bad_input(scripts, checkpoint, tmp_path):
+    validate, retrieval = scripts
+    data = _folder(tmp_path / "data")
+    common = ["--data-dir", str(data), "--output", str(tmp_path / "o"), *TINY]
+    wrong = tmp_path / "wrong.safetensors"
+    save_weights(tiny_model(depth=3).state_dict(), wrong)
+    with pytest.raises(CheckpointError, match=r"unexpected keys: layers\.2\.mixer"):
+        validate.main(["--checkpoint", str(wrong), *common])
+    with pytest.raises(CheckpointError, match=r"shape mismatches: head\.bias.*head\.weight: checkpoint \(10, 32\) vs model \(4, 32\)"):
+        validate.main(["--checkpoint", str(checkpoint), "--num-classes", "4", *common])
+    with pytest.raises(ValueError, match="--granularities: the model cannot run at 12"):
+        validate.main(["--granularities", "12", *common])
+    with pytest.raises(ValueError, match="--mixnmatch"):
+        validate.main(["--mixnmatch", "random:many", *common])
+    with pytest.raises(ValueError, match="--model-kwargs"):
+        validate.main(["--data-dir", str(data), *TINY, "--model-kwargs", "wings=2"])
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    (empty / "val").mkdir()
+    with pytest.raises(ValueError):
+        retrieval.main(["--data-dir", str(empty), "--cache-dir", "", *TINY])
+    odd = _folder(tmp_path / "odd", val_classes=("a", "b", "c", "e"))
+    with pytest.raises(ValueError, match="class"):
+        retrieval.main(["--data-dir", str(odd), "--cache-dir", "", "--output", str(tmp_path / "o"), *TINY])
