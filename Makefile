@@ -5,9 +5,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # torch and torchvision are pinned as a pair that installs together here (see ENVIRONMENT notes in README).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= test
+EXTRAS ?= test,faiss
+# The demo's run folder (train.py --output output/train --experiment demo) and the evaluation at its end.
+DEMO_RUN ?= output/train/demo
+DEMO_CKPT ?= $(DEMO_RUN)/model_best.safetensors
+DEMO_EVAL_SAMPLES ?= 2000
 
-.PHONY: demo test setup clean
+.PHONY: demo demo-eval test setup clean
 
 setup: $(STAMP)
 
@@ -22,6 +26,14 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(PY) examples/api_tour.py
+	$(MAKE) --no-print-directory demo-eval
+
+# validate.py (trained levels + the official mix'n'match sweep) and retrieval.py on the demo checkpoint;
+# CSV/JSON/PNG land in $(DEMO_RUN). Each uses the first $(DEMO_EVAL_SAMPLES) images of each split.
+demo-eval: $(STAMP)
+	$(PY) validate.py --checkpoint $(DEMO_CKPT) --mixnmatch official --max-samples $(DEMO_EVAL_SAMPLES) --output $(DEMO_RUN)
+	$(PY) retrieval.py --checkpoint $(DEMO_CKPT) --max-samples $(DEMO_EVAL_SAMPLES) --output $(DEMO_RUN) \
+		--cache-dir $(DEMO_RUN)/embedding_cache
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
