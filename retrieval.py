@@ -71,9 +71,10 @@ def main(argv=None) -> list:
     model_identity = dict(model=args.model, model_args=model.model_args, weights=weights)
     db_loader = loader_from_args(args, args.db_split, data_config)
     query_loader = loader_from_args(args, args.query_split, data_config)
+    limit = "" if args.max_samples is None else f", first {args.max_samples} of each"
     print(f"{args.model}: database {args.db_split} ({getattr(db_loader, 'num_samples', '?')} images) at "
-          f"{[c.name for c in db_configs]}, queries {args.query_split} ({getattr(query_loader, 'num_samples', '?')}) at "
-          f"{[c.name for c in query_configs]}{'' if args.max_samples is None else f', first {args.max_samples} of each'}; "
+          f"{[c.name for c in db_configs]}, queries {args.query_split} "
+          f"({getattr(query_loader, 'num_samples', '?')}) at {[c.name for c in query_configs]}{limit}; "
           f"kNN {backend} {args.knn_index}", flush=True)
     rows = run_retrieval(
         model, db_loader, query_loader, db_configs, query_configs, model_identity,

@@ -13,7 +13,6 @@ import argparse
 import sys
 import time
 
-import torch
 
 import matmamba_vision  # noqa: F401  (registers the models with timm)
 from matmamba_vision.evaluation import dedupe_configs, parse_granularities, parse_mixnmatch
@@ -22,7 +21,9 @@ from matmamba_vision.evaluation.cli import (
     output_dir_from_args, resolve_device,
 )
 from matmamba_vision.evaluation.report import write_csv, write_json
-from matmamba_vision.evaluation.validation import CSV_COLUMNS, validate_configs, validation_tables, write_validation_outputs
+from matmamba_vision.evaluation.validation import (
+    CSV_COLUMNS, validate_configs, validation_tables, write_validation_outputs,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,11 +44,13 @@ def main(argv=None) -> list:
     device = resolve_device(args.device)
     model = model_from_args(args).to(device)
     data_config = data_config_from_args(args, model)
-    configs = dedupe_configs(parse_granularities(model, args.granularities) + parse_mixnmatch(model, args.mixnmatch, args.seed))
+    configs = dedupe_configs(
+        parse_granularities(model, args.granularities) + parse_mixnmatch(model, args.mixnmatch, args.seed)
+    )
     loader = loader_from_args(args, args.split, data_config)
+    limit = "" if args.max_samples is None else f", first {args.max_samples}"
     print(f"{args.model}: {len(configs)} configurations on {args.split} "
-          f"({getattr(loader, 'num_samples', '?')} images{'' if args.max_samples is None else f', first {args.max_samples}'})",
-          flush=True)
+          f"({getattr(loader, 'num_samples', '?')} images{limit})", flush=True)
     rows = validate_configs(model, loader, configs, img_size=data_config["input_size"][-1], device=str(device),
                             amp_dtype=amp_dtype_from_args(args), max_samples=args.max_samples,
                             share_prefix=not args.no_prefix_sharing, log_freq=args.log_freq)

@@ -45,9 +45,9 @@ def test_retrieval_finds_the_known_classes(model, tmp_path):
 def test_matrix_and_baseline(model, tmp_path):
     db, q = SyntheticLoader(40, n_classes=4, seed=1), SyntheticLoader(12, n_classes=4, seed=2)
     other = tiny_model(seed=7, depth=2, mixer_dims=[16, 16])  # a separately trained, smaller model
-    rows = run_retrieval(model, db, q, parse_granularities(model, ["32", "8"]), parse_granularities(model, ["32", "16"]),
-                         _identity(model, "w0"), DB_ID, Q_ID, EmbeddingCache(None),
-                         baselines=[Baseline("small", other, "b0")], backend="torch")
+    rows = run_retrieval(model, db, q, parse_granularities(model, ["32", "8"]),
+                         parse_granularities(model, ["32", "16"]), _identity(model, "w0"), DB_ID, Q_ID,
+                         EmbeddingCache(None), baselines=[Baseline("small", other, "b0")], backend="torch")
     pairs = [(r["query_kind"], r["query_granularity"], r["db_granularity"]) for r in rows]
     assert pairs == [("granularity", 32, 32), ("granularity", 16, 32), ("baseline", 16, 32),
                      ("granularity", 32, 8), ("granularity", 16, 8)]

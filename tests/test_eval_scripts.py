@@ -98,7 +98,8 @@ def test_bad_input(scripts, checkpoint, tmp_path):
     save_weights(tiny_model(depth=3).state_dict(), wrong)
     with pytest.raises(CheckpointError, match=r"unexpected keys: layers\.2\.mixer"):
         validate.main(["--checkpoint", str(wrong), *common])
-    with pytest.raises(CheckpointError, match=r"shape mismatches: head\.bias.*head\.weight: checkpoint \(10, 32\) vs model \(4, 32\)"):
+    shapes = r"shape mismatches: head\.bias.*head\.weight: checkpoint \(10, 32\) vs model \(4, 32\)"
+    with pytest.raises(CheckpointError, match=shapes):
         validate.main(["--checkpoint", str(checkpoint), "--num-classes", "4", *common])
     with pytest.raises(ValueError, match="--granularities: the model cannot run at 12"):
         validate.main(["--granularities", "12", *common])

@@ -21,8 +21,8 @@ from .sweep import config_costs, evaluate_configs
 from .validation import validate_configs, validation_tables, write_validation_outputs
 
 __all__ = [
-    "AccuracyMeter", "topk_correct", "SubmodelConfig", "dedupe_configs", "dims_name", "load_config_file", "official_sweep",
-    "parse_granularities", "parse_mixnmatch", "random_configs", "uniform_configs", "EmbeddingCache",
+    "AccuracyMeter", "topk_correct", "SubmodelConfig", "dedupe_configs", "dims_name", "load_config_file",
+    "official_sweep", "parse_granularities", "parse_mixnmatch", "random_configs", "uniform_configs", "EmbeddingCache",
     "EmbeddingSet", "embed_splits", "file_sha256", "state_dict_sha256", "KNN_BACKENDS", "faiss_available",
     "knn_search", "resolve_backend", "forward_many", "pareto_front", "plot_retrieval", "plot_tradeoff",
     "Baseline", "retrieval_table", "run_retrieval", "score_pair", "write_retrieval_outputs", "retrieval_metrics",

@@ -164,7 +164,9 @@ def parse_granularities(model: MatMambaVision, spec: Optional[Sequence]) -> List
         try:
             values.append(int(s))
         except (TypeError, ValueError):
-            raise ValueError(f"--granularities: {s!r} is not an integer; trained levels: {model.matryoshka_levels}") from None
+            raise ValueError(
+                f"--granularities: {s!r} is not an integer; trained levels: {model.matryoshka_levels}"
+            ) from None
     return uniform_configs(model, values)
 
 

@@ -84,7 +84,8 @@ class EmbeddingCache:
             return None
         key = _identity_key(identity)
         name = _safe(identity.get("name", "emb"))
-        return self.root / _safe(identity.get("model", "model")) / _safe(identity.get("split", "split")) / f"{name}-{key[:16]}"
+        folder = self.root / _safe(identity.get("model", "model")) / _safe(identity.get("split", "split"))
+        return folder / f"{name}-{key[:16]}"
 
     def load(self, identity: Dict[str, Any]) -> Optional[EmbeddingSet]:
         """The complete entry for ``identity``, memory-mapped, or None (absent, incomplete or inconsistent)."""

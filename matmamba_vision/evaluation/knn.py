@@ -87,7 +87,9 @@ def knn_search(
     any other faiss ``index_factory`` string builds that approximate index (faiss only).
     """
     if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
-        raise ValueError(f"queries and database must be 2-D with the same width, got {queries.shape} and {database.shape}")
+        raise ValueError(
+            f"queries and database must be 2-D with the same width, got {queries.shape} and {database.shape}"
+        )
     nq, nd = queries.shape[0], database.shape[0]
     if nq == 0 or nd == 0:
         raise ValueError(f"knn search needs at least one query and one database row, got {nq} and {nd}")

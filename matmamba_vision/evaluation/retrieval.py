@@ -85,10 +85,9 @@ def run_retrieval(
         raise ValueError("retrieval needs at least one database and one query granularity")
     check_same_classes(getattr(db_loader, "classes", None), getattr(query_loader, "classes", None),
                        db_identity.get("split", "database"), query_identity.get("split", "query"))
-    for name, loader in (("database", db_loader), ("query", query_loader)):
+    for name, loader, ident in (("database", db_loader, db_identity), ("query", query_loader, query_identity)):
         if getattr(loader, "num_samples", None) == 0:
-            raise ValueError(f"the {name} split ({(db_identity if name == 'database' else query_identity).get('split')}) "
-                             "is empty")
+            raise ValueError(f"the {name} split ({ident.get('split')}) is empty")
     common = dict(device=device, amp_dtype=amp_dtype, max_samples=max_samples, share_prefix=share_prefix)
     db_sets = embed_splits(model, db_loader, [c.dims for c in db_configs], dict(model_identity, **db_identity),
                            cache, names=[c.name for c in db_configs], desc=f"embed {db_identity.get('split', 'db')}",
