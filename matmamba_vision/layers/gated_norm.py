@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["GatedRMSNorm", "gated_rms_norm"]
+__all__ = ["GatedRMSNorm", "gated_rms_norm", "gated_rms_norm_linear"]
 
 
 def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -15,6 +15,26 @@ def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: 
     gated = (y * F.silu(z)).float()
     normed = gated * torch.rsqrt(gated.square().mean(-1, keepdim=True) + eps)
     return normed.to(y.dtype) * weight
+
+
+def gated_rms_norm_linear(
+    y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, out_weight: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """``F.linear(gated_rms_norm(y, z, weight, eps), out_weight)`` in fewer passes over the wide input.
+
+    The per-token RMS scale commutes with the linear map, so it is applied to the (narrower) output;
+    ``weight`` is folded into ``out_weight`` when that is the smaller tensor. Statistics in float32.
+    """
+    gated = F.silu(z)
+    gated = gated.mul_(y) if not torch.is_grad_enabled() else gated * y
+    width = gated.shape[-1]
+    ms = torch.linalg.vector_norm(gated, dim=-1, keepdim=True, dtype=torch.float32).square_().div_(width)
+    scale = torch.rsqrt(ms.add_(eps))
+    if gated.numel() >= out_weight.numel():
+        out = F.linear(gated, out_weight * weight.to(out_weight.dtype))
+    else:
+        out = F.linear(gated * weight.to(gated.dtype), out_weight)
+    return out.mul_(scale.to(out.dtype)) if not torch.is_grad_enabled() else out * scale.to(out.dtype)
 
 
 class GatedRMSNorm(nn.Module):

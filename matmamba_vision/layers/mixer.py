@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.ssd import check_ssd_backend, ssd_scan
-from .gated_norm import GatedRMSNorm
+from .gated_norm import GatedRMSNorm, gated_rms_norm_linear
 
 __all__ = ["MatMamba2Mixer", "causal_depthwise_conv1d"]
 
@@ -31,14 +31,15 @@ def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     """Depthwise causal conv over the sequence of ``x`` (batch, seqlen, channels); ``weight`` (channels, k).
 
     Output ``t`` sees inputs ``t-k+1 .. t`` (zeros before the start), as ``nn.Conv1d`` with ``padding=k-1``
-    cut to the first ``seqlen`` outputs. Channels-last shifted sums: no transposes, cheap backward.
+    cut to the first ``seqlen`` outputs. The channels-last input is read without a copy as an NHWC image
+    of width 1, so the CPU runs oneDNN's vectorised depthwise kernel (forward and backward); the result
+    is a strided (batch, seqlen, channels) view.
     """
-    seqlen, k = x.shape[1], weight.shape[1]
-    xp = F.pad(x, (0, 0, k - 1, 0))
-    out = torch.addcmul(bias, xp[:, :seqlen], weight[:, 0])
-    for i in range(1, k):
-        out = out.addcmul(xp[:, i:i + seqlen], weight[:, i])
-    return out
+    b, seqlen, ch = x.shape
+    k = weight.shape[1]
+    img = x.view(b, seqlen, 1, ch).permute(0, 3, 1, 2)  # (b, ch, seqlen, 1), channels-last strides
+    out = F.conv2d(img, weight.view(ch, 1, k, 1), bias, padding=(k - 1, 0), groups=ch)
+    return out[:, :, :seqlen, 0].permute(0, 2, 1)
 
 
 class CausalConv(nn.Module):
@@ -157,7 +158,8 @@ class MatMamba2Mixer(nn.Module):
 
         xbc = self.proj_drop(F.linear(u, w["xbc_proj.weight"]))
         zdt = self.proj_drop(F.linear(u, w["zdt_proj.weight"])).view(b, seqlen, h, p + 1)
-        xbc = F.silu(causal_depthwise_conv1d(xbc, w["conv.weight"], w["conv.bias"]))
+        xbc = causal_depthwise_conv1d(xbc, w["conv.weight"], w["conv.bias"])
+        xbc = F.silu(xbc, inplace=not torch.is_grad_enabled())
         B, C, x = torch.split(xbc, [gn, gn, h * p], dim=-1)
         x = x.view(b, seqlen, h, p)
         z, dt = zdt[..., :p], zdt[..., p]
@@ -170,6 +172,9 @@ class MatMamba2Mixer(nn.Module):
             chunk_size=self.chunk_size,
             backend=self.ssd_backend,
         )
-        y = y + x * w["D"].to(x.dtype).unsqueeze(-1)
-        y = self.norm(y.flatten(2), z.flatten(2), weight=w["norm.weight"])
-        return self.proj_drop(F.linear(y, w["out_proj.weight"]))
+        Dx = w["D"].to(x.dtype).unsqueeze(-1)
+        y = y.addcmul_(x, Dx) if not torch.is_grad_enabled() else torch.addcmul(y, x, Dx)
+        out = gated_rms_norm_linear(
+            y.flatten(2), z.flatten(2), w["norm.weight"], w["out_proj.weight"], eps=self.norm.eps
+        )
+        return self.proj_drop(out)

@@ -12,39 +12,69 @@ chunk size except through rounding, so each backend picks the size that suits it
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SSD_BACKENDS", "ssd_scan", "ssd_scan_torch", "check_ssd_backend", "mamba_ssm_available"]
+__all__ = ["SSD_BACKENDS", "ssd_scan", "ssd_scan_torch", "choose_chunk_len", "check_ssd_backend", "mamba_ssm_available"]
 
 SSD_BACKENDS = ("auto", "torch", "mamba_ssm")
 
 
-def ssd_scan_torch(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    chunk_size: int = 256,
-) -> torch.Tensor:
-    """Chunked SSD scan, computed in float32 and returned in ``x.dtype``.
+# The factorised path runs where every |c - a| of a chunk is at most this many nats: exp(+-40) keeps both
+# factors, and their products with the data, far inside float32's normal range (~1e-38 .. 3e38).
+SAFE_HALF_RANGE = 40.0
+_CLAMP = 60.0  # exponents of unsafe heads are clamped here (finite values, overwritten afterwards)
+_MIN_FACTORISED_CHUNK = 16  # below this an unsafe head goes to the exact path
 
-    Args:
-        x: (batch, seqlen, heads, headdim) inputs.
-        dt: (batch, seqlen, heads) positive step sizes (softplus already applied).
-        A: (heads,) negative decay rates.
-        B, C: (batch, seqlen, groups, d_state); ``heads`` must be a multiple of ``groups``.
-        chunk_size: tokens per chunk; any sequence length is accepted.
+
+def choose_chunk_len(seqlen: int, d_state: int, chunk_size: int = 256) -> int:
+    """Longest chunk the torch path considers (at most ``chunk_size``).
+
+    One chunk while its (L x L) product costs less than carrying states across chunks
+    (L <= 64 + 2 d_state, in multiply-adds per channel), else about 128 (GEMMs with a short inner
+    dimension run far below peak on CPUs), balanced so that the padding is under one token per chunk.
     """
+    if seqlen <= min(chunk_size, 64 + 2 * d_state):
+        return max(1, seqlen)
+    return _balanced(seqlen, min(chunk_size, 128))
+
+
+def _balanced(seqlen: int, target: int) -> int:
+    """The chunk length closest to ``target`` (not above) that splits ``seqlen`` into equal-ish chunks."""
+    nc = -(-seqlen // max(1, target))
+    return -(-seqlen // nc)
+
+
+def _safe_chunk_len(dA: torch.Tensor, q: int) -> int:
+    """Halve ``q`` (down to ``_MIN_FACTORISED_CHUNK``) until every chunk of every head has a decay range
+    the factorised path accepts; ``dA`` (batch, seqlen, heads) is ``dt * A`` (<= 0)."""
+    seqlen = dA.shape[1]
+    with torch.no_grad():
+        a = torch.cumsum(dA, dim=1)
+        a = torch.cat([a.new_zeros(a.shape[0], 1, a.shape[2]), a], dim=1)  # a[t] = decay of tokens < t
+        while q > _MIN_FACTORISED_CHUNK:
+            ends = torch.arange(q, seqlen + q, q).clamp_(max=seqlen)
+            # Chunk range = sum of its dA except the first token's = a[start + 1] - a[end].
+            starts = ends - q
+            rng = a.index_select(1, (starts + 1).clamp_(max=seqlen)) - a.index_select(1, ends)
+            if not bool((rng > 2 * SAFE_HALF_RANGE).any()):
+                break
+            q = _balanced(seqlen, max(_MIN_FACTORISED_CHUNK, q // 2))
+    return q
+
+
+def _pad_seq(t: torch.Tensor, pad: int) -> torch.Tensor:
+    return F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) if pad else t
+
+
+def _ssd_exact(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """Reference chunked scan on float32 tensors: per head, an explicit (q x q) decay matrix per chunk."""
     b, seqlen, h, p = x.shape
     g, n = B.shape[-2:]
-    if h % g:
-        raise ValueError(f"heads ({h}) must be a multiple of groups ({g})")
-    out_dtype = x.dtype
-    x, dt, A, B, C = (t.float() for t in (x, dt, A, B, C))
     q = max(1, min(chunk_size, seqlen))
     nc = -(-seqlen // q)
     pad = nc * q - seqlen
@@ -90,6 +120,127 @@ def ssd_scan_torch(
     y = y.permute(0, 1, 3, 2, 4).reshape(b, nc * q, h, p)
     if pad:
         y = y[:, :seqlen]
+    return y
+
+
+def _ssd_factorised(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, q: int
+) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+    """Chunked scan whose intra-chunk product is one GEMM shared by all heads of a group.
+
+    With ``a`` the in-chunk cumulative decay and ``c`` its mid-range per (chunk, head),
+    ``exp(a_i - a_j) = exp(a_i - c) * exp(c - a_j)``, so ``y = e * (tril(C B^T) @ U + C @ S'^T)`` with
+    ``U_j = exp(c - a_j) dt_j x_j``, ``e_i = exp(a_i - c)`` and ``S'`` the entering state times ``exp(c)``.
+    Exact up to rounding where the chunk's decay range is at most ``2 * SAFE_HALF_RANGE``.
+
+    Returns (y float32 or None when no head is safe, unsafe-head mask (heads,)); rows of unsafe heads
+    are finite but wrong and must be replaced by the caller.
+    """
+    b, seqlen, h, p = x.shape
+    g, n = B.shape[-2:]
+    hg = h // g
+    nc = -(-seqlen // q)
+    pad = nc * q - seqlen
+    dt, B, C = (_pad_seq(t, pad) for t in (dt, B, C))  # dt = 0 on padding: no decay, no input
+    a = torch.cumsum((dt * A).view(b, nc, q, h), dim=2)  # (b, nc, q, h), decreasing along q
+    a_first, a_last = a[:, :, 0], a[:, :, -1]
+    with torch.no_grad():
+        bad = ((a_first - a_last) > 2 * SAFE_HALF_RANGE).flatten(0, 1).any(0)
+    if bool(bad.all()):
+        return None, bad
+    mid = 0.5 * (a_first + a_last)  # (b, nc, h)
+    rel = a - mid.unsqueeze(2)
+    e = rel.clamp(min=-_CLAMP).exp()  # exp(a_i - c) <= e^40 on safe heads
+    f = dt.view(b, nc, q, h) * rel.neg().clamp(max=_CLAMP).exp()  # dt_j exp(c - a_j)
+    U = x * f.view(b, nc * q, h, 1)[:, :seqlen]
+    U = _pad_seq(U, pad).view(b, nc, q, g, hg * p).transpose(2, 3)  # (b, nc, g, q, hg*p)
+    Bc = B.view(b, nc, q, g, n).transpose(2, 3)  # (b, nc, g, q, n)
+    Cc = C.view(b, nc, q, g, n).transpose(2, 3)
+    Z = torch.matmul(torch.matmul(Cc, Bc.transpose(-1, -2)).tril_(), U)  # (b, nc, g, q, hg*p)
+    if nc > 1:
+        # S'_c = exp(mid_c) * (state entering chunk c): S'_0 = 0, S'_{c+1} = k_c S'_c + G_c with
+        # k_c = exp(mid_{c+1} - mid_c + a_last_c) <= 1 and G_c = (k_c U_c)^T B_c (k folded into the per-token
+        # factor: one pass over x instead of one over the much larger states per chunk).
+        k = torch.exp(mid[:, 1:] - mid[:, :-1] + a_last[:, :-1])  # (b, nc-1, h)
+        fk = (f[:, :-1] * k.unsqueeze(2)).view(b, (nc - 1) * q, h, 1)
+        Uk = (x[:, : (nc - 1) * q] * fk[:, :seqlen]).view(b, nc - 1, q, g, hg * p).transpose(2, 3)
+        G = torch.matmul(Uk.transpose(-1, -2), Bc[:, :-1])  # (b, nc-1, g, hg*p, n)
+        k = k.view(b, nc - 1, g, hg, 1, 1)
+        G6 = G.view(b, nc - 1, g, hg, p, n)
+        if torch.is_grad_enabled():
+            states = [torch.zeros_like(G6[:, 0]), G6[:, 0]]
+            for i in range(1, nc - 1):
+                states.append(torch.addcmul(G6[:, i], states[-1], k[:, i]))
+            S = torch.stack(states, dim=1)
+        else:
+            S = G.new_empty(b, nc, g, hg, p, n)
+            S[:, 0].zero_()
+            S[:, 1].copy_(G6[:, 0])
+            for i in range(1, nc - 1):
+                torch.addcmul(G6[:, i], S[:, i], k[:, i], out=S[:, i + 1])
+        S = S.view(b * nc * g, hg * p, n).transpose(1, 2)
+        Z3, C3 = Z.view(b * nc * g, q, hg * p), Cc.reshape(b * nc * g, q, n)
+        Z = (Z3.baddbmm_(C3, S) if not torch.is_grad_enabled() else torch.baddbmm(Z3, C3, S))
+        Z = Z.view(b, nc, g, q, hg * p)
+    y = Z.transpose(2, 3).reshape(b, nc * q, h, p)
+    y = y.mul_(e.view(b, nc * q, h, 1)) if not torch.is_grad_enabled() else y * e.view(b, nc * q, h, 1)
+    return (y[:, :seqlen] if pad else y), bad
+
+
+def _ssd_auto(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, q: int
+) -> torch.Tensor:
+    """Factorised path; heads whose decay range is unsafe are redone with chunks a quarter as long,
+    and below ``_MIN_FACTORISED_CHUNK`` tokens with the exact path."""
+    y, bad = _ssd_factorised(x, dt, A, B, C, q)
+    if y is not None and not bool(bad.any()):
+        return y
+    h, g = x.shape[2], B.shape[2]
+    idx = bad.nonzero()[:, 0]
+    if g > 1:  # the chosen heads keep their own group's B and C
+        B, C = B[:, :, idx // (h // g)], C[:, :, idx // (h // g)]
+    sub = (x[:, :, idx], dt[:, :, idx], A[idx], B, C)
+    if q > _MIN_FACTORISED_CHUNK:
+        nq = max(_MIN_FACTORISED_CHUNK, q // 4)
+        ys = _ssd_auto(*sub, -(-x.shape[1] // -(-x.shape[1] // nq)))
+    else:
+        ys = _ssd_exact(*sub, q)
+    if y is None:
+        return ys
+    return y.index_copy_(2, idx, ys) if not torch.is_grad_enabled() else y.index_copy(2, idx, ys)
+
+
+def ssd_scan_torch(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int = 256,
+    exact: bool = False,
+) -> torch.Tensor:
+    """Chunked SSD scan, computed in float32 and returned in ``x.dtype``.
+
+    Args:
+        x: (batch, seqlen, heads, headdim) inputs.
+        dt: (batch, seqlen, heads) positive step sizes (softplus already applied).
+        A: (heads,) negative decay rates.
+        B, C: (batch, seqlen, groups, d_state); ``heads`` must be a multiple of ``groups``.
+        chunk_size: the most tokens per chunk; the path picks its own length below it
+            (:func:`choose_chunk_len`); any sequence length is accepted.
+        exact: skip the factorised fast path (reference; slower).
+    """
+    b, seqlen, h, p = x.shape
+    g, n = B.shape[-2:]
+    if h % g:
+        raise ValueError(f"heads ({h}) must be a multiple of groups ({g})")
+    out_dtype = x.dtype
+    x, dt, A, B, C = (t.float() for t in (x, dt, A, B, C))
+    if exact:
+        y = _ssd_exact(x, dt, A, B, C, chunk_size)
+    else:
+        q = _safe_chunk_len(dt * A, choose_chunk_len(seqlen, n, chunk_size))
+        y = _ssd_auto(x, dt, A, B, C, q)
     return y.to(out_dtype)
 
 
