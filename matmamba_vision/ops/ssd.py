@@ -48,21 +48,31 @@ def _balanced(seqlen: int, target: int) -> int:
 
 
 def _safe_chunk_len(dA: torch.Tensor, q: int) -> int:
-    """Halve ``q`` (down to ``_MIN_FACTORISED_CHUNK``) until every chunk of every head has a decay range
-    the factorised path accepts; ``dA`` (batch, seqlen, heads) is ``dt * A`` (<= 0)."""
-    seqlen = dA.shape[1]
+    """Halve ``q`` (down to ``_MIN_FACTORISED_CHUNK``) until at most an eighth of the heads has a chunk whose
+    decay range the factorised path rejects (those few are redone with shorter chunks by ``_ssd_auto``);
+    ``dA`` (batch, seqlen, heads) is ``dt * A`` (<= 0)."""
+    seqlen, heads = dA.shape[1], dA.shape[2]
     with torch.no_grad():
         a = torch.cumsum(dA, dim=1)
-        a = torch.cat([a.new_zeros(a.shape[0], 1, a.shape[2]), a], dim=1)  # a[t] = decay of tokens < t
+        a = torch.cat([a.new_zeros(a.shape[0], 1, heads), a], dim=1)  # a[t] = decay of tokens < t
         while q > _MIN_FACTORISED_CHUNK:
             ends = torch.arange(q, seqlen + q, q).clamp_(max=seqlen)
             # Chunk range = sum of its dA except the first token's = a[start + 1] - a[end].
             starts = ends - q
             rng = a.index_select(1, (starts + 1).clamp_(max=seqlen)) - a.index_select(1, ends)
-            if not bool((rng > 2 * SAFE_HALF_RANGE).any()):
+            if int((rng > 2 * SAFE_HALF_RANGE).flatten(0, 1).any(0).sum()) <= heads // 8:
                 break
             q = _balanced(seqlen, max(_MIN_FACTORISED_CHUNK, q // 2))
     return q
+
+
+def _decay_products(lk: torch.Tensor) -> torch.Tensor:
+    """(..., m) log decays -> (..., m, m) lower-triangular ``K[r, c] = exp(lk[c+1] + ... + lk[r])`` (1 on the
+    diagonal), each entry summed over its own segment (no differences of large cumulative sums)."""
+    m = lk.shape[-1]
+    seg = lk.unsqueeze(-1).expand(*lk.shape, m)  # [r, c] = lk[r]
+    seg = seg.masked_fill(~torch.ones(m, m, dtype=torch.bool, device=lk.device).tril(-1), 0.0).cumsum(-2)
+    return seg.masked_fill(~torch.ones(m, m, dtype=torch.bool, device=lk.device).tril(), float("-inf")).exp()
 
 
 def _pad_seq(t: torch.Tensor, pad: int) -> torch.Tensor:
@@ -160,25 +170,16 @@ def _ssd_factorised(
     if nc > 1:
         # S'_c = exp(mid_c) * (state entering chunk c): S'_0 = 0, S'_{c+1} = k_c S'_c + G_c with
         # k_c = exp(mid_{c+1} - mid_c + a_last_c) <= 1 and G_c = (k_c U_c)^T B_c (k folded into the per-token
-        # factor: one pass over x instead of one over the much larger states per chunk).
-        k = torch.exp(mid[:, 1:] - mid[:, :-1] + a_last[:, :-1])  # (b, nc-1, h)
-        fk = (f[:, :-1] * k.unsqueeze(2)).view(b, (nc - 1) * q, h, 1)
-        Uk = (x[:, : (nc - 1) * q] * fk[:, :seqlen]).view(b, nc - 1, q, g, hg * p).transpose(2, 3)
+        # factor: one pass over x instead of one over the larger states). The recurrence is solved as one
+        # batched GEMM with the (chunks x chunks) matrix of decay products, built with a stable segment sum.
+        lk = mid[:, 1:] - mid[:, :-1] + a_last[:, :-1]  # (b, nc-1, h) log k
+        fk = (f[:, :-1] * lk.exp().unsqueeze(2)).view(b, (nc - 1) * q, h, 1)
+        Uk = (x[:, : (nc - 1) * q] * fk).view(b, nc - 1, q, g, hg * p).transpose(2, 3)
         G = torch.matmul(Uk.transpose(-1, -2), Bc[:, :-1])  # (b, nc-1, g, hg*p, n)
-        k = k.view(b, nc - 1, g, hg, 1, 1)
-        G6 = G.view(b, nc - 1, g, hg, p, n)
-        if torch.is_grad_enabled():
-            states = [torch.zeros_like(G6[:, 0]), G6[:, 0]]
-            for i in range(1, nc - 1):
-                states.append(torch.addcmul(G6[:, i], states[-1], k[:, i]))
-            S = torch.stack(states, dim=1)
-        else:
-            S = G.new_empty(b, nc, g, hg, p, n)
-            S[:, 0].zero_()
-            S[:, 1].copy_(G6[:, 0])
-            for i in range(1, nc - 1):
-                torch.addcmul(G6[:, i], S[:, i], k[:, i], out=S[:, i + 1])
-        S = S.view(b * nc * g, hg * p, n).transpose(1, 2)
+        S = torch.matmul(_decay_products(lk.transpose(1, 2)), G.view(b, nc - 1, h, p * n).transpose(1, 2))
+        S_all = S.new_zeros(b, nc, h, p * n)
+        S_all[:, 1:] = S.transpose(1, 2)
+        S = S_all.view(b * nc * g, hg * p, n).transpose(1, 2)
         Z3, C3 = Z.view(b * nc * g, q, hg * p), Cc.reshape(b * nc * g, q, n)
         Z = (Z3.baddbmm_(C3, S) if not torch.is_grad_enabled() else torch.baddbmm(Z3, C3, S))
         Z = Z.view(b, nc, g, q, hg * p)
