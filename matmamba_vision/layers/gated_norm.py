@@ -28,8 +28,8 @@ def gated_rms_norm_linear(
     gated = F.silu(z)
     gated = gated.mul_(y) if not torch.is_grad_enabled() else gated * y
     width = gated.shape[-1]
-    ms = torch.linalg.vector_norm(gated, dim=-1, keepdim=True, dtype=torch.float32).square_().div_(width)
-    scale = torch.rsqrt(ms.add_(eps))
+    ms = torch.linalg.vector_norm(gated, dim=-1, keepdim=True, dtype=torch.float32).square() / width
+    scale = torch.rsqrt(ms + eps)
     if gated.numel() >= out_weight.numel():
         out = F.linear(gated, out_weight * weight.to(out_weight.dtype))
     else:

@@ -1,0 +1,157 @@
+"""Correctness of the SSD scan's fast paths and their fallbacks (issue 5). Nothing here is timed."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import matmamba_vision.ops.ssd as ssd
+from matmamba_vision.layers.gated_norm import gated_rms_norm, gated_rms_norm_linear
+from matmamba_vision.layers.mixer import causal_depthwise_conv1d
+
+
+def sequential_scan(x, dt, A, B, C):
+    """The recurrence itself, one token at a time (use float64 inputs)."""
+    b, L, h, p = x.shape
+    g = B.shape[2]
+    Bh, Ch = B.repeat_interleave(h // g, dim=2), C.repeat_interleave(h // g, dim=2)
+    state = x.new_zeros(b, h, p, B.shape[-1])
+    ys = []
+    for t in range(L):
+        state = state * torch.exp(dt[:, t] * A)[..., None, None] + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None]
+        ys.append((state * Ch[:, t, :, None]).sum(-1))
+    return torch.stack(ys, 1)
+
+
+def inputs(b=2, L=70, h=8, p=4, g=1, n=8, dt_scale=0.1, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    dt = torch.rand(b, L, h, generator=gen, dtype=dtype) * dt_scale
+    A = -(torch.rand(h, generator=gen, dtype=dtype) * 15 + 1)
+    return r(b, L, h, p), dt, A, r(b, L, g, n), r(b, L, g, n)
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def count_paths(monkeypatch):
+    calls = {"factorised": 0, "exact": 0, "unsafe": 0}
+    fact, exact = ssd._ssd_factorised, ssd._ssd_exact
+
+    def f(*a):
+        y, bad = fact(*a)
+        calls["factorised"] += 1
+        calls["unsafe"] += int(bad.sum())
+        return y, bad
+
+    def e(*a):
+        calls["exact"] += 1
+        return exact(*a)
+
+    monkeypatch.setattr(ssd, "_ssd_factorised", f)
+    monkeypatch.setattr(ssd, "_ssd_exact", e)
+    return calls
+
+
+@pytest.mark.parametrize("L,chunk,g", [(1, 256, 1), (37, 256, 1), (70, 16, 1), (130, 256, 2), (300, 64, 1)])
+def test_factorised_matches_recurrence(L, chunk, g, monkeypatch):
+    calls = count_paths(monkeypatch)
+    x, dt, A, B, C = inputs(L=L, g=g)
+    y = ssd.ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)), chunk_size=chunk)
+    assert calls["factorised"] >= 1 and calls["unsafe"] == 0 and calls["exact"] == 0
+    assert rel(y, sequential_scan(x, dt, A, B, C)) < 2e-6
+
+
+def test_unsafe_range_falls_back_and_stays_exact(monkeypatch):
+    """Fast-decaying heads (range >> 80 nats per chunk) must be redone by shorter chunks / the exact path."""
+    calls = count_paths(monkeypatch)
+    x, dt, A, B, C = inputs(L=200, h=8, dt_scale=0.1)
+    dt[..., :3] *= 300  # three heads decay by ~ e^-1000 over a chunk
+    y = ssd.ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)))
+    assert calls["unsafe"] > 0 and calls["factorised"] + calls["exact"] >= 2
+    assert torch.isfinite(y).all()
+    assert rel(y, sequential_scan(x, dt, A, B, C)) < 1e-5
+
+
+def test_one_unsafe_head_redone_with_shorter_factorised_chunks(monkeypatch):
+    calls = count_paths(monkeypatch)
+    x, dt, A, B, C = inputs(L=256, h=8, dt_scale=0.02)
+    A[0], dt[..., 0] = -16.0, 0.1  # 1.6 nats per token: unsafe over 256 tokens, safe over 16..64
+    y = ssd.ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)))
+    assert calls["unsafe"] == 1 and calls["factorised"] >= 2 and calls["exact"] == 0
+    assert rel(y, sequential_scan(x, dt, A, B, C)) < 2e-6
+
+
+def test_exact_path_reached_for_extreme_decay(monkeypatch):
+    calls = count_paths(monkeypatch)
+    x, dt, A, B, C = inputs(L=64, h=4, dt_scale=50.0)  # every head, every chunk length: unsafe
+    y = ssd.ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)))
+    assert calls["exact"] >= 1
+    assert rel(y, sequential_scan(x, dt, A, B, C)) < 1e-5
+
+
+def test_exact_flag_and_chunk_choice():
+    x, dt, A, B, C = (t.float() for t in inputs(L=150))
+    ref = sequential_scan(*(t.double() for t in (x, dt, A, B, C)))
+    for chunk in (8, 64, 256):
+        assert rel(ssd.ssd_scan_torch(x, dt, A, B, C, chunk_size=chunk, exact=True), ref) < 2e-6
+    assert ssd.choose_chunk_len(197, 128) == 197
+    q = ssd.choose_chunk_len(4097, 128)
+    assert q <= 128 and -(-4097 // q) * q - 4097 < -(-4097 // q)
+
+
+def test_no_grad_and_grad_paths_agree():
+    x, dt, A, B, C = (t.float() for t in inputs(L=300, g=2))
+    with torch.no_grad():
+        y0 = ssd.ssd_scan_torch(x, dt, A, B, C, chunk_size=64)
+    y1 = ssd.ssd_scan_torch(*(t.clone().requires_grad_() for t in (x, dt, A, B, C)), chunk_size=64)
+    assert rel(y0, y1.detach()) < 1e-6
+
+
+@pytest.mark.parametrize("dt_scale", [0.1, 30.0])
+def test_gradients_match_float64_recurrence(dt_scale):
+    """Autograd through the fast path (and the unsafe fallback) vs the sequential recurrence in float64."""
+    ts = inputs(L=90, h=4, p=3, g=2, n=6, dt_scale=dt_scale, seed=1)
+    w = torch.randn(ts[0].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    leaves = [t.clone().requires_grad_() for t in ts]
+    ref = torch.autograd.grad((sequential_scan(*leaves) * w).sum(), leaves)
+    fl = [t.float().requires_grad_() for t in ts]
+    got = torch.autograd.grad((ssd.ssd_scan_torch(*fl, chunk_size=32).double() * w).sum(), fl)
+    for a, r in zip(got, ref):
+        assert torch.isfinite(a).all() and rel(a, r) < 1e-4
+
+
+def test_bfloat16_inputs_accumulate_in_float32():
+    x, dt, A, B, C = (t.float() for t in inputs(L=100))
+    y = ssd.ssd_scan_torch(x.bfloat16(), dt, A, B.bfloat16(), C.bfloat16())
+    assert y.dtype == torch.bfloat16
+    ref = ssd.ssd_scan_torch(x.bfloat16().float(), dt, A, B.bfloat16().float(), C.bfloat16().float())
+    assert rel(y, ref) < 1e-2
+
+
+def test_conv_matches_conv1d_and_backward():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 9, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, generator=gen, dtype=torch.float64, requires_grad=True)
+    ref = torch.nn.functional.conv1d(x.transpose(1, 2), w.unsqueeze(1), bias, padding=3, groups=6)[..., :9].transpose(1, 2)
+    assert torch.allclose(causal_depthwise_conv1d(x, w, bias), ref)
+    torch.autograd.gradcheck(causal_depthwise_conv1d, (x, w, bias))
+
+
+@pytest.mark.parametrize("tokens", [3, 400])  # weight folded into the input / into out_proj
+def test_fused_gated_norm_linear(tokens):
+    gen = torch.Generator().manual_seed(0)
+    y, z = torch.randn(1, tokens, 16, generator=gen), torch.randn(1, tokens, 16, generator=gen)
+    w, W = torch.rand(16, generator=gen) + 0.5, torch.randn(8, 16, generator=gen)
+    ref = torch.nn.functional.linear(gated_rms_norm(y, z, w), W)
+    with torch.no_grad():
+        assert torch.allclose(gated_rms_norm_linear(y.clone(), z.clone(), w, W), ref, atol=1e-5, rtol=1e-5)
+    leaves = [t.clone().requires_grad_() for t in (y, z, w, W)]
+    out = gated_rms_norm_linear(*leaves)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    got = torch.autograd.grad(out.square().sum(), leaves)
+    leaves2 = [t.clone().requires_grad_() for t in (y, z, w, W)]
+    want = torch.autograd.grad(torch.nn.functional.linear(gated_rms_norm(*leaves2[:3]), leaves2[3]).square().sum(), leaves2)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
