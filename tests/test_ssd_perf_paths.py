@@ -129,6 +129,14 @@ def test_bfloat16_inputs_accumulate_in_float32():
     assert rel(y, ref) < 1e-2
 
 
+def test_scan_stays_float32_under_autocast():
+    x, dt, A, B, C = (t.float() for t in inputs(L=100, g=2))
+    ref = ssd.ssd_scan_torch(x, dt, A, B, C)
+    with torch.autocast("cpu", torch.bfloat16):
+        y = ssd.ssd_scan_torch(x, dt, A, B, C)
+    assert y.dtype == torch.float32 and rel(y, ref) < 1e-6
+
+
 def test_conv_matches_conv1d_and_backward():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 9, 6, generator=gen, dtype=torch.float64, requires_grad=True)

@@ -236,12 +236,13 @@ def ssd_scan_torch(
     if h % g:
         raise ValueError(f"heads ({h}) must be a multiple of groups ({g})")
     out_dtype = x.dtype
-    x, dt, A, B, C = (t.float() for t in (x, dt, A, B, C))
-    if exact:
-        y = _ssd_exact(x, dt, A, B, C, chunk_size)
-    else:
-        q = _safe_chunk_len(dt * A, choose_chunk_len(seqlen, n, chunk_size))
-        y = _ssd_auto(x, dt, A, B, C, q)
+    with torch.autocast(x.device.type, enabled=False):  # float32 throughout, also under autocast
+        x, dt, A, B, C = (t.float() for t in (x, dt, A, B, C))
+        if exact:
+            y = _ssd_exact(x, dt, A, B, C, chunk_size)
+        else:
+            q = _safe_chunk_len(dt * A, choose_chunk_len(seqlen, n, chunk_size))
+            y = _ssd_auto(x, dt, A, B, C, q)
     return y.to(out_dtype)
 
 

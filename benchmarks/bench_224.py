@@ -1,0 +1,39 @@
+"""Goal 1: MatMamba-Vision-35M vs timm's vit_small_patch16_224 throughput at 224 px, batch 8 (CPU, fp32).
+
+    python benchmarks/bench_224.py [--rounds 7] [--batch 8]
+"""
+from __future__ import annotations
+
+import argparse
+
+import timm
+import torch
+
+import matmamba_vision  # noqa: F401  (registers the models)
+from _common import header, interleaved, ratio_line, setup, stats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    setup(args.threads)
+    header("224 px throughput: MatMamba-Vision-35M vs ViT-S/16")
+    models = {
+        "matmamba_vision_35m": timm.create_model("matmamba_vision_35m_patch16_224").eval(),
+        "vit_small_patch16_224": timm.create_model("vit_small_patch16_224").eval(),
+    }
+    x = torch.randn(args.batch, 3, 224, 224)
+    with torch.inference_mode():
+        times = interleaved({k: (lambda m=m: m(x)) for k, m in models.items()}, args.rounds)
+    print(f"{'model':24s} {'img/s (best)':>12s} {'img/s (median)':>14s} {'s/batch min':>11s} {'median':>8s}")
+    for k, ts in times.items():
+        s = stats(ts)
+        print(f"{k:24s} {args.batch / s['min']:12.2f} {args.batch / s['median']:14.2f} {s['min']:11.3f} {s['median']:8.3f}")
+    print(ratio_line("35M / ViT-S throughput", times["matmamba_vision_35m"], times["vit_small_patch16_224"], ">= 0.6x"))
+
+
+if __name__ == "__main__":
+    main()
