@@ -23,7 +23,7 @@ from matmamba_vision.evaluation import (
 )
 from matmamba_vision.evaluation.cli import (
     add_common_args, amp_dtype_from_args, build_baseline, data_config_from_args, data_identity, loader_from_args,
-    model_from_args, output_dir_from_args, resolve_device,
+    model_from_args, output_dir_from_args, resolve_device, trained_levels,
 )
 from matmamba_vision.evaluation.report import write_csv, write_json
 from matmamba_vision.evaluation.retrieval import CSV_COLUMNS
@@ -58,11 +58,12 @@ def main(argv=None) -> list:
     model = model_from_args(args).to(device)
     data_config = data_config_from_args(args, model)
     full = [int(blk.mixer.max_granularity) for blk in model.layers]
-    db_configs = (parse_granularities(model, args.db_granularities) if args.db_granularities
-                  else uniform_configs(model, [full[0]]) if len(set(full)) == 1 else None)
+    levels = trained_levels(args, model)
+    db_configs = (parse_granularities(model, args.db_granularities, levels) if args.db_granularities
+                  else uniform_configs(model, [full[0]], levels) if len(set(full)) == 1 else None)
     if db_configs is None:
         raise ValueError("--db-granularities: the model's blocks differ in width; name the database granularity")
-    query_configs = parse_granularities(model, args.query_granularities)
+    query_configs = parse_granularities(model, args.query_granularities, levels)
     baselines = []
     for spec in args.baseline_checkpoints:
         label, bmodel, path = build_baseline(args, spec)

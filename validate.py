@@ -18,7 +18,7 @@ import matmamba_vision  # noqa: F401  (registers the models with timm)
 from matmamba_vision.evaluation import dedupe_configs, parse_granularities, parse_mixnmatch
 from matmamba_vision.evaluation.cli import (
     add_common_args, amp_dtype_from_args, data_config_from_args, loader_from_args, model_from_args,
-    output_dir_from_args, resolve_device,
+    output_dir_from_args, resolve_device, trained_levels,
 )
 from matmamba_vision.evaluation.report import write_csv, write_json
 from matmamba_vision.evaluation.validation import (
@@ -44,9 +44,9 @@ def main(argv=None) -> list:
     device = resolve_device(args.device)
     model = model_from_args(args).to(device)
     data_config = data_config_from_args(args, model)
-    configs = dedupe_configs(
-        parse_granularities(model, args.granularities) + parse_mixnmatch(model, args.mixnmatch, args.seed)
-    )
+    levels = trained_levels(args, model)
+    configs = dedupe_configs(parse_granularities(model, args.granularities, levels)
+                             + parse_mixnmatch(model, args.mixnmatch, args.seed, levels))
     loader = loader_from_args(args, args.split, data_config)
     limit = "" if args.max_samples is None else f", first {args.max_samples}"
     print(f"{args.model}: {len(configs)} configurations on {args.split} "
@@ -57,7 +57,8 @@ def main(argv=None) -> list:
     seconds = time.perf_counter() - start
     meta = dict(model=args.model, checkpoint=args.checkpoint or None, pretrained=args.pretrained,
                 dataset=args.dataset, data_dir=args.data_dir, split=args.split, data_config=data_config,
-                mixnmatch=args.mixnmatch or None, seconds=seconds, device=str(device))
+                mixnmatch=args.mixnmatch or None, trained_levels=levels, model_args=model.model_args,
+                seconds=seconds, device=str(device))
     out_dir = output_dir_from_args(args)
     paths = write_validation_outputs(rows, out_dir, meta, title=f"{args.model} ({args.split})")
     if args.results_file:

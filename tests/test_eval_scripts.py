@@ -115,3 +115,17 @@ def test_bad_input(scripts, checkpoint, tmp_path):
     odd = _folder(tmp_path / "odd", val_classes=("a", "b", "c", "e"))
     with pytest.raises(ValueError, match="class"):
         retrieval.main(["--data-dir", str(odd), "--cache-dir", "", "--output", str(tmp_path / "o"), *TINY])
+
+
+def test_model_and_levels_read_from_a_train_checkpoint(scripts, tmp_path):
+    """train.py records model, model_kwargs and trained granularities in the safetensors metadata."""
+    validate, _ = scripts
+    data = _folder(tmp_path / "data")
+    ckpt = tmp_path / "model_best.safetensors"
+    model = tiny_model(depth=2, embed_dim=64, num_classes=4)
+    save_weights(model.state_dict(), ckpt, metadata={
+        "model": "matmamba_vision_tiny_patch4_28", "granularities": [64, 16],
+        "model_kwargs": {"embed_dim": 64, "depth": 2, "d_state": 16, "num_classes": 4}})
+    rows = validate.main(["--data-dir", str(data), "--checkpoint", str(ckpt), "--mixnmatch", "official",
+                          "--output", str(tmp_path / "o"), "-j", "0"])
+    assert [(r["name"], r["trained"]) for r in rows] == [("g=64", True), ("g=16", True), ("64x1+16x1", False)]

@@ -10,12 +10,13 @@ import torch
 from timm.data import resolve_data_config
 from timm.utils import ParseKwargs
 
-from ..checkpoint import build_model, load_weights
+from ..checkpoint import build_model, load_weights, read_weights_metadata
 from ..models.matmamba_vision import MatMambaVision, checkpoint_filter_fn
 
 __all__ = [
     "add_common_args", "model_from_args", "data_config_from_args", "loader_from_args", "resolve_device",
     "amp_dtype_from_args", "output_dir_from_args", "check_same_classes", "build_baseline", "data_identity",
+    "checkpoint_metadata", "trained_levels",
 ]
 
 DEFAULT_MODEL = "matmamba_vision_tiny_patch4_28"
@@ -24,14 +25,16 @@ DEFAULT_MODEL = "matmamba_vision_tiny_patch4_28"
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags both scripts take, named as in timm's validate.py where timm has one."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model", "-m", default=DEFAULT_MODEL, help="timm model name (default: %(default)s)")
+    g.add_argument("--model", "-m", default=None, help="timm model name (default: the one recorded in a train.py "
+                   f"checkpoint, else {DEFAULT_MODEL})")
     g.add_argument("--pretrained", action="store_true", help="load the official weights from the hub")
     g.add_argument("--checkpoint", default="", help="our safetensors checkpoint or an official pytorch_model.bin")
     g.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: the model's)")
     g.add_argument("--img-size", type=int, default=None, help="input image size (default: the model's)")
     g.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's)")
     g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
-                   help="extra timm.create_model kwargs, e.g. embed_dim=64 depth=4")
+                   help="extra timm.create_model kwargs, e.g. embed_dim=64 depth=4 (default: those recorded in "
+                   "a train.py checkpoint of the same model)")
     d = parser.add_argument_group("data")
     d.add_argument("--dataset", default="", help="'' (Fashion-MNIST without --data-dir, else an ImageNet-style "
                    "folder), 'fmnist', 'folder' or 'ffcv'")
@@ -67,17 +70,51 @@ def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     return kwargs
 
 
+def checkpoint_metadata(args: argparse.Namespace) -> Dict[str, Any]:
+    """What train.py recorded in a safetensors checkpoint (model, model_kwargs, granularities), or {}."""
+    path = args.checkpoint
+    if not path or not str(path).endswith(".safetensors") or not Path(path).is_file():
+        return {}
+    meta = read_weights_metadata(path)
+    return meta if isinstance(meta, dict) else {}
+
+
+def trained_levels(args: argparse.Namespace, model: MatMambaVision) -> List[int]:
+    """The granularities the checkpoint was trained at (train.py records them), else D, D/2, D/4, D/8."""
+    levels = checkpoint_metadata(args).get("granularities")
+    if isinstance(levels, list) and levels and all(isinstance(g, int) for g in levels):
+        try:
+            model.resolve_granularity(max(levels))
+            for g in levels:
+                model.resolve_granularity(g)
+            return sorted(set(levels), reverse=True)
+        except ValueError:
+            pass
+    return model.matryoshka_levels
+
+
 def model_from_args(args: argparse.Namespace, **extra) -> MatMambaVision:
-    """``build_model`` from ``--model/--pretrained/--checkpoint`` (+ size flags); eval mode."""
+    """``build_model`` from ``--model/--pretrained/--checkpoint`` (+ size flags); eval mode.
+
+    Without ``--model`` the model named in a train.py checkpoint is used; without ``--model-kwargs`` the
+    kwargs it recorded (when it names the same model). Sets ``args.model`` to the model built.
+    """
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     if args.workers < 0:
         raise ValueError(f"--workers must be 0 or more, got {args.workers}")
     if args.max_samples is not None and args.max_samples <= 0:
         raise ValueError(f"--max-samples must be positive, got {args.max_samples}")
+    meta = checkpoint_metadata(args)
+    if not args.model:
+        args.model = meta.get("model") or DEFAULT_MODEL
+    kwargs: Dict[str, Any] = {}
+    if meta.get("model") == args.model and not args.model_kwargs and isinstance(meta.get("model_kwargs"), dict):
+        kwargs.update(meta["model_kwargs"])
+    kwargs.update(_model_kwargs(args))
+    kwargs.update(extra)
     try:
-        model = build_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint or None,
-                            **dict(_model_kwargs(args), **extra))
+        model = build_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint or None, **kwargs)
     except TypeError as e:  # timm's contract for unknown create_model kwargs
         raise ValueError(f"--model-kwargs: {e}") from None
     return model.eval()
@@ -85,7 +122,8 @@ def model_from_args(args: argparse.Namespace, **extra) -> MatMambaVision:
 
 def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
     """A separately trained model from ``[LABEL=]PATH``: a ``save_model_dir`` folder (config.json) or a weights
-    file for ``--model`` (per-block widths read from its shapes). Returns (label, model, checkpoint path)."""
+    file (model and kwargs as train.py recorded them, else ``--model``; per-block widths read from its
+    shapes). Returns (label, model, checkpoint path or None)."""
     label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
     p = Path(path)
     label = label or (p.stem if p.is_file() else p.name)
@@ -95,7 +133,12 @@ def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
         return label, build_model(f"local-dir:{p}", pretrained=True).eval(), None
     if not p.is_file():
         raise ValueError(f"--baseline-checkpoints: no such file or folder {path!r}")
-    probe = build_model(args.model, **_model_kwargs(args))
+    meta = read_weights_metadata(p) if p.suffix == ".safetensors" else {}
+    name = meta.get("model") or args.model or DEFAULT_MODEL
+    kwargs = dict(meta.get("model_kwargs") or {}) if isinstance(meta.get("model_kwargs"), dict) else {}
+    kwargs.update(_model_kwargs(args))
+    kwargs.pop("mixer_dims", None)
+    probe = build_model(name, **kwargs)
     state = checkpoint_filter_fn(load_weights(p), probe)
     mixer = probe.layers[0].mixer
     dims = []
@@ -106,7 +149,7 @@ def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
             break
         dims.append(int(state[key].shape[0]) * mixer.headdim // mixer.expand)
     extra = {"mixer_dims": dims} if dims else {}
-    return label, build_model(args.model, checkpoint=p, **dict(_model_kwargs(args), **extra)).eval(), p
+    return label, build_model(name, checkpoint=p, **dict(kwargs, **extra)).eval(), p
 
 
 def data_config_from_args(args: argparse.Namespace, model: MatMambaVision) -> Dict[str, Any]:

@@ -50,9 +50,10 @@ def _full_dims(model: MatMambaVision, granularity) -> Tuple[int, ...]:
     return tuple(int(g) if g is not None else int(blk.mixer.max_granularity) for g, blk in zip(dims, model.layers))
 
 
-def _config(model: MatMambaVision, dims, kind: str = "mixnmatch") -> SubmodelConfig:
+def _config(model: MatMambaVision, dims, kind: str = "mixnmatch", levels: Optional[Sequence[int]] = None
+            ) -> SubmodelConfig:
     full = _full_dims(model, list(dims) if not isinstance(dims, int) else dims)
-    levels = set(model.matryoshka_levels)
+    levels = set(levels or model.matryoshka_levels)
     uniform = len(set(full)) == 1
     return SubmodelConfig(
         name=dims_name(full), dims=full, kind="uniform" if uniform else kind,
@@ -60,12 +61,16 @@ def _config(model: MatMambaVision, dims, kind: str = "mixnmatch") -> SubmodelCon
     )
 
 
-def uniform_configs(model: MatMambaVision, granularities: Iterable[int]) -> List[SubmodelConfig]:
-    """One configuration per granularity (every block at ``g``); ValueError names a granularity it cannot take."""
+def uniform_configs(model: MatMambaVision, granularities: Iterable[int], levels: Optional[Sequence[int]] = None
+                    ) -> List[SubmodelConfig]:
+    """One configuration per granularity (every block at ``g``); ValueError names a granularity it cannot take.
+
+    ``levels`` are the trained granularities (default ``model.matryoshka_levels``); they are flagged ``trained``.
+    """
     out = []
     for g in granularities:
         try:
-            out.append(_config(model, int(g), "uniform"))
+            out.append(_config(model, int(g), "uniform", levels))
         except ValueError as e:
             raise ValueError(f"--granularities: the model cannot run at {g}: {e}") from None
     return out
@@ -80,7 +85,7 @@ def official_sweep(model: MatMambaVision, levels: Optional[Sequence[int]] = None
     for i, g1 in enumerate(levels):
         for g2 in levels[i + 1:]:
             for k in range(1, depth + 1):
-                configs.append(_config(model, [g1] * (depth - k) + [g2] * k))
+                configs.append(_config(model, [g1] * (depth - k) + [g2] * k, levels=levels))
     return dedupe_configs(configs)
 
 
@@ -102,11 +107,12 @@ def random_configs(
         dims = tuple(rng.choice(levels) for _ in range(depth))
         if dims not in seen:
             seen.add(dims)
-            configs.append(_config(model, list(dims)))
+            configs.append(_config(model, list(dims), levels=levels))
     return configs
 
 
-def load_config_file(model: MatMambaVision, path: str) -> List[SubmodelConfig]:
+def load_config_file(model: MatMambaVision, path: str, levels: Optional[Sequence[int]] = None
+                     ) -> List[SubmodelConfig]:
     """Per-layer lists from a JSON file (a list of lists, or of ``{"name": ..., "dims": [...]}``) or a CSV
     file (one list per row; a header row and a leading name column are allowed)."""
     p = Path(path)
@@ -148,41 +154,44 @@ def load_config_file(model: MatMambaVision, path: str) -> List[SubmodelConfig]:
         if not isinstance(dims, list):
             raise ValueError(f"--mixnmatch: {path}: entry {i} is not a list of per-layer granularities")
         try:
-            cfg = _config(model, [int(g) for g in dims])
+            cfg = _config(model, [int(g) for g in dims], levels=levels)
         except (ValueError, TypeError) as e:
             raise ValueError(f"--mixnmatch: {path}: entry {i} ({dims}) is not valid for this model: {e}") from None
         configs.append(SubmodelConfig(name or cfg.name, cfg.dims, cfg.kind, cfg.trained))
     return dedupe_configs(configs)
 
 
-def parse_granularities(model: MatMambaVision, spec: Optional[Sequence]) -> List[SubmodelConfig]:
-    """``--granularities``: None/empty = the trained levels; otherwise ints (strings accepted)."""
+def parse_granularities(model: MatMambaVision, spec: Optional[Sequence], levels: Optional[Sequence[int]] = None
+                        ) -> List[SubmodelConfig]:
+    """``--granularities``: None/empty = the trained ``levels`` (default ``model.matryoshka_levels``);
+    otherwise ints (strings accepted)."""
+    levels = list(levels or model.matryoshka_levels)
     if not spec:
-        return uniform_configs(model, model.matryoshka_levels)
+        return uniform_configs(model, levels, levels)
     values = []
     for s in spec:
         try:
             values.append(int(s))
         except (TypeError, ValueError):
-            raise ValueError(
-                f"--granularities: {s!r} is not an integer; trained levels: {model.matryoshka_levels}"
-            ) from None
-    return uniform_configs(model, values)
+            raise ValueError(f"--granularities: {s!r} is not an integer; trained levels: {levels}") from None
+    return uniform_configs(model, values, levels)
 
 
-def parse_mixnmatch(model: MatMambaVision, spec: Optional[str], seed: int = 0) -> List[SubmodelConfig]:
-    """``--mixnmatch``: 'official', 'random:N' (seeded), or a JSON/CSV file of per-layer lists."""
+def parse_mixnmatch(model: MatMambaVision, spec: Optional[str], seed: int = 0,
+                    levels: Optional[Sequence[int]] = None) -> List[SubmodelConfig]:
+    """``--mixnmatch``: 'official', 'random:N' (seeded), or a JSON/CSV file of per-layer lists; the sweeps
+    draw from the trained ``levels`` (default ``model.matryoshka_levels``)."""
     if not spec:
         return []
     if spec == "official":
-        return official_sweep(model)
+        return official_sweep(model, levels)
     if spec.startswith("random:"):
         try:
             n = int(spec.split(":", 1)[1])
         except ValueError:
             raise ValueError(f"--mixnmatch: {spec!r}: N in random:N must be an integer") from None
-        return random_configs(model, n, seed)
-    return load_config_file(model, spec)
+        return random_configs(model, n, seed, levels)
+    return load_config_file(model, spec, levels)
 
 
 def dedupe_configs(configs: Iterable[SubmodelConfig]) -> List[SubmodelConfig]:
