@@ -158,10 +158,9 @@ def _ssd_factorised(
         bad = ((a_first - a_last) > 2 * SAFE_HALF_RANGE).flatten(0, 1).any(0)
     if bool(bad.all()):
         return None, bad
-    mid = 0.5 * (a_first + a_last)  # (b, nc, h)
-    rel = a - mid.unsqueeze(2)
-    e = rel.clamp(min=-_CLAMP).exp()  # exp(a_i - c) <= e^40 on safe heads
-    f = dt.view(b, nc, q, h) * rel.neg().clamp(max=_CLAMP).exp()  # dt_j exp(c - a_j)
+    mid = torch.lerp(a_first, a_last, 0.5)  # (b, nc, h)
+    e = (a - mid.unsqueeze(2)).clamp_(-_CLAMP, _CLAMP).exp_()  # exp(a_i - c), within e^+-40 on safe heads
+    f = dt.view(b, nc, q, h) / e  # dt_j exp(c - a_j)
     U = x * f.view(b, nc * q, h, 1)[:, :seqlen]
     U = _pad_seq(U, pad).view(b, nc, q, g, hg * p).transpose(2, 3)  # (b, nc, g, q, hg*p)
     Bc = B.view(b, nc, q, g, n).transpose(2, 3)  # (b, nc, g, q, n)
