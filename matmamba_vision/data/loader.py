@@ -20,7 +20,7 @@ from .fmnist import FashionMNIST, load_fmnist, FMNIST_CLASSES
 from .folder import create_folder_dataset
 from .transforms import TensorAugment, create_eval_transform, create_train_transform, image_mode, to_channels
 
-__all__ = ["DATASETS", "resolve_dataset", "EvalLoader", "TrainLoader", "TensorTrainLoader", "ShardSampler",
+__all__ = ["DATASETS", "resolve_dataset", "dataset_classes", "EvalLoader", "TrainLoader", "TensorTrainLoader", "ShardSampler",
            "create_eval_loader", "create_train_loader", "fmnist_data_config"]
 
 DATASETS = ("", "fmnist", "folder", "ffcv")
@@ -134,6 +134,21 @@ def _folder_or_fmnist_dataset(kind: str, data_dir: Optional[str], split: str, tr
         return FashionMNIST(split, root=data_dir, transform=transform, img_mode=image_mode(in_chans))
     return create_folder_dataset(data_dir, split, transform=transform, img_mode=image_mode(in_chans),
                                  skip_corrupt=skip_corrupt)
+
+
+def dataset_classes(dataset: str = "", data_dir: Optional[str] = None, split: str = "train") -> list:
+    """Class names of a split without building a loader (folder listing, Fashion-MNIST's, or the .beton's JSON)."""
+    kind = resolve_dataset(dataset, data_dir)
+    if kind == "fmnist":
+        return list(FMNIST_CLASSES)
+    if kind == "ffcv":
+        import json
+        from pathlib import Path
+        meta = Path(data_dir) / f"{split}.json"
+        if not meta.is_file():
+            raise ValueError(f"data_dir: {meta} (class names of {split}.beton) is missing")
+        return list(json.loads(meta.read_text())["classes"])
+    return create_folder_dataset(data_dir, split, verify=False).classes
 
 
 def create_eval_loader(dataset: str = "", data_dir: Optional[str] = None, split: str = "val",

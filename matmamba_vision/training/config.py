@@ -1,0 +1,129 @@
+"""Command-line flags of train.py (timm's names wherever timm's train.py has one) and ``-c/--config`` YAML.
+
+The defaults are the embedded Fashion-MNIST recipe: ``python train.py`` trains
+``matmamba_vision_tiny_patch4_28`` on the CPU. A YAML file sets defaults by flag name (dashes or
+underscores); flags given on the command line win, as in timm.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import List, Optional
+
+import yaml
+
+__all__ = ["build_parser", "parse_args"]
+
+
+def _ints(text: str) -> List[int]:
+    try:
+        return [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas or spaces, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Matryoshka training of MatMamba-Vision models (timm-style flags).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-c", "--config", default="", help="YAML file of defaults (keys are flag names)")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="", help="'' (Fashion-MNIST without --data-dir, folder with it), "
+                   "'fmnist', 'folder' or 'ffcv'")
+    d.add_argument("--data-dir", default=None, help="folder with train/ and val/ (or the .beton files for ffcv)")
+    d.add_argument("--train-split", default="train")
+    d.add_argument("--val-split", default="val")
+    d.add_argument("-j", "--workers", type=int, default=0, help="data loader processes per rank")
+    d.add_argument("--skip-corrupt", action="store_true", help="skip (and log) images that fail to decode")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default="matmamba_vision_tiny_patch4_28")
+    m.add_argument("--pretrained", action="store_true", help="start from the model's published weights")
+    m.add_argument("--initial-checkpoint", default="", help="weights to start from (ours or official)")
+    m.add_argument("--resume", default="", help="state file, weights file or experiment folder to continue")
+    m.add_argument("--num-classes", type=int, default=None, help="default: the number of class folders")
+    m.add_argument("--img-size", type=int, default=None)
+    m.add_argument("--in-chans", type=int, default=None)
+    m.add_argument("--drop", type=float, default=0.0, help="dropout before the head")
+    m.add_argument("--proj-drop", type=float, default=0.0, help="dropout on the mixers' in/out projections")
+    m.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth (linear over depth)")
+    m.add_argument("--head-init-bias", type=float, default=None, help="initial value of the head's bias")
+    m.add_argument("--model-kwargs", default="", help="extra create_model kwargs as YAML, e.g. '{depth: 2}'")
+    t = p.add_argument_group("Matryoshka")
+    t.add_argument("--granularities", type=_ints, default=None, help="trained g values; default D, D/2, D/4, D/8")
+    t.add_argument("--matryoshka-mode", choices=("sum", "cycle"), default="sum",
+                   help="sum: every g on each batch, averaged; cycle: one g per micro-batch, one step per cycle")
+    t.add_argument("--best-granularity", type=int, default=None, help="g whose val top-1 picks the best model")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("-b", "--batch-size", type=int, default=128,
+                   help="GLOBAL batch per optimiser step, split over ranks and --grad-accum-steps")
+    o.add_argument("-vb", "--validation-batch-size", type=int, default=None, help="per rank; default 2x per-rank batch")
+    o.add_argument("--grad-accum-steps", type=int, default=1)
+    o.add_argument("--epochs", type=int, default=8)
+    o.add_argument("--opt", default="adamw")
+    o.add_argument("--opt-eps", type=float, default=None)
+    o.add_argument("--opt-betas", type=float, nargs="+", default=None)
+    o.add_argument("--momentum", type=float, default=0.9)
+    o.add_argument("--lr", type=float, default=3e-3)
+    o.add_argument("--weight-decay", type=float, default=0.05)
+    o.add_argument("--clip-grad", type=float, default=1.0, help="0 or less: no clipping")
+    o.add_argument("--clip-mode", default="norm", choices=("norm", "value", "agc"))
+    o.add_argument("--sched", default="cosine")
+    o.add_argument("--sched-on-updates", action=argparse.BooleanOptionalAction, default=True,
+                   help="step the schedule every optimiser update (not once per epoch)")
+    o.add_argument("--warmup-epochs", type=float, default=1)
+    o.add_argument("--warmup-lr", type=float, default=1e-5)
+    o.add_argument("--warmup-prefix", action="store_true")
+    o.add_argument("--min-lr", type=float, default=1e-5)
+    o.add_argument("--model-ema", action="store_true")
+    o.add_argument("--model-ema-decay", type=float, default=0.9998)
+    a = p.add_argument_group("augmentation and regularisation")
+    a.add_argument("--mixup", type=float, default=0.0)
+    a.add_argument("--cutmix", type=float, default=0.0)
+    a.add_argument("--mixup-prob", type=float, default=1.0)
+    a.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    a.add_argument("--mixup-mode", default="batch")
+    a.add_argument("--smoothing", type=float, default=0.1)
+    a.add_argument("--aa", default=None, help="RandAugment policy, e.g. rand-m9-n2-mstd0.5-inc1")
+    a.add_argument("--color-jitter", type=float, default=0.0)
+    a.add_argument("--color-jitter-prob", type=float, default=None)
+    a.add_argument("--reprob", type=float, default=0.0)
+    a.add_argument("--remode", default="pixel")
+    a.add_argument("--recount", type=int, default=1)
+    a.add_argument("--scale", type=float, nargs=2, default=None)
+    a.add_argument("--ratio", type=float, nargs=2, default=None)
+    a.add_argument("--hflip", type=float, default=0.5)
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; default cuda when available")
+    r.add_argument("--amp", action="store_true")
+    r.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"))
+    r.add_argument("--torchcompile", nargs="?", const="inductor", default=None, help="torch.compile backend")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads per rank")
+    r.add_argument("--seed", type=int, default=42)
+    r.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
+    r.add_argument("--output", default="output/train")
+    r.add_argument("--experiment", default="")
+    r.add_argument("--checkpoint-hist", type=int, default=2)
+    r.add_argument("--log-interval", type=int, default=50)
+    r.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Parse ``argv``; a ``-c/--config`` YAML file supplies defaults (unknown keys raise ValueError)."""
+    parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config", default="")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        try:
+            with open(known.config) as f:
+                cfg = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ValueError(f"--config: cannot read {known.config}: {e}") from e
+        if not isinstance(cfg, dict):
+            raise ValueError(f"--config: {known.config} must hold a mapping of flag names to values")
+        cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
+        valid = {a.dest for a in parser._actions}
+        unknown = sorted(set(cfg) - valid)
+        if unknown:
+            raise ValueError(f"--config: unknown keys in {known.config}: {unknown}")
+        parser.set_defaults(**cfg)
+    return parser.parse_args(argv)

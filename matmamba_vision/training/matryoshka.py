@@ -1,0 +1,136 @@
+"""One optimiser step of Matryoshka training.
+
+- ``sum``: every granularity runs on the same micro-batch; their losses are averaged and back-propagated
+  once (per micro-batch), then one optimiser step.
+- ``cycle`` (official schedule): the batch is cut into one micro-batch per granularity (times the
+  accumulation steps); micro-step ``i`` runs granularity ``i mod K``; one optimiser step per cycle.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.utils import dispatch_clip_grad
+
+from .distributed import all_reduce_mean, all_reduce_sum
+
+__all__ = ["NonFiniteLossError", "MatryoshkaStep", "build_criterion", "micro_batch_size"]
+
+MODES = ("sum", "cycle")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN/inf training loss; the optimiser step was not taken."""
+
+
+def build_criterion(mixup_active: bool, smoothing: float) -> nn.Module:
+    """timm's choice: soft-target CE with mixup/cutmix (smoothing folded into the targets), else
+    label-smoothing CE, else plain CE."""
+    if mixup_active:
+        return SoftTargetCrossEntropy()
+    if smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def micro_batch_size(global_batch: int, world_size: int, accum_steps: int, mode: str, num_granularities: int) -> int:
+    """Images per forward pass; ValueError when the global batch does not split evenly."""
+    if mode not in MODES:
+        raise ValueError(f"--matryoshka-mode must be one of {MODES}, got {mode!r}")
+    if global_batch <= 0 or accum_steps <= 0:
+        raise ValueError(f"--batch-size ({global_batch}) and --grad-accum-steps ({accum_steps}) must be positive")
+    if global_batch % world_size:
+        raise ValueError(f"--batch-size {global_batch} (global) does not split over {world_size} ranks")
+    per_rank = global_batch // world_size
+    parts = accum_steps * (num_granularities if mode == "cycle" else 1)
+    if per_rank % parts:
+        what = f"--grad-accum-steps {accum_steps}" + (f" x {num_granularities} granularities (cycle mode)"
+                                                      if mode == "cycle" else "")
+        raise ValueError(f"--batch-size {global_batch}: the per-rank batch {per_rank} does not split into {what}")
+    return per_rank // parts
+
+
+@dataclass
+class MatryoshkaStep:
+    """Runs one optimiser step on one rank's batch and returns the (rank-averaged) loss per granularity."""
+
+    model: nn.Module                  # possibly DDP-wrapped / compiled
+    core: nn.Module                   # the MatMambaVision underneath (granularity control)
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    granularities: Sequence[int]
+    mode: str = "sum"
+    accum_steps: int = 1
+    clip_grad: float = 0.0
+    clip_mode: str = "norm"
+    amp_dtype: Optional[torch.dtype] = None
+    scaler: Optional[torch.amp.GradScaler] = None
+    mixup_fn: Optional[Callable] = None
+    device_type: str = "cpu"
+    _params: List[nn.Parameter] = field(default_factory=list, init=False)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"--matryoshka-mode must be one of {MODES}, got {self.mode!r}")
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def _autocast(self):
+        return torch.autocast(self.device_type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
+    def _no_sync(self, last: bool):
+        return nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> Dict[int, float]:
+        k = len(self.granularities)
+        parts = self.accum_steps * (k if self.mode == "cycle" else 1)
+        micro = list(zip(images.chunk(parts), targets.chunk(parts)))
+        losses: List[List[torch.Tensor]] = [[] for _ in range(k)]
+        for i, (x, y) in enumerate(micro):
+            if self.mixup_fn is not None:
+                x, y = self.mixup_fn(x, y)
+            with self._no_sync(i == parts - 1):
+                if self.mode == "sum":
+                    with self._autocast():
+                        per_g = []
+                        for g in self.granularities:
+                            with self.core.granularity(g):
+                                per_g.append(self.criterion(self.model(x), y))
+                    loss = torch.stack(per_g).float().mean()
+                    for j, l in enumerate(per_g):
+                        losses[j].append(l.detach().float())
+                else:
+                    j = i % k
+                    with self._autocast(), self.core.granularity(self.granularities[j]):
+                        loss = self.criterion(self.model(x), y).float()
+                    losses[j].append(loss.detach())
+                self._backward(loss / parts)
+        per_g = torch.stack([torch.stack(l).mean() for l in losses])
+        finite = all_reduce_sum(torch.isfinite(per_g).all().float().view(1))
+        if finite.item() < _world_size():
+            bad = [g for g, v in zip(self.granularities, per_g.tolist()) if not torch.isfinite(torch.tensor(v))]
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(f"non-finite training loss at granularities {bad or '(another rank)'}")
+        if self.clip_grad and self.clip_grad > 0:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            dispatch_clip_grad(self._params, self.clip_grad, mode=self.clip_mode)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        per_g = all_reduce_mean(per_g)
+        return {int(g): float(v) for g, v in zip(self.granularities, per_g.tolist())}
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -1,0 +1,276 @@
+"""train.py's main loop: set up (flags checked before any training), epochs of Matryoshka steps, validation
+at every trained granularity, checkpoints, outputs."""
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import yaml
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from tqdm import tqdm
+
+from ..checkpoint import build_model
+from ..data import create_eval_loader, dataset_classes, create_mixup, create_train_loader, model_data_config
+from .checkpointing import CheckpointManager, load_training_state, resolve_resume, rng_state, set_rng_state
+from .config import parse_args
+from .distributed import DistInfo, barrier, init_distributed, replicas_identical
+from .evaluate import validate
+from .matryoshka import MatryoshkaStep, NonFiniteLossError, build_criterion, micro_batch_size
+from .outputs import Summary, experiment_dir, setup_logging, write_args
+
+__all__ = ["main", "TrainingError"]
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (e.g. a non-finite loss); the message says where and what was kept."""
+
+
+def _model_kwargs(args: argparse.Namespace) -> Dict:
+    kwargs = dict(drop_rate=args.drop, drop_path_rate=args.drop_path, proj_drop_rate=args.proj_drop)
+    for key in ("num_classes", "img_size", "in_chans"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    if args.model_kwargs:
+        extra = yaml.safe_load(args.model_kwargs) if isinstance(args.model_kwargs, str) else args.model_kwargs
+        if not isinstance(extra, dict):
+            raise ValueError(f"--model-kwargs must be a YAML mapping, got {args.model_kwargs!r}")
+        kwargs.update(extra)
+    return kwargs
+
+
+def _create_model(args: argparse.Namespace, num_classes: int):
+    kwargs = _model_kwargs(args)
+    kwargs.setdefault("num_classes", num_classes)
+    try:
+        model = build_model(args.model, pretrained=args.pretrained, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"--model {args.model}: {e}") from e
+    if args.head_init_bias is not None:
+        torch.nn.init.constant_(model.head.bias, args.head_init_bias)
+    if args.initial_checkpoint:
+        from ..checkpoint import load_checkpoint
+        load_checkpoint(model, args.initial_checkpoint)
+    return model
+
+
+def _granularities(args: argparse.Namespace, model) -> List[int]:
+    gs = list(args.granularities) if args.granularities else list(model.matryoshka_levels)
+    if not gs:
+        raise ValueError("--granularities: the model has no valid Matryoshka levels; give them explicitly")
+    if len(set(gs)) != len(gs):
+        raise ValueError(f"--granularities: duplicate values in {gs}")
+    for g in gs:
+        try:
+            model.resolve_granularity(g)
+        except ValueError as e:
+            raise ValueError(f"--granularities: {g} is not valid for {args.model}: {e}") from None
+    return sorted(gs, reverse=True)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[int, Dict[str, float]]:
+    """Train from command-line flags; returns the final validation metrics per granularity."""
+    args = parse_args(argv)
+    info = init_distributed(args.device)
+    try:
+        return _train(args, info)
+    finally:
+        if info.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, float]]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if args.epochs <= 0:
+        raise ValueError(f"--epochs must be positive, got {args.epochs}")
+    resume_state = resolve_resume(args.resume) if args.resume else None
+    out_dir = experiment_dir(args.output, args.experiment, args.model, resume_state)
+    log = setup_logging(out_dir / "log.txt", info.is_main)
+    _seed_everything(args.seed)
+
+    # ---- data: classes first (the head size), then the model and loaders; all checks before training starts
+    classes = dataset_classes(args.dataset, args.data_dir, args.train_split)
+    num_classes = args.num_classes or len(classes)
+    model = _create_model(args, num_classes)
+    granularities = _granularities(args, model)
+    best_g = args.best_granularity if args.best_granularity is not None else granularities[0]
+    if best_g not in granularities:
+        raise ValueError(f"--best-granularity {best_g} is not among the trained granularities {granularities}")
+    micro = micro_batch_size(args.batch_size, info.world_size, args.grad_accum_steps, args.matryoshka_mode,
+                             len(granularities))
+    mixup_fn = create_mixup(args.mixup, args.cutmix, args.smoothing, num_classes, args.mixup_prob,
+                            args.mixup_switch_prob, args.mixup_mode)
+    if mixup_fn is not None and micro % 2:
+        raise ValueError(f"mixup/cutmix need an even micro-batch; --batch-size {args.batch_size} gives {micro}")
+    data_config = model_data_config(model, vars(args))
+    per_rank = args.batch_size // info.world_size
+    train_loader = create_train_loader(
+        args.dataset, args.data_dir, args.train_split, data_config, per_rank, args.workers, info.distributed,
+        seed=args.seed, auto_augment=args.aa, color_jitter=args.color_jitter, color_jitter_prob=args.color_jitter_prob,
+        re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, scale=args.scale, ratio=args.ratio,
+        hflip=args.hflip, skip_corrupt=args.skip_corrupt, device=info.device)
+    eval_loader = create_eval_loader(args.dataset, args.data_dir, args.val_split, data_config,
+                                     args.validation_batch_size or 2 * per_rank, args.workers, info.distributed)
+    if list(train_loader.classes) != list(eval_loader.classes):
+        raise ValueError("data: class lists of the train and val splits differ")
+    if len(train_loader) == 0:
+        raise ValueError(f"--batch-size {args.batch_size}: larger than the training set")
+
+    # ---- optimisation
+    model.to(info.device)
+    core = model
+    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                    momentum=args.momentum, **({"eps": args.opt_eps} if args.opt_eps else {}),
+                                    **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
+    updates_per_epoch = len(train_loader)
+    scheduler, num_epochs = create_scheduler_v2(
+        optimizer, sched=args.sched, num_epochs=args.epochs, min_lr=args.min_lr, warmup_lr=args.warmup_lr,
+        warmup_epochs=args.warmup_epochs, warmup_prefix=args.warmup_prefix,
+        step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)
+    amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
+    scaler = torch.amp.GradScaler(info.device.type) if amp_dtype == torch.float16 else None
+    ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
+
+    start_epoch, num_updates, best = 0, 0, {"top1": -1.0, "epoch": -1}
+    if resume_state is not None:
+        state = load_training_state(resume_state, model)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.module.load_state_dict(state["ema"])
+        start_epoch, num_updates, best = state["epoch"] + 1, state["step"], state.get("best", best)
+        if args.sched_on_updates:
+            scheduler.step_update(num_updates)
+        else:
+            scheduler.step(start_epoch)
+        log.info("resumed from %s: continuing at epoch %d, step %d", resume_state, start_epoch, num_updates)
+
+    train_model = model
+    if info.distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    if args.torchcompile:
+        train_model = torch.compile(train_model, backend=args.torchcompile)
+    step = MatryoshkaStep(train_model, core, optimizer, build_criterion(mixup_fn is not None, args.smoothing),
+                          granularities, args.matryoshka_mode, args.grad_accum_steps, args.clip_grad,
+                          args.clip_mode, amp_dtype, scaler, mixup_fn, info.device.type)
+
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_args(out_dir / "args.yaml", vars(args))
+    saver = CheckpointManager(out_dir, args.checkpoint_hist, enabled=info.is_main)
+    summary = Summary(out_dir, granularities, state.get("summary") if start_epoch else None)
+    log.info("model %s: %.2fM params, granularities %s (%s mode), global batch %d = %d ranks x %d micro-batch%s, "
+             "%d steps/epoch, output %s", args.model, sum(p.numel() for p in model.parameters()) / 1e6,
+             granularities, args.matryoshka_mode, args.batch_size, info.world_size, micro,
+             f" x {args.grad_accum_steps} accum" if args.grad_accum_steps > 1 else "", updates_per_epoch, out_dir)
+    if start_epoch > 0:
+        set_rng_state(state["rng"])
+
+    metrics: Dict[int, Dict[str, float]] = {}
+    for epoch in range(start_epoch, num_epochs):
+        t0 = time.time()
+        train_model.train()
+        train_loader.set_epoch(epoch)
+        sums = {g: 0.0 for g in granularities}
+        count = 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not info.is_main or args.no_progress,
+                   dynamic_ncols=True, mininterval=2.0)
+        for i, (images, targets) in enumerate(bar):
+            images, targets = images.to(info.device, non_blocking=True), targets.to(info.device, non_blocking=True)
+            try:
+                losses = step(images, targets)
+            except NonFiniteLossError as e:
+                kept = saver.directory / f"checkpoint-{epoch - 1}.state.pt" if epoch > start_epoch or start_epoch else None
+                raise TrainingError(f"{e} (epoch {epoch + 1}, step {i + 1}); training stopped, "
+                                    f"last good checkpoint: {kept if kept and kept.exists() else 'none written yet'}") from None
+            num_updates += 1
+            if ema is not None:
+                ema.update(model, step=num_updates)
+            scheduler.step_update(num_updates=num_updates)
+            for g, v in losses.items():
+                sums[g] += v
+            count += 1
+            if info.is_main and (i % args.log_interval == 0 or i == len(train_loader) - 1):
+                shown = " ".join(f"g{g}={v:.3f}" for g, v in losses.items())
+                bar.set_postfix_str(f"loss {shown} lr {optimizer.param_groups[0]['lr']:.2e}")
+                if args.no_progress or not bar.disable:
+                    log.debug("epoch %d step %d/%d loss %s", epoch + 1, i + 1, len(train_loader), shown)
+        bar.close()
+        train_loss = {g: s / max(count, 1) for g, s in sums.items()}
+        metrics = validate(model, eval_loader, granularities, info.device, amp_dtype)
+        ema_metrics = validate(ema.module, eval_loader, granularities, info.device, amp_dtype) if ema else None
+        scheduler.step(epoch + 1, metrics[best_g]["top1"])
+        if info.distributed and not replicas_identical(model):
+            raise TrainingError(f"epoch {epoch + 1}: DDP replicas diverged (weights differ between ranks)")
+
+        lr = optimizer.param_groups[0]["lr"]
+        row: Dict[str, float] = {"epoch": epoch, "lr": lr,
+                                 "train_loss": sum(train_loss.values()) / len(train_loss)}
+        for g in granularities:
+            row[f"train_loss_g{g}"] = train_loss[g]
+        for prefix, m in (("eval", metrics), ("ema", ema_metrics)):
+            for g in granularities if m else ():
+                for key in ("loss", "top1", "top5"):
+                    row[f"{prefix}_{key}_g{g}"] = m[g][key]
+        row["epoch_time"] = time.time() - t0
+        is_best = metrics[best_g]["top1"] > best["top1"]
+        if is_best:
+            best = {"top1": metrics[best_g]["top1"], "epoch": epoch, "granularity": best_g}
+        meta = {"model": args.model, "granularities": granularities, "metrics": metrics,
+                "model_kwargs": _model_kwargs(args)}
+        state = {"step": num_updates, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict() if scaler is not None else None,
+                 "ema": ema.module.state_dict() if ema is not None else None, "rng": rng_state(),
+                 "args": _plain(vars(args)), "best": best, "granularities": granularities,
+                 "summary": summary.rows + [row]}
+        if info.is_main:
+            saver.save(epoch, model, state, meta)
+            if is_best:
+                saver.save_best(model, ema.module if ema else None, dict(meta, epoch=epoch))
+            summary.add(row)
+            log.info("epoch %d/%d (%.0fs): train loss %s | val top-1 %s | top-5 %s%s", epoch + 1, num_epochs,
+                     row["epoch_time"], _fmt(train_loss, "{:.3f}"), _fmt({g: m["top1"] for g, m in metrics.items()}),
+                     _fmt({g: m["top5"] for g, m in metrics.items()}), " (best)" if is_best else "")
+        barrier()
+    if info.distributed:
+        log.info("DDP: replicas identical after training (%d ranks)", info.world_size)
+    log.info("done: best val top-1 %.2f%% at g=%s (epoch %d); outputs in %s", best["top1"], best_g,
+             best["epoch"] + 1, out_dir)
+    return metrics
+
+
+def _fmt(values: Dict[int, float], f: str = "{:.2f}") -> str:
+    return " ".join(f"g{g}:{f.format(v)}" for g, v in values.items())
+
+
+def _plain(d: Dict) -> Dict:
+    """args as weights-only-loadable plain values."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (list, tuple)):
+            v = list(v)
+        elif not isinstance(v, (int, float, str, bool, type(None))):
+            v = str(v)
+        out[k] = v
+    return out
+

@@ -1,0 +1,37 @@
+"""FFCV round trip: write a small .beton from a folder, read it back, train a step from it."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("ffcv", reason="the optional ffcv extra is not installed (pip install '.[ffcv]' after "
+                    "apt-get install pkg-config libopencv-dev libturbojpeg0-dev)")
+
+from matmamba_vision.data import create_eval_loader, fmnist_data_config  # noqa: E402
+from matmamba_vision.data.ffcv_writer import main as write_main  # noqa: E402
+from matmamba_vision.training import main as train_main  # noqa: E402
+from train_utils import TINY_MODEL, make_image_folder  # noqa: E402
+
+
+# numba's finaliser prints a harmless KeyError at exit (see ENVIRONMENT.md)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ffcv_round_trip_and_training_step(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=4, size=(40, 40))
+    out = tmp_path / "ffcv"
+    write_main(["--data-dir", str(root), "--output", str(out), "--max-resolution", "32", "-j", "1"])
+    meta = json.loads((out / "val.json").read_text())
+    assert meta == {"classes": ["ankle", "bag", "coat"], "num_samples": 12}
+
+    cfg = dict(fmnist_data_config(3), mean=(0.5,) * 3, std=(0.25,) * 3)
+    val = create_eval_loader("ffcv", str(out), "val", cfg, batch_size=4, workers=1)
+    images, targets = map(torch.cat, zip(*list(val)))
+    assert val.classes == meta["classes"] and val.num_samples == 12
+    assert images.shape == (12, 3, 28, 28) and targets.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    means = images.mean(dim=(1, 2, 3))
+    assert means[:4].mean() < means[4:8].mean() < means[8:].mean()
+
+    # training reads the 1-channel model's input as the luma of the stored RGB images
+    metrics = train_main([*TINY_MODEL, "--dataset", "ffcv", "--data-dir", str(out), "-b", "12", "--epochs", "1",
+                          "-j", "1", "--output", str(tmp_path / "runs"), "--experiment", "ffcv", "--no-progress"])
+    assert sorted(metrics) == [4, 8, 16, 32]
+    assert (tmp_path / "runs" / "ffcv" / "checkpoint-0.safetensors").is_file()

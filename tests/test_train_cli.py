@@ -1,0 +1,118 @@
+"""train.py end to end on a tiny folder: outputs, checkpoints, and every bad input of issue 3."""
+import csv
+import hashlib
+
+import pytest
+import torch
+import yaml
+
+from matmamba_vision.checkpoint import load_torch, load_weights
+from matmamba_vision.training import TrainingError, main
+from train_utils import TINY_MODEL, make_image_folder, truncated_jpeg
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data"), per_class=4)
+
+
+def run(tmp_path, data, *extra, experiment="run"):
+    return main([*TINY_MODEL, "--data-dir", str(data), "-b", "4", "--epochs", "2", "--output", str(tmp_path),
+                 "--experiment", experiment, "--no-progress", *extra])
+
+
+def test_outputs_checkpoints_and_best(tmp_path, data):
+    metrics = run(tmp_path, data, "--checkpoint-hist", "1", "--model-ema", "--grad-accum-steps", "2",
+                  "--amp", "--amp-dtype", "bfloat16", "--drop-path", "0.1", "--proj-drop", "0.1",
+                  "--head-init-bias", "-2.3", "--best-granularity", "8")
+    out = tmp_path / "run"
+    assert sorted(metrics) == [4, 8, 16, 32] and all(0 <= m["top1"] <= 100 for m in metrics.values())
+    args = yaml.safe_load((out / "args.yaml").read_text())
+    assert args["model"] == "matmamba_vision_tiny_patch4_28" and args["grad_accum_steps"] == 2
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    for g in (32, 16, 8, 4):
+        for key in (f"train_loss_g{g}", f"eval_top1_g{g}", f"eval_top5_g{g}", f"eval_loss_g{g}", f"ema_top1_g{g}"):
+            assert float(rows[-1][key]) >= 0, key
+    assert (out / "train_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "epoch 2/2" in (out / "log.txt").read_text()
+    # last N kept (N=1), state file loadable weights-only and complete
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1.safetensors", "checkpoint-1.state.pt"]
+    state = load_torch(out / "checkpoint-1.state.pt")
+    assert {"optimizer", "scheduler", "ema", "rng", "args", "epoch", "step", "best"} <= set(state)
+    assert state["epoch"] == 1 and state["step"] == 6 and state["weights"] == "checkpoint-1.safetensors"
+    best = load_weights(out / "model_best.safetensors")
+    assert best["head.weight"].shape == (3, 32) and (out / "model_best_ema.safetensors").is_file()
+    assert state["best"]["granularity"] == 8
+
+
+def test_cycle_mode_and_yaml_config(tmp_path, data):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"matryoshka-mode": "cycle", "granularities": [32, 8], "epochs": 1,
+                                   "batch_size": 8, "mixup": 0.8, "cutmix": 1.0, "smoothing": 0.1}))
+    metrics = main([*TINY_MODEL, "-c", str(cfg), "--data-dir", str(data), "--output", str(tmp_path),
+                    "--experiment", "cyc", "--no-progress"])
+    assert sorted(metrics) == [8, 32]
+    header = open(tmp_path / "cyc" / "summary.csv").readline()
+    assert "train_loss_g32" in header and "train_loss_g8" in header and "g16" not in header
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "resnet50"], "unknown model 'resnet50'"),
+    (["--granularities", "32,7"], "--granularities: 7 is not valid"),
+    (["--granularities", "64"], "--granularities: 64 is not valid"),
+    (["--best-granularity", "16", "--granularities", "32,8"], "--best-granularity 16"),
+    (["-b", "6", "--grad-accum-steps", "4"], "does not split into --grad-accum-steps 4"),
+    (["-b", "6", "--matryoshka-mode", "cycle"], "cycle mode"),
+    (["-b", "64"], "exceeds the 12 images"),
+    (["--dataset", "webdataset"], "dataset must be one of"),
+])
+def test_bad_flags_stop_before_training(tmp_path, data, flags, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        run(tmp_path, data, *flags)
+    assert not list(tmp_path.glob("run/checkpoint-*"))
+
+
+def test_bad_data_stops_before_training(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        run(tmp_path, tmp_path / "absent")
+    (tmp_path / "empty" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "val" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="empty"):
+        run(tmp_path, tmp_path / "empty")
+    differ = make_image_folder(tmp_path / "differ", per_class=2)
+    make_image_folder(differ, classes=("yak",), per_class=2, splits=("train",))
+    with pytest.raises(ValueError, match="class folders differ"):
+        run(tmp_path, differ)
+    bad = make_image_folder(tmp_path / "bad", per_class=2)
+    (bad / "train" / "bag" / "garbage.png").write_bytes(b"\x00" * 50)
+    with pytest.raises(ValueError, match="garbage.png"):
+        run(tmp_path, bad)
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text("learning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="unknown keys.*learning_rate"):
+        run(tmp_path, differ, "-c", str(cfg))
+
+
+def test_corrupt_image_mid_epoch(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    bad = truncated_jpeg(data / "train" / "coat" / "cut.jpg")
+    with pytest.raises(ValueError, match=f"unreadable image {bad}.*--skip-corrupt"):
+        run(tmp_path, data, "--epochs", "1", experiment="strict")
+    run(tmp_path, data, "--epochs", "1", "--skip-corrupt", experiment="lenient")
+    log = (tmp_path / "lenient" / "log.txt").read_text()
+    assert f"skipped corrupt image {bad}" in log
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data, monkeypatch):
+    run(tmp_path, data, "--epochs", "1")
+    out = tmp_path / "run"
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("checkpoint-*")}
+    from matmamba_vision.models.matmamba_vision import MatMambaVision
+    original = MatMambaVision.forward_head
+    monkeypatch.setattr(MatMambaVision, "forward_head",
+                        lambda self, x, pre_logits=False: original(self, x, pre_logits) * float("inf"))
+    with pytest.raises(TrainingError, match=r"non-finite training loss.*epoch 2.*checkpoint-0.state.pt"):
+        run(tmp_path, data, "--resume", str(out))
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("checkpoint-*")}
+    assert after == digest and torch.isfinite(load_weights(out / "checkpoint-0.safetensors")["head.weight"]).all()

@@ -1,0 +1,16 @@
+#!/usr/bin/env python3
+"""Matryoshka training of MatMamba-Vision models (timm-style flags; see ``--help``).
+
+    python train.py                                   # Fashion-MNIST on the CPU, the embedded default
+    python train.py -c configs/imagenet_35m.yaml --data-dir /data/imagenet      # the official recipe
+    torchrun --nproc_per_node 8 train.py -c configs/imagenet_35m.yaml --dataset ffcv --data-dir /data/ffcv
+"""
+import sys
+
+from matmamba_vision.training import TrainingError, main
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, TrainingError) as e:
+        sys.exit(f"train.py: error: {e}")
