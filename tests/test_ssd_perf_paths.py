@@ -35,8 +35,13 @@ def rel(a, b):
 
 
 def count_paths(monkeypatch):
-    calls = {"factorised": 0, "exact": 0, "unsafe": 0}
-    fact, exact = ssd._ssd_factorised, ssd._ssd_exact
+    calls = {"factorised": 0, "exact": 0, "unsafe": 0, "row_blocks": 0}
+    fact, exact, rows = ssd._ssd_factorised, ssd._ssd_exact, ssd._ssd_row_blocks
+
+    def rb(*a, **k):
+        y = rows(*a, **k)
+        calls["row_blocks"] += y is not None
+        return y
 
     def f(*a):
         y, bad = fact(*a)
@@ -50,6 +55,7 @@ def count_paths(monkeypatch):
 
     monkeypatch.setattr(ssd, "_ssd_factorised", f)
     monkeypatch.setattr(ssd, "_ssd_exact", e)
+    monkeypatch.setattr(ssd, "_ssd_row_blocks", rb)
     return calls
 
 
@@ -58,7 +64,21 @@ def test_factorised_matches_recurrence(L, chunk, g, monkeypatch):
     calls = count_paths(monkeypatch)
     x, dt, A, B, C = inputs(L=L, g=g)
     y = ssd.ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)), chunk_size=chunk)
-    assert calls["factorised"] >= 1 and calls["unsafe"] == 0 and calls["exact"] == 0
+    assert calls["factorised"] + calls["row_blocks"] >= 1 and calls["unsafe"] == 0 and calls["exact"] == 0
+    assert rel(y, sequential_scan(x, dt, A, B, C)) < 2e-6
+
+
+@pytest.mark.parametrize("dt_scale,fallback", [(0.05, False), (2.0, True)])
+def test_row_blocks_recentre_and_fall_back(dt_scale, fallback, monkeypatch):
+    """Short sequences: one chunk, split into row blocks when the whole range is unsafe; a head unsafe even
+    per block is redone by the chunked path."""
+    calls = count_paths(monkeypatch)
+    x, dt, A, B, C = inputs(L=200, h=16, n=128, dt_scale=dt_scale)
+    if fallback:
+        dt = dt * 0.01
+        dt[..., 0] = 30.0  # one head: e^-480 per token
+    y = ssd.ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)))
+    assert calls["row_blocks"] == 1 and (calls["factorised"] + calls["exact"] > 0) == fallback
     assert rel(y, sequential_scan(x, dt, A, B, C)) < 2e-6
 
 

@@ -187,6 +187,56 @@ def _ssd_factorised(
     return (y[:, :seqlen] if pad else y), bad
 
 
+def _ssd_row_blocks(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, max_blocks: int = 8
+) -> Optional[torch.Tensor]:
+    """Single-chunk scan (short sequences) as GEMMs, with the factorisation re-centred per block of rows.
+
+    For rows ``i`` of block ``I`` with mid-range ``c_I``: ``y_i = e_i * sum_{j<=i} (C_i.B_j) u_j`` with
+    ``e_i = exp(a_i - c_I)`` and ``u_j = exp(c_I - a_j) dt_j x_j``. Only the block's own decay range must be
+    <= ``2 * SAFE_HALF_RANGE``; for earlier columns ``c_I - a_j <= 0`` and its exponent is floored at
+    ``-2 * SAFE_HALF_RANGE`` (true weights below e^-80 become e^-80 * e_i: negligible). No states are carried.
+    Uses the fewest blocks (1, 2, 4, ...) for which at most an eighth of the heads is unsafe; those heads go
+    to :func:`_ssd_auto` with chunks. Returns None where no block count qualifies.
+    """
+    b, seqlen, h, p = x.shape
+    g, n = B.shape[-2:]
+    hg = h // g
+    a = torch.cumsum(dt * A, dim=1)  # (b, L, h), decreasing
+    with torch.no_grad():
+        nb = 1
+        while True:
+            r = -(-seqlen // nb)
+            starts = torch.arange(0, seqlen, r)
+            ends = (starts + r).clamp_(max=seqlen) - 1
+            bad = ((a.index_select(1, starts) - a.index_select(1, ends)) > 2 * SAFE_HALF_RANGE).flatten(0, 1)
+            bad = bad.view(b, -1, h).any(1).any(0)
+            if int(bad.sum()) <= h // 8:
+                break
+            if nb >= max_blocks or r <= _MIN_FACTORISED_CHUNK:
+                return None
+            nb *= 2
+    Bg, Cg = B.transpose(1, 2), C.transpose(1, 2)  # (b, g, L, n)
+    M = torch.matmul(Cg, Bg.transpose(-1, -2)).tril_()  # (b, g, L, L), shared by a group's heads
+    blocks = []
+    for s in range(0, seqlen, r):
+        e_ = min(s + r, seqlen)
+        mid = torch.lerp(a[:, s], a[:, e_ - 1], 0.5).unsqueeze(1)  # (b, 1, h)
+        u = dt[:, :e_] * (mid - a[:, :e_]).clamp_(-2 * SAFE_HALF_RANGE, _CLAMP).exp_()
+        U = (x[:, :e_] * u.unsqueeze(-1)).view(b, e_, g, hg * p).transpose(1, 2)  # (b, g, e_, hg*p)
+        Z = torch.matmul(M[:, :, s:e_, :e_], U).transpose(1, 2).reshape(b, e_ - s, h, p)
+        scale = (a[:, s:e_] - mid).clamp_(-_CLAMP, _CLAMP).exp_().unsqueeze(-1)
+        blocks.append(Z.mul_(scale) if not torch.is_grad_enabled() else Z * scale)
+    y = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+    if bool(bad.any()):
+        idx = bad.nonzero()[:, 0]
+        if g > 1:
+            B, C = B[:, :, idx // hg], C[:, :, idx // hg]
+        ys = _ssd_auto(x[:, :, idx], dt[:, :, idx], A[idx], B, C, _balanced(seqlen, max(_MIN_FACTORISED_CHUNK, r // 2)))
+        y = y.index_copy_(2, idx, ys) if not torch.is_grad_enabled() else y.index_copy(2, idx, ys)
+    return y
+
+
 def _ssd_auto(
     x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, q: int
 ) -> torch.Tensor:
@@ -240,8 +290,10 @@ def ssd_scan_torch(
         if exact:
             y = _ssd_exact(x, dt, A, B, C, chunk_size)
         else:
-            q = _safe_chunk_len(dt * A, choose_chunk_len(seqlen, n, chunk_size))
-            y = _ssd_auto(x, dt, A, B, C, q)
+            q = choose_chunk_len(seqlen, n, chunk_size)
+            y = _ssd_row_blocks(x, dt, A, B, C) if q >= seqlen else None
+            if y is None:
+                y = _ssd_auto(x, dt, A, B, C, _safe_chunk_len(dt * A, q))
     return y.to(out_dtype)
 
 
