@@ -92,7 +92,7 @@ def plot_retrieval(rows: Sequence[Dict], path: os.PathLike, title: str = "") -> 
     ax.set_xlabel("query granularity g")
     ax.set_ylabel("%")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     if matrix:
         ax = axes[0, 1]
         grid = [[float("nan")] * len(db_gs) for _ in q_gs]

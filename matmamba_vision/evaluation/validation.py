@@ -63,11 +63,12 @@ def validation_tables(rows: Sequence[Dict[str, Any]], markdown: bool = False) ->
     heads = ["granularity", "top-1 %", "top-5 %", "loss", "params", "params (non-emb.)", "GFLOPs"]
     fmt = {"loss": ".4f", "gflops": ".4f"}
     uniform = [r for r in rows if r["kind"] == "uniform"]
-    parts = []
+    parts, gap = [], "\n\n" if markdown else "\n"
     if uniform:
-        parts.append("Per granularity:\n" + format_table(uniform, cols, heads, fmt, markdown))
+        parts.append("Per granularity:" + gap + format_table(uniform, cols, heads, fmt, markdown))
     if len(uniform) < len(rows):
         front = [r for r in sorted(rows, key=lambda r: r["params_non_embedding"]) if r["pareto_params"]]
         parts.append(f"Mix'n'match Pareto front (top-1 vs non-embedding params), {len(front)} of {len(rows)} "
-                     "configurations:\n" + format_table(front, cols, ["configuration"] + heads[1:], fmt, markdown))
+                     "configurations:" + gap
+                     + format_table(front, cols, ["configuration"] + heads[1:], fmt, markdown))
     return "\n\n".join(parts)
