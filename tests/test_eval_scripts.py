@@ -129,3 +129,19 @@ def test_model_and_levels_read_from_a_train_checkpoint(scripts, tmp_path):
     rows = validate.main(["--data-dir", str(data), "--checkpoint", str(ckpt), "--mixnmatch", "official",
                           "--output", str(tmp_path / "o"), "-j", "0"])
     assert [(r["name"], r["trained"]) for r in rows] == [("g=64", True), ("g=16", True), ("64x1+16x1", False)]
+
+
+def test_baseline_checkpoint_widths_read_from_its_shapes(scripts, checkpoint, tmp_path):
+    """A separately trained smaller model (here: weights of a g=16 submodel) queries the full database."""
+    from matmamba_vision import extract_submodel
+
+    _, retrieval = scripts
+    data = _folder(tmp_path / "data")
+    small = tmp_path / "small.safetensors"
+    save_weights(extract_submodel(tiny_model(seed=3, depth=2, num_classes=10), 16).state_dict(), small)
+    rows = retrieval.main(["--data-dir", str(data), "--checkpoint", str(checkpoint), "--num-classes", "10",
+                           "--query-granularities", "32", "--baseline-checkpoints", f"small={small}",
+                           "--cache-dir", "", "--knn-backend", "torch", "--output", str(tmp_path / "o"), *TINY])
+    assert [(r["query"], r["query_kind"], r["query_granularity"]) for r in rows] == [
+        ("g=32", "granularity", 32), ("small", "baseline", 16)]
+    assert rows[1]["query_params_non_embedding"] < rows[0]["query_params_non_embedding"]
