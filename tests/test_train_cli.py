@@ -116,3 +116,18 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data, mo
         run(tmp_path, data, "--resume", str(out))
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("checkpoint-*")}
     assert after == digest and torch.isfinite(load_weights(out / "checkpoint-0.safetensors")["head.weight"]).all()
+
+
+@pytest.mark.parametrize("name, batch, steps", [("imagenet_35m", 8192, 124_800), ("imagenet_135m", 4096, 249_600)])
+def test_official_recipe_configs(name, batch, steps):
+    from matmamba_vision.training import parse_args
+    from train_utils import REPO
+    args = parse_args(["-c", str(REPO / "configs" / f"{name}.yaml")])
+    assert args.batch_size == batch and args.lr == 5e-3 and args.min_lr == pytest.approx(2e-4 * 5e-3)
+    assert args.matryoshka_mode == "cycle" and args.weight_decay == 0.1 and args.clip_grad == 1.0
+    assert (args.mixup, args.cutmix, args.smoothing, args.reprob, args.head_init_bias) == (0.8, 1.0, 0.1, 0.25, -6.9)
+    per_epoch = 1_281_167 // batch  # ImageNet-1K train images, last partial batch dropped
+    total_epochs = args.epochs + args.warmup_epochs  # warmup_prefix: timm adds the warm-up epochs
+    assert args.warmup_prefix and total_epochs * per_epoch == steps
+    assert abs(args.warmup_epochs * per_epoch - 10_000) < per_epoch
+    assert parse_args(["-c", str(REPO / "configs" / "fmnist.yaml")]).model_kwargs == parse_args([]).model_kwargs

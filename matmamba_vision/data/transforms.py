@@ -108,12 +108,8 @@ class TensorAugment:
         b, _, h, w = images.shape
         if self.pad:
             padded = F.pad(images, (self.pad,) * 4)
-            dy = torch.randint(0, 2 * self.pad + 1, (b,), generator=generator)
-            dx = torch.randint(0, 2 * self.pad + 1, (b,), generator=generator)
-            rows = (dy.view(b, 1) + torch.arange(h)).view(b, 1, h, 1).expand(b, images.shape[1], h, w + 2 * self.pad)
-            padded = padded.gather(2, rows)
-            cols = (dx.view(b, 1) + torch.arange(w)).view(b, 1, 1, w).expand(b, images.shape[1], h, w)
-            images = padded.gather(3, cols)
+            shifts = torch.randint(0, 2 * self.pad + 1, (b, 2), generator=generator).tolist()
+            images = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(shifts)])
         if self.hflip > 0:
             flip = torch.rand(b, generator=generator) < self.hflip
             images = torch.where(flip.view(b, 1, 1, 1), images.flip(-1), images)

@@ -15,7 +15,8 @@ import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint, load_torch, save_torch, save_weights
 
-__all__ = ["rng_state", "set_rng_state", "CheckpointManager", "resolve_resume", "load_training_state"]
+__all__ = ["rng_state", "set_rng_state", "CheckpointManager", "resolve_resume", "load_training_state",
+           "latest_state_file"]
 
 _logger = logging.getLogger("train")
 _STATE_RE = re.compile(r"checkpoint-(\d+)\.state\.pt$")
@@ -45,6 +46,12 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 def _state_files(directory: Path) -> List[Tuple[int, Path]]:
     found = [(int(m.group(1)), p) for p in directory.glob("checkpoint-*.state.pt") if (m := _STATE_RE.search(p.name))]
     return sorted(found)
+
+
+def latest_state_file(directory: Path) -> Optional[Path]:
+    """The newest complete checkpoint state file in ``directory``, or None."""
+    states = _state_files(Path(directory)) if Path(directory).is_dir() else []
+    return states[-1][1] if states else None
 
 
 def resolve_resume(path: str) -> Path:

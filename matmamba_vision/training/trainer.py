@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from ..checkpoint import build_model
 from ..data import create_eval_loader, dataset_classes, create_mixup, create_train_loader, model_data_config
-from .checkpointing import CheckpointManager, load_training_state, resolve_resume, rng_state, set_rng_state
+from .checkpointing import (CheckpointManager, latest_state_file, load_training_state, resolve_resume, rng_state,
+                            set_rng_state)
 from .config import parse_args
 from .distributed import DistInfo, barrier, init_distributed, replicas_identical
 from .evaluate import validate
@@ -200,9 +201,9 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
             try:
                 losses = step(images, targets)
             except NonFiniteLossError as e:
-                kept = saver.directory / f"checkpoint-{epoch - 1}.state.pt" if epoch > start_epoch or start_epoch else None
-                raise TrainingError(f"{e} (epoch {epoch + 1}, step {i + 1}); training stopped, "
-                                    f"last good checkpoint: {kept if kept and kept.exists() else 'none written yet'}") from None
+                kept = latest_state_file(out_dir)
+                raise TrainingError(f"{e} (epoch {epoch + 1}, step {i + 1}); training stopped, last good checkpoint: "
+                                    f"{kept or 'none written yet'}") from None
             num_updates += 1
             if ema is not None:
                 ema.update(model, step=num_updates)
@@ -210,11 +211,12 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
             for g, v in losses.items():
                 sums[g] += v
             count += 1
-            if info.is_main and (i % args.log_interval == 0 or i == len(train_loader) - 1):
+            if info.is_main and ((i + 1) % args.log_interval == 0 or i + 1 == len(train_loader)):
                 shown = " ".join(f"g{g}={v:.3f}" for g, v in losses.items())
-                bar.set_postfix_str(f"loss {shown} lr {optimizer.param_groups[0]['lr']:.2e}")
-                if args.no_progress or not bar.disable:
-                    log.debug("epoch %d step %d/%d loss %s", epoch + 1, i + 1, len(train_loader), shown)
+                lr = optimizer.param_groups[0]["lr"]
+                bar.set_postfix_str(f"loss {shown} lr {lr:.2e}")
+                if bar.disable:
+                    log.info("epoch %d step %d/%d: loss %s lr %.2e", epoch + 1, i + 1, len(train_loader), shown, lr)
         bar.close()
         train_loss = {g: s / max(count, 1) for g, s in sums.items()}
         metrics = validate(model, eval_loader, granularities, info.device, amp_dtype)
