@@ -13,6 +13,7 @@ from matmamba_vision.checkpoint import CheckpointError, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model-kwargs", "embed_dim=32", "depth=2", "d_state=16", "-j", "0", "-b", "16"]
+TINY_YAML = ["--model-kwargs", "{embed_dim: 32, depth: 2, d_state: 16}", "-j", "0", "-b", "16"]
 
 
 def _script(name):
@@ -83,7 +84,7 @@ def test_retrieval_on_a_folder_reuses_its_cache(scripts, checkpoint, tmp_path, c
                     and not os.environ.get("MATMAMBA_FMNIST_DIR"), reason="Fashion-MNIST is not installed")
 def test_defaults_run_on_fashion_mnist(scripts, tmp_path):
     validate, retrieval = scripts
-    rows = validate.main(["--max-samples", "32", "--granularities", "32", "--output", str(tmp_path), *TINY])
+    rows = validate.main(["--max-samples", "32", "--granularities", "32", "--output", str(tmp_path), *TINY_YAML])
     assert rows[0]["samples"] == 32
     rows = retrieval.main(["--max-samples", "32", "--query-granularities", "16", "--output", str(tmp_path),
                            "--cache-dir", "", *TINY])

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+import yaml
 from timm.data import resolve_data_config
 from timm.utils import ParseKwargs
 
@@ -22,6 +23,25 @@ __all__ = [
 DEFAULT_MODEL = "matmamba_vision_tiny_patch4_28"
 
 
+class _ModelKwargs(ParseKwargs):
+    """timm's ``KEY=VALUE ...`` form, or one YAML mapping as train.py takes it (``'{depth: 2}'``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) == 1 and values[0].lstrip().startswith("{"):
+            try:
+                kw = yaml.safe_load(values[0])
+            except yaml.YAMLError as e:
+                parser.error(f"--model-kwargs: not a YAML mapping ({e})")
+            if not isinstance(kw, dict):
+                parser.error(f"--model-kwargs: not a YAML mapping: {values[0]!r}")
+            setattr(namespace, self.dest, kw)
+            return
+        for v in values:
+            if v and "=" not in v:
+                parser.error(f"--model-kwargs: {v!r} is not KEY=VALUE")
+        super().__call__(parser, namespace, values, option_string)
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags both scripts take, named as in timm's validate.py where timm has one."""
     g = parser.add_argument_group("model")
@@ -32,9 +52,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: the model's)")
     g.add_argument("--img-size", type=int, default=None, help="input image size (default: the model's)")
     g.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's)")
-    g.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
-                   help="extra timm.create_model kwargs, e.g. embed_dim=64 depth=4 (default: those recorded in "
-                   "a train.py checkpoint of the same model)")
+    g.add_argument("--model-kwargs", nargs="*", default={}, action=_ModelKwargs, metavar="KEY=VALUE",
+                   help="extra timm.create_model kwargs: embed_dim=64 depth=4, or '{embed_dim: 64, depth: 4}' "
+                   "(default: those recorded in a train.py checkpoint of the same model)")
     d = parser.add_argument_group("data")
     d.add_argument("--dataset", default="", help="'' (Fashion-MNIST without --data-dir, else an ImageNet-style "
                    "folder), 'fmnist', 'folder' or 'ffcv'")
