@@ -2,7 +2,8 @@
 
 The database is read once, a chunk at a time (it may be a memory-mapped array far larger than memory); for
 each chunk every query chunk is scored and merged into a running top-k. Memory stays bounded by
-``db_chunk x dim`` plus ``query_chunk x db_chunk`` scores plus the queries and their ``k`` results. Backends:
+``db_chunk x dim`` plus ``query_chunk x db_chunk`` scores plus the queries and their ``k`` results (defaults
+2048 x 65536 float32 scores = 512 MiB, 256 MiB of a 1024-wide database chunk). Backends:
 
 - ``faiss``: ``faiss.knn`` (CPU BLAS) or ``faiss.knn_gpu`` on a GPU build with a GPU; exact.
 - ``torch``: matrix products with ``torch`` on any device; exact, the same neighbours as faiss.
@@ -76,7 +77,7 @@ def knn_search(
     k: int = 10,
     backend: str = "auto",
     device: str = "cpu",
-    query_chunk: int = 8192,
+    query_chunk: int = 2048,
     db_chunk: int = 65536,
     index: str = "Flat",
     progress: bool = True,

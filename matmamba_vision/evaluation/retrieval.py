@@ -40,7 +40,7 @@ class Baseline:
 
 
 def score_pair(query: EmbeddingSet, database: EmbeddingSet, backend: str = "auto", device: str = "cpu",
-               index: str = "Flat", query_chunk: int = 8192, db_chunk: int = 65536) -> Dict[str, float]:
+               index: str = "Flat", query_chunk: int = 2048, db_chunk: int = 65536) -> Dict[str, float]:
     """kNN of ``query`` rows in ``database`` and the retrieval metrics (percent)."""
     if query.embeddings.shape[1] != database.embeddings.shape[1]:
         raise ValueError(f"query embeddings have width {query.embeddings.shape[1]}, the database "
