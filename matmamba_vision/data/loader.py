@@ -123,9 +123,10 @@ class TensorTrainLoader:
         self.generator.manual_seed(self.seed * 1000003 + self.epoch)
         order = torch.randperm(self.num_samples, generator=self.generator)
         step = self.batch_size * self.world
-        for i in range(len(self)):
-            idx = order[i * step:(i + 1) * step][self.rank::self.world]
-            yield self.augment(self.images[idx], self.generator), self.targets[idx]
+        for i in range(len(self)):  # augment the global batch, then take this rank's share: any world
+            idx = order[i * step:(i + 1) * step]  # size sees the same images and augmentations
+            images = self.augment(self.images[idx], self.generator)
+            yield images[self.rank::self.world], self.targets[idx][self.rank::self.world]
 
 
 def _folder_or_fmnist_dataset(kind: str, data_dir: Optional[str], split: str, transform, in_chans: int,

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_mean", "all_reduce_sum", "replicas_identical", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "all_reduce_mean", "all_reduce_sum", "replicas_identical", "barrier", "all_rng_states"]
 
 
 @dataclass
@@ -64,6 +64,18 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def all_rng_states() -> List[Dict]:
+    """Every rank's RNG states (rank order), so a resumed DDP run continues each rank's streams."""
+    from .checkpointing import rng_state
+
+    state = rng_state()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [state]
+    gathered: List[Optional[Dict]] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, state)
+    return gathered  # type: ignore[return-value]
 
 
 @torch.no_grad()

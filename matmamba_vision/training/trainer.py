@@ -16,12 +16,11 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from ..checkpoint import build_model
+from ..checkpoint import build_model, load_checkpoint
 from ..data import create_eval_loader, dataset_classes, create_mixup, create_train_loader, model_data_config
-from .checkpointing import (CheckpointManager, latest_state_file, load_training_state, resolve_resume, rng_state,
-                            set_rng_state)
+from .checkpointing import CheckpointManager, latest_state_file, load_training_state, resolve_resume, set_rng_state
 from .config import parse_args
-from .distributed import DistInfo, barrier, init_distributed, replicas_identical
+from .distributed import DistInfo, all_rng_states, barrier, init_distributed, replicas_identical
 from .evaluate import validate
 from .matryoshka import MatryoshkaStep, NonFiniteLossError, build_criterion, micro_batch_size
 from .outputs import Summary, experiment_dir, setup_logging, write_args
@@ -58,7 +57,6 @@ def _create_model(args: argparse.Namespace, num_classes: int):
     if args.head_init_bias is not None:
         torch.nn.init.constant_(model.head.bias, args.head_init_bias)
     if args.initial_checkpoint:
-        from ..checkpoint import load_checkpoint
         load_checkpoint(model, args.initial_checkpoint)
     return model
 
@@ -109,7 +107,8 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
     # ---- data: classes first (the head size), then the model and loaders; all checks before training starts
     classes = dataset_classes(args.dataset, args.data_dir, args.train_split)
     num_classes = args.num_classes or len(classes)
-    model = _create_model(args, num_classes)
+    model = _create_model(args, num_classes)  # same seed on every rank: identical initial weights
+    _seed_everything(args.seed + info.rank)   # per-rank streams for dropout, mixup and augmentation
     granularities = _granularities(args, model)
     best_g = args.best_granularity if args.best_granularity is not None else granularities[0]
     if best_g not in granularities:
@@ -136,7 +135,6 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
 
     # ---- optimisation
     model.to(info.device)
-    core = model
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum, **({"eps": args.opt_eps} if args.opt_eps else {}),
                                     **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
@@ -171,7 +169,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     if args.torchcompile:
         train_model = torch.compile(train_model, backend=args.torchcompile)
-    step = MatryoshkaStep(train_model, core, optimizer, build_criterion(mixup_fn is not None, args.smoothing),
+    step = MatryoshkaStep(train_model, model, optimizer, build_criterion(mixup_fn is not None, args.smoothing),
                           granularities, args.matryoshka_mode, args.grad_accum_steps, args.clip_grad,
                           args.clip_mode, amp_dtype, scaler, mixup_fn, info.device.type)
 
@@ -185,7 +183,12 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
              granularities, args.matryoshka_mode, args.batch_size, info.world_size, micro,
              f" x {args.grad_accum_steps} accum" if args.grad_accum_steps > 1 else "", updates_per_epoch, out_dir)
     if start_epoch > 0:
-        set_rng_state(state["rng"])
+        rngs = state["rng"]
+        if len(rngs) == info.world_size:
+            set_rng_state(rngs[info.rank])
+        else:  # resumed on another number of ranks: fresh per-rank streams (not bit-exact)
+            log.warning("resumed on %d ranks, saved on %d: RNG streams reseeded", info.world_size, len(rngs))
+            _seed_everything(args.seed + info.rank + 1000 * start_epoch)
 
     metrics: Dict[int, Dict[str, float]] = {}
     for epoch in range(start_epoch, num_epochs):
@@ -242,7 +245,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
                 "model_kwargs": _model_kwargs(args)}
         state = {"step": num_updates, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict() if scaler is not None else None,
-                 "ema": ema.module.state_dict() if ema is not None else None, "rng": rng_state(),
+                 "ema": ema.module.state_dict() if ema is not None else None, "rng": all_rng_states(),
                  "args": _plain(vars(args)), "best": best, "granularities": granularities,
                  "summary": summary.rows + [row]}
         if info.is_main:
