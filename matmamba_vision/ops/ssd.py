@@ -8,6 +8,15 @@ The recurrence, per head ``h`` (heads of one group share ``B`` and ``C``)::
 is evaluated chunk by chunk: inside a chunk as a masked (causal, decayed) attention-like product,
 across chunks by passing one ``(headdim, d_state)`` state per head. The result does not depend on the
 chunk size except through rounding, so each backend picks the size that suits it.
+
+The torch path avoids per-head (L x L) elementwise work: with ``a`` the cumulative decay and ``c`` a
+reference point, ``exp(a_i - a_j) = exp(a_i - c) * exp(c - a_j)``, so the decayed product becomes one GEMM
+with ``tril(C B^T)`` shared by all heads of a group, scaled per token before and after. That is exact up to
+rounding while the exponents stay within +-``SAFE_HALF_RANGE`` (checked per chunk and head):
+
+- short sequences (one chunk): :func:`_ssd_row_blocks` (re-centred per block of rows, no states);
+- long ones: :func:`_ssd_factorised` (chunks of ~128 tokens, states carried between chunks);
+- heads whose decay range is unsafe are redone with shorter chunks, finally by :func:`_ssd_exact`.
 """
 from __future__ import annotations
 
