@@ -78,6 +78,7 @@ class Summary:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         epochs = [int(r["epoch"]) + 1 for r in self.rows]
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -89,6 +90,7 @@ class Summary:
         ax_loss.set(xlabel="epoch", ylabel="train loss", title="train loss per granularity")
         ax_acc.set(xlabel="epoch", ylabel="val top-1 (%)", title="val top-1 per granularity")
         for ax in (ax_loss, ax_acc):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()
