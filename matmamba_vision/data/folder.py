@@ -90,6 +90,10 @@ def create_folder_dataset(data_dir: str, split: str, transform: Optional[Callabl
             raise ValueError(f"data_dir: {path} is empty: {e}") from e
         if not len(reader_ds.reader.class_to_idx) or not len(reader_ds):
             raise ValueError(f"data_dir: {path} holds no class folders with images")
+        used = {Path(f).relative_to(path).parts[0] for f, _ in reader_ds.reader.samples}
+        empty = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in used)
+        if empty:
+            raise ValueError(f"data_dir: class folders without images in {path}: {empty[:10]}")
         return CheckedImageDataset(str(path), reader=reader_ds.reader, input_img_mode=img_mode, transform=tf,
                                    skip_corrupt=skip_corrupt)
 
