@@ -188,13 +188,14 @@ def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split
                         color_jitter: float = 0.0, color_jitter_prob: Optional[float] = None,
                         re_prob: float = 0.0, re_mode: str = "pixel", re_count: int = 1,
                         scale: Optional[Sequence[float]] = None, ratio: Optional[Sequence[float]] = None,
-                        hflip: float = 0.5, skip_corrupt: bool = False, fast_fmnist: bool = True,
+                        hflip: float = 0.5, translate: int = 0, skip_corrupt: bool = False, fast_fmnist: bool = True,
                         device: Optional[torch.device] = None) -> TrainLoader:
     """A shuffled training loader; ``batch_size`` is this rank's batch per optimiser step (the global batch
     divided by the world size), and the last partial batch is dropped.
 
     Fashion-MNIST with ``fast_fmnist`` (and no RandAugment or colour jitter) uses the preloaded
-    :class:`TensorTrainLoader` (translation, flip, erasing); everything else uses timm's transforms.
+    :class:`TensorTrainLoader` (random translation by up to ``translate`` pixels, flip, erasing); everything
+    else uses timm's transforms.
     """
     kind = resolve_dataset(dataset, data_dir)
     if batch_size <= 0:
@@ -212,7 +213,8 @@ def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split
             raise ValueError(f"the Fashion-MNIST fast path needs 28x28 input, got {data_config['input_size']}")
         images, targets = load_fmnist(split, data_dir)
         images = to_channels(images.unsqueeze(1), in_chans)
-        augment = TensorAugment(data_config["mean"], data_config["std"], hflip=hflip, re_prob=re_prob, re_mode=re_mode)
+        augment = TensorAugment(data_config["mean"], data_config["std"], pad=translate, hflip=hflip, re_prob=re_prob,
+                                re_mode=re_mode)
         if len(targets) < batch_size * world:
             raise ValueError(f"batch size {batch_size * world} exceeds the {len(targets)} training images")
         return TensorTrainLoader(images, targets, FMNIST_CLASSES, batch_size, augment, seed, rank, world)

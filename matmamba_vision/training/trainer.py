@@ -125,7 +125,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         args.dataset, args.data_dir, args.train_split, data_config, per_rank, args.workers, info.distributed,
         seed=args.seed, auto_augment=args.aa, color_jitter=args.color_jitter, color_jitter_prob=args.color_jitter_prob,
         re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, scale=args.scale, ratio=args.ratio,
-        hflip=args.hflip, skip_corrupt=args.skip_corrupt, device=info.device)
+        hflip=args.hflip, translate=args.translate, skip_corrupt=args.skip_corrupt, device=info.device)
     eval_loader = create_eval_loader(args.dataset, args.data_dir, args.val_split, data_config,
                                      args.validation_batch_size or 2 * per_rank, args.workers, info.distributed)
     if list(train_loader.classes) != list(eval_loader.classes):
