@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--opt-eps", type=float, default=None)
     o.add_argument("--opt-betas", type=float, nargs="+", default=None)
     o.add_argument("--momentum", type=float, default=0.9)
-    o.add_argument("--lr", type=float, default=3e-3)
+    o.add_argument("--lr", type=float, default=2e-3)
     o.add_argument("--weight-decay", type=float, default=0.05)
     o.add_argument("--clip-grad", type=float, default=1.0, help="0 or less: no clipping")
     o.add_argument("--clip-mode", default="norm", choices=("norm", "value", "agc"))
