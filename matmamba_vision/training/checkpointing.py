@@ -1,12 +1,19 @@
 """Training checkpoints that lose nothing: ``checkpoint-E.safetensors`` (weights) plus ``checkpoint-E.state.pt``
 (optimiser, scheduler, scaler, EMA, epoch, step, RNG states, args), each written atomically with
 :mod:`matmamba_vision.checkpoint`; the state file is written last and is the commit point. The last N are
-kept; ``model_best.safetensors`` (and ``model_best_ema.safetensors``) track the best validation top-1."""
+kept; ``model_best.safetensors`` (and ``model_best_ema.safetensors``) track the best validation top-1.
+
+Before training starts, :func:`check_output_dir` and :func:`check_free_space` report an output folder that
+cannot be written or has too little room, and :func:`check_resume_matches` refuses to resume a checkpoint
+into another model or other granularities (before anything is loaded)."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -16,7 +23,11 @@ import torch
 from ..checkpoint import CheckpointError, load_checkpoint, load_torch, save_torch, save_weights
 
 __all__ = ["rng_state", "set_rng_state", "CheckpointManager", "resolve_resume", "load_training_state",
-           "latest_state_file"]
+           "read_training_state", "check_resume_matches", "latest_state_file", "check_output_dir", "check_free_space",
+           "REGULARISATION_ARGS"]
+
+# model_args a resumed run may change: regularisation and the SSD kernel choice, not the architecture
+REGULARISATION_ARGS = ("drop_rate", "proj_drop_rate", "drop_path_rate", "ssd_backend")
 
 _logger = logging.getLogger("train")
 _STATE_RE = re.compile(r"checkpoint-(\d+)\.state\.pt$")
@@ -69,13 +80,88 @@ def resolve_resume(path: str) -> Path:
     return p
 
 
-def load_training_state(path: Path, model: torch.nn.Module) -> Dict[str, Any]:
-    """Load the state file (weights-only) and the model weights it names into ``model``."""
+def read_training_state(path: Path) -> Dict[str, Any]:
+    """The state file's contents (weights-only load); nothing is loaded into a model."""
     state = load_torch(path)
     if not isinstance(state, dict) or "weights" not in state:
         raise CheckpointError(f"{path}: not a training state file")
+    return state
+
+
+def load_training_state(path: Path, model: torch.nn.Module) -> Dict[str, Any]:
+    """Load the state file (weights-only) and the model weights it names into ``model``."""
+    state = read_training_state(path)
     load_checkpoint(model, path.parent / state["weights"])
     return state
+
+
+def check_resume_matches(state: Dict[str, Any], path: Path, model_name: str, model_args: Dict[str, Any],
+                         granularities: List[int]) -> None:
+    """ValueError unless the run to resume trained the same model (name and architecture arguments; see
+    :data:`REGULARISATION_ARGS` for those that may change) at the same granularities."""
+    hint = (f"resume with the flags it was trained with, or start a new run from its weights with "
+            f"--initial-checkpoint {path.parent / state['weights']}")
+    saved_name = state.get("model") or (state.get("args") or {}).get("model")
+    if saved_name is not None and saved_name != model_name:
+        raise ValueError(f"--resume {path}: trained with --model {saved_name}, this run asks for --model "
+                         f"{model_name}; {hint}")
+    saved_args = state.get("model_args")
+    if saved_args is not None:
+        keys = sorted((set(saved_args) | set(model_args)) - set(REGULARISATION_ARGS))
+        changed = [f"{k}: {saved_args.get(k)} -> {model_args.get(k)}" for k in keys
+                   if _plain_value(saved_args.get(k)) != _plain_value(model_args.get(k))]
+        if changed:
+            raise ValueError(f"--resume {path}: the model differs from the one trained ({', '.join(changed)}); "
+                             f"{hint}")
+    saved_gs = state.get("granularities")
+    if saved_gs is not None and sorted(saved_gs, reverse=True) != sorted(granularities, reverse=True):
+        raise ValueError(f"--resume {path}: trained at granularities {list(saved_gs)}, this run asks for "
+                         f"{list(granularities)} (--granularities); {hint}")
+
+
+def _plain_value(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def check_output_dir(directory: Path) -> None:
+    """Create ``directory`` and write, fsync and delete a probe file in it: ValueError (naming the folder) when
+    that fails, e.g. a read-only file system, no permission, a full disk, or a file in the way."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", suffix=".tmp", dir=directory)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"--output {directory}: cannot write there ({e.strerror or e}); choose another --output")
+
+
+def checkpoint_bytes(model: torch.nn.Module, keep: int, ema: bool) -> int:
+    """A generous estimate of the disk space the checkpoints of a run take at their peak: ``keep`` + 1 sets
+    (the new one is written before the oldest goes) of weights + state (optimiser moments ~2x the weights,
+    EMA), plus the best model (and its EMA) and its temporary copy, plus 1 MiB for logs and plots."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    copies = (max(keep, 1) + 1) * (3 + int(ema)) + 2 * (1 + int(ema))
+    return weights * copies + (1 << 20)
+
+
+def check_free_space(directory: Path, model: torch.nn.Module, keep: int, ema: bool) -> None:
+    """ValueError when ``directory``'s file system has less free space than :func:`checkpoint_bytes` (less the
+    checkpoints already there, which a resumed run replaces)."""
+    directory = Path(directory)
+    existing = sum(p.stat().st_size for pattern in ("checkpoint-*", "model_best*") for p in directory.glob(pattern)
+                   if p.is_file())
+    need = max(checkpoint_bytes(model, keep, ema) - existing, 1 << 20)
+    free = shutil.disk_usage(directory).free
+    if free < need:
+        mib = 1 << 20
+        raise ValueError(f"--output {directory}: {free / mib:.1f} MiB free, but its checkpoints need about "
+                         f"{need / mib:.1f} MiB (--checkpoint-hist {keep}{', --model-ema' if ema else ''}); "
+                         f"free some space or choose another --output")
 
 
 class CheckpointManager:
@@ -85,6 +171,15 @@ class CheckpointManager:
         if keep < 1:
             raise ValueError(f"--checkpoint-hist must be at least 1, got {keep}")
         self.directory, self.keep, self.enabled = Path(directory), keep, enabled
+        if enabled:
+            self._remove_orphans()
+
+    def _remove_orphans(self) -> None:
+        """Temporary files of atomic writes that a killed run left behind (a whole checkpoint's size each)."""
+        for tmp in self.directory.glob(".*.tmp"):
+            if tmp.is_file():
+                _logger.info("removing %s, left by an interrupted write", tmp)
+                tmp.unlink(missing_ok=True)
 
     def save(self, epoch: int, model: torch.nn.Module, state: Dict[str, Any], metadata: Dict[str, Any]) -> Optional[Path]:
         if not self.enabled:

@@ -18,7 +18,10 @@ from tqdm import tqdm
 
 from ..checkpoint import build_model, load_checkpoint
 from ..data import create_eval_loader, dataset_classes, create_mixup, create_train_loader, model_data_config
-from .checkpointing import CheckpointManager, latest_state_file, load_training_state, resolve_resume, set_rng_state
+from .checkpointing import (
+    CheckpointManager, check_free_space, check_output_dir, check_resume_matches, latest_state_file,
+    read_training_state, resolve_resume, set_rng_state,
+)
 from .config import parse_args
 from .distributed import DistInfo, all_rng_states, barrier, init_distributed, replicas_identical
 from .evaluate import validate
@@ -101,6 +104,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         raise ValueError(f"--epochs must be positive, got {args.epochs}")
     resume_state = resolve_resume(args.resume) if args.resume else None
     out_dir = experiment_dir(args.output, args.experiment, args.model, resume_state)
+    check_output_dir(out_dir)  # read-only, no permission, full, a file in the way: reported before anything else
     log = setup_logging(out_dir / "log.txt", info.is_main)
     _seed_everything(args.seed)
 
@@ -110,6 +114,12 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
     model = _create_model(args, num_classes)  # same seed on every rank: identical initial weights
     _seed_everything(args.seed + info.rank)   # per-rank streams for dropout, mixup and augmentation
     granularities = _granularities(args, model)
+    resumed = None
+    if resume_state is not None:  # another model or other granularities: refused before anything is loaded
+        resumed = read_training_state(resume_state)
+        check_resume_matches(resumed, resume_state, args.model, model.model_args, granularities)
+    if info.is_main:
+        check_free_space(out_dir, model, args.checkpoint_hist, args.model_ema)
     best_g = args.best_granularity if args.best_granularity is not None else granularities[0]
     if best_g not in granularities:
         raise ValueError(f"--best-granularity {best_g} is not among the trained granularities {granularities}")
@@ -149,7 +159,8 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
 
     start_epoch, num_updates, best = 0, 0, {"top1": -1.0, "epoch": -1}
     if resume_state is not None:
-        state = load_training_state(resume_state, model)
+        state = resumed
+        load_checkpoint(model, resume_state.parent / state["weights"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
@@ -247,6 +258,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
                  "scaler": scaler.state_dict() if scaler is not None else None,
                  "ema": ema.module.state_dict() if ema is not None else None, "rng": all_rng_states(),
                  "args": _plain(vars(args)), "best": best, "granularities": granularities,
+                 "model": args.model, "model_args": _plain(model.model_args),
                  "summary": summary.rows + [row]}
         if info.is_main:
             saver.save(epoch, model, state, meta)
