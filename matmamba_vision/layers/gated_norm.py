@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["GatedRMSNorm", "gated_rms_norm", "gated_rms_norm_linear"]
+__all__ = ["GatedRMSNorm", "gated_rms_norm", "gated_rms_norm_linear", "rms_norm_linear"]
 
 
 def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -27,6 +27,12 @@ def gated_rms_norm_linear(
     """
     gated = F.silu(z)
     gated = gated.mul_(y) if not torch.is_grad_enabled() else gated * y
+    return rms_norm_linear(gated, weight, out_weight, eps)
+
+
+def rms_norm_linear(gated: torch.Tensor, weight: torch.Tensor, out_weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``F.linear(rmsnorm(gated) * weight, out_weight)``, the tail of :func:`gated_rms_norm_linear` for callers
+    that formed the gated product themselves (e.g. with SiLU applied to a wider contiguous buffer)."""
     width = gated.shape[-1]
     ms = torch.linalg.vector_norm(gated, dim=-1, keepdim=True, dtype=torch.float32).square() / width
     scale = torch.rsqrt(ms + eps)

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.ssd import check_ssd_backend, ssd_scan
-from .gated_norm import GatedRMSNorm, gated_rms_norm_linear
+from .gated_norm import GatedRMSNorm, gated_rms_norm_linear, rms_norm_linear
 
 __all__ = ["MatMamba2Mixer", "causal_depthwise_conv1d"]
 
@@ -39,6 +39,40 @@ def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     k = weight.shape[1]
     img = x.view(b, seqlen, 1, ch).permute(0, 3, 1, 2)  # (b, ch, seqlen, 1), channels-last strides
     out = F.conv2d(img, weight.view(ch, 1, k, 1), bias, padding=(k - 1, 0), groups=ch)
+    return out[:, :, :seqlen, 0].permute(0, 2, 1)
+
+
+def _fused_conv_silu_available() -> bool:
+    try:
+        op = torch.ops.mkldnn._convolution_pointwise
+    except (AttributeError, RuntimeError):
+        return False
+    try:  # a tiny call: some builds register the op but lack the kernel
+        op(torch.zeros(1, 2, 3, 1), torch.zeros(2, 1, 2, 1), torch.zeros(2), [1, 0], [1, 1], [1, 1], 2, "swish", [], None)
+    except Exception:
+        return False
+    return torch.backends.mkldnn.is_available()
+
+
+_FUSED_CONV_SILU: Optional[bool] = None
+
+
+def causal_depthwise_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``silu(causal_depthwise_conv1d(x, weight, bias))``; for CPU float32 inference (no autograd) the SiLU
+    runs as a post-op inside oneDNN's convolution (one pass over the output instead of two)."""
+    global _FUSED_CONV_SILU
+    if torch.is_grad_enabled() or x.is_cuda or x.dtype != torch.float32 or x.device.type != "cpu":
+        return F.silu(causal_depthwise_conv1d(x, weight, bias))
+    if _FUSED_CONV_SILU is None:
+        _FUSED_CONV_SILU = _fused_conv_silu_available()
+    if not _FUSED_CONV_SILU:
+        return F.silu(causal_depthwise_conv1d(x, weight, bias), inplace=True)
+    b, seqlen, ch = x.shape
+    k = weight.shape[1]
+    img = x.view(b, seqlen, 1, ch).permute(0, 3, 1, 2)
+    out = torch.ops.mkldnn._convolution_pointwise(
+        img, weight.reshape(ch, 1, k, 1), bias, [k - 1, 0], [1, 1], [1, 1], ch, "swish", [], None
+    )
     return out[:, :, :seqlen, 0].permute(0, 2, 1)
 
 
@@ -158,12 +192,16 @@ class MatMamba2Mixer(nn.Module):
 
         xbc = self.proj_drop(F.linear(u, w["xbc_proj.weight"]))
         zdt = self.proj_drop(F.linear(u, w["zdt_proj.weight"])).view(b, seqlen, h, p + 1)
-        xbc = causal_depthwise_conv1d(xbc, w["conv.weight"], w["conv.bias"])
-        xbc = F.silu(xbc, inplace=not torch.is_grad_enabled())
+        xbc = causal_depthwise_conv1d_silu(xbc, w["conv.weight"], w["conv.bias"])
         B, C, x = torch.split(xbc, [gn, gn, h * p], dim=-1)
         x = x.view(b, seqlen, h, p)
         z, dt = zdt[..., :p], zdt[..., p]
         dt = F.softplus(dt.float() + w["dt_bias"].float())
+        inference = not torch.is_grad_enabled()
+        if inference:
+            # SiLU over the whole contiguous (z, dt) buffer (dt was read above): ~4x faster than over the
+            # strided z view; the gate is then a strided view of it.
+            z = F.silu(zdt, inplace=True)[..., :p]
         A = -torch.exp(w["A_log"].float())
         y = ssd_scan(
             x, dt, A,
@@ -173,8 +211,12 @@ class MatMamba2Mixer(nn.Module):
             backend=self.ssd_backend,
         )
         Dx = w["D"].to(x.dtype).unsqueeze(-1)
-        y = y.addcmul_(x, Dx) if not torch.is_grad_enabled() else torch.addcmul(y, x, Dx)
-        out = gated_rms_norm_linear(
-            y.flatten(2), z.flatten(2), w["norm.weight"], w["out_proj.weight"], eps=self.norm.eps
-        )
+        if inference:
+            y = y.addcmul_(x, Dx).mul_(z)
+            out = rms_norm_linear(y.flatten(2), w["norm.weight"], w["out_proj.weight"], eps=self.norm.eps)
+        else:
+            y = torch.addcmul(y, x, Dx)
+            out = gated_rms_norm_linear(
+                y.flatten(2), z.flatten(2), w["norm.weight"], w["out_proj.weight"], eps=self.norm.eps
+            )
         return self.proj_drop(out)
