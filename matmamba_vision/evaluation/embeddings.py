@@ -4,7 +4,9 @@ An entry is keyed by a SHA-256 of its identity: model name and arguments, the we
 checkpoint file's SHA-256, or of the state dict when there is no file), per-layer granularity, dataset,
 split, transform config and sample limit. It is written into a temporary directory and renamed into place
 only after every row, the labels and ``meta.json`` (``"complete": true``) are on disk, so an interrupted pass
-is never read as complete, and a changed checkpoint gets a new key instead of a stale entry.
+is never read as complete, and a changed checkpoint gets a new key instead of a stale entry. The temporary
+directory's name carries the writer's host and process id; a later pass for the same entry removes those of
+writers on this host that are no longer running (a killed pass leaves up to a whole entry's size behind).
 
 Layout: ``<cache_dir>/<model>/<split>/<name>-<key[:16]>/{embeddings.f32, labels.i64, meta.json}``.
 """
@@ -32,6 +34,18 @@ __all__ = ["EmbeddingSet", "EmbeddingCache", "embed_splits", "file_sha256", "sta
 
 CACHE_VERSION = 1
 _EMB, _LAB, _META = "embeddings.f32", "labels.i64", "meta.json"
+_HOST = "".join(c if c.isalnum() or c in "-_." else "_" for c in os.uname().nodename) or "host"
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def file_sha256(path: os.PathLike, block: int = 1 << 22) -> str:
@@ -117,10 +131,21 @@ class _Writer:
         self._chunks: List[np.ndarray] = []
         if self.final is not None:
             self.final.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{self.final.name}-", dir=self.final.parent))
+            self._remove_dead_writers()
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{self.final.name}-{_HOST}-{os.getpid()}-",
+                                             dir=self.final.parent))
             self._f = open(self.tmp / _EMB, "wb")
         else:
             self.tmp, self._f = None, None
+
+    def _remove_dead_writers(self) -> None:
+        """Temporary directories of this entry left by processes on this host that have ended."""
+        prefix = f".tmp-{self.final.name}-"
+        for d in self.final.parent.glob(prefix + "*"):
+            parts = d.name[len(prefix):].rsplit("-", 2)  # host, pid, mkdtemp's random part
+            if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit() or _running(int(parts[1])):
+                continue
+            shutil.rmtree(d, ignore_errors=True)
 
     def append(self, emb: np.ndarray, labels: np.ndarray) -> None:
         emb = np.ascontiguousarray(emb, dtype=np.float32)
