@@ -29,6 +29,7 @@ def _prefix_tree(dims_list: Sequence[Sequence[int]]) -> Dict:
     return root
 
 
+@torch.no_grad()
 def forward_many(
     model: MatMambaVision,
     images: torch.Tensor,
@@ -36,8 +37,8 @@ def forward_many(
     pre_logits: bool = False,
     share_prefix: bool = True,
 ) -> Iterator[Tuple[int, torch.Tensor]]:
-    """Yield ``(index, output)`` for each per-layer list in ``dims_list``: logits, or the pooled embedding
-    with ``pre_logits=True``. Each list must already be valid for ``model`` (see ``resolve_granularity``).
+    """Yield ``(index, output)`` for each per-layer list in ``dims_list`` (inference: no autograd graph): logits,
+    or the pooled embedding with ``pre_logits=True``. Each list must already be valid for ``model`` (see ``resolve_granularity``).
 
     ``share_prefix=False`` runs one full forward per configuration (same outputs, more work).
     """
