@@ -25,7 +25,7 @@ from matmamba_vision.evaluation.cli import (
     add_common_args, amp_dtype_from_args, build_baseline, data_config_from_args, data_identity, loader_from_args,
     model_from_args, output_dir_from_args, resolve_device, trained_levels,
 )
-from matmamba_vision.evaluation.report import write_csv, write_json
+from matmamba_vision.evaluation.report import write_results_file
 from matmamba_vision.evaluation.retrieval import CSV_COLUMNS
 
 
@@ -93,10 +93,7 @@ def main(argv=None) -> list:
     paths = write_retrieval_outputs(rows, output_dir_from_args(args), meta,
                                     title=f"{args.model}: {args.query_split} queries vs {args.db_split} database")
     if args.results_file:
-        if args.results_file.endswith(".json"):
-            write_json(dict(meta, rows=rows), args.results_file)
-        else:
-            write_csv(rows, args.results_file, CSV_COLUMNS)
+        write_results_file(args.results_file, rows, meta, CSV_COLUMNS)
     print()
     print(retrieval_table(rows))
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}  ({seconds:.1f} s)")

@@ -20,7 +20,7 @@ from matmamba_vision.evaluation.cli import (
     add_common_args, amp_dtype_from_args, data_config_from_args, loader_from_args, model_from_args,
     output_dir_from_args, resolve_device, trained_levels,
 )
-from matmamba_vision.evaluation.report import write_csv, write_json
+from matmamba_vision.evaluation.report import write_results_file
 from matmamba_vision.evaluation.validation import (
     CSV_COLUMNS, validate_configs, validation_tables, write_validation_outputs,
 )
@@ -62,10 +62,7 @@ def main(argv=None) -> list:
     out_dir = output_dir_from_args(args)
     paths = write_validation_outputs(rows, out_dir, meta, title=f"{args.model} ({args.split})")
     if args.results_file:
-        if args.results_file.endswith(".json"):
-            write_json(dict(meta, rows=rows), args.results_file)
-        else:
-            write_csv(rows, args.results_file, CSV_COLUMNS)
+        write_results_file(args.results_file, rows, meta, CSV_COLUMNS)
     print()
     print(validation_tables(rows))
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}  ({seconds:.1f} s)")

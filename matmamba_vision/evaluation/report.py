@@ -42,6 +42,14 @@ def write_json(obj: Any, path: os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def write_results_file(path: os.PathLike, rows: Sequence[Dict[str, Any]], meta: Dict[str, Any],
+                       columns: Sequence[str]) -> Path:
+    """timm's ``--results-file``: JSON (``meta`` plus ``rows``) when the name ends in ``.json``, else CSV."""
+    if str(path).endswith(".json"):
+        return write_json(dict(meta, rows=list(rows)), path)
+    return write_csv(rows, path, columns)
+
+
 def format_table(rows: Sequence[Dict[str, Any]], columns: Sequence[str], headers: Optional[Sequence[str]] = None,
                  floatfmt: Optional[Dict[str, str]] = None, markdown: bool = False) -> str:
     """A fixed-width (or Markdown) table of ``columns``; ``floatfmt`` maps a column to a format spec."""

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GLOBAL batch per optimiser step, split over ranks and --grad-accum-steps")
     o.add_argument("-vb", "--validation-batch-size", type=int, default=None, help="per rank; default 2x per-rank batch")
     o.add_argument("--grad-accum-steps", type=int, default=1)
-    o.add_argument("--epochs", type=int, default=5)
+    o.add_argument("--epochs", type=int, default=8)
     o.add_argument("--opt", default="adamw")
     o.add_argument("--opt-eps", type=float, default=None)
     o.add_argument("--opt-betas", type=float, nargs="+", default=None)
