@@ -13,6 +13,7 @@ from timm.utils import ParseKwargs
 
 from ..checkpoint import build_model, load_weights, read_weights_metadata
 from ..models.matmamba_vision import MatMambaVision, checkpoint_filter_fn
+from ..training.distributed import resolve_device
 
 __all__ = [
     "add_common_args", "model_from_args", "data_config_from_args", "loader_from_args", "resolve_device",
@@ -195,17 +196,6 @@ def data_identity(args: argparse.Namespace, split: str, data_config: Dict[str, A
     data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
     return dict(dataset=args.dataset or ("folder" if data_dir else "fmnist"), data_dir=data_dir, split=split,
                 transform={k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data_config.items())})
-
-
-def resolve_device(name: str) -> torch.device:
-    """``--device``; ValueError when it names a device this machine lacks."""
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device {name!r} is not a torch device ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r}: CUDA is not available here; use --device cpu")
-    return dev
 
 
 def amp_dtype_from_args(args: argparse.Namespace) -> Optional[torch.dtype]:

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_mean", "all_reduce_sum", "replicas_identical", "barrier", "all_rng_states"]
+__all__ = ["DistInfo", "resolve_device", "init_distributed", "all_reduce_mean", "all_reduce_sum", "replicas_identical", "barrier", "all_rng_states"]
 
 
 @dataclass
@@ -27,15 +27,20 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: Optional[str] = None) -> DistInfo:
-    """Read torchrun's environment; start a process group when ``WORLD_SIZE`` > 1 (NCCL for CUDA, else gloo)."""
-    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(name: str) -> torch.device:
+    """``--device``; ValueError when it names a device this machine lacks."""
     try:
         dev = torch.device(name)
     except RuntimeError as e:
-        raise ValueError(f"--device: {e}") from None
+        raise ValueError(f"--device {name!r} is not a torch device ({e})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
+        raise ValueError(f"--device {name!r}: CUDA is not available here; use --device cpu")
+    return dev
+
+
+def init_distributed(device: Optional[str] = None) -> DistInfo:
+    """Read torchrun's environment; start a process group when ``WORLD_SIZE`` > 1 (NCCL for CUDA, else gloo)."""
+    dev = resolve_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo(dev)
