@@ -59,9 +59,11 @@ _FUSED_CONV_SILU: Optional[bool] = None
 
 def causal_depthwise_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``silu(causal_depthwise_conv1d(x, weight, bias))``; for CPU float32 inference (no autograd) the SiLU
-    runs as a post-op inside oneDNN's convolution (one pass over the output instead of two)."""
+    runs as a post-op inside oneDNN's convolution (one pass over the output instead of two); compiled code
+    leaves the fusion to the compiler."""
     global _FUSED_CONV_SILU
-    if torch.is_grad_enabled() or x.is_cuda or x.dtype != torch.float32 or x.device.type != "cpu":
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dtype != torch.float32
+            or x.device.type != "cpu"):
         return F.silu(causal_depthwise_conv1d(x, weight, bias))
     if _FUSED_CONV_SILU is None:
         _FUSED_CONV_SILU = _fused_conv_silu_available()

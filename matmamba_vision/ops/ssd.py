@@ -66,7 +66,7 @@ def _safe_chunk_len(dA: torch.Tensor, q: int) -> int:
         a = torch.cumsum(dA, dim=1)
         a = torch.cat([a.new_zeros(a.shape[0], 1, heads), a], dim=1)  # a[t] = decay of tokens < t
         while q > _MIN_FACTORISED_CHUNK:
-            ends = torch.arange(q, seqlen + q, q).clamp_(max=seqlen)
+            ends = torch.arange(q, seqlen + q, q, device=dA.device).clamp_(max=seqlen)
             # Chunk range = sum of its dA except the first token's = a[start + 1] - a[end].
             starts = ends - q
             rng = a.index_select(1, (starts + 1).clamp_(max=seqlen)) - a.index_select(1, ends)
@@ -83,6 +83,23 @@ def _decay_products(lk: torch.Tensor) -> torch.Tensor:
     seg = lk.unsqueeze(-1).expand(*lk.shape, m)  # [r, c] = lk[r]
     seg = seg.masked_fill(~torch.ones(m, m, dtype=torch.bool, device=lk.device).tril(-1), 0.0).cumsum(-2)
     return seg.masked_fill(~torch.ones(m, m, dtype=torch.bool, device=lk.device).tril(), float("-inf")).exp()
+
+
+@torch.library.custom_op("matmamba_vision::cumsum_last", mutates_args=())
+def _cumsum_last(t: torch.Tensor) -> torch.Tensor:
+    """``torch.cumsum(t, -1)`` as an op the compiler calls rather than generates (inductor's split-scan
+    codegen fails on some CUDA shapes in torch 2.11, seen on an H200)."""
+    return torch.cumsum(t, dim=-1)
+
+
+@_cumsum_last.register_fake
+def _(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(t)
+
+
+_cumsum_last.register_autograd(
+    lambda ctx, grad: _cumsum_last(grad.flip(-1)).flip(-1),  # d/dt of a prefix sum: the suffix sums
+)
 
 
 def _pad_seq(t: torch.Tensor, pad: int) -> torch.Tensor:
@@ -105,7 +122,8 @@ def _ssd_exact(
     xd = (x * dt.unsqueeze(-1)).view(b, nc, q, h, p)  # dt_j * x_j
     B = B.view(b, nc, q, g, n).transpose(2, 3)  # (b, c, g, q, n)
     C = C.view(b, nc, q, g, n).transpose(2, 3)
-    a_cum = torch.cumsum((dt * A).view(b, nc, q, h).transpose(2, 3), dim=-1)  # (b, c, h, q)
+    dA = (dt * A).view(b, nc, q, h).transpose(2, 3)
+    a_cum = _cumsum_last(dA.contiguous()) if torch.compiler.is_compiling() else torch.cumsum(dA, dim=-1)  # (b, c, h, q)
 
     # Intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(a_i - a_j) dt_j x_j. C.B is shared by a group's heads.
     cb = torch.matmul(C, B.transpose(-1, -2)).tril_()  # (b, c, g, q, q)
@@ -227,7 +245,7 @@ def _ssd_row_blocks(
         nb = 1
         while True:
             r = -(-seqlen // nb)
-            starts = torch.arange(0, seqlen, r)
+            starts = torch.arange(0, seqlen, r, device=x.device)
             ends = (starts + r).clamp_(max=seqlen) - 1
             bad = ((a.index_select(1, starts) - a.index_select(1, ends)) > 2 * SAFE_HALF_RANGE).flatten(0, 1)
             bad = bad.view(b, -1, h).any(1).any(0)
@@ -312,6 +330,10 @@ def ssd_scan_torch(
         x, dt, A, B, C = (t.float() for t in (x, dt, A, B, C))
         if exact:
             y = _ssd_exact(x, dt, A, B, C, chunk_size)
+        elif torch.compiler.is_compiling():
+            # Compiled: the exact path has no data-dependent branches (no graph breaks, so one graph per
+            # model) and the compiler fuses its per-head decay work.
+            y = _ssd_exact(x, dt, A, B, C, choose_chunk_len(seqlen, n, chunk_size))
         else:
             q = choose_chunk_len(seqlen, n, chunk_size)
             y = _ssd_row_blocks(x, dt, A, B, C) if q >= seqlen else None
