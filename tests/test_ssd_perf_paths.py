@@ -44,10 +44,10 @@ def count_paths(monkeypatch):
         return y
 
     def f(*a):
-        y, bad = fact(*a)
+        y, bad, final = fact(*a)
         calls["factorised"] += 1
         calls["unsafe"] += int(bad.sum())
-        return y, bad
+        return y, bad, final
 
     def e(*a):
         calls["exact"] += 1
@@ -183,3 +183,46 @@ def test_fused_gated_norm_linear(tokens):
     want = torch.autograd.grad(torch.nn.functional.linear(gated_rms_norm(*leaves2[:3]), leaves2[3]).square().sum(), leaves2)
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def sequential_scan_with_state(x, dt, A, B, C, h0):
+    """The recurrence from state ``h0``; returns (y, final state)."""
+    b, L, h, p = x.shape
+    g = B.shape[2]
+    Bh, Ch = B.repeat_interleave(h // g, dim=2), C.repeat_interleave(h // g, dim=2)
+    state, ys = h0.clone(), []
+    for t in range(L):
+        state = state * torch.exp(dt[:, t] * A)[..., None, None] + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None]
+        ys.append((state * Ch[:, t, :, None]).sum(-1))
+    return torch.stack(ys, 1), state
+
+
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("L,chunk,g,dt_scale", [(1, 256, 1, 0.1), (70, 16, 1, 0.1), (130, 64, 2, 0.1), (200, 256, 1, 2.0)])
+def test_initial_and_final_state(L, chunk, g, dt_scale, exact):
+    """Scanning from a given state and returning the last one; dt_scale 2.0 sends heads down the fallbacks."""
+    x, dt, A, B, C = inputs(L=L, g=g, dt_scale=dt_scale)
+    h0 = torch.randn(x.shape[0], x.shape[2], x.shape[3], B.shape[-1], dtype=torch.float64)
+    y_ref, s_ref = sequential_scan_with_state(x, dt, A, B, C, h0)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            y, s = ssd.ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)), chunk_size=chunk, exact=exact,
+                                      initial_state=h0.float(), return_final_state=True)
+        assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
+
+
+def test_pieces_with_carried_state_equal_one_scan():
+    x, dt, A, B, C = (t.float() for t in inputs(L=300, g=1))
+    whole = ssd.ssd_scan_torch(x, dt, A, B, C)
+    state, parts = None, []
+    for s, e in ((0, 100), (100, 101), (101, 300)):
+        y, state = ssd.ssd_scan_torch(x[:, s:e], dt[:, s:e], A, B[:, s:e], C[:, s:e], initial_state=state,
+                                      return_final_state=True)
+        parts.append(y)
+    assert rel(torch.cat(parts, 1), whole) < 2e-6
+
+
+def test_initial_state_shape_is_checked():
+    x, dt, A, B, C = (t.float() for t in inputs(L=10))
+    with pytest.raises(ValueError, match="initial_state"):
+        ssd.ssd_scan_torch(x, dt, A, B, C, initial_state=torch.zeros(1, 2, 3, 4))

@@ -186,15 +186,52 @@ class MatMamba2Mixer(nn.Module):
         }
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """(batch, seqlen, dim) -> (batch, seqlen, dim), at ``self.active_granularity``."""
+        """(batch, seqlen, dim) -> (batch, seqlen, dim), at ``self.active_granularity``.
+
+        CPU inference on sequences longer than ``2 * PIECE_LEN`` runs in pieces of about ``PIECE_LEN`` tokens,
+        carrying the conv's last inputs and the SSD state from piece to piece: the same result (up to
+        rounding), with every temporary a fraction of the size (less peak memory, and buffers that stay in
+        cache and out of fresh page faults).
+        """
         b, seqlen, _ = u.shape
         w = self.sliced_parameters(self.active_granularity)
+        if torch.is_grad_enabled() or u.device.type != "cpu" or seqlen <= 2 * self.PIECE_LEN:
+            return self._mix(u, w)[0]
+        # Whole pieces of PIECE_LEN (a multiple of the SSD's chunk: no padding); the rest joins the last one.
+        bounds = list(range(0, seqlen - self.PIECE_LEN // 2, self.PIECE_LEN))[1:] + [seqlen]
+        out, conv_tail, state, start = [], None, None, 0
+        for end in bounds:
+            y, conv_tail, state = self._mix(u[:, start:end], w, conv_tail, state, carry=True)
+            out.append(y)
+            start = end
+        return torch.cat(out, dim=1)
+
+    PIECE_LEN = 1024
+
+    def _mix(
+        self,
+        u: torch.Tensor,
+        w: Dict[str, torch.Tensor],
+        conv_tail: Optional[torch.Tensor] = None,
+        state: Optional[torch.Tensor] = None,
+        carry: bool = False,
+    ):
+        """The mixer on ``u``, continuing from ``conv_tail`` (the conv's last ``d_conv - 1`` inputs) and the
+        SSD ``state`` of the tokens before it; returns (out, conv_tail, state) (the last two None unless
+        ``carry``)."""
+        b, seqlen, _ = u.shape
         h = w["A_log"].shape[0]
         p, gn = self.headdim, self.ngroups * self.d_state
 
         xbc = self.proj_drop(F.linear(u, w["xbc_proj.weight"]))
         zdt = self.proj_drop(F.linear(u, w["zdt_proj.weight"])).view(b, seqlen, h, p + 1)
-        xbc = causal_depthwise_conv1d_silu(xbc, w["conv.weight"], w["conv.bias"])
+        conv_in, new_tail, k = xbc, None, w["conv.weight"].shape[1]
+        xbc = causal_depthwise_conv1d_silu(conv_in, w["conv.weight"], w["conv.bias"])
+        if carry and k > 1:
+            if conv_tail is not None:  # the first k-1 outputs also see the previous piece's last inputs
+                head = torch.cat([conv_tail, conv_in[:, : k - 1]], dim=1)
+                xbc[:, : k - 1] = causal_depthwise_conv1d_silu(head, w["conv.weight"], w["conv.bias"])[:, k - 1:]
+            new_tail = conv_in[:, -(k - 1):].clone()
         B, C, x = torch.split(xbc, [gn, gn, h * p], dim=-1)
         x = x.view(b, seqlen, h, p)
         z, dt = zdt[..., :p], zdt[..., p]
@@ -211,7 +248,11 @@ class MatMamba2Mixer(nn.Module):
             C.view(b, seqlen, self.ngroups, self.d_state),
             chunk_size=self.chunk_size,
             backend=self.ssd_backend,
+            initial_state=state,
+            return_final_state=carry,
         )
+        if carry:
+            y, state = y
         Dx = w["D"].to(x.dtype).unsqueeze(-1)
         if inference:
             y = y.addcmul_(x, Dx).mul_(z)
@@ -221,4 +262,4 @@ class MatMamba2Mixer(nn.Module):
             out = gated_rms_norm_linear(
                 y.flatten(2), z.flatten(2), w["norm.weight"], w["out_proj.weight"], eps=self.norm.eps
             )
-        return self.proj_drop(out)
+        return self.proj_drop(out), new_tail, state

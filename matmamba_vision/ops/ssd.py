@@ -98,9 +98,12 @@ def _pad_seq(t: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 def _ssd_exact(
-    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int
-) -> torch.Tensor:
-    """Reference chunked scan on float32 tensors: per head, an explicit (q x q) decay matrix per chunk."""
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
+    h0: Optional[torch.Tensor] = None, want_final: bool = False,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Reference chunked scan on float32 tensors: per head, an explicit (q x q) decay matrix per chunk.
+    ``h0`` (batch, heads, headdim, d_state) is the state before the first token; returns (y, final state or
+    None)."""
     b, seqlen, h, p = x.shape
     g, n = B.shape[-2:]
     q = max(1, min(chunk_size, seqlen))
@@ -127,34 +130,43 @@ def _ssd_exact(
     xd_h = xd.permute(0, 1, 3, 2, 4)  # (b, c, h, q, p)
     y = torch.matmul(scores, xd_h)  # (b, c, h, q, p)
 
-    if nc > 1:
+    final = None
+    if nc > 1 or h0 is not None or want_final:
         # Each chunk's own end state, from its inputs decayed to the chunk's end.
         to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, c, h, q)
         xs = (xd_h * to_end.unsqueeze(-1)).view(b, nc, g, hg, q, p)
         xs = xs.transpose(-1, -2).reshape(b, nc, g, hg * p, q)
-        chunk_states = torch.matmul(xs, B)  # (b, c, g, hg*p, n)
-        # Pass states across chunks: s_c = exp(a_c,end) s_{c-1} + own_c; chunk c reads s_{c-1}.
+        chunk_states = torch.matmul(xs, B).view(b, nc, g, hg, p, n)
+        # Pass states across chunks: s_{c+1} = exp(a_c,end) s_c + own_c; chunk c reads s_c (s_0 = h0).
         chunk_decay = torch.exp(a_cum[..., -1]).view(b, nc, g, hg, 1, 1)
-        chunk_states = chunk_states.view(b, nc, g, hg, p, n)
-        carried = [chunk_states[:, 0]]
-        for c in range(1, nc - 1):
-            carried.append(carried[-1] * chunk_decay[:, c] + chunk_states[:, c])
-        prev = torch.stack(carried, dim=1)  # states entering chunks 1..nc-1: (b, nc-1, g, hg, p, n)
-        prev = prev.view(b, nc - 1, g, hg * p, n)
-        y_off = torch.matmul(C[:, 1:], prev.transpose(-1, -2))  # (b, nc-1, g, q, hg*p)
-        y_off = y_off.view(b, nc - 1, g, q, hg, p).permute(0, 1, 2, 4, 3, 5).reshape(b, nc - 1, h, q, p)
-        y_off = y_off * torch.exp(a_cum[:, 1:]).unsqueeze(-1)
-        y = torch.cat([y[:, :1], y[:, 1:] + y_off], dim=1)
+        state = None if h0 is None else h0.float().view(b, g, hg, p, n)
+        entering = []
+        for c in range(nc if want_final else nc - 1):
+            entering.append(state)
+            own = chunk_states[:, c]
+            state = own if state is None else state * chunk_decay[:, c] + own
+        if want_final:
+            final = state.view(b, h, p, n)
+        else:
+            entering.append(state)
+        first = 0 if h0 is not None else 1  # chunk 0 reads a zero state when there is no h0
+        if first < nc:
+            prev = torch.stack(entering[first:], dim=1).view(b, nc - first, g, hg * p, n)
+            y_off = torch.matmul(C[:, first:], prev.transpose(-1, -2))  # (b, nc-first, g, q, hg*p)
+            y_off = y_off.view(b, nc - first, g, q, hg, p).permute(0, 1, 2, 4, 3, 5).reshape(b, nc - first, h, q, p)
+            y_off = y_off * torch.exp(a_cum[:, first:]).unsqueeze(-1)
+            y = torch.cat([y[:, :first], y[:, first:] + y_off], dim=1)
 
     y = y.permute(0, 1, 3, 2, 4).reshape(b, nc * q, h, p)
     if pad:
         y = y[:, :seqlen]
-    return y
+    return y, final
 
 
 def _ssd_factorised(
-    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, q: int
-) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, q: int,
+    h0: Optional[torch.Tensor] = None, want_final: bool = False,
+) -> Tuple[Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
     """Chunked scan whose intra-chunk product is one GEMM shared by all heads of a group.
 
     With ``a`` the in-chunk cumulative decay and ``c`` its mid-range per (chunk, head),
@@ -162,8 +174,8 @@ def _ssd_factorised(
     ``U_j = exp(c - a_j) dt_j x_j``, ``e_i = exp(a_i - c)`` and ``S'`` the entering state times ``exp(c)``.
     Exact up to rounding where the chunk's decay range is at most ``2 * SAFE_HALF_RANGE``.
 
-    Returns (y float32 or None when no head is safe, unsafe-head mask (heads,)); rows of unsafe heads
-    are finite but wrong and must be replaced by the caller.
+    Returns (y float32 or None when no head is safe, unsafe-head mask (heads,), final state or None); rows
+    of unsafe heads are finite but wrong and must be replaced by the caller.
     """
     b, seqlen, h, p = x.shape
     g, n = B.shape[-2:]
@@ -176,7 +188,7 @@ def _ssd_factorised(
     with torch.no_grad():
         bad = ((a_first - a_last) > 2 * SAFE_HALF_RANGE).flatten(0, 1).any(0)
     if bool(bad.all()):
-        return None, bad
+        return None, bad, None
     mid = torch.lerp(a_first, a_last, 0.5)  # (b, nc, h)
     la = (a - mid.unsqueeze(2)).clamp_(-_CLAMP, _CLAMP)  # a_i - c, within +-40 on safe heads
     e = la.exp()  # exp(a_i - c)
@@ -187,40 +199,53 @@ def _ssd_factorised(
     Bc = B.view(b, nc, q, g, n).transpose(2, 3)  # (b, nc, g, q, n)
     Cc = C.view(b, nc, q, g, n).transpose(2, 3)
     Z = torch.matmul(torch.matmul(Cc, Bc.transpose(-1, -2)).tril_(), U)  # (b, nc, g, q, hg*p)
-    if nc > 1:
-        # S'_c = exp(mid_c) * (state entering chunk c): S'_0 = 0, S'_{c+1} = k_c S'_c + G_c with
+    final = None
+    if nc > 1 or h0 is not None or want_final:
+        # S'_c = exp(mid_c) * (state entering chunk c): S'_0 = exp(mid_0) h0, S'_{c+1} = k_c S'_c + G_c with
         # k_c = exp(mid_{c+1} - mid_c + a_last_c) <= 1 and G_c = (k_c U_c)^T B_c (k folded into the per-token
-        # factor: one pass over x instead of one over the larger states).
+        # factor: one pass over x instead of one over the larger states). The final state is S' after the
+        # last chunk with mid = 0 there.
         lk = mid[:, 1:] - mid[:, :-1] + a_last[:, :-1]  # (b, nc-1, h) log k
+        if want_final:
+            lk = torch.cat([lk, (a_last[:, -1] - mid[:, -1]).unsqueeze(1)], dim=1)
+        steps = lk.shape[1]  # chunks whose end state is needed
         # fk = f k = dt exp(lk - la), dropped below e^-_DROP (those terms reach y at most e^(40 - _DROP) of
         # full weight; kept, their products with x are subnormals, which slow the GEMM below several-fold).
-        lfk = lk.unsqueeze(2) - la[:, :-1]
-        fk = dt.view(b, nc, q, h)[:, :-1] * lfk.masked_fill_(lfk < -_DROP, float("-inf")).exp_()
-        fk = fk.view(b, (nc - 1) * q, h, 1)
-        Uk = (x[:, : (nc - 1) * q] * fk).view(b, nc - 1, q, g, hg * p).transpose(2, 3)
-        G = torch.matmul(Uk.transpose(-1, -2), Bc[:, :-1])  # (b, nc-1, g, hg*p, n)
+        lfk = lk.unsqueeze(2) - la[:, :steps]
+        fk = dt.view(b, nc, q, h)[:, :steps] * lfk.masked_fill_(lfk < -_DROP, float("-inf")).exp_()
+        fk = fk.view(b, steps * q, h, 1)
+        xs = _pad_seq(x, pad) if steps == nc else x
+        Uk = (xs[:, : steps * q] * fk).view(b, steps, q, g, hg * p).transpose(2, 3)
+        G = torch.matmul(Uk.transpose(-1, -2), Bc[:, :steps])  # (b, steps, g, hg*p, n)
         # The recurrence, one fused multiply-add per chunk on (b, heads, p*n) states. (A batched GEMM with the
         # (chunks x chunks) matrix of decay products does it in one call, but its inner dimension is the
         # number of chunks: measured 23 GFLOP/s plus two transposes, 4x the loop's time on a quiet machine.)
-        k = lk.exp().unsqueeze(-1)  # (b, nc-1, h, 1), each <= 1
-        G = G.view(b, nc - 1, h, p * n)
-        if torch.is_grad_enabled():
-            states = [torch.zeros_like(G[:, 0])]
-            for c in range(nc - 1):
-                states.append(torch.addcmul(G[:, c], states[-1], k[:, c]))
-            S = torch.stack(states, dim=1)  # (b, nc, h, p*n)
+        k = lk.exp().unsqueeze(-1)  # (b, steps, h, 1), each <= 1
+        G = G.view(b, steps, h, p * n)
+        if h0 is None:
+            s0 = G.new_zeros(b, h, p * n)
         else:
-            S = G.new_empty(b, nc, h, p * n)
-            S[:, 0].zero_()
-            for c in range(nc - 1):
+            s0 = h0.float().reshape(b, h, p * n) * torch.exp(mid[:, 0]).unsqueeze(-1)
+        if torch.is_grad_enabled():
+            states = [s0]
+            for c in range(steps):
+                states.append(torch.addcmul(G[:, c], states[-1], k[:, c]))
+            S = torch.stack(states, dim=1)  # (b, steps + 1, h, p*n)
+        else:
+            S = G.new_empty(b, steps + 1, h, p * n)
+            S[:, 0] = s0
+            for c in range(steps):
                 torch.addcmul(G[:, c], S[:, c], k[:, c], out=S[:, c + 1])
-        S = S.view(b * nc * g, hg * p, n).transpose(1, 2)
+        if want_final:
+            final = S[:, nc].reshape(b, h, p, n)
+            S = S[:, :nc]
+        S = S.reshape(b * nc * g, hg * p, n).transpose(1, 2)
         Z3, C3 = Z.view(b * nc * g, q, hg * p), Cc.reshape(b * nc * g, q, n)
         Z = (Z3.baddbmm_(C3, S) if not torch.is_grad_enabled() else torch.baddbmm(Z3, C3, S))
         Z = Z.view(b, nc, g, q, hg * p)
     y = Z.transpose(2, 3).reshape(b, nc * q, h, p)
     y = y.mul_(e.view(b, nc * q, h, 1)) if not torch.is_grad_enabled() else y * e.view(b, nc * q, h, 1)
-    return (y[:, :seqlen] if pad else y), bad
+    return (y[:, :seqlen] if pad else y), bad, final
 
 
 def _ssd_row_blocks(
@@ -256,7 +281,8 @@ def _ssd_row_blocks(
                 return None
             nb *= 2
     Bg, Cg = B.transpose(1, 2), C.transpose(1, 2)  # (b, g, L, n)
-    blocks = []
+    inference = not torch.is_grad_enabled()
+    blocks, y = [], (x.new_empty(b, seqlen, h, p) if inference else None)  # inference: blocks written in place
     for s in range(0, seqlen, r):
         e_ = min(s + r, seqlen)
         # This block's rows of tril(C B^T), computed on their own: a contiguous (r x e_) operand keeps the
@@ -268,38 +294,48 @@ def _ssd_row_blocks(
         U = (x[:, :e_] * u.unsqueeze(-1)).view(b, e_, g, hg * p).transpose(1, 2)  # (b, g, e_, hg*p)
         Z = torch.matmul(M, U).transpose(1, 2).reshape(b, e_ - s, h, p)
         scale = (a[:, s:e_] - mid).clamp_(-_CLAMP, _CLAMP).exp_().unsqueeze(-1)
-        blocks.append(Z.mul_(scale) if not torch.is_grad_enabled() else Z * scale)
-    y = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+        if inference:
+            torch.mul(Z, scale, out=y[:, s:e_])
+        else:
+            blocks.append(Z * scale)
+    if not inference:
+        y = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
     if bool(bad.any()):
         idx = bad.nonzero()[:, 0]
         if g > 1:
             B, C = B[:, :, idx // hg], C[:, :, idx // hg]
-        ys = _ssd_auto(x[:, :, idx], dt[:, :, idx], A[idx], B, C, _balanced(seqlen, max(_MIN_FACTORISED_CHUNK, r // 2)))
+        ys, _ = _ssd_auto(x[:, :, idx], dt[:, :, idx], A[idx], B, C, _balanced(seqlen, max(_MIN_FACTORISED_CHUNK, r // 2)))
         y = y.index_copy_(2, idx, ys) if not torch.is_grad_enabled() else y.index_copy(2, idx, ys)
     return y
 
 
 def _ssd_auto(
-    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, q: int
-) -> torch.Tensor:
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, q: int,
+    h0: Optional[torch.Tensor] = None, want_final: bool = False,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Factorised path; heads whose decay range is unsafe are redone with chunks a quarter as long,
-    and below ``_MIN_FACTORISED_CHUNK`` tokens with the exact path."""
-    y, bad = _ssd_factorised(x, dt, A, B, C, q)
+    and below ``_MIN_FACTORISED_CHUNK`` tokens with the exact path. Returns (y, final state or None)."""
+    y, bad, final = _ssd_factorised(x, dt, A, B, C, q, h0, want_final)
     if y is not None and not bool(bad.any()):
-        return y
+        return y, final
     h, g = x.shape[2], B.shape[2]
     idx = bad.nonzero()[:, 0]
     if g > 1:  # the chosen heads keep their own group's B and C
         B, C = B[:, :, idx // (h // g)], C[:, :, idx // (h // g)]
     sub = (x[:, :, idx], dt[:, :, idx], A[idx], B, C)
+    sub_h0 = None if h0 is None else h0[:, idx]
     if q > _MIN_FACTORISED_CHUNK:
         nq = max(_MIN_FACTORISED_CHUNK, q // 4)
-        ys = _ssd_auto(*sub, -(-x.shape[1] // -(-x.shape[1] // nq)))
+        ys, fs = _ssd_auto(*sub, -(-x.shape[1] // -(-x.shape[1] // nq)), sub_h0, want_final)
     else:
-        ys = _ssd_exact(*sub, q)
+        ys, fs = _ssd_exact(*sub, q, sub_h0, want_final)
     if y is None:
-        return ys
-    return y.index_copy_(2, idx, ys) if not torch.is_grad_enabled() else y.index_copy(2, idx, ys)
+        return ys, fs
+    inplace = not torch.is_grad_enabled()
+    y = y.index_copy_(2, idx, ys) if inplace else y.index_copy(2, idx, ys)
+    if want_final:
+        final = final.index_copy_(1, idx, fs) if inplace else final.index_copy(1, idx, fs)
+    return y, final
 
 
 def ssd_scan_torch(
@@ -310,7 +346,9 @@ def ssd_scan_torch(
     C: torch.Tensor,
     chunk_size: int = 256,
     exact: bool = False,
-) -> torch.Tensor:
+    initial_state: Optional[torch.Tensor] = None,
+    return_final_state: bool = False,
+):
     """Chunked SSD scan, computed in float32 and returned in ``x.dtype``.
 
     Args:
@@ -321,26 +359,39 @@ def ssd_scan_torch(
         chunk_size: the most tokens per chunk; the path picks its own length below it
             (:func:`choose_chunk_len`); any sequence length is accepted.
         exact: skip the factorised fast path (reference; slower).
+        initial_state: (batch, heads, headdim, d_state) state before the first token (default zeros), so a
+            long sequence can be scanned in pieces.
+        return_final_state: also return the (float32) state after the last token.
+
+    Returns:
+        y (batch, seqlen, heads, headdim), or (y, final_state) with ``return_final_state``.
     """
     b, seqlen, h, p = x.shape
     g, n = B.shape[-2:]
     if h % g:
         raise ValueError(f"heads ({h}) must be a multiple of groups ({g})")
+    if initial_state is not None and tuple(initial_state.shape) != (b, h, p, n):
+        raise ValueError(f"initial_state must have shape (batch, heads, headdim, d_state) = {(b, h, p, n)}, "
+                         f"got {tuple(initial_state.shape)}")
     out_dtype = x.dtype
+    stateful = initial_state is not None or return_final_state
     with torch.autocast(x.device.type, enabled=False):  # float32 throughout, also under autocast
         x, dt, A, B, C = (t.float() for t in (x, dt, A, B, C))
         if exact:
-            y = _ssd_exact(x, dt, A, B, C, chunk_size)
+            y, final = _ssd_exact(x, dt, A, B, C, chunk_size, initial_state, return_final_state)
         elif torch.compiler.is_compiling():
             # Compiled: the exact path has no data-dependent branches (no graph breaks, so one graph per
             # model) and the compiler fuses its per-head decay work.
-            y = _ssd_exact(x, dt, A, B, C, choose_chunk_len(seqlen, n, chunk_size))
+            q = choose_chunk_len(seqlen, n, chunk_size)
+            y, final = _ssd_exact(x, dt, A, B, C, q, initial_state, return_final_state)
         else:
             q = choose_chunk_len(seqlen, n, chunk_size)
-            y = _ssd_row_blocks(x, dt, A, B, C) if q >= seqlen else None
+            y = _ssd_row_blocks(x, dt, A, B, C) if q >= seqlen and not stateful else None
+            final = None
             if y is None:
-                y = _ssd_auto(x, dt, A, B, C, _safe_chunk_len(dt * A, q))
-    return y.to(out_dtype)
+                y, final = _ssd_auto(x, dt, A, B, C, _safe_chunk_len(dt * A, q), initial_state, return_final_state)
+    y = y.to(out_dtype)
+    return (y, final) if return_final_state else y
 
 
 @functools.lru_cache(maxsize=None)
@@ -373,8 +424,10 @@ def ssd_scan(
     C: torch.Tensor,
     chunk_size: int = 256,
     backend: str = "auto",
-) -> torch.Tensor:
-    """SSD scan with the chosen backend (shapes as in :func:`ssd_scan_torch`).
+    initial_state: Optional[torch.Tensor] = None,
+    return_final_state: bool = False,
+):
+    """SSD scan with the chosen backend (arguments and result as in :func:`ssd_scan_torch`).
 
     ``auto`` takes mamba_ssm's Triton kernel for CUDA tensors when it imports, else the torch path.
     """
@@ -382,11 +435,15 @@ def ssd_scan(
     if backend == "mamba_ssm" or (backend == "auto" and x.is_cuda):
         kernel = _mamba_ssm_kernel()
         if kernel is not None and x.is_cuda:
-            y = kernel(x.contiguous(), dt.contiguous(), A.float(), B.contiguous(), C.contiguous(), chunk_size)
-            return y.to(x.dtype)
+            out = kernel(x.contiguous(), dt.contiguous(), A.float(), B.contiguous(), C.contiguous(), chunk_size,
+                         initial_states=initial_state, return_final_states=return_final_state)
+            if return_final_state:
+                return out[0].to(x.dtype), out[1].float()
+            return out.to(x.dtype)
         if backend == "mamba_ssm":
             raise RuntimeError(
                 "ssd_backend='mamba_ssm' needs CUDA tensors and an importable mamba_ssm with its CUDA build; "
                 "use ssd_backend='torch' or 'auto'"
             )
-    return ssd_scan_torch(x, dt, A, B, C, chunk_size)
+    return ssd_scan_torch(x, dt, A, B, C, chunk_size, initial_state=initial_state,
+                          return_final_state=return_final_state)
