@@ -183,3 +183,21 @@ def test_dynamic_size_must_fit_patches():
 def test_bad_model_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         timm.create_model("matmamba_vision_tiny_patch4_28", **dict(SMALL, **kwargs))
+
+
+@pytest.mark.parametrize("granularity", [None, 32])
+def test_long_sequence_inference_in_pieces_matches_one_pass(monkeypatch, granularity):
+    """CPU inference over long sequences runs each mixer in pieces carrying conv inputs and SSD state: the
+    output must equal one pass over the whole sequence (the conv tail and the state both matter here)."""
+    from matmamba_vision.layers.mixer import MatMamba2Mixer
+
+    torch.manual_seed(0)
+    model = timm.create_model("matmamba_vision_35m_patch16_224", img_size=128, depth=2, embed_dim=128).eval()
+    model.set_granularity(granularity)
+    x = torch.randn(2, 3, 128, 128)  # 65 tokens
+    with torch.no_grad():
+        monkeypatch.setattr(MatMamba2Mixer, "PIECE_LEN", 10**6)
+        whole = model(x)
+        monkeypatch.setattr(MatMamba2Mixer, "PIECE_LEN", 16)  # pieces of 16, 16, 16, 17
+        pieces = model(x)
+    assert ((pieces - whole).norm() / whole.norm()).item() < 1e-5

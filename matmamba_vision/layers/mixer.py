@@ -199,14 +199,16 @@ class MatMamba2Mixer(nn.Module):
             return self._mix(u, w)[0]
         # Whole pieces of PIECE_LEN (a multiple of the SSD's chunk: no padding); the rest joins the last one.
         bounds = list(range(0, seqlen - self.PIECE_LEN // 2, self.PIECE_LEN))[1:] + [seqlen]
-        out, conv_tail, state, start = [], None, None, 0
+        out, conv_tail, state, start = None, None, None, 0
         for end in bounds:
             y, conv_tail, state = self._mix(u[:, start:end], w, conv_tail, state, carry=True)
-            out.append(y)
+            if out is None:
+                out = y.new_empty(b, seqlen, y.shape[-1])
+            out[:, start:end] = y
             start = end
-        return torch.cat(out, dim=1)
+        return out
 
-    PIECE_LEN = 1024
+    PIECE_LEN = 512
 
     def _mix(
         self,
