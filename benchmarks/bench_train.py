@@ -1,7 +1,11 @@
 """Goal 5: cost of a Matryoshka ``sum`` training step (forward at D, D/2, D/4, D/8 on the same batch, mean of
 the four losses, one backward, one AdamW step) vs one full-width step; MatMamba-Vision-35M, 224 px (CPU, fp32).
 
-    python benchmarks/bench_train.py [--rounds 3] [--batch 8]
+    python benchmarks/bench_train.py [--rounds 3] [--batch 8] [--per-granularity]
+
+``--per-granularity`` also times one forward+backward at each granularity (no optimiser step) and prints it as
+a fraction of the full-width one, next to the fraction of the three projections' multiply-adds: the
+arithmetic floor of the sum step for this architecture (the B and C rows do not shrink with the width).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--per-granularity", action="store_true", help="also time fwd+bwd per granularity")
     args = ap.parse_args()
     setup(args.threads)
     header("Training step: Matryoshka sum over 4 granularities vs full width (35M, 224 px)")
@@ -47,8 +52,37 @@ def main() -> None:
     for k in keys:
         s = stats(t[k])
         print(f"{k:28s} min {s['min']:.2f} s   median {s['median']:.2f} s   ({args.batch / s['min']:.2f} img/s best)")
-    print(ratio_line("sum-step cost / full-step cost", t[keys[0]], t[keys[1]], "<= 2.0x (ideal 1.875x)")
-          .replace("x (min)", "x (min)"))
+    print(ratio_line("sum-step cost / full-step cost", t[keys[0]], t[keys[1]], "<= 2.0x (ideal 1.875x)"))
+    if args.per_granularity:
+        per_granularity(model, x, y, levels, args.rounds)
+
+
+def projection_macs(model: torch.nn.Module, g: int) -> int:
+    """Multiply-adds per token of every block's three projections at granularity ``g``."""
+    total = 0
+    for name, w in model.named_parameters():
+        if name.endswith(("xbc_proj.weight", "zdt_proj.weight", "out_proj.weight")) and ".mixer." in name:
+            mixer = model.get_submodule(name.rsplit(".", 2)[0])
+            total += mixer.sliced_parameters(g)[name.split(".mixer.")[1]].numel()
+    return total
+
+
+def per_granularity(model, x, y, levels, rounds: int) -> None:
+    def fwd_bwd(g):
+        def run():
+            with model.granularity(g):
+                F.cross_entropy(model(x), y).backward()
+        return run
+
+    t = interleaved({g: fwd_bwd(g) for g in levels}, rounds)
+    full_t, full_macs = min(t[levels[0]]), projection_macs(model, levels[0])
+    print(f"{'granularity':>11s} {'fwd+bwd s (min)':>16s} {'of full':>8s} {'projection MACs of full':>24s}")
+    time_sum = macs_sum = 0.0
+    for g in levels:
+        frac_t, frac_m = min(t[g]) / full_t, projection_macs(model, g) / full_macs
+        time_sum, macs_sum = time_sum + frac_t, macs_sum + frac_m
+        print(f"{g:11d} {min(t[g]):16.3f} {frac_t:8.3f} {frac_m:24.3f}")
+    print(f"{'sum':>11s} {'':16s} {time_sum:8.3f} {macs_sum:24.3f}   (the sum step's floor from the projections alone)")
 
 
 if __name__ == "__main__":
