@@ -157,14 +157,26 @@ def test_scan_stays_float32_under_autocast():
     assert y.dtype == torch.float32 and rel(y, ref) < 1e-6
 
 
-def test_conv_matches_conv1d_and_backward():
+@pytest.mark.parametrize("seqlen", [1, 2, 9])  # shorter than the kernel, too
+def test_conv_matches_conv1d_and_backward(seqlen):
+    """The conv and its hand-written backward (shifted multiply-adds) against torch's conv1d and gradcheck."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 9, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, seqlen, 6, generator=gen, dtype=torch.float64, requires_grad=True)
     w = torch.randn(6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(6, generator=gen, dtype=torch.float64, requires_grad=True)
-    ref = torch.nn.functional.conv1d(x.transpose(1, 2), w.unsqueeze(1), bias, padding=3, groups=6)[..., :9].transpose(1, 2)
+    ref = torch.nn.functional.conv1d(x.transpose(1, 2), w.unsqueeze(1), bias, padding=3, groups=6)
+    ref = ref[..., :seqlen].transpose(1, 2)
     assert torch.allclose(causal_depthwise_conv1d(x, w, bias), ref)
     torch.autograd.gradcheck(causal_depthwise_conv1d, (x, w, bias))
+    grads = torch.autograd.grad(causal_depthwise_conv1d(x, w, bias).square().sum(), (x, w, bias))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (x, w, bias))
+    for got, want in zip(grads, ref_grads):
+        assert torch.allclose(got, want)
+    # only the weight needs a gradient (the other inputs are data): no gradient is computed for them
+    xd = x.detach()
+    (gw,) = torch.autograd.grad(causal_depthwise_conv1d(xd, w, bias.detach()).sum(), (w,))
+    ref_w = torch.nn.functional.conv1d(xd.transpose(1, 2), w.unsqueeze(1), bias.detach(), padding=3, groups=6)
+    assert torch.allclose(gw, torch.autograd.grad(ref_w[..., :seqlen].sum(), (w,))[0])
 
 
 @pytest.mark.parametrize("tokens", [3, 400])  # weight folded into the input / into out_proj

@@ -32,9 +32,50 @@ def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
 
     Output ``t`` sees inputs ``t-k+1 .. t`` (zeros before the start), as ``nn.Conv1d`` with ``padding=k-1``
     cut to the first ``seqlen`` outputs. The channels-last input is read without a copy as an NHWC image
-    of width 1, so the CPU runs oneDNN's vectorised depthwise kernel (forward and backward); the result
-    is a strided (batch, seqlen, channels) view.
+    of width 1, so the CPU runs oneDNN's vectorised depthwise kernel; the result is a strided
+    (batch, seqlen, channels) view. With autograd on the CPU the backward is :class:`_CausalConvFn`'s
+    (forward+backward 2.5-3x faster than with oneDNN's depthwise backward on this model's shapes).
     """
+    if (torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_compiling()
+            and (x.requires_grad or weight.requires_grad or bias.requires_grad)):
+        return _CausalConvFn.apply(x, weight, bias)
+    return _causal_conv_forward(x, weight, bias)
+
+
+class _CausalConvFn(torch.autograd.Function):
+    """The causal depthwise conv with a backward of shifted multiply-adds along the sequence."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return _causal_conv_forward(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        seqlen, k = x.shape[1], weight.shape[1]
+        grad = grad.contiguous()
+        grad_x = grad_w = grad_b = None
+        # out[t] = bias + sum_j w[:, j] x[t - (k-1) + j], so x[s] meets w[:, j] in out[s + (k-1) - j].
+        if ctx.needs_input_grad[0]:
+            grad_x = grad * weight[:, k - 1]
+            for j in range(k - 1):
+                shift = k - 1 - j
+                if shift < seqlen:
+                    grad_x[:, : seqlen - shift].addcmul_(grad[:, shift:], weight[:, j])
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.stack(
+                [(x[:, : seqlen - (k - 1 - j)] * grad[:, k - 1 - j:]).sum((0, 1)) if k - 1 - j < seqlen
+                 else weight.new_zeros(weight.shape[0]) for j in range(k)],
+                dim=1,
+            )
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 1))
+        return grad_x, grad_w, grad_b
+
+
+def _causal_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     b, seqlen, ch = x.shape
     k = weight.shape[1]
     img = x.view(b, seqlen, 1, ch).permute(0, 3, 1, 2)  # (b, ch, seqlen, 1), channels-last strides
