@@ -143,6 +143,8 @@ class MatMamba2Mixer(nn.Module):
         ssd_backend: see :func:`matmamba_vision.ops.ssd.ssd_scan`.
     """
 
+    PIECE_LEN = 512  # tokens per piece for CPU inference over long sequences (a multiple of the SSD chunk)
+
     def __init__(
         self,
         dim: int,
@@ -248,8 +250,6 @@ class MatMamba2Mixer(nn.Module):
             out[:, start:end] = y
             start = end
         return out
-
-    PIECE_LEN = 512
 
     def _mix(
         self,
