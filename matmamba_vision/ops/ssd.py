@@ -17,6 +17,10 @@ rounding while the exponents stay within +-``SAFE_HALF_RANGE`` (checked per chun
 - short sequences (one chunk): :func:`_ssd_row_blocks` (re-centred per block of rows, no states);
 - long ones: :func:`_ssd_factorised` (chunks of ~128 tokens, states carried between chunks);
 - heads whose decay range is unsafe are redone with shorter chunks, finally by :func:`_ssd_exact`.
+
+Every path but the row blocks also starts from a given state and returns the last one, so a long sequence
+can be scanned in pieces (the mixer does so for CPU inference). Under ``torch.compile`` the exact path runs:
+it has no data-dependent branches, so the model compiles to one graph.
 """
 from __future__ import annotations
 
