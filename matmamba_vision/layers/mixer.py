@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -240,16 +240,28 @@ class MatMamba2Mixer(nn.Module):
         w = self.sliced_parameters(self.active_granularity)
         if torch.is_grad_enabled() or u.device.type != "cpu" or seqlen <= 2 * self.PIECE_LEN:
             return self._mix(u, w)[0]
-        # Whole pieces of PIECE_LEN (a multiple of the SSD's chunk: no padding); the rest joins the last one.
-        bounds = list(range(0, seqlen - self.PIECE_LEN // 2, self.PIECE_LEN))[1:] + [seqlen]
-        out, conv_tail, state, start = None, None, None, 0
-        for end in bounds:
-            y, conv_tail, state = self._mix(u[:, start:end], w, conv_tail, state, carry=True)
+        out, state, start = None, None, 0
+        for end in self.piece_bounds(seqlen):
+            y, state = self.forward_piece(u[:, start:end], state)
             if out is None:
                 out = y.new_empty(b, seqlen, y.shape[-1])
             out[:, start:end] = y
             start = end
         return out
+
+    @classmethod
+    def piece_bounds(cls, seqlen: int) -> List[int]:
+        """End indices of the pieces: whole pieces of ``PIECE_LEN`` (a multiple of the SSD's chunk, so no
+        padding), the rest joined to the last one."""
+        return list(range(0, seqlen - cls.PIECE_LEN // 2, cls.PIECE_LEN))[1:] + [seqlen]
+
+    def forward_piece(self, u: torch.Tensor, state: Optional[Tuple] = None) -> Tuple[torch.Tensor, Tuple]:
+        """The mixer over the next piece of a sequence, continuing from ``state`` (None at the start: the
+        conv's last inputs and the SSD state of the tokens before); returns (out, state for the next piece)."""
+        conv_tail, ssd_state = state if state is not None else (None, None)
+        w = self.sliced_parameters(self.active_granularity)
+        out, conv_tail, ssd_state = self._mix(u, w, conv_tail, ssd_state, carry=True)
+        return out, (conv_tail, ssd_state)
 
     def _mix(
         self,
