@@ -238,3 +238,30 @@ def test_initial_state_shape_is_checked():
     x, dt, A, B, C = (t.float() for t in inputs(L=10))
     with pytest.raises(ValueError, match="initial_state"):
         ssd.ssd_scan_torch(x, dt, A, B, C, initial_state=torch.zeros(1, 2, 3, 4))
+
+
+@pytest.mark.parametrize("L,dt_scale", [(100, 0.05), (100, 2.0), (600, 0.1), (600, 2.0)])  # row blocks, chunks
+def test_every_new_tensor_follows_the_inputs_device(L, dt_scale):
+    """No factory call in the scan may omit ``device=``: such a tensor lands on the default device (the CPU)
+    and breaks CUDA inputs, as index tensors once did (found by the GPU suite). Checked on every path
+    (row blocks, chunks, fallbacks, states) by intercepting torch's factory functions."""
+    from torch.overrides import TorchFunctionMode
+
+    factories = {torch.arange, torch.zeros, torch.ones, torch.empty, torch.full, torch.tensor, torch.eye,
+                 torch.linspace, torch.randn, torch.rand}
+    missing = []
+
+    class FactoryWatch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in factories and kwargs.get("device") is None:
+                missing.append(func.__name__)
+            return func(*args, **kwargs)
+
+    x, dt, A, B, C = (t.float() for t in inputs(L=L, h=16, n=32, dt_scale=dt_scale))
+    h0 = torch.zeros(2, 16, 4, 32)
+    with FactoryWatch():
+        ssd.ssd_scan_torch(x, dt, A, B, C)
+        ssd.ssd_scan_torch(x, dt, A, B, C, initial_state=h0, return_final_state=True)
+        ssd.ssd_scan_torch(x, dt, A, B, C, exact=True, return_final_state=True)
+    assert not missing, missing
