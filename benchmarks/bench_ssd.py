@@ -33,7 +33,7 @@ def segsum(x: torch.Tensor) -> torch.Tensor:
 def ssd_minimal(X: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, block: int) -> torch.Tensor:
     """X (b, l, h, p) = dt x; A (b, l, h) = dt A; B, C (b, l, h, n); l a multiple of ``block``."""
     b, l, h, p = X.shape
-    n, c = B.shape[-1], l // block
+    c = l // block
     X, B, C = (t.reshape(b, c, block, h, -1) for t in (X, B, C))
     A = A.reshape(b, c, block, h).permute(0, 3, 1, 2)  # (b, h, c, l)
     A_cum = torch.cumsum(A, dim=-1)

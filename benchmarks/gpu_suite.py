@@ -85,7 +85,7 @@ def ceilings(args, device: torch.device, report: Dict) -> None:
     a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
     t = min(timed(lambda: a @ b, device, 10, 3))
     tflops = 2 * 8192**3 / t / 1e12
-    del src, dst, a, b
+    src = dst = a = b = None  # free the buffers (the timed lambdas close over these names)
     torch.cuda.empty_cache()
     args.peak_tflops = tflops
     report["ceilings"] = dict(copy_gb_s=copy, bf16_tflops=tflops)
@@ -178,7 +178,7 @@ def inference(args, device: torch.device, report: Dict) -> None:
             if compiled and not args.quick and size not in args.compile_sizes:
                 continue
             if time.perf_counter() - T0 > args.budget_s - args.train_reserve_s:
-                print(f"(time budget reached: skipping the rest of the inference table)")
+                print("(time budget reached: skipping the rest of the inference table)")
                 return
             kw = dict(kw, **(extra if arch.startswith("matmamba") else {}))
             try:
@@ -205,7 +205,7 @@ def inference(args, device: torch.device, report: Dict) -> None:
                     print(f"{name:24s} {size:5d} {batch:5d} {best:10.1f} {med:8.1f} "
                           f"{mem if mem is not None else float('nan'):9.0f} {tflops:8.2f} {row['pct_peak']:6.1f}%",
                           flush=True)
-                del model, run_model
+                model = run_model = None  # free it before the next variant
             except torch.cuda.OutOfMemoryError:
                 print(f"{name:24s} {size:5d}  out of memory")
                 torch.cuda.empty_cache()

@@ -3,7 +3,6 @@ at every trained granularity, checkpoints, outputs."""
 from __future__ import annotations
 
 import argparse
-import logging
 import random
 import time
 from typing import Dict, List, Optional
