@@ -1,6 +1,7 @@
 """Shared helpers for the CPU benchmarks: fixed threads, interleaved timing, a header naming the run."""
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -8,9 +9,19 @@ import shlex
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
+
+
+def arg_parser(doc: str, rounds: int, batch: Optional[int] = None) -> argparse.ArgumentParser:
+    """The flags every benchmark takes: ``--rounds``, ``--threads`` (2), and ``--batch`` where it has one."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=rounds)
+    if batch is not None:
+        ap.add_argument("--batch", type=int, default=batch)
+    ap.add_argument("--threads", type=int, default=2)
+    return ap
 
 
 def setup(threads: int = 2) -> None:

@@ -8,21 +8,17 @@ the compiled models are timed as in eager. Figures from this mode are "with torc
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import timm
 import torch
 
 import matmamba_vision  # noqa: F401  (registers the models)
-from _common import header, interleaved, ratio_line, setup, stats
+from _common import arg_parser, header, interleaved, ratio_line, setup, stats
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = arg_parser(__doc__, rounds=7, batch=8)
     ap.add_argument("--compile", action="store_true", help="torch.compile both models (inductor, CPU C++)")
     args = ap.parse_args()
     setup(args.threads)

@@ -21,7 +21,7 @@ import timm
 import torch
 
 import matmamba_vision  # noqa: F401
-from _common import header, interleaved, setup, stats
+from _common import arg_parser, header, interleaved, setup, stats
 
 MODELS = {"matmamba_vision_35m": "matmamba_vision_35m_patch16_224", "vit_small": "vit_small_patch16_224"}
 
@@ -63,10 +63,8 @@ def _child_memory(name: str, size: int, threads: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = arg_parser(__doc__, rounds=3)
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 384, 512, 768, 1024])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mem-runs", type=int, default=3, help="fresh processes per memory figure (the least is kept)")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -5,20 +5,16 @@
 """
 from __future__ import annotations
 
-import argparse
 
 import timm
 import torch
 
 import matmamba_vision
-from _common import header, interleaved, ratio_line, setup, stats
+from _common import arg_parser, header, interleaved, ratio_line, setup, stats
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = arg_parser(__doc__, rounds=7, batch=8)
     args = ap.parse_args()
     setup(args.threads)
     header("Nested vs full width: MatMamba-Vision-35M, 224 px")

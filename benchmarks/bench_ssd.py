@@ -11,14 +11,13 @@ timed at two block lengths and compared at its faster one.
 """
 from __future__ import annotations
 
-import argparse
 from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from matmamba_vision.ops.ssd import ssd_scan_torch
-from _common import header, interleaved, ratio_line, setup, stats
+from _common import arg_parser, header, interleaved, ratio_line, setup, stats
 
 
 def segsum(x: torch.Tensor) -> torch.Tensor:
@@ -68,9 +67,7 @@ def make(b: int, l: int, h: int = 64, p: int = 16, n: int = 128, grad: bool = Fa
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = arg_parser(__doc__, rounds=5)
     args = ap.parse_args()
     setup(args.threads)
     header("SSD scan: ssd_scan_torch vs the minimal chunked einsum SSD (64 heads, headdim 16, d_state 128)")

@@ -9,21 +9,17 @@ arithmetic floor of the sum step for this architecture (the B and C rows do not 
 """
 from __future__ import annotations
 
-import argparse
 
 import timm
 import torch
 import torch.nn.functional as F
 
 import matmamba_vision  # noqa: F401
-from _common import header, interleaved, ratio_line, setup, stats
+from _common import arg_parser, header, interleaved, ratio_line, setup, stats
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = arg_parser(__doc__, rounds=3, batch=8)
     ap.add_argument("--per-granularity", action="store_true", help="also time fwd+bwd per granularity")
     args = ap.parse_args()
     setup(args.threads)
