@@ -237,9 +237,8 @@ class MatMamba2Mixer(nn.Module):
         cache and out of fresh page faults).
         """
         b, seqlen, _ = u.shape
-        w = self.sliced_parameters(self.active_granularity)
         if torch.is_grad_enabled() or u.device.type != "cpu" or seqlen <= 2 * self.PIECE_LEN:
-            return self._mix(u, w)[0]
+            return self._mix(u)[0]
         out, state, start = None, None, 0
         for end in self.piece_bounds(seqlen):
             y, state = self.forward_piece(u[:, start:end], state)
@@ -258,23 +257,14 @@ class MatMamba2Mixer(nn.Module):
     def forward_piece(self, u: torch.Tensor, state: Optional[Tuple] = None) -> Tuple[torch.Tensor, Tuple]:
         """The mixer over the next piece of a sequence, continuing from ``state`` (None at the start: the
         conv's last inputs and the SSD state of the tokens before); returns (out, state for the next piece)."""
-        conv_tail, ssd_state = state if state is not None else (None, None)
-        w = self.sliced_parameters(self.active_granularity)
-        out, conv_tail, ssd_state = self._mix(u, w, conv_tail, ssd_state, carry=True)
-        return out, (conv_tail, ssd_state)
+        return self._mix(u, state, carry=True)
 
-    def _mix(
-        self,
-        u: torch.Tensor,
-        w: Dict[str, torch.Tensor],
-        conv_tail: Optional[torch.Tensor] = None,
-        state: Optional[torch.Tensor] = None,
-        carry: bool = False,
-    ):
-        """The mixer on ``u``, continuing from ``conv_tail`` (the conv's last ``d_conv - 1`` inputs) and the
-        SSD ``state`` of the tokens before it; returns (out, conv_tail, state) (the last two None unless
-        ``carry``)."""
+    def _mix(self, u: torch.Tensor, state: Optional[Tuple] = None, carry: bool = False):
+        """The mixer on ``u``, continuing from ``state`` = (the conv's last ``d_conv - 1`` inputs, the SSD
+        state) of the tokens before it; returns (out, the state after ``u`` or None unless ``carry``)."""
         b, seqlen, _ = u.shape
+        w = self.sliced_parameters(self.active_granularity)
+        conv_tail, ssd_state = state if state is not None else (None, None)
         h = w["A_log"].shape[0]
         p, gn = self.headdim, self.ngroups * self.d_state
 
@@ -303,11 +293,11 @@ class MatMamba2Mixer(nn.Module):
             C.view(b, seqlen, self.ngroups, self.d_state),
             chunk_size=self.chunk_size,
             backend=self.ssd_backend,
-            initial_state=state,
+            initial_state=ssd_state,
             return_final_state=carry,
         )
         if carry:
-            y, state = y
+            y, ssd_state = y
         Dx = w["D"].to(x.dtype).unsqueeze(-1)
         if inference:
             y = y.addcmul_(x, Dx).mul_(z)
@@ -317,4 +307,4 @@ class MatMamba2Mixer(nn.Module):
             out = gated_rms_norm_linear(
                 y.flatten(2), z.flatten(2), w["norm.weight"], w["out_proj.weight"], eps=self.norm.eps
             )
-        return self.proj_drop(out), new_tail, state
+        return self.proj_drop(out), ((new_tail, ssd_state) if carry else None)

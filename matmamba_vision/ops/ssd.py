@@ -101,6 +101,19 @@ def _pad_seq(t: torch.Tensor, pad: int) -> torch.Tensor:
     return F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) if pad else t
 
 
+def _heads(idx: torch.Tensor, x, dt, A, B, C, h0: Optional[torch.Tensor] = None):
+    """The scan's inputs restricted to heads ``idx`` (each keeps its own group's B and C), and their h0."""
+    h, g = x.shape[2], B.shape[2]
+    if g > 1:
+        B, C = B[:, :, idx // (h // g)], C[:, :, idx // (h // g)]
+    return (x[:, :, idx], dt[:, :, idx], A[idx], B, C), (None if h0 is None else h0[:, idx])
+
+
+def _put_heads(t: torch.Tensor, dim: int, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``t`` with heads ``idx`` (along ``dim``) replaced by ``rows``; in place when autograd is off."""
+    return t.index_copy_(dim, idx, rows) if not torch.is_grad_enabled() else t.index_copy(dim, idx, rows)
+
+
 def _ssd_exact(
     x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
     h0: Optional[torch.Tensor] = None, want_final: bool = False,
@@ -113,8 +126,7 @@ def _ssd_exact(
     q = max(1, min(chunk_size, seqlen))
     nc = -(-seqlen // q)
     pad = nc * q - seqlen
-    if pad:  # dt = 0 on padding: no decay and no input, so earlier outputs are untouched
-        x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
+    x, dt, B, C = (_pad_seq(t, pad) for t in (x, dt, B, C))  # dt = 0 on padding: no decay, no input
     hg = h // g
 
     xd = (x * dt.unsqueeze(-1)).view(b, nc, q, h, p)  # dt_j * x_j
@@ -306,10 +318,9 @@ def _ssd_row_blocks(
         y = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
     if bool(bad.any()):
         idx = bad.nonzero()[:, 0]
-        if g > 1:
-            B, C = B[:, :, idx // hg], C[:, :, idx // hg]
-        ys, _ = _ssd_auto(x[:, :, idx], dt[:, :, idx], A[idx], B, C, _balanced(seqlen, max(_MIN_FACTORISED_CHUNK, r // 2)))
-        y = y.index_copy_(2, idx, ys) if not torch.is_grad_enabled() else y.index_copy(2, idx, ys)
+        sub, _ = _heads(idx, x, dt, A, B, C)
+        ys, _ = _ssd_auto(*sub, _balanced(seqlen, max(_MIN_FACTORISED_CHUNK, r // 2)))
+        y = _put_heads(y, 2, idx, ys)
     return y
 
 
@@ -322,12 +333,8 @@ def _ssd_auto(
     y, bad, final = _ssd_factorised(x, dt, A, B, C, q, h0, want_final)
     if y is not None and not bool(bad.any()):
         return y, final
-    h, g = x.shape[2], B.shape[2]
     idx = bad.nonzero()[:, 0]
-    if g > 1:  # the chosen heads keep their own group's B and C
-        B, C = B[:, :, idx // (h // g)], C[:, :, idx // (h // g)]
-    sub = (x[:, :, idx], dt[:, :, idx], A[idx], B, C)
-    sub_h0 = None if h0 is None else h0[:, idx]
+    sub, sub_h0 = _heads(idx, x, dt, A, B, C, h0)
     if q > _MIN_FACTORISED_CHUNK:
         nq = max(_MIN_FACTORISED_CHUNK, q // 4)
         ys, fs = _ssd_auto(*sub, -(-x.shape[1] // -(-x.shape[1] // nq)), sub_h0, want_final)
@@ -335,11 +342,7 @@ def _ssd_auto(
         ys, fs = _ssd_exact(*sub, q, sub_h0, want_final)
     if y is None:
         return ys, fs
-    inplace = not torch.is_grad_enabled()
-    y = y.index_copy_(2, idx, ys) if inplace else y.index_copy(2, idx, ys)
-    if want_final:
-        final = final.index_copy_(1, idx, fs) if inplace else final.index_copy(1, idx, fs)
-    return y, final
+    return _put_heads(y, 2, idx, ys), (_put_heads(final, 1, idx, fs) if want_final else None)
 
 
 def ssd_scan_torch(
