@@ -91,9 +91,8 @@ def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     return kwargs
 
 
-def checkpoint_metadata(args: argparse.Namespace) -> Dict[str, Any]:
+def checkpoint_metadata(path: Optional[str]) -> Dict[str, Any]:
     """What train.py recorded in a safetensors checkpoint (model, model_kwargs, granularities), or {}."""
-    path = args.checkpoint
     if not path or not str(path).endswith(".safetensors") or not Path(path).is_file():
         return {}
     meta = read_weights_metadata(path)
@@ -102,7 +101,7 @@ def checkpoint_metadata(args: argparse.Namespace) -> Dict[str, Any]:
 
 def trained_levels(args: argparse.Namespace, model: MatMambaVision) -> List[int]:
     """The granularities the checkpoint was trained at (train.py records them), else D, D/2, D/4, D/8."""
-    levels = checkpoint_metadata(args).get("granularities")
+    levels = checkpoint_metadata(args.checkpoint).get("granularities")
     if isinstance(levels, list) and levels and all(isinstance(g, int) for g in levels):
         try:
             model.resolve_granularity(max(levels))
@@ -126,7 +125,7 @@ def model_from_args(args: argparse.Namespace, **extra) -> MatMambaVision:
         raise ValueError(f"--workers must be 0 or more, got {args.workers}")
     if args.max_samples is not None and args.max_samples <= 0:
         raise ValueError(f"--max-samples must be positive, got {args.max_samples}")
-    meta = checkpoint_metadata(args)
+    meta = checkpoint_metadata(args.checkpoint)
     if not args.model:
         args.model = meta.get("model") or DEFAULT_MODEL
     kwargs: Dict[str, Any] = {}
@@ -154,7 +153,7 @@ def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
         return label, build_model(f"local-dir:{p}", pretrained=True).eval(), None
     if not p.is_file():
         raise ValueError(f"--baseline-checkpoints: no such file or folder {path!r}")
-    meta = read_weights_metadata(p) if p.suffix == ".safetensors" else {}
+    meta = checkpoint_metadata(str(p))
     name = meta.get("model") or args.model or DEFAULT_MODEL
     kwargs = dict(meta.get("model_kwargs") or {}) if isinstance(meta.get("model_kwargs"), dict) else {}
     kwargs.update(_model_kwargs(args))
