@@ -3,21 +3,7 @@ import pytest
 import torch
 
 from matmamba_vision.ops import SSD_BACKENDS, check_ssd_backend, ssd_scan, ssd_scan_torch
-
-
-def recurrence(x, dt, A, B, C):
-    """state_t = exp(dt_t A) state_{t-1} + dt_t x_t B_t^T;  y_t = state_t C_t (heads of a group share B, C)."""
-    b, seqlen, h, p = x.shape
-    g, n = B.shape[-2:]
-    x, dt, A, B, C = (t.double() for t in (x, dt, A, B, C))
-    B, C = B.repeat_interleave(h // g, dim=2), C.repeat_interleave(h // g, dim=2)
-    state = x.new_zeros(b, h, p, n)
-    ys = []
-    for t in range(seqlen):
-        state = torch.exp(dt[:, t] * A)[..., None, None] * state
-        state = state + dt[:, t][..., None, None] * x[:, t, :, :, None] * B[:, t, :, None, :]
-        ys.append(torch.einsum("bhpn,bhn->bhp", state, C[:, t]))
-    return torch.stack(ys, dim=1)
+from ssd_reference import recurrence
 
 
 def make_inputs(b, seqlen, h, p, g, n, dtype=torch.float32, dt_scale=0.5, a_scale=4.0):

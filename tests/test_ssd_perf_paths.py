@@ -7,19 +7,7 @@ import torch
 import matmamba_vision.ops.ssd as ssd
 from matmamba_vision.layers.gated_norm import gated_rms_norm, gated_rms_norm_linear
 from matmamba_vision.layers.mixer import causal_depthwise_conv1d
-
-
-def sequential_scan(x, dt, A, B, C):
-    """The recurrence itself, one token at a time (use float64 inputs)."""
-    b, L, h, p = x.shape
-    g = B.shape[2]
-    Bh, Ch = B.repeat_interleave(h // g, dim=2), C.repeat_interleave(h // g, dim=2)
-    state = x.new_zeros(b, h, p, B.shape[-1])
-    ys = []
-    for t in range(L):
-        state = state * torch.exp(dt[:, t] * A)[..., None, None] + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None]
-        ys.append((state * Ch[:, t, :, None]).sum(-1))
-    return torch.stack(ys, 1)
+from ssd_reference import recurrence
 
 
 def inputs(b=2, L=70, h=8, p=4, g=1, n=8, dt_scale=0.1, seed=0, dtype=torch.float64):
@@ -65,7 +53,7 @@ def test_factorised_matches_recurrence(L, chunk, g, monkeypatch):
     x, dt, A, B, C = inputs(L=L, g=g)
     y = ssd.ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)), chunk_size=chunk)
     assert calls["factorised"] + calls["row_blocks"] >= 1 and calls["unsafe"] == 0 and calls["exact"] == 0
-    assert rel(y, sequential_scan(x, dt, A, B, C)) < 2e-6
+    assert rel(y, recurrence(x, dt, A, B, C)) < 2e-6
 
 
 @pytest.mark.parametrize("dt_scale,fallback", [(0.05, False), (2.0, True)])
@@ -79,7 +67,7 @@ def test_row_blocks_recentre_and_fall_back(dt_scale, fallback, monkeypatch):
         dt[..., 0] = 30.0  # one head: e^-480 per token
     y = ssd.ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)))
     assert calls["row_blocks"] == 1 and (calls["factorised"] + calls["exact"] > 0) == fallback
-    assert rel(y, sequential_scan(x, dt, A, B, C)) < 2e-6
+    assert rel(y, recurrence(x, dt, A, B, C)) < 2e-6
 
 
 def test_unsafe_range_falls_back_and_stays_exact(monkeypatch):
@@ -90,7 +78,7 @@ def test_unsafe_range_falls_back_and_stays_exact(monkeypatch):
     y = ssd.ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)))
     assert calls["unsafe"] > 0 and calls["factorised"] + calls["exact"] >= 2
     assert torch.isfinite(y).all()
-    assert rel(y, sequential_scan(x, dt, A, B, C)) < 1e-5
+    assert rel(y, recurrence(x, dt, A, B, C)) < 1e-5
 
 
 def test_one_unsafe_head_redone_with_shorter_factorised_chunks(monkeypatch):
@@ -99,7 +87,7 @@ def test_one_unsafe_head_redone_with_shorter_factorised_chunks(monkeypatch):
     A[0], dt[..., 0] = -16.0, 0.1  # 1.6 nats per token: unsafe over 256 tokens, safe over 16..64
     y = ssd.ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)))
     assert calls["unsafe"] == 1 and calls["factorised"] >= 2 and calls["exact"] == 0
-    assert rel(y, sequential_scan(x, dt, A, B, C)) < 2e-6
+    assert rel(y, recurrence(x, dt, A, B, C)) < 2e-6
 
 
 def test_exact_path_reached_for_extreme_decay(monkeypatch):
@@ -107,12 +95,12 @@ def test_exact_path_reached_for_extreme_decay(monkeypatch):
     x, dt, A, B, C = inputs(L=64, h=4, dt_scale=50.0)  # every head, every chunk length: unsafe
     y = ssd.ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)))
     assert calls["exact"] >= 1
-    assert rel(y, sequential_scan(x, dt, A, B, C)) < 1e-5
+    assert rel(y, recurrence(x, dt, A, B, C)) < 1e-5
 
 
 def test_exact_flag_and_chunk_choice():
     x, dt, A, B, C = (t.float() for t in inputs(L=150))
-    ref = sequential_scan(*(t.double() for t in (x, dt, A, B, C)))
+    ref = recurrence(*(t.double() for t in (x, dt, A, B, C)))
     for chunk in (8, 64, 256):
         assert rel(ssd.ssd_scan_torch(x, dt, A, B, C, chunk_size=chunk, exact=True), ref) < 2e-6
     assert ssd.choose_chunk_len(197, 128) == 197
@@ -134,7 +122,7 @@ def test_gradients_match_float64_recurrence(dt_scale):
     ts = inputs(L=90, h=4, p=3, g=2, n=6, dt_scale=dt_scale, seed=1)
     w = torch.randn(ts[0].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     leaves = [t.clone().requires_grad_() for t in ts]
-    ref = torch.autograd.grad((sequential_scan(*leaves) * w).sum(), leaves)
+    ref = torch.autograd.grad((recurrence(*leaves) * w).sum(), leaves)
     fl = [t.float().requires_grad_() for t in ts]
     got = torch.autograd.grad((ssd.ssd_scan_torch(*fl, chunk_size=32).double() * w).sum(), fl)
     for a, r in zip(got, ref):
@@ -197,25 +185,13 @@ def test_fused_gated_norm_linear(tokens):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-def sequential_scan_with_state(x, dt, A, B, C, h0):
-    """The recurrence from state ``h0``; returns (y, final state)."""
-    b, L, h, p = x.shape
-    g = B.shape[2]
-    Bh, Ch = B.repeat_interleave(h // g, dim=2), C.repeat_interleave(h // g, dim=2)
-    state, ys = h0.clone(), []
-    for t in range(L):
-        state = state * torch.exp(dt[:, t] * A)[..., None, None] + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None]
-        ys.append((state * Ch[:, t, :, None]).sum(-1))
-    return torch.stack(ys, 1), state
-
-
 @pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("L,chunk,g,dt_scale", [(1, 256, 1, 0.1), (70, 16, 1, 0.1), (130, 64, 2, 0.1), (200, 256, 1, 2.0)])
 def test_initial_and_final_state(L, chunk, g, dt_scale, exact):
     """Scanning from a given state and returning the last one; dt_scale 2.0 sends heads down the fallbacks."""
     x, dt, A, B, C = inputs(L=L, g=g, dt_scale=dt_scale)
     h0 = torch.randn(x.shape[0], x.shape[2], x.shape[3], B.shape[-1], dtype=torch.float64)
-    y_ref, s_ref = sequential_scan_with_state(x, dt, A, B, C, h0)
+    y_ref, s_ref = recurrence(x, dt, A, B, C, h0)
     for grad in (False, True):
         with torch.set_grad_enabled(grad):
             y, s = ssd.ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)), chunk_size=chunk, exact=exact,
