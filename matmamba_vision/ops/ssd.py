@@ -39,7 +39,7 @@ SSD_BACKENDS = ("auto", "torch", "mamba_ssm")
 # factors, and their products with the data, far inside float32's normal range (~1e-38 .. 3e38).
 SAFE_HALF_RANGE = 40.0
 _CLAMP = 60.0  # exponents of unsafe heads are clamped here (finite values, overwritten afterwards)
-_DROP = 60.0  # row blocks: earlier columns decayed by more than e^-60 from the block's centre are dropped
+_DROP = 60.0  # decay factors below e^-60 are dropped (set to 0): see _exp_dropped
 _MIN_FACTORISED_CHUNK = 16  # below this an unsafe head goes to the exact path
 
 
@@ -97,6 +97,13 @@ _cumsum_last.register_autograd(
 )
 
 
+def _exp_dropped(t: torch.Tensor) -> torch.Tensor:
+    """``exp(t)`` in place, exactly 0 where ``t < -_DROP``. Every caller's dropped terms weigh at most e^-20 of
+    the terms kept beside them, far below float32's resolution; kept, their products are float32 subnormals,
+    which x86 GEMMs process several-fold slower (measured: one row block's GEMM 4.5 ms instead of 1 ms)."""
+    return t.masked_fill_(t < -_DROP, float("-inf")).exp_()
+
+
 def _pad_seq(t: torch.Tensor, pad: int) -> torch.Tensor:
     return F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) if pad else t
 
@@ -138,10 +145,7 @@ def _ssd_exact(
     # Intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(a_i - a_j) dt_j x_j. C.B is shared by a group's heads.
     cb = torch.matmul(C, B.transpose(-1, -2)).tril_()  # (b, c, g, q, q)
     seg = a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)  # (b, c, h, q, q); <= 0 on and below the diagonal
-    if torch.is_grad_enabled():
-        decay = seg.clamp(max=0.0).exp()
-    else:
-        decay = seg.clamp_(max=0.0).exp_()
+    decay = _exp_dropped(seg.clamp(max=0.0) if torch.is_grad_enabled() else seg.clamp_(max=0.0))
     scores = (decay.view(b, nc, g, hg, q, q) * cb.unsqueeze(3)).view(b, nc, h, q, q)
     xd_h = xd.permute(0, 1, 3, 2, 4)  # (b, c, h, q, p)
     y = torch.matmul(scores, xd_h)  # (b, c, h, q, p)
@@ -149,7 +153,7 @@ def _ssd_exact(
     final = None
     if nc > 1 or h0 is not None or want_final:
         # Each chunk's own end state, from its inputs decayed to the chunk's end.
-        to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, c, h, q)
+        to_end = _exp_dropped(a_cum[..., -1:] - a_cum)  # (b, c, h, q)
         xs = (xd_h * to_end.unsqueeze(-1)).view(b, nc, g, hg, q, p)
         xs = xs.transpose(-1, -2).reshape(b, nc, g, hg * p, q)
         chunk_states = torch.matmul(xs, B).view(b, nc, g, hg, p, n)
@@ -226,9 +230,8 @@ def _ssd_factorised(
             lk = torch.cat([lk, (a_last[:, -1] - mid[:, -1]).unsqueeze(1)], dim=1)
         steps = lk.shape[1]  # chunks whose end state is needed
         # fk = f k = dt exp(lk - la), dropped below e^-_DROP (those terms reach y at most e^(40 - _DROP) of
-        # full weight; kept, their products with x are subnormals, which slow the GEMM below several-fold).
-        lfk = lk.unsqueeze(2) - la[:, :steps]
-        fk = dt.view(b, nc, q, h)[:, :steps] * lfk.masked_fill_(lfk < -_DROP, float("-inf")).exp_()
+        # full weight).
+        fk = dt.view(b, nc, q, h)[:, :steps] * _exp_dropped(lk.unsqueeze(2) - la[:, :steps])
         fk = fk.view(b, steps * q, h, 1)
         xs = _pad_seq(x, pad) if steps == nc else x
         Uk = (xs[:, : steps * q] * fk).view(b, steps, q, g, hg * p).transpose(2, 3)
@@ -236,12 +239,16 @@ def _ssd_factorised(
         # The recurrence, one fused multiply-add per chunk on (b, heads, p*n) states. (A batched GEMM with the
         # (chunks x chunks) matrix of decay products does it in one call, but its inner dimension is the
         # number of chunks: measured 23 GFLOP/s plus two transposes, 4x the loop's time on a quiet machine.)
-        k = lk.exp().unsqueeze(-1)  # (b, steps, h, 1), each <= 1
+        # k <= 1, dropped like fk: a fast-decaying head whose fk were all dropped would otherwise carry states
+        # k * S' that are subnormals into the C @ S GEMM below.
+        k = _exp_dropped(lk.clone()).unsqueeze(-1)  # (b, steps, h, 1)
         G = G.view(b, steps, h, p * n)
         if h0 is None:
             s0 = G.new_zeros(b, h, p * n)
         else:
-            s0 = h0.float().reshape(b, h, p * n) * torch.exp(mid[:, 0]).unsqueeze(-1)
+            # exp(mid) >= e^-40 on safe heads; clamped for unsafe ones (redone by the caller), whose products
+            # would otherwise be subnormals in the C @ S GEMM below.
+            s0 = h0.float().reshape(b, h, p * n) * mid[:, 0].clamp(min=-_CLAMP).exp().unsqueeze(-1)
         if torch.is_grad_enabled():
             states = [s0]
             for c in range(steps):
@@ -272,10 +279,8 @@ def _ssd_row_blocks(
     For rows ``i`` of block ``I`` with mid-range ``c_I``: ``y_i = e_i * sum_{j<=i} (C_i.B_j) u_j`` with
     ``e_i = exp(a_i - c_I)`` and ``u_j = exp(c_I - a_j) dt_j x_j``. Only the block's own decay range must be
     <= ``2 * SAFE_HALF_RANGE``; for earlier columns ``c_I - a_j <= 0``, and where it is below ``-_DROP`` the
-    column is dropped (u_j = 0: true weights below e^(40 - _DROP) = e^-20 of the row's own). Tiny u_j are
-    zeroed rather than kept because their products with x are float32 subnormals, which x86 GEMMs process
-    at a fraction of their speed (measured: the second row block's GEMM 4.5 ms instead of 1 ms). No states
-    are carried.
+    column is dropped (u_j = 0: true weights below e^(40 - _DROP) = e^-20 of the row's own; see
+    :func:`_exp_dropped`). No states are carried.
     Uses the fewest blocks (1, 2, 4, ...) for which at most an eighth of the heads is unsafe; those heads go
     to :func:`_ssd_auto` with chunks. Returns None where no block count qualifies.
     """
@@ -306,7 +311,7 @@ def _ssd_row_blocks(
         M = torch.matmul(Cg[:, :, s:e_], Bg[:, :, :e_].transpose(-1, -2)).tril_(s)  # (b, g, r, e_)
         mid = torch.lerp(a[:, s], a[:, e_ - 1], 0.5).unsqueeze(1)  # (b, 1, h)
         lu = (mid - a[:, :e_]).clamp_(max=_CLAMP)
-        u = dt[:, :e_] * lu.masked_fill_(lu < -_DROP, float("-inf")).exp_()
+        u = dt[:, :e_] * _exp_dropped(lu)
         U = (x[:, :e_] * u.unsqueeze(-1)).view(b, e_, g, hg * p).transpose(1, 2)  # (b, g, e_, hg*p)
         Z = torch.matmul(M, U).transpose(1, 2).reshape(b, e_ - s, h, p)
         scale = (a[:, s:e_] - mid).clamp_(-_CLAMP, _CLAMP).exp_().unsqueeze(-1)
