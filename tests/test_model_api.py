@@ -201,3 +201,45 @@ def test_long_sequence_inference_in_pieces_matches_one_pass(monkeypatch, granula
         monkeypatch.setattr(MatMamba2Mixer, "PIECE_LEN", 16)  # pieces of 16, 16, 16, 17
         pieces = model(x)
     assert ((pieces - whole).norm() / whole.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("granularity", [None, 32])
+def test_streaming_forward_piece_matches_one_pass(granularity):
+    """``forward_piece`` carries the conv's last inputs and the SSD state, also across pieces shorter than the
+    conv's window (1 and 2 tokens here, which must combine the previous tail with the new inputs)."""
+    from matmamba_vision.layers.mixer import MatMamba2Mixer
+
+    torch.manual_seed(0)
+    mixer = MatMamba2Mixer(64, d_state=16, headdim=8).eval()
+    mixer.active_granularity = granularity
+    u = torch.randn(2, 40, 64)
+    with torch.no_grad():
+        whole = mixer(u)
+        state, parts, start = None, [], 0
+        for n in (1, 2, 1, 5, 16, 3, 12):
+            y, state = mixer.forward_piece(u[:, start:start + n], state)
+            parts.append(y)
+            start += n
+    assert ((torch.cat(parts, 1) - whole).norm() / whole.norm()).item() < 1e-5
+
+
+def test_pieces_keep_what_dropout_returns(monkeypatch):
+    """Each piece writes its rows of the output in place; where the mixer's dropout returns a new tensor (train
+    mode under no_grad) that tensor must be the one kept. A deterministic stand-in (x / 2) checks it."""
+    from matmamba_vision.layers.mixer import MatMamba2Mixer
+
+    class Halve(torch.nn.Module):
+        def forward(self, t):
+            return t / 2
+
+    torch.manual_seed(0)
+    model = timm.create_model("matmamba_vision_35m_patch16_224", img_size=128, depth=2, embed_dim=128).eval()
+    for blk in model.layers:
+        blk.mixer.proj_drop = Halve()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        monkeypatch.setattr(MatMamba2Mixer, "PIECE_LEN", 10**6)
+        whole = model(x)
+        monkeypatch.setattr(MatMamba2Mixer, "PIECE_LEN", 16)
+        pieces = model(x)
+    assert ((pieces - whole).norm() / whole.norm()).item() < 1e-5

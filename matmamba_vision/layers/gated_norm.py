@@ -30,17 +30,28 @@ def gated_rms_norm_linear(
     return rms_norm_linear(gated, weight, out_weight, eps)
 
 
-def rms_norm_linear(gated: torch.Tensor, weight: torch.Tensor, out_weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def rms_norm_linear(
+    gated: torch.Tensor, weight: Optional[torch.Tensor], out_weight: torch.Tensor, eps: float = 1e-5,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """``F.linear(rmsnorm(gated) * weight, out_weight)``, the tail of :func:`gated_rms_norm_linear` for callers
-    that formed the gated product themselves (e.g. with SiLU applied to a wider contiguous buffer)."""
+    that formed the gated product themselves (e.g. with SiLU applied to a wider contiguous buffer).
+
+    ``weight=None``: already folded into ``out_weight`` (callers that reuse one folded matrix many times).
+    ``out`` (autograd off): written with the result, which is returned.
+    """
     width = gated.shape[-1]
     ms = torch.linalg.vector_norm(gated, dim=-1, keepdim=True, dtype=torch.float32).square() / width
     scale = torch.rsqrt(ms + eps)
-    if gated.numel() >= out_weight.numel():
-        out = F.linear(gated, out_weight * weight.to(out_weight.dtype))
+    if weight is None:
+        lin = F.linear(gated, out_weight)
+    elif gated.numel() >= out_weight.numel():
+        lin = F.linear(gated, out_weight * weight.to(out_weight.dtype))
     else:
-        out = F.linear(gated * weight.to(gated.dtype), out_weight)
-    return out.mul_(scale.to(out.dtype)) if not torch.is_grad_enabled() else out * scale.to(out.dtype)
+        lin = F.linear(gated * weight.to(gated.dtype), out_weight)
+    if out is not None:
+        return torch.mul(lin, scale.to(lin.dtype), out=out)
+    return lin.mul_(scale.to(lin.dtype)) if not torch.is_grad_enabled() else lin * scale.to(lin.dtype)
 
 
 class GatedRMSNorm(nn.Module):

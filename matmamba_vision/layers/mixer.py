@@ -237,14 +237,20 @@ class MatMamba2Mixer(nn.Module):
         cache and out of fresh page faults).
         """
         b, seqlen, _ = u.shape
+        w = self.sliced_parameters(self.active_granularity)
         if torch.is_grad_enabled() or u.device.type != "cpu" or seqlen <= 2 * self.PIECE_LEN:
-            return self._mix(u)[0]
+            return self._mix(u, w)[0]
+        # The norm's weight folded into out_proj once for all pieces; each piece writes its rows of ``out``.
+        w = dict(w, **{"out_proj.weight": w["out_proj.weight"] * w["norm.weight"], "norm.weight": None})
         out, state, start = None, None, 0
         for end in self.piece_bounds(seqlen):
-            y, state = self.forward_piece(u[:, start:end], state)
-            if out is None:
+            rows = None if out is None else out[:, start:end]
+            y, state = self._mix(u[:, start:end], w, state, carry=True, out=rows)
+            if out is None:  # allocated after the first piece, whose dtype (e.g. under autocast) it takes
                 out = y.new_empty(b, seqlen, y.shape[-1])
-            out[:, start:end] = y
+                rows = out[:, start:end]
+            if y is not rows:  # the first piece, or dropout (train mode) replaced the written rows
+                rows.copy_(y)
             start = end
         return out
 
@@ -257,13 +263,15 @@ class MatMamba2Mixer(nn.Module):
     def forward_piece(self, u: torch.Tensor, state: Optional[Tuple] = None) -> Tuple[torch.Tensor, Tuple]:
         """The mixer over the next piece of a sequence, continuing from ``state`` (None at the start: the
         conv's last inputs and the SSD state of the tokens before); returns (out, state for the next piece)."""
-        return self._mix(u, state, carry=True)
+        return self._mix(u, self.sliced_parameters(self.active_granularity), state, carry=True)
 
-    def _mix(self, u: torch.Tensor, state: Optional[Tuple] = None, carry: bool = False):
-        """The mixer on ``u``, continuing from ``state`` = (the conv's last ``d_conv - 1`` inputs, the SSD
-        state) of the tokens before it; returns (out, the state after ``u`` or None unless ``carry``)."""
+    def _mix(self, u: torch.Tensor, w: Dict[str, Optional[torch.Tensor]], state: Optional[Tuple] = None,
+             carry: bool = False, out: Optional[torch.Tensor] = None):
+        """The mixer on ``u`` with the parameters ``w`` (:meth:`sliced_parameters`; ``norm.weight`` None when
+        folded into ``out_proj.weight``), continuing from ``state`` = (the conv's last ``d_conv - 1`` inputs,
+        the SSD state) of the tokens before it; returns (out, the state after ``u`` or None unless ``carry``).
+        ``out`` (inference): written with the result."""
         b, seqlen, _ = u.shape
-        w = self.sliced_parameters(self.active_granularity)
         conv_tail, ssd_state = state if state is not None else (None, None)
         h = w["A_log"].shape[0]
         p, gn = self.headdim, self.ngroups * self.d_state
@@ -273,10 +281,12 @@ class MatMamba2Mixer(nn.Module):
         conv_in, new_tail, k = xbc, None, w["conv.weight"].shape[1]
         xbc = causal_depthwise_conv1d_silu(conv_in, w["conv.weight"], w["conv.bias"])
         if carry and k > 1:
-            if conv_tail is not None:  # the first k-1 outputs also see the previous piece's last inputs
-                head = torch.cat([conv_tail, conv_in[:, : k - 1]], dim=1)
-                xbc[:, : k - 1] = causal_depthwise_conv1d_silu(head, w["conv.weight"], w["conv.bias"])[:, k - 1:]
-            new_tail = conv_in[:, -(k - 1):].clone()
+            tail = conv_tail if conv_tail is not None else conv_in.new_zeros(b, k - 1, conv_in.shape[-1])
+            head = torch.cat([tail, conv_in[:, : k - 1]], dim=1)  # the inputs the first k-1 outputs see
+            if conv_tail is not None:  # those outputs, recomputed with the previous piece's last inputs
+                windows = head.unfold(1, k, 1)  # (b, min(seqlen, k-1), channels, k)
+                xbc[:, : k - 1] = F.silu((windows * w["conv.weight"]).sum(-1).add_(w["conv.bias"]))
+            new_tail = (head if seqlen < k - 1 else conv_in)[:, -(k - 1):].clone()
         B, C, x = torch.split(xbc, [gn, gn, h * p], dim=-1)
         x = x.view(b, seqlen, h, p)
         z, dt = zdt[..., :p], zdt[..., p]
@@ -301,7 +311,7 @@ class MatMamba2Mixer(nn.Module):
         Dx = w["D"].to(x.dtype).unsqueeze(-1)
         if inference:
             y = y.addcmul_(x, Dx).mul_(z)
-            out = rms_norm_linear(y.flatten(2), w["norm.weight"], w["out_proj.weight"], eps=self.norm.eps)
+            out = rms_norm_linear(y.flatten(2), w["norm.weight"], w["out_proj.weight"], eps=self.norm.eps, out=out)
         else:
             y = torch.addcmul(y, x, Dx)
             out = gated_rms_norm_linear(
