@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -231,23 +231,35 @@ class MatMamba2Mixer(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """(batch, seqlen, dim) -> (batch, seqlen, dim), at ``self.active_granularity``.
 
-        CPU inference on sequences longer than ``2 * PIECE_LEN`` runs in pieces of about ``PIECE_LEN`` tokens,
-        carrying the conv's last inputs and the SSD state from piece to piece: the same result (up to
-        rounding), with every temporary a fraction of the size (less peak memory, and buffers that stay in
-        cache and out of fresh page faults).
+        CPU inference on sequences longer than ``2 * PIECE_LEN`` runs in pieces (:meth:`forward_in_pieces`).
         """
-        b, seqlen, _ = u.shape
+        if self.runs_in_pieces(u):
+            return self.forward_in_pieces(u.shape[1], lambda start, end: u[:, start:end])
+        return self._mix(u, self.sliced_parameters(self.active_granularity))[0]
+
+    def runs_in_pieces(self, u: torch.Tensor) -> bool:
+        """Whether :meth:`forward` on ``u`` runs in pieces: CPU inference over more than ``2 * PIECE_LEN``
+        tokens."""
+        return not torch.is_grad_enabled() and u.device.type == "cpu" and u.shape[1] > 2 * self.PIECE_LEN
+
+    def forward_in_pieces(self, seqlen: int, piece_input: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+        """The mixer over a sequence of ``seqlen`` tokens whose rows ``start:end`` are ``piece_input(start, end)``,
+        in pieces of about ``PIECE_LEN`` tokens (inference).
+
+        Each piece carries the conv's last inputs and the SSD state to the next: the same result as one pass
+        (up to rounding), with every temporary a fraction of the size (less peak memory, and buffers that
+        stay in cache). ``piece_input`` lets a caller form each piece's input on the fly (the block adds the
+        residual and normalises a piece at a time).
+        """
         w = self.sliced_parameters(self.active_granularity)
-        if torch.is_grad_enabled() or u.device.type != "cpu" or seqlen <= 2 * self.PIECE_LEN:
-            return self._mix(u, w)[0]
         # The norm's weight folded into out_proj once for all pieces; each piece writes its rows of ``out``.
         w = dict(w, **{"out_proj.weight": w["out_proj.weight"] * w["norm.weight"], "norm.weight": None})
         out, state, start = None, None, 0
         for end in self.piece_bounds(seqlen):
             rows = None if out is None else out[:, start:end]
-            y, state = self._mix(u[:, start:end], w, state, carry=True, out=rows)
+            y, state = self._mix(piece_input(start, end), w, state, carry=True, out=rows)
             if out is None:  # allocated after the first piece, whose dtype (e.g. under autocast) it takes
-                out = y.new_empty(b, seqlen, y.shape[-1])
+                out = y.new_empty(y.shape[0], seqlen, y.shape[-1])
                 rows = out[:, start:end]
             if y is not rows:  # the first piece, or dropout (train mode) replaced the written rows
                 rows.copy_(y)

@@ -34,8 +34,23 @@ class MatMambaBlock(nn.Module):
     def forward(
         self, hidden: torch.Tensor, residual: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.mixer.runs_in_pieces(hidden):
+            return self._forward_in_pieces(hidden, residual)
         residual = hidden if residual is None else hidden + residual
         return self.drop_path(self.mixer(self.norm(residual))), residual
+
+    def _forward_in_pieces(self, hidden: torch.Tensor, residual: Optional[torch.Tensor]):
+        """Inference over long sequences: the residual sum and the norm are formed a piece at a time, as the
+        mixer consumes them, so the normalised sequence never exists whole (one cold pass over the stream
+        instead of three, and that much less peak memory)."""
+        total = hidden if residual is None else torch.empty_like(hidden)
+
+        def piece_input(start: int, end: int) -> torch.Tensor:
+            if residual is not None:
+                torch.add(hidden[:, start:end], residual[:, start:end], out=total[:, start:end])
+            return self.norm(total[:, start:end])
+
+        return self.drop_path(self.mixer.forward_in_pieces(hidden.shape[1], piece_input)), total
 
 
 class MatMambaVision(nn.Module):
