@@ -70,6 +70,27 @@ def test_row_blocks_recentre_and_fall_back(dt_scale, fallback, monkeypatch):
     assert rel(y, recurrence(x, dt, A, B, C)) < 2e-6
 
 
+def test_unsafe_head_redone_in_split_row_blocks(monkeypatch):
+    """A head unsafe over the whole sequence but safe over quarters of it is redone by splitting the row
+    blocks (reusing their rows of tril(C B^T)), not by the chunked path; output and gradients exact."""
+    calls = count_paths(monkeypatch)
+    ts = inputs(L=200, h=16, n=128, dt_scale=0.05)
+    ts[2][0], ts[1][..., 0] = -16.0, 0.1  # 1.6 nats per token: unsafe over 200 or 100 rows, safe over 50
+    w = torch.randn(ts[0].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    leaves = [t.clone().requires_grad_() for t in ts]
+    y_ref = recurrence(*leaves)
+    ref = torch.autograd.grad((y_ref * w).sum(), leaves)
+    fl = [t.float().requires_grad_() for t in ts]
+    y = ssd.ssd_scan_torch(*fl)
+    got = torch.autograd.grad((y.double() * w).sum(), fl)
+    with torch.no_grad():
+        y_nograd = ssd.ssd_scan_torch(*(t.float() for t in ts))
+    assert calls["row_blocks"] == 2 and calls["factorised"] == 0 and calls["exact"] == 0
+    assert rel(y, y_ref) < 2e-6 and rel(y_nograd, y_ref) < 2e-6
+    for a, r in zip(got, ref):
+        assert rel(a, r) < 1e-4
+
+
 def test_unsafe_range_falls_back_and_stays_exact(monkeypatch):
     """Fast-decaying heads (range >> 80 nats per chunk) must be redone by shorter chunks / the exact path."""
     calls = count_paths(monkeypatch)

@@ -25,7 +25,7 @@ it has no data-dependent branches, so the model compiles to one graph.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -271,44 +271,27 @@ def _ssd_factorised(
     return (y[:, :seqlen] if pad else y), bad, final
 
 
-def _ssd_row_blocks(
-    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, max_blocks: int = 8
-) -> Optional[torch.Tensor]:
-    """Single-chunk scan (short sequences) as GEMMs, with the factorisation re-centred per block of rows.
-
-    For rows ``i`` of block ``I`` with mid-range ``c_I``: ``y_i = e_i * sum_{j<=i} (C_i.B_j) u_j`` with
-    ``e_i = exp(a_i - c_I)`` and ``u_j = exp(c_I - a_j) dt_j x_j``. Only the block's own decay range must be
-    <= ``2 * SAFE_HALF_RANGE``; for earlier columns ``c_I - a_j <= 0``, and where it is below ``-_DROP`` the
-    column is dropped (u_j = 0: true weights below e^(40 - _DROP) = e^-20 of the row's own; see
-    :func:`_exp_dropped`). No states are carried.
-    Uses the fewest blocks (1, 2, 4, ...) for which at most an eighth of the heads is unsafe; those heads go
-    to :func:`_ssd_auto` with chunks. Returns None where no block count qualifies.
-    """
-    b, seqlen, h, p = x.shape
-    g, n = B.shape[-2:]
-    hg = h // g
-    a = torch.cumsum(dt * A, dim=1)  # (b, L, h), decreasing
+def _unsafe_heads(a: torch.Tensor, bounds: List[Tuple[int, int]]) -> torch.Tensor:
+    """(heads,) bool: heads whose decay range exceeds ``2 * SAFE_HALF_RANGE`` inside one of the row blocks
+    ``bounds`` [(start, end), ...] in some sample; ``a`` (batch, L, heads) is the cumulative decay."""
     with torch.no_grad():
-        nb = 1
-        while True:
-            r = -(-seqlen // nb)
-            starts = torch.arange(0, seqlen, r, device=x.device)
-            ends = (starts + r).clamp_(max=seqlen) - 1
-            bad = ((a.index_select(1, starts) - a.index_select(1, ends)) > 2 * SAFE_HALF_RANGE).flatten(0, 1)
-            bad = bad.view(b, -1, h).any(1).any(0)
-            if int(bad.sum()) <= h // 8:
-                break
-            if nb >= max_blocks or r <= _MIN_FACTORISED_CHUNK:
-                return None
-            nb *= 2
-    Bg, Cg = B.transpose(1, 2), C.transpose(1, 2)  # (b, g, L, n)
+        starts = torch.tensor([s for s, _ in bounds], device=a.device)
+        lasts = torch.tensor([e - 1 for _, e in bounds], device=a.device)
+        rng = a.index_select(1, starts) - a.index_select(1, lasts)  # (b, blocks, h)
+        return (rng > 2 * SAFE_HALF_RANGE).flatten(0, 1).any(0)
+
+
+def _row_block_products(
+    x: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, Ms: List[torch.Tensor], bounds: List[Tuple[int, int]]
+) -> torch.Tensor:
+    """The rows of the single-chunk scan, block by block: block ``(s, e)`` takes its rows of ``tril(C B^T)``
+    from ``M`` (batch, groups, e - s, e) and is re-centred on its own mid-range (see :func:`_ssd_row_blocks`)."""
+    b, seqlen, h, p = x.shape
+    g = Ms[0].shape[1]
+    hg = h // g
     inference = not torch.is_grad_enabled()
     blocks, y = [], (x.new_empty(b, seqlen, h, p) if inference else None)  # inference: blocks written in place
-    for s in range(0, seqlen, r):
-        e_ = min(s + r, seqlen)
-        # This block's rows of tril(C B^T), computed on their own: a contiguous (r x e_) operand keeps the
-        # next GEMM fast (a row slice of the full (L x L) product ran at a fifth of the speed).
-        M = torch.matmul(Cg[:, :, s:e_], Bg[:, :, :e_].transpose(-1, -2)).tril_(s)  # (b, g, r, e_)
+    for (s, e_), M in zip(bounds, Ms):
         mid = torch.lerp(a[:, s], a[:, e_ - 1], 0.5).unsqueeze(1)  # (b, 1, h)
         lu = (mid - a[:, :e_]).clamp_(max=_CLAMP)
         u = dt[:, :e_] * _exp_dropped(lu)
@@ -319,14 +302,62 @@ def _ssd_row_blocks(
             torch.mul(Z, scale, out=y[:, s:e_])
         else:
             blocks.append(Z * scale)
-    if not inference:
-        y = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
-    if bool(bad.any()):
-        idx = bad.nonzero()[:, 0]
+    return y if inference else (blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1))
+
+
+def _ssd_row_blocks(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, max_blocks: int = 8
+) -> Optional[torch.Tensor]:
+    """Single-chunk scan (short sequences) as GEMMs, with the factorisation re-centred per block of rows.
+
+    For rows ``i`` of block ``I`` with mid-range ``c_I``: ``y_i = e_i * sum_{j<=i} (C_i.B_j) u_j`` with
+    ``e_i = exp(a_i - c_I)`` and ``u_j = exp(c_I - a_j) dt_j x_j``. Only the block's own decay range must be
+    <= ``2 * SAFE_HALF_RANGE``; for earlier columns ``c_I - a_j <= 0``, and where it is below ``-_DROP`` the
+    column is dropped (u_j = 0: true weights below e^(40 - _DROP) = e^-20 of the row's own; see
+    :func:`_exp_dropped`). No states are carried.
+    Uses the fewest blocks (1, 2, 4, ...) for which at most an eighth of the heads is unsafe. Those heads are
+    redone with each block's rows split in halves (then quarters, eighths), which reuse the block's rows of
+    ``tril(C B^T)``; with several groups, or where that is not enough, they go to :func:`_ssd_auto` with
+    chunks. Returns None where no block count qualifies.
+    """
+    b, seqlen, h, p = x.shape
+    g = B.shape[2]
+    a = torch.cumsum(dt * A, dim=1)  # (b, L, h), decreasing
+    nb = 1
+    while True:
+        r = -(-seqlen // nb)
+        bounds = [(s, min(s + r, seqlen)) for s in range(0, seqlen, r)]
+        bad = _unsafe_heads(a, bounds)
+        if int(bad.sum()) <= h // 8:
+            break
+        if nb >= max_blocks or r <= _MIN_FACTORISED_CHUNK:
+            return None
+        nb *= 2
+    Bg, Cg = B.transpose(1, 2), C.transpose(1, 2)  # (b, g, L, n)
+    # Each block's rows of tril(C B^T), computed on their own: a contiguous (r x e) operand keeps the next GEMM
+    # fast (a row slice of the full (L x L) product ran at a fifth of the speed).
+    Ms = [torch.matmul(Cg[:, :, s:e_], Bg[:, :, :e_].transpose(-1, -2)).tril_(s) for s, e_ in bounds]
+    y = _row_block_products(x, dt, a, Ms, bounds)
+    if not bool(bad.any()):
+        return y
+    idx = bad.nonzero()[:, 0]
+    ys = None
+    if g == 1:
+        a_sub = a.index_select(2, idx)
+        while ys is None and r > _MIN_FACTORISED_CHUNK:
+            # Each block's rows split in halves; a half's rows of tril(C B^T) are a slice of its block's.
+            halves = []
+            for (s, e_), M in zip(bounds, Ms):
+                m = min(s + -(-(e_ - s) // 2), e_)
+                halves += [((s, m), M[:, :, : m - s, :m]), ((m, e_), M[:, :, m - s:, :e_])] if m < e_ else [((s, e_), M)]
+            bounds, Ms = [hb for hb, _ in halves], [hm for _, hm in halves]
+            r = -(-r // 2)
+            if not bool(_unsafe_heads(a_sub, bounds).any()):
+                ys = _row_block_products(x.index_select(2, idx), dt.index_select(2, idx), a_sub, Ms, bounds)
+    if ys is None:
         sub, _ = _heads(idx, x, dt, A, B, C)
         ys, _ = _ssd_auto(*sub, _balanced(seqlen, max(_MIN_FACTORISED_CHUNK, r // 2)))
-        y = _put_heads(y, 2, idx, ys)
-    return y
+    return _put_heads(y, 2, idx, ys)
 
 
 def _ssd_auto(
