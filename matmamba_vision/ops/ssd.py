@@ -61,6 +61,16 @@ def _balanced(seqlen: int, target: int) -> int:
     return -(-seqlen // nc)
 
 
+def _unsafe_heads(a: torch.Tensor, bounds: List[Tuple[int, int]]) -> torch.Tensor:
+    """(heads,) bool: heads whose decay range exceeds ``2 * SAFE_HALF_RANGE`` inside one of the blocks
+    ``bounds`` [(start, end), ...] in some sample; ``a`` (batch, L, heads) is the cumulative decay."""
+    with torch.no_grad():
+        starts = torch.tensor([s for s, _ in bounds], device=a.device)
+        lasts = torch.tensor([e - 1 for _, e in bounds], device=a.device)
+        rng = a.index_select(1, starts) - a.index_select(1, lasts)  # (b, blocks, h)
+        return (rng > 2 * SAFE_HALF_RANGE).flatten(0, 1).any(0)
+
+
 def _safe_chunk_len(dA: torch.Tensor, q: int) -> int:
     """Halve ``q`` (down to ``_MIN_FACTORISED_CHUNK``) until at most an eighth of the heads has a chunk whose
     decay range the factorised path rejects (those few are redone with shorter chunks by ``_ssd_auto``);
@@ -68,15 +78,12 @@ def _safe_chunk_len(dA: torch.Tensor, q: int) -> int:
     seqlen, heads = dA.shape[1], dA.shape[2]
     with torch.no_grad():
         a = torch.cumsum(dA, dim=1)
-        a = torch.cat([a.new_zeros(a.shape[0], 1, heads), a], dim=1)  # a[t] = decay of tokens < t
-        while q > _MIN_FACTORISED_CHUNK:
-            ends = torch.arange(q, seqlen + q, q, device=dA.device).clamp_(max=seqlen)
-            # Chunk range = sum of its dA except the first token's = a[start + 1] - a[end].
-            starts = ends - q
-            rng = a.index_select(1, (starts + 1).clamp_(max=seqlen)) - a.index_select(1, ends)
-            if int((rng > 2 * SAFE_HALF_RANGE).flatten(0, 1).any(0).sum()) <= heads // 8:
-                break
-            q = _balanced(seqlen, max(_MIN_FACTORISED_CHUNK, q // 2))
+    while q > _MIN_FACTORISED_CHUNK:
+        # Each chunk, the last one taken as the q tokens that end the sequence.
+        ends = [min(e, seqlen) for e in range(q, seqlen + q, q)]
+        if int(_unsafe_heads(a, [(e - q, e) for e in ends]).sum()) <= heads // 8:
+            break
+        q = _balanced(seqlen, max(_MIN_FACTORISED_CHUNK, q // 2))
     return q
 
 
@@ -271,16 +278,6 @@ def _ssd_factorised(
     return (y[:, :seqlen] if pad else y), bad, final
 
 
-def _unsafe_heads(a: torch.Tensor, bounds: List[Tuple[int, int]]) -> torch.Tensor:
-    """(heads,) bool: heads whose decay range exceeds ``2 * SAFE_HALF_RANGE`` inside one of the row blocks
-    ``bounds`` [(start, end), ...] in some sample; ``a`` (batch, L, heads) is the cumulative decay."""
-    with torch.no_grad():
-        starts = torch.tensor([s for s, _ in bounds], device=a.device)
-        lasts = torch.tensor([e - 1 for _, e in bounds], device=a.device)
-        rng = a.index_select(1, starts) - a.index_select(1, lasts)  # (b, blocks, h)
-        return (rng > 2 * SAFE_HALF_RANGE).flatten(0, 1).any(0)
-
-
 def _row_block_products(
     x: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, Ms: List[torch.Tensor], bounds: List[Tuple[int, int]]
 ) -> torch.Tensor:
@@ -341,6 +338,7 @@ def _ssd_row_blocks(
     if not bool(bad.any()):
         return y
     idx = bad.nonzero()[:, 0]
+    sub, _ = _heads(idx, x, dt, A, B, C)
     ys = None
     if g == 1:
         a_sub = a.index_select(2, idx)
@@ -348,14 +346,13 @@ def _ssd_row_blocks(
             # Each block's rows split in halves; a half's rows of tril(C B^T) are a slice of its block's.
             halves = []
             for (s, e_), M in zip(bounds, Ms):
-                m = min(s + -(-(e_ - s) // 2), e_)
+                m = s + -(-(e_ - s) // 2)
                 halves += [((s, m), M[:, :, : m - s, :m]), ((m, e_), M[:, :, m - s:, :e_])] if m < e_ else [((s, e_), M)]
             bounds, Ms = [hb for hb, _ in halves], [hm for _, hm in halves]
             r = -(-r // 2)
             if not bool(_unsafe_heads(a_sub, bounds).any()):
-                ys = _row_block_products(x.index_select(2, idx), dt.index_select(2, idx), a_sub, Ms, bounds)
+                ys = _row_block_products(sub[0], sub[1], a_sub, Ms, bounds)
     if ys is None:
-        sub, _ = _heads(idx, x, dt, A, B, C)
         ys, _ = _ssd_auto(*sub, _balanced(seqlen, max(_MIN_FACTORISED_CHUNK, r // 2)))
     return _put_heads(y, 2, idx, ys)
 
