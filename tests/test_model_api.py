@@ -185,15 +185,14 @@ def test_bad_model_arguments(kwargs, match):
         timm.create_model("matmamba_vision_tiny_patch4_28", **dict(SMALL, **kwargs))
 
 
-@pytest.mark.parametrize("granularity", [None, 32])
-def test_long_sequence_inference_in_pieces_matches_one_pass(monkeypatch, granularity):
-    """CPU inference over long sequences runs each mixer in pieces carrying conv inputs and SSD state: the
-    output must equal one pass over the whole sequence (the conv tail and the state both matter here)."""
+def _small_long_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("matmamba_vision_35m_patch16_224", img_size=128, depth=2, embed_dim=128).eval()
+
+
+def _assert_pieces_equal_one_pass(model: torch.nn.Module, monkeypatch) -> None:
     from matmamba_vision.layers.mixer import MatMamba2Mixer
 
-    torch.manual_seed(0)
-    model = timm.create_model("matmamba_vision_35m_patch16_224", img_size=128, depth=2, embed_dim=128).eval()
-    model.set_granularity(granularity)
     x = torch.randn(2, 3, 128, 128)  # 65 tokens
     with torch.no_grad():
         monkeypatch.setattr(MatMamba2Mixer, "PIECE_LEN", 10**6)
@@ -201,6 +200,15 @@ def test_long_sequence_inference_in_pieces_matches_one_pass(monkeypatch, granula
         monkeypatch.setattr(MatMamba2Mixer, "PIECE_LEN", 16)  # pieces of 16, 16, 16, 17
         pieces = model(x)
     assert ((pieces - whole).norm() / whole.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("granularity", [None, 32])
+def test_long_sequence_inference_in_pieces_matches_one_pass(monkeypatch, granularity):
+    """CPU inference over long sequences runs each mixer in pieces carrying conv inputs and SSD state: the
+    output must equal one pass over the whole sequence (the conv tail and the state both matter here)."""
+    model = _small_long_model()
+    model.set_granularity(granularity)
+    _assert_pieces_equal_one_pass(model, monkeypatch)
 
 
 @pytest.mark.parametrize("granularity", [None, 32])
@@ -226,20 +234,11 @@ def test_streaming_forward_piece_matches_one_pass(granularity):
 def test_pieces_keep_what_dropout_returns(monkeypatch):
     """Each piece writes its rows of the output in place; where the mixer's dropout returns a new tensor (train
     mode under no_grad) that tensor must be the one kept. A deterministic stand-in (x / 2) checks it."""
-    from matmamba_vision.layers.mixer import MatMamba2Mixer
-
     class Halve(torch.nn.Module):
         def forward(self, t):
             return t / 2
 
-    torch.manual_seed(0)
-    model = timm.create_model("matmamba_vision_35m_patch16_224", img_size=128, depth=2, embed_dim=128).eval()
+    model = _small_long_model()
     for blk in model.layers:
         blk.mixer.proj_drop = Halve()
-    x = torch.randn(2, 3, 128, 128)
-    with torch.no_grad():
-        monkeypatch.setattr(MatMamba2Mixer, "PIECE_LEN", 10**6)
-        whole = model(x)
-        monkeypatch.setattr(MatMamba2Mixer, "PIECE_LEN", 16)
-        pieces = model(x)
-    assert ((pieces - whole).norm() / whole.norm()).item() < 1e-5
+    _assert_pieces_equal_one_pass(model, monkeypatch)
