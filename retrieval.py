@@ -59,11 +59,12 @@ def main(argv=None) -> list:
     data_config = data_config_from_args(args, model)
     full = [int(blk.mixer.max_granularity) for blk in model.layers]
     levels = trained_levels(args, model)
-    db_configs = (parse_granularities(model, args.db_granularities, levels) if args.db_granularities
+    db_configs = (parse_granularities(model, args.db_granularities, levels, "--db-granularities")
+                  if args.db_granularities
                   else uniform_configs(model, [full[0]], levels) if len(set(full)) == 1 else None)
     if db_configs is None:
         raise ValueError("--db-granularities: the model's blocks differ in width; name the database granularity")
-    query_configs = parse_granularities(model, args.query_granularities, levels)
+    query_configs = parse_granularities(model, args.query_granularities, levels, "--query-granularities")
     baselines = []
     for spec in args.baseline_checkpoints:
         label, bmodel, path = build_baseline(args, spec)

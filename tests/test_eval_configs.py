@@ -43,6 +43,8 @@ def test_random_configs_seeded_distinct(model):
     assert len(parse_mixnmatch(model, "random:5")) == 5
     with pytest.raises(ValueError, match="random:N"):
         parse_mixnmatch(model, "random:x")
+    with pytest.raises(ValueError, match="--mixnmatch random:N needs N > 0"):
+        parse_mixnmatch(model, "random:0")
 
 
 def test_config_files(model, tmp_path):
@@ -71,6 +73,8 @@ def test_granularity_the_model_cannot_take(model):
     for bad in (["12"], ["64"], ["0"], ["x"]):
         with pytest.raises(ValueError, match="--granularities"):
             parse_granularities(model, bad)
+        with pytest.raises(ValueError, match="--db-granularities"):  # retrieval.py's flags are named as such
+            parse_granularities(model, bad, flag="--db-granularities")
 
 
 @settings(max_examples=60, deadline=None)

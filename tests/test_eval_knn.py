@@ -63,6 +63,8 @@ def test_approximate_index_is_an_option():
         knn_search(q, d, k=5, backend="torch", index="HNSW32")
     with pytest.raises(ValueError, match="index_factory"):
         knn_search(q, d, k=5, backend="faiss", index="NoSuchIndex")
+    with pytest.raises(ValueError, match=r"'IVF1024,Flat' cannot be built over 500 database rows"):
+        knn_search(q, d, k=5, backend="faiss", index="IVF1024,Flat")  # more clusters than rows: faiss refuses
 
 
 def test_bad_search_input():
@@ -87,3 +89,9 @@ def test_retrieval_metrics_by_hand():
     assert m["map10"] == pytest.approx(100 * ((1 / 2 + 2 / 3) / 3 + 1 / 5) / 2)
     with pytest.raises(ValueError, match="columns"):
         retrieval_metrics(nn[:, :5], np.array([0, 2]), db_labels)
+    # -1 (an approximate index found fewer than k) is a miss, not the last database row (class 1)
+    short = np.array([[2, 3, 4, 11] + [-1] * 6])
+    m = retrieval_metrics(short, np.array([1]), db_labels)
+    assert m["recall10"] == 100.0 and m["map10"] == pytest.approx(100 * 4 / 4)
+    m = retrieval_metrics(np.array([[0, 1, 10] + [-1] * 7]), np.array([1]), db_labels)
+    assert m["top1"] == 0.0 and m["recall10"] == 0.0 and m["map10"] == 0.0

@@ -51,6 +51,12 @@ def test_matrix_and_baseline(model, tmp_path):
     pairs = [(r["query_kind"], r["query_granularity"], r["db_granularity"]) for r in rows]
     assert pairs == [("granularity", 32, 32), ("granularity", 16, 32), ("baseline", 16, 32),
                      ("granularity", 32, 8), ("granularity", 16, 8)]
+    # the baseline meets the full-width database wherever it is listed
+    rows = run_retrieval(model, db, q, parse_granularities(model, ["8", "32"]), parse_granularities(model, ["16"]),
+                         _identity(model, "w0"), DB_ID, Q_ID, EmbeddingCache(None),
+                         baselines=[Baseline("small", other, "b0")], backend="torch")
+    assert [(r["query_kind"], r["db_granularity"]) for r in rows] == [
+        ("granularity", 8), ("granularity", 32), ("baseline", 32)]
     paths = write_retrieval_outputs(rows, tmp_path, {})
     assert paths["png"].stat().st_size > 0
 
@@ -84,6 +90,10 @@ def test_cache_reused_and_invalidated_by_a_changed_checkpoint(model, tmp_path):
     assert not np.allclose(np.asarray(third[0].embeddings), np.asarray(first[0].embeddings))
     # other split or transform: other keys too
     assert not embed_splits(model, loader, gs[:1], dict(ident, split="val"), cache)[0].from_cache
+    # other precision: a bfloat16 pass is not served for a float32 one, nor the reverse
+    (bf16,) = embed_splits(model, loader, gs[:1], ident, cache, amp_dtype=torch.bfloat16)
+    assert not bf16.from_cache and embed_splits(model, loader, gs[:1], ident, cache)[0].from_cache
+    assert embed_splits(model, loader, gs[:1], ident, cache, amp_dtype=torch.bfloat16)[0].from_cache
 
 
 class _Boom(SyntheticLoader):
@@ -102,7 +112,8 @@ def test_interrupted_pass_is_never_read_as_complete(model, tmp_path):
     assert not list((tmp_path / "cache").rglob("meta.json")), "no entry may look complete"
     assert not list((tmp_path / "cache").rglob("*.f32")), "the temporary files are removed"
     # a directory left by a killed process (no meta.json) is not used either
-    entry = cache.entry_dir(dict(ident, granularity=[32, 32], name="[32, 32]", max_samples=None))
+    entry = cache.entry_dir(dict(ident, granularity=[32, 32], name="[32, 32]", max_samples=None, precision="float32",
+                                 device_type="cpu"))
     entry.mkdir(parents=True)
     (entry / "embeddings.f32").write_bytes(b"\0" * 64)
     loader = SyntheticLoader(40, batch_size=8)

@@ -61,9 +61,10 @@ def _config(model: MatMambaVision, dims, kind: str = "mixnmatch", levels: Option
     )
 
 
-def uniform_configs(model: MatMambaVision, granularities: Iterable[int], levels: Optional[Sequence[int]] = None
-                    ) -> List[SubmodelConfig]:
-    """One configuration per granularity (every block at ``g``); ValueError names a granularity it cannot take.
+def uniform_configs(model: MatMambaVision, granularities: Iterable[int], levels: Optional[Sequence[int]] = None,
+                    flag: str = "--granularities") -> List[SubmodelConfig]:
+    """One configuration per granularity (every block at ``g``); ValueError names ``flag`` and a granularity the
+    model cannot take.
 
     ``levels`` are the trained granularities (default ``model.matryoshka_levels``); they are flagged ``trained``.
     """
@@ -72,7 +73,7 @@ def uniform_configs(model: MatMambaVision, granularities: Iterable[int], levels:
         try:
             out.append(_config(model, int(g), "uniform", levels))
         except ValueError as e:
-            raise ValueError(f"--granularities: the model cannot run at {g}: {e}") from None
+            raise ValueError(f"{flag}: the model cannot run at {g}: {e}") from None
     return out
 
 
@@ -97,7 +98,7 @@ def random_configs(
     Fewer are returned only when fewer than ``n`` distinct lists exist.
     """
     if n <= 0:
-        raise ValueError(f"random:N needs N > 0, got {n}")
+        raise ValueError(f"--mixnmatch random:N needs N > 0, got {n}")
     levels = sorted(set(levels or model.matryoshka_levels), reverse=True)
     depth = len(model.layers)
     possible = len(levels) ** depth
@@ -161,20 +162,20 @@ def load_config_file(model: MatMambaVision, path: str, levels: Optional[Sequence
     return dedupe_configs(configs)
 
 
-def parse_granularities(model: MatMambaVision, spec: Optional[Sequence], levels: Optional[Sequence[int]] = None
-                        ) -> List[SubmodelConfig]:
-    """``--granularities``: None/empty = the trained ``levels`` (default ``model.matryoshka_levels``);
-    otherwise ints (strings accepted)."""
+def parse_granularities(model: MatMambaVision, spec: Optional[Sequence], levels: Optional[Sequence[int]] = None,
+                        flag: str = "--granularities") -> List[SubmodelConfig]:
+    """A granularities flag (``flag``, named in errors): None/empty = the trained ``levels`` (default
+    ``model.matryoshka_levels``); otherwise ints (strings accepted)."""
     levels = list(levels or model.matryoshka_levels)
     if not spec:
-        return uniform_configs(model, levels, levels)
+        return uniform_configs(model, levels, levels, flag)
     values = []
     for s in spec:
         try:
             values.append(int(s))
         except (TypeError, ValueError):
-            raise ValueError(f"--granularities: {s!r} is not an integer; trained levels: {levels}") from None
-    return uniform_configs(model, values, levels)
+            raise ValueError(f"{flag}: {s!r} is not an integer; trained levels: {levels}") from None
+    return uniform_configs(model, values, levels, flag)
 
 
 def parse_mixnmatch(model: MatMambaVision, spec: Optional[str], seed: int = 0,

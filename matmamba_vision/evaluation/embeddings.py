@@ -215,10 +215,13 @@ def embed_splits(
 
     Entries found complete in ``cache`` are reused; the others are computed together in one pass over the
     data (each batch decoded once). ``identity`` describes the model, weights, data and transform; the
-    granularity and sample limit are added to it here. ValueError when the split yields no image.
+    granularity, sample limit, precision and device type are added to it here (a bfloat16 or GPU pass is not
+    served for a float32 CPU one). ValueError when the split yields no image.
     """
     names = list(names) if names is not None else [str(list(g)) for g in granularities]
-    idents = [dict(identity, granularity=[int(x) for x in g], name=n, max_samples=max_samples)
+    precision = str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "float32"
+    idents = [dict(identity, granularity=[int(x) for x in g], name=n, max_samples=max_samples, precision=precision,
+                   device_type=torch.device(device).type)
               for g, n in zip(granularities, names)]
     results: List[Optional[EmbeddingSet]] = [cache.load(i) for i in idents]
     todo = [j for j, r in enumerate(results) if r is None]

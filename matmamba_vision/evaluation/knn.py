@@ -145,13 +145,17 @@ def _approximate(queries, database, k, spec, query_chunk, db_chunk, progress):
         idx = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise ValueError(f"knn index {spec!r} is not a valid faiss index_factory string ({e})") from None
-    if not idx.is_trained:
-        rng = np.random.default_rng(0)
-        n = min(database.shape[0], max(100_000, 64 * dim))
-        rows = np.sort(rng.choice(database.shape[0], size=n, replace=False))
-        idx.train(_as_f32(database[rows]))
-    for a in tqdm(range(0, database.shape[0], db_chunk), desc=f"index {spec}", disable=not progress):
-        idx.add(_as_f32(database[a:a + db_chunk]))
+    try:
+        if not idx.is_trained:
+            rng = np.random.default_rng(0)
+            n = min(database.shape[0], max(100_000, 64 * dim))
+            rows = np.sort(rng.choice(database.shape[0], size=n, replace=False))
+            idx.train(_as_f32(database[rows]))
+        for a in tqdm(range(0, database.shape[0], db_chunk), desc=f"index {spec}", disable=not progress):
+            idx.add(_as_f32(database[a:a + db_chunk]))
+    except RuntimeError as e:  # e.g. fewer database rows than an IVF index's clusters
+        raise ValueError(f"knn index {spec!r} cannot be built over {database.shape[0]} database rows ({e}); "
+                         "use 'Flat' (exact) or a smaller index") from None
     out_s, out_i = [], []
     for a in range(0, queries.shape[0], query_chunk):
         s, i = idx.search(_as_f32(queries[a:a + query_chunk]), k)

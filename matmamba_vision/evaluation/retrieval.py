@@ -109,10 +109,12 @@ def run_retrieval(
                             query_params_non_embedding=count_params(b.model, None, exclude_embedding=True),
                             query_gflops=count_flops(b.model, None, img_size) / 1e9, set=bs))
     rows = []
+    # Baselines are scored against one database: the full-width one, else the widest asked for.
+    widest = max(db_configs, key=lambda c: sum(c.dims))
     for dcfg, ds in zip(db_configs, db_sets):
         for q in queries:
-            if q["query_kind"] == "baseline" and dcfg is not db_configs[0]:
-                continue  # baselines are scored against the first (full-width) database only
+            if q["query_kind"] == "baseline" and dcfg is not widest:
+                continue
             metrics = score_pair(q["set"], ds, backend=backend, device=str(device), index=index)
             row = {k: v for k, v in q.items() if k != "set"}
             row.update(db_granularity=_granularity_value(dcfg.dims), **metrics,

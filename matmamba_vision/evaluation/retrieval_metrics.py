@@ -21,6 +21,8 @@ def retrieval_metrics(
     - ``recall@k``: at least one of the k nearest has the query's class;
     - ``map@k`` (key ``map10`` for k=10): mean over queries of AP@k = sum_j P(j) rel(j) / min(k, R), R being
       the number of database images of the query's class (AP = 0 when R = 0).
+
+    A neighbour index below 0 (an approximate faiss index returns -1 where it found fewer than k) is a miss.
     """
     neighbors = np.asarray(neighbors)
     query_labels = np.asarray(query_labels)
@@ -32,7 +34,8 @@ def retrieval_metrics(
         raise ValueError(f"neighbors has {neighbors.shape[1]} columns; these metrics need {need}")
     if neighbors.shape[0] == 0:
         raise ValueError("no queries: the query split is empty")
-    rel = db_labels[neighbors[:, :need]] == query_labels[:, None]
+    ranked = neighbors[:, :need]
+    rel = (db_labels[np.maximum(ranked, 0)] == query_labels[:, None]) & (ranked >= 0)
     out = {"top1": 100.0 * rel[:, 0].mean()}
     for k in recall_ks:
         out[f"recall{k}"] = 100.0 * rel[:, :k].any(axis=1).mean()
