@@ -174,8 +174,10 @@ def build_model(
     checkpoint: Optional[PathLike] = None,
     **kwargs,
 ) -> MatMambaVision:
-    """``timm.create_model`` plus an optional checkpoint (ours or official); unknown names raise ValueError."""
-    if not model_name.startswith(("hf-hub:", "local-dir:")) and model_name not in timm.list_models("matmamba*"):
+    """``timm.create_model`` plus an optional checkpoint (ours or official); unknown names raise ValueError.
+    A pretrained tag (``name.tag``, as timm takes it) is accepted."""
+    base_name = timm.models.split_model_name_tag(model_name)[0]
+    if not model_name.startswith(("hf-hub:", "local-dir:")) and base_name not in timm.list_models("matmamba*"):
         raise ValueError(f"unknown model {model_name!r}; MatMamba models: {', '.join(timm.list_models('matmamba*'))}")
     model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
     if checkpoint:

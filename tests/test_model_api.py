@@ -242,3 +242,45 @@ def test_pieces_keep_what_dropout_returns(monkeypatch):
     for blk in model.layers:
         blk.mixer.proj_drop = Halve()
     _assert_pieces_equal_one_pass(model, monkeypatch)
+
+
+def test_pieces_under_autocast_keep_the_residual_stream_in_float32(monkeypatch):
+    """Under CPU autocast the mixers return bfloat16 while the residual stream stays float32 (``hidden +
+    residual`` promotes); the pieces path must sum into a float32 stream too, as the single pass does."""
+    from matmamba_vision.layers.mixer import MatMamba2Mixer
+
+    model, x = _small_long_model(), torch.randn(2, 3, 128, 128)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        monkeypatch.setattr(MatMamba2Mixer, "PIECE_LEN", 10**6)
+        whole = model.forward_features(x)
+        monkeypatch.setattr(MatMamba2Mixer, "PIECE_LEN", 16)
+        pieces = model.forward_features(x)
+    assert whole.dtype == pieces.dtype == torch.float32
+    assert ((pieces - whole).norm() / whole.norm()).item() < 2e-2  # bfloat16 mixers, summed in float32
+
+
+def test_float64_model_runs_in_float64():
+    torch.manual_seed(0)
+    model = timm.create_model("matmamba_vision_tiny_patch4_28").eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        want = model(x).double()
+        got = model.double()(x.double())
+    assert got.dtype == torch.float64 and ((got - want).norm() / want.norm()).item() < 1e-5
+
+
+def test_build_model_takes_timm_pretrained_tags():
+    from matmamba_vision.checkpoint import build_model
+
+    assert isinstance(build_model("matmamba_vision_tiny_patch4_28.fmnist"), torch.nn.Module)
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("matmamba_vision_nope.fmnist")
+
+
+def test_position_embedding_from_a_non_square_grid_is_refused():
+    from matmamba_vision.models.matmamba_vision import checkpoint_filter_fn
+
+    src = timm.create_model("matmamba_vision_tiny_patch4_28", img_size=(16, 32))  # a 4 x 8 grid
+    dst = timm.create_model("matmamba_vision_tiny_patch4_28")
+    with pytest.raises(ValueError, match="32 patch positions are not a square grid"):
+        checkpoint_filter_fn(src.state_dict(), dst)

@@ -41,7 +41,8 @@ def rms_norm_linear(
     ``out`` (autograd off): written with the result, which is returned.
     """
     width = gated.shape[-1]
-    ms = torch.linalg.vector_norm(gated, dim=-1, keepdim=True, dtype=torch.float32).square() / width
+    stats_dtype = torch.promote_types(gated.dtype, torch.float32)  # float32, or float64 for a float64 model
+    ms = torch.linalg.vector_norm(gated, dim=-1, keepdim=True, dtype=stats_dtype).square() / width
     scale = torch.rsqrt(ms + eps)
     if weight is None:
         lin = F.linear(gated, out_weight)

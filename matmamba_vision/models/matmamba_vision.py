@@ -43,7 +43,10 @@ class MatMambaBlock(nn.Module):
         """Inference over long sequences: the residual sum and the norm are formed a piece at a time, as the
         mixer consumes them, so the normalised sequence never exists whole (one cold pass over the stream
         instead of three, and that much less peak memory)."""
-        total = hidden if residual is None else torch.empty_like(hidden)
+        # The sum in the promoted dtype, as ``hidden + residual`` (under autocast the mixer's output is bfloat16
+        # and the residual stream stays float32).
+        total = hidden if residual is None else hidden.new_empty(
+            hidden.shape, dtype=torch.promote_types(hidden.dtype, residual.dtype))
 
         def piece_input(start: int, end: int) -> torch.Tensor:
             if residual is not None:
@@ -341,7 +344,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MatMambaVis
     state_dict = convert_official_state_dict(state_dict)
     pos = state_dict.get("pos_embed")
     if pos is not None and pos.shape != model.pos_embed.shape:
-        old = int(math.sqrt(pos.shape[1] - 1))
+        old = math.isqrt(pos.shape[1] - 1)
+        if old * old != pos.shape[1] - 1:
+            raise ValueError(f"pos_embed: {pos.shape[1] - 1} patch positions are not a square grid; resampling "
+                             f"to the model's {tuple(model.patch_embed.grid_size)} grid needs a square one")
         patch_pos = resample_abs_pos_embed(
             pos[:, :-1], new_size=model.patch_embed.grid_size, old_size=(old, old), num_prefix_tokens=0
         )
