@@ -179,6 +179,8 @@ def test_dynamic_size_must_fit_patches():
     (dict(headdim=5), "headdim"),
     (dict(ngroups=3), "ngroups"),
     (dict(mixer_dims=[64]), "mixer_dims needs one entry per block"),
+    (dict(mixer_dims=[64, 0, 64]), r"mixer_dims entries must be in \[1, embed_dim=64\]"),  # 0 once meant full
+    (dict(mixer_dims=[64, 128, 64]), r"mixer_dims entries must be in \[1, embed_dim=64\]"),
 ])
 def test_bad_model_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -284,3 +286,13 @@ def test_position_embedding_from_a_non_square_grid_is_refused():
     dst = timm.create_model("matmamba_vision_tiny_patch4_28")
     with pytest.raises(ValueError, match="32 patch positions are not a square grid"):
         checkpoint_filter_fn(src.state_dict(), dst)
+
+
+def test_granularity_accepts_numpy_integers():
+    import numpy as np
+
+    model = timm.create_model("matmamba_vision_tiny_patch4_28")
+    for g in (np.int64(64), np.int32(32)):
+        assert model.resolve_granularity(g) == [int(g)] * len(model.layers)
+    with pytest.raises(ValueError, match="granularity must be None, an int"):
+        model.resolve_granularity(64.0)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -94,6 +95,8 @@ class MatMambaVision(nn.Module):
             raise ValueError(f"mixer_dims needs one entry per block ({depth}), got {len(mixer_dims)}")
         headdim = headdim or embed_dim // 32
         mixer_dims = [int(d) for d in mixer_dims] if mixer_dims is not None else [embed_dim] * depth
+        if not all(0 < d <= embed_dim for d in mixer_dims):
+            raise ValueError(f"mixer_dims entries must be in [1, embed_dim={embed_dim}], got {mixer_dims}")
         self.model_args: Dict[str, Any] = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             global_pool=global_pool, embed_dim=embed_dim, depth=depth, d_state=d_state, expand=expand,
@@ -194,7 +197,7 @@ class MatMambaVision(nn.Module):
     def resolve_granularity(self, granularity: Granularity) -> List[Optional[int]]:
         """One checked granularity per block from None, an int, or a per-block list; ValueError if invalid."""
         n = len(self.layers)
-        if granularity is None or (isinstance(granularity, int) and not isinstance(granularity, bool)):
+        if granularity is None or (isinstance(granularity, numbers.Integral) and not isinstance(granularity, bool)):
             dims = [granularity] * n
         elif isinstance(granularity, (list, tuple)):
             if len(granularity) != n:
