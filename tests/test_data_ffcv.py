@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("ffcv", reason="the optional ffcv extra is not installed (pip install '.[ffcv]' after "
                     "apt-get install pkg-config libopencv-dev libturbojpeg0-dev)")
 
-from matmamba_vision.data import create_eval_loader, fmnist_data_config  # noqa: E402
+from matmamba_vision.data import create_eval_loader, create_train_loader, fmnist_data_config  # noqa: E402
 from matmamba_vision.data.ffcv_writer import main as write_main  # noqa: E402
 from matmamba_vision.training import main as train_main  # noqa: E402
 from train_utils import TINY_MODEL, make_image_folder  # noqa: E402
@@ -33,9 +33,20 @@ def test_ffcv_round_trip_and_training_step(tmp_path):
 
     # training reads the 1-channel model's input as the luma of the stored RGB images
     metrics = train_main([*TINY_MODEL, "--dataset", "ffcv", "--data-dir", str(out), "-b", "12", "--epochs", "1",
-                          "-j", "1", "--output", str(tmp_path / "runs"), "--experiment", "ffcv", "--no-progress"])
+                          "-j", "1", "--reprob", "0.5", "--output", str(tmp_path / "runs"), "--experiment", "ffcv",
+                          "--no-progress"])
     assert sorted(metrics) == [4, 8, 16, 32]
     assert (tmp_path / "runs" / "ffcv" / "checkpoint-0.safetensors").is_file()
+    # random erasing is applied to ffcv's batches; RandAugment and colour jitter are refused, not dropped
+    train = create_train_loader("ffcv", str(out), "train", cfg, batch_size=12, workers=1, re_prob=1.0)
+    train.set_epoch(0)
+    erased, _ = next(iter(train))
+    plain = create_train_loader("ffcv", str(out), "train", cfg, batch_size=12, workers=1)
+    plain.set_epoch(0)
+    assert erased.std(dim=(1, 2, 3)).mean() > 1.5 * next(iter(plain))[0].std(dim=(1, 2, 3)).mean()
+    for flags in (dict(auto_augment="rand-m9-n2"), dict(color_jitter=0.4)):
+        with pytest.raises(ValueError, match="not available with --dataset ffcv"):
+            create_train_loader("ffcv", str(out), "train", cfg, batch_size=12, workers=1, **flags)
     # Run numba's failing finalisers now, inside this test's warning filter: left to a later garbage
     # collection they can fire inside ast.parse (pytest's assertion rewriting) and trip CPython 3.11.
     del val

@@ -27,6 +27,22 @@ def test_folder_eval_and_train_pipelines(tmp_path):
     train.set_epoch(0)
     shapes = [tuple(x.shape) for x, _ in train]
     assert shapes == [(4, 3, 28, 28)] * 3
+    # colour jitter stays beside RandAugment (timm drops it there unless forced)
+    assert "ColorJitter" in repr(train.dataset.transform)
+
+
+def test_each_rank_draws_its_own_augmentation(tmp_path):
+    """The workers' seeds come from the loader's generator: seeded per epoch and per rank, so two ranks do not
+    apply the same random draws to their (different) images, and a resumed epoch replays its own."""
+    from matmamba_vision.data.loader import TrainLoader
+
+    def draws(rank, epoch):
+        loader = torch.utils.data.DataLoader(range(4), generator=torch.Generator())
+        train = TrainLoader(loader, ["a"], 4, seed=3, rank=rank)
+        train.set_epoch(epoch)
+        return loader.generator.initial_seed()
+
+    assert draws(0, 0) != draws(1, 0) and draws(0, 0) != draws(0, 1) and draws(1, 2) == draws(1, 2)
 
 
 def test_distributed_eval_shards_without_padding(tmp_path, monkeypatch):

@@ -66,6 +66,11 @@ def test_cycle_mode_and_yaml_config(tmp_path, data):
     (["-b", "6", "--matryoshka-mode", "cycle"], "cycle mode"),
     (["-b", "64"], "exceeds the 12 images"),
     (["--dataset", "webdataset"], "dataset must be one of"),
+    (["--log-interval", "0"], "--log-interval must be at least 1, got 0"),
+    (["--smoothing", "1.5"], r"--smoothing must be in \[0, 1\), got 1.5"),
+    (["--threads", "-1"], "--threads must be 0"),
+    (["-vb", "-2"], "--validation-batch-size must be positive, got -2"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs must be 0 or more"),
 ])
 def test_bad_flags_stop_before_training(tmp_path, data, flags, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
@@ -116,6 +121,22 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data, mo
         run(tmp_path, data, "--resume", str(out))
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("checkpoint-*")}
     assert after == digest and torch.isfinite(load_weights(out / "checkpoint-0.safetensors")["head.weight"]).all()
+
+
+def test_warmup_prefix_adds_the_warmup_epochs(tmp_path, data):
+    """timm adds --warmup-epochs (a float flag) to the epochs under --warmup-prefix: 1 + 0.5 -> 2 epochs run."""
+    run(tmp_path, data, "--epochs", "1", "--warmup-epochs", "0.5", "--warmup-prefix", "--sched-on-updates")
+    assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "run" / "summary.csv"))] == ["0", "1"]
+
+
+def test_ema_added_on_resume_starts_from_the_resumed_weights(tmp_path, data):
+    run(tmp_path, data, "--epochs", "1")
+    out = tmp_path / "run"
+    resumed = load_weights(out / "checkpoint-0.safetensors")
+    run(tmp_path, data, "--resume", str(out), "--model-ema", "--model-ema-decay", "0.999")
+    ema = load_torch(out / "checkpoint-1.state.pt")["ema"]
+    for k in ("head.weight", "layers.0.mixer.xbc_proj.weight"):  # 3 updates at decay 0.999: still the resumed weights
+        assert ((ema[k] - resumed[k]).norm() / resumed[k].norm()).item() < 0.01, k
 
 
 @pytest.mark.parametrize("name, batch, steps", [("imagenet_35m", 8192, 124_800), ("imagenet_135m", 4096, 249_600)])

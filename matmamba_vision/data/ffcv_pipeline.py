@@ -1,5 +1,7 @@
-"""FFCV ``.beton`` reading: the official recipe's pipelines (random-resized-crop + flip for training,
-centre crop by ``crop_pct`` for evaluation), ffcv imported lazily (an optional extra).
+"""FFCV ``.beton`` reading: the official recipe's pipelines (random-resized-crop + flip for training, then
+timm's random erasing on each batch; centre crop by ``crop_pct`` for evaluation), ffcv imported lazily (an
+optional extra). RandAugment and colour jitter are PIL transforms with no place in ffcv's compiled pipeline:
+asking for them with ffcv is an error rather than a silent omission.
 
 On a CPU, ffcv's Loader never returns when a numba-compiled stage follows a non-compiled one, so there the
 image pipeline is ``decoder, [flip], NormalizeImage, ToTensor, ToTorchImage``; on a GPU the usual
@@ -73,8 +75,8 @@ def ffcv_pipelines(data_config: dict, is_training: bool, device: Optional[torch.
 class _FFCVBatches:
     """ffcv's Loader yielding contiguous float NCHW images (``in_chans`` channels) and long targets."""
 
-    def __init__(self, loader, in_chans: int):
-        self.loader, self.in_chans = loader, in_chans
+    def __init__(self, loader, in_chans: int, erasing=None):
+        self.loader, self.in_chans, self.erasing = loader, in_chans, erasing
         self.next_epoch = 0
 
     def __len__(self) -> int:
@@ -87,6 +89,8 @@ class _FFCVBatches:
             if self.in_chans == 1:
                 w = torch.tensor(_LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
                 images = (images * w).sum(1, keepdim=True)
+            if self.erasing is not None:
+                images = self.erasing(images)
             yield images, targets.long()
         self.next_epoch += 1
 
@@ -94,8 +98,12 @@ class _FFCVBatches:
 def create_ffcv_loader(data_dir: str, split: str, data_config: dict, batch_size: int, workers: int,
                        is_training: bool, rank: int = 0, world: int = 1, seed: int = 0,
                        scale: Optional[Sequence[float]] = None, ratio: Optional[Sequence[float]] = None,
-                       hflip: float = 0.5, device: Optional[torch.device] = None):
-    """A :class:`TrainLoader` (shuffled, drop-last) or :class:`EvalLoader` (in order) over ``DATA_DIR/SPLIT.beton``."""
+                       hflip: float = 0.5, device: Optional[torch.device] = None, re_prob: float = 0.0,
+                       re_mode: str = "pixel", re_count: int = 1):
+    """A :class:`TrainLoader` (shuffled, drop-last) or :class:`EvalLoader` (in order) over ``DATA_DIR/SPLIT.beton``.
+
+    Training batches get timm's random erasing (``re_prob``, ``re_mode``, ``re_count``) per image; each rank
+    draws its own crops (the loader's seed includes the rank)."""
     require_ffcv()
     from ffcv.loader import Loader, OrderOption
 
@@ -117,8 +125,15 @@ def create_ffcv_loader(data_dir: str, split: str, data_config: dict, batch_size:
     else:
         indices, order = list(range(rank, n, world)), OrderOption.SEQUENTIAL
     loader = Loader(str(beton), batch_size=batch_size, num_workers=max(1, workers), order=order,
-                    seed=seed, indices=indices, pipelines=pipelines, drop_last=is_training, os_cache=True)
-    batches = _FFCVBatches(loader, int(data_config["input_size"][0]))
+                    seed=seed * 7919 + rank, indices=indices, pipelines=pipelines, drop_last=is_training,
+                    os_cache=True)
+    erasing = None
+    if is_training and re_prob > 0:
+        from timm.data.random_erasing import RandomErasing
+
+        erasing = RandomErasing(re_prob, mode=re_mode, max_count=re_count,
+                                device=str(device) if device is not None else "cpu")
+    batches = _FFCVBatches(loader, int(data_config["input_size"][0]), erasing)
     if is_training:
-        return TrainLoader(batches, meta["classes"], n, seed=seed)
+        return TrainLoader(batches, meta["classes"], n, seed=seed, rank=rank)
     return EvalLoader(batches, meta["classes"], n)

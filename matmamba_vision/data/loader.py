@@ -86,17 +86,18 @@ class EvalLoader:
 
 class TrainLoader(EvalLoader):
     """Shuffled training batches (each rank's share of the global batch); call :meth:`set_epoch` before
-    each epoch: the order depends only on ``seed`` and the epoch, so a resumed run replays it."""
+    each epoch: the order depends only on ``seed`` and the epoch, so a resumed run replays it. The workers'
+    augmentation streams depend on ``seed``, the epoch and ``rank`` (ranks draw independently)."""
 
-    def __init__(self, loader, classes, num_samples, dataset=None, sampler=None, seed: int = 0):
+    def __init__(self, loader, classes, num_samples, dataset=None, sampler=None, seed: int = 0, rank: int = 0):
         super().__init__(loader, classes, num_samples, dataset)
-        self.sampler, self.seed = sampler, seed
+        self.sampler, self.seed, self.rank = sampler, seed, rank
 
     def set_epoch(self, epoch: int) -> None:
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
         if getattr(self.loader, "generator", None) is not None:
-            self.loader.generator.manual_seed(self.seed * 1000003 + epoch)
+            self.loader.generator.manual_seed((self.seed * 1000003 + epoch) * 7919 + self.rank)
         if hasattr(self.loader, "next_epoch"):  # ffcv's Loader
             self.loader.next_epoch = epoch
 
@@ -204,10 +205,14 @@ def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split
     in_chans = _in_chans(data_config)
     rank, world = _rank_world(distributed)
     if kind == "ffcv":
+        if auto_augment or color_jitter:
+            raise ValueError("--aa and --color-jitter are not available with --dataset ffcv (they are PIL transforms; "
+                             "ffcv's pipeline decodes, crops and flips in compiled code): train from the image "
+                             "folder, or turn them off with --aa '' --color-jitter 0")
         from .ffcv_pipeline import create_ffcv_loader
         return create_ffcv_loader(data_dir, split, data_config, batch_size, workers, is_training=True,
                                   rank=rank, world=world, seed=seed, scale=scale, ratio=ratio, hflip=hflip,
-                                  device=device)
+                                  device=device, re_prob=re_prob, re_mode=re_mode, re_count=re_count)
     if kind == "fmnist" and fast_fmnist and not auto_augment and not color_jitter:
         if tuple(data_config["input_size"][1:]) != (28, 28):
             raise ValueError(f"the Fashion-MNIST fast path needs 28x28 input, got {data_config['input_size']}")
@@ -227,5 +232,5 @@ def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split
     loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
                         persistent_workers=False, pin_memory=torch.cuda.is_available(),
                         generator=torch.Generator().manual_seed(seed))
-    return TrainLoader(loader, ds.classes, len(ds), ds, sampler=sampler, seed=seed)
+    return TrainLoader(loader, ds.classes, len(ds), ds, sampler=sampler, seed=seed, rank=rank)
 

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup, create_transform, resolve_data_config
+from timm.data.transforms_factory import transforms_imagenet_train
 from timm.data.random_erasing import RandomErasing
 
 __all__ = ["image_mode", "model_data_config", "create_eval_transform", "create_train_transform", "create_mixup", "TensorAugment",
@@ -67,13 +68,15 @@ def create_train_transform(
     hflip: float = 0.5,
 ):
     """timm's training transform: RandomResizedCrop + flip, RandAugment (e.g. ``'rand-m9-n2-mstd0.5-inc1'``),
-    colour jitter (applied with ``color_jitter_prob``), normalise, random erasing."""
+    colour jitter (applied with ``color_jitter_prob``; kept beside RandAugment, which timm would otherwise drop
+    it for), normalise, random erasing."""
     cfg = _eval_keys(data_config)
-    cfg.pop("crop_pct", None)
-    cfg.pop("crop_mode", None)
-    return create_transform(
-        **cfg, is_training=True, auto_augment=auto_augment or None, color_jitter=color_jitter,
-        color_jitter_prob=color_jitter_prob, re_prob=re_prob, re_mode=re_mode, re_count=re_count,
+    # timm's train pipeline itself: create_transform does not pass force_color_jitter on
+    return transforms_imagenet_train(
+        tuple(cfg["input_size"][-2:]), interpolation=cfg.get("interpolation", "bilinear"), mean=cfg["mean"],
+        std=cfg["std"], auto_augment=auto_augment or None, color_jitter=color_jitter,
+        color_jitter_prob=color_jitter_prob, force_color_jitter=bool(color_jitter), re_prob=re_prob,
+        re_mode=re_mode, re_count=re_count,
         scale=tuple(scale) if scale else None, ratio=tuple(ratio) if ratio else None, hflip=hflip,
     )
 

@@ -3,6 +3,7 @@ at every trained granularity, checkpoints, outputs."""
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import time
 from typing import Dict, List, Optional
@@ -95,12 +96,21 @@ def main(argv: Optional[List[str]] = None) -> Dict[int, Dict[str, float]]:
 
 
 def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, float]]:
+    for flag, value, ok, valid in (
+        ("--epochs", args.epochs, args.epochs > 0, "positive"),
+        ("--log-interval", args.log_interval, args.log_interval >= 1, "at least 1"),
+        ("--smoothing", args.smoothing, 0 <= args.smoothing < 1, "in [0, 1)"),
+        ("--threads", args.threads, args.threads is None or args.threads >= 0, "0 (torch's default) or more"),
+        ("--validation-batch-size", args.validation_batch_size,
+         args.validation_batch_size is None or args.validation_batch_size > 0, "positive"),
+        ("--warmup-epochs", args.warmup_epochs, args.warmup_epochs >= 0, "0 or more"),
+    ):
+        if not ok:
+            raise ValueError(f"{flag} must be {valid}, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
-    if args.epochs <= 0:
-        raise ValueError(f"--epochs must be positive, got {args.epochs}")
     resume_state = resolve_resume(args.resume) if args.resume else None
     out_dir = experiment_dir(args.output, args.experiment, args.model, resume_state)
     check_output_dir(out_dir)  # read-only, no permission, full, a file in the way: reported before anything else
@@ -152,6 +162,11 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         optimizer, sched=args.sched, num_epochs=args.epochs, min_lr=args.min_lr, warmup_lr=args.warmup_lr,
         warmup_epochs=args.warmup_epochs, warmup_prefix=args.warmup_prefix,
         step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)
+    # timm adds a --warmup-prefix warm-up (a float flag) to the epochs and floors the updates to whole epochs;
+    # a partial last epoch is run whole instead (past the schedule's end it holds min_lr).
+    if args.sched_on_updates and hasattr(scheduler, "get_cycle_length"):
+        num_epochs = scheduler.get_cycle_length() / updates_per_epoch
+    num_epochs = math.ceil(num_epochs - 1e-9)
     amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
     scaler = torch.amp.GradScaler(info.device.type) if amp_dtype == torch.float16 else None
     ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
@@ -166,6 +181,8 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
             scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema") is not None:
             ema.module.load_state_dict(state["ema"])
+        elif ema is not None:  # --model-ema added on resume: the average starts from the resumed weights
+            ema.set(model)
         start_epoch, num_updates, best = state["epoch"] + 1, state["step"], state.get("best", best)
         if args.sched_on_updates:
             scheduler.step_update(num_updates)
