@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list:
     args = parse_args(argv)
+    if args.db_split == args.query_split:
+        raise ValueError(f"--db-split and --query-split are both {args.db_split!r}: every query would retrieve itself; "
+                         "name two different splits")
     start = time.perf_counter()
     device = resolve_device(args.device)
     backend = resolve_backend(args.knn_backend)

@@ -116,6 +116,8 @@ def test_bad_input(scripts, checkpoint, tmp_path):
     odd = _folder(tmp_path / "odd", val_classes=("a", "b", "c", "e"))
     with pytest.raises(ValueError, match="class"):
         retrieval.main(["--data-dir", str(odd), "--cache-dir", "", "--output", str(tmp_path / "o"), *TINY])
+    with pytest.raises(ValueError, match="--db-split and --query-split are both 'val'"):
+        retrieval.main(["--db-split", "val", "--query-split", "val", *common])
 
 
 def test_model_and_levels_read_from_a_train_checkpoint(scripts, tmp_path):

@@ -296,3 +296,19 @@ def test_granularity_accepts_numpy_integers():
         assert model.resolve_granularity(g) == [int(g)] * len(model.layers)
     with pytest.raises(ValueError, match="granularity must be None, an int"):
         model.resolve_granularity(64.0)
+
+
+def test_pruned_model_still_extracts_submodels():
+    from matmamba_vision import extract_submodel
+
+    torch.manual_seed(0)
+    model = timm.create_model("matmamba_vision_tiny_patch4_28").eval()
+    model.prune_intermediate_layers(indices=[1])
+    assert model.model_args["depth"] == 2 and len(model.model_args["mixer_dims"]) == 2
+    x = torch.randn(2, 1, 28, 28)
+    sub = extract_submodel(model, 32).eval()
+    with torch.no_grad():
+        with model.granularity(32):
+            want = model.forward_features(x)
+        got = sub.forward_features(x)
+    assert torch.equal(got, want)

@@ -123,6 +123,19 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data, mo
     assert after == digest and torch.isfinite(load_weights(out / "checkpoint-0.safetensors")["head.weight"]).all()
 
 
+def test_best_model_is_written_before_the_state_that_names_it(tmp_path, data, monkeypatch):
+    """A kill between the two writes must not leave a state file whose "best" epoch is not the best model on disk."""
+    from matmamba_vision.training.checkpointing import CheckpointManager
+
+    order = []
+    save, save_best = CheckpointManager.save, CheckpointManager.save_best
+    monkeypatch.setattr(CheckpointManager, "save", lambda self, *a, **k: order.append("state") or save(self, *a, **k))
+    monkeypatch.setattr(CheckpointManager, "save_best",
+                        lambda self, *a, **k: order.append("best") or save_best(self, *a, **k))
+    run(tmp_path, data, "--epochs", "1")  # the first epoch is always the best so far
+    assert order == ["best", "state"]
+
+
 def test_warmup_prefix_adds_the_warmup_epochs(tmp_path, data):
     """timm adds --warmup-epochs (a float flag) to the epochs under --warmup-prefix: 1 + 0.5 -> 2 epochs run."""
     run(tmp_path, data, "--epochs", "1", "--warmup-epochs", "0.5", "--warmup-prefix", "--sched-on-updates")

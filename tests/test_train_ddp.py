@@ -38,3 +38,38 @@ def test_two_process_ddp_matches_single_process(tmp_path, mode):
     b = load_weights(tmp_path / "single" / "checkpoint-0.safetensors")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-4), k
+
+
+def _experiment_dir_on_rank(rank: int, port: int, out: str, names: "torch.multiprocessing.Queue") -> None:
+    import datetime as real_datetime
+
+    import torch.distributed as dist
+
+    import matmamba_vision.training.outputs as outputs
+    from matmamba_vision.training.distributed import from_main
+
+    class Clock(real_datetime.datetime):  # rank 1 reads the clock a second after rank 0
+        @classmethod
+        def now(cls, tz=None):
+            return real_datetime.datetime(2026, 1, 1, 12, 0, rank)
+
+    outputs.datetime = Clock
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        names.put((rank, str(from_main(outputs.experiment_dir(out, "", "m")))))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_share_rank_0s_default_experiment_folder(tmp_path):
+    """The default folder name holds the time; a rank reading the clock a second later must still use rank 0's
+    folder (it once made its own, empty one)."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    names, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_experiment_dir_on_rank, args=(r, port, str(tmp_path), names)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got = dict(names.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert got[0] == got[1] == str(tmp_path / "20260101-120000-m")

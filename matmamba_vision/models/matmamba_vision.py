@@ -335,6 +335,7 @@ class MatMambaVision(nn.Module):
         """Drop blocks after the last needed intermediate (and optionally the final norm and head)."""
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         self.layers = self.layers[: max_index + 1]
+        self.model_args.update(depth=max_index + 1, mixer_dims=self.model_args["mixer_dims"][: max_index + 1])
         if prune_norm:
             self.norm_f = nn.Identity()
         if prune_head:

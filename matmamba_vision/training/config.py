@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cutmix", type=float, default=0.0)
     a.add_argument("--mixup-prob", type=float, default=1.0)
     a.add_argument("--mixup-switch-prob", type=float, default=0.5)
-    a.add_argument("--mixup-mode", default="batch")
+    a.add_argument("--mixup-mode", default="batch", choices=("batch", "pair", "elem"))
     a.add_argument("--smoothing", type=float, default=0.1)
     a.add_argument("--aa", default=None, help="RandAugment policy, e.g. rand-m9-n2-mstd0.5-inc1")
     a.add_argument("--color-jitter", type=float, default=0.0)

@@ -8,7 +8,8 @@ from typing import Dict, List, Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "resolve_device", "init_distributed", "all_reduce_mean", "all_reduce_sum", "replicas_identical", "barrier", "all_rng_states"]
+__all__ = ["DistInfo", "resolve_device", "init_distributed", "all_reduce_mean", "all_reduce_sum", "replicas_identical", "barrier", "all_rng_states",
+           "from_main"]
 
 
 @dataclass
@@ -64,6 +65,15 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= dist.get_world_size()
     return t
+
+
+def from_main(obj):
+    """Rank 0's ``obj`` on every rank (a picklable value every rank computed, e.g. a time-stamped name)."""
+    if dist.is_available() and dist.is_initialized():
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
 
 
 def barrier() -> None:

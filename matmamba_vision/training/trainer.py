@@ -23,7 +23,7 @@ from .checkpointing import (
     read_training_state, resolve_resume, set_rng_state,
 )
 from .config import parse_args
-from .distributed import DistInfo, all_rng_states, barrier, init_distributed, replicas_identical
+from .distributed import DistInfo, all_rng_states, barrier, from_main, init_distributed, replicas_identical
 from .evaluate import validate
 from .matryoshka import MatryoshkaStep, NonFiniteLossError, build_criterion, micro_batch_size
 from .outputs import Summary, experiment_dir, setup_logging, write_args
@@ -112,7 +112,8 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
     resume_state = resolve_resume(args.resume) if args.resume else None
-    out_dir = experiment_dir(args.output, args.experiment, args.model, resume_state)
+    # rank 0's folder on every rank: a default name holds the time, which ranks may read a second apart
+    out_dir = from_main(experiment_dir(args.output, args.experiment, args.model, resume_state))
     check_output_dir(out_dir)  # read-only, no permission, full, a file in the way: reported before anything else
     log = setup_logging(out_dir / "log.txt", info.is_main)
     _seed_everything(args.seed)
@@ -277,9 +278,11 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
                  "model": args.model, "model_args": _plain(model.model_args),
                  "summary": summary.rows + [row]}
         if info.is_main:
-            saver.save(epoch, model, state, meta)
+            # the best model before the state that names it: a kill in between leaves a state file whose "best"
+            # is on disk (resuming replays this epoch and rewrites the same best)
             if is_best:
                 saver.save_best(model, ema.module if ema else None, dict(meta, epoch=epoch))
+            saver.save(epoch, model, state, meta)
             summary.add(row)
             log.info("epoch %d/%d (%.0fs): train loss %s | val top-1 %s | top-5 %s%s", epoch + 1, num_epochs,
                      row["epoch_time"], _fmt(train_loss, "{:.3f}"), _fmt({g: m["top1"] for g, m in metrics.items()}),
