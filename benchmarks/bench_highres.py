@@ -7,7 +7,10 @@ forward and reports ``VmHWM - VmRSS(before)``: the extra resident memory the for
 workspace, weights excluded). glibc's allocator makes that figure vary by +-20% from process to process, so
 the least of ``--mem-runs`` processes is reported.
 
-    python benchmarks/bench_highres.py [--sizes 224 384 512 768 1024] [--rounds 3] [--mem-runs 3]
+    python benchmarks/bench_highres.py [--sizes 224 384 512 768 1024] [--rounds 3] [--mem-runs 3] [--gemm-floor]
+
+``--gemm-floor``: after the table, at the largest size, each model's matrix products timed one by one
+(``_common.gemm_floor``) and the ratio 35M would reach if the rest of its work were free.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import timm
 import torch
 
 import matmamba_vision  # noqa: F401
-from _common import arg_parser, header, interleaved, setup, stats
+from _common import arg_parser, gemm_floor_report, header, interleaved, setup, stats
 
 MODELS = {"matmamba_vision_35m": "matmamba_vision_35m_patch16_224", "vit_small": "vit_small_patch16_224"}
 
@@ -66,6 +69,7 @@ def main() -> None:
     ap = arg_parser(__doc__, rounds=3)
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 384, 512, 768, 1024])
     ap.add_argument("--mem-runs", type=int, default=3, help="fresh processes per memory figure (the least is kept)")
+    ap.add_argument("--gemm-floor", action="store_true", help="also time each model's matrix products alone")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -79,9 +83,12 @@ def main() -> None:
     for size in args.sizes:
         models = {k: build(k, size) for k in MODELS}
         x = torch.randn(1, 3, size, size)
+        fns = {k: (lambda m=m: m(x)) for k, m in models.items()}
         with torch.inference_mode():
-            t = interleaved({k: (lambda m=m: m(x)) for k, m in models.items()}, args.rounds)
-        del models
+            t = interleaved(fns, args.rounds)
+        if args.gemm_floor and size == args.sizes[-1]:
+            floor = (fns, t)
+        del models, fns
         mem = {}
         for k in MODELS:  # the least of --mem-runs fresh processes (the resident set moves with malloc's mood)
             mem[k] = min(_child_memory(k, size, args.threads) for _ in range(args.mem_runs))
@@ -94,6 +101,8 @@ def main() -> None:
     size, r_min, r_med, mem = rows[-1]
     print(f"at {size} px: 35M / ViT-S throughput {r_min:.2f}x (min) / {r_med:.2f}x (median), goal >= 1.3x; "
           f"peak memory {mem['matmamba_vision_35m']:.0f} vs {mem['vit_small']:.0f} MiB, goal lower")
+    if args.gemm_floor:
+        gemm_floor_report(*floor, "matmamba_vision_35m", "vit_small", ">= 1.3x")
 
 
 if __name__ == "__main__":

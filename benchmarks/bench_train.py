@@ -4,8 +4,10 @@ the four losses, one backward, one AdamW step) vs one full-width step; MatMamba-
     python benchmarks/bench_train.py [--rounds 3] [--batch 8] [--per-granularity]
 
 ``--per-granularity`` also times one forward+backward at each granularity (no optimiser step) and prints it as
-a fraction of the full-width one, next to the fraction of the three projections' multiply-adds: the
-arithmetic floor of the sum step for this architecture (the B and C rows do not shrink with the width).
+a fraction of the full-width one, next to its fraction of the arithmetic (every matrix product and convolution
+of the forward and backward, counted by ``torch.utils.flop_counter``). The arithmetic column's sum is the
+sum step's floor for this architecture: the B and C rows of the input projection, the ``C B^T`` products,
+the patch embedding and the head do not shrink with the width.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import timm
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 import matmamba_vision  # noqa: F401
 from _common import arg_parser, header, interleaved, ratio_line, setup, stats
@@ -53,14 +56,12 @@ def main() -> None:
         per_granularity(model, x, y, levels, args.rounds)
 
 
-def projection_macs(model: torch.nn.Module, g: int) -> int:
-    """Multiply-adds per token of every block's three projections at granularity ``g``."""
-    total = 0
-    for name, w in model.named_parameters():
-        if name.endswith(("xbc_proj.weight", "zdt_proj.weight", "out_proj.weight")) and ".mixer." in name:
-            mixer = model.get_submodule(name.rsplit(".", 2)[0])
-            total += mixer.sliced_parameters(g)[name.split(".mixer.")[1]].numel()
-    return total
+def train_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, g: int) -> int:
+    """FLOPs of one forward+backward at granularity ``g`` (torch's flop counter: matrix products and convs)."""
+    with FlopCounterMode(display=False) as counter, model.granularity(g):
+        F.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
 
 
 def per_granularity(model, x, y, levels, rounds: int) -> None:
@@ -71,14 +72,15 @@ def per_granularity(model, x, y, levels, rounds: int) -> None:
         return run
 
     t = interleaved({g: fwd_bwd(g) for g in levels}, rounds)
-    full_t, full_macs = min(t[levels[0]]), projection_macs(model, levels[0])
-    print(f"{'granularity':>11s} {'fwd+bwd s (min)':>16s} {'of full':>8s} {'projection MACs of full':>24s}")
-    time_sum = macs_sum = 0.0
+    flops = {g: train_flops(model, x, y, g) for g in levels}
+    full_t = min(t[levels[0]])
+    print(f"{'granularity':>11s} {'fwd+bwd s (min)':>16s} {'of full':>8s} {'GFLOP':>8s} {'FLOPs of full':>14s}")
+    time_sum = flop_sum = 0.0
     for g in levels:
-        frac_t, frac_m = min(t[g]) / full_t, projection_macs(model, g) / full_macs
-        time_sum, macs_sum = time_sum + frac_t, macs_sum + frac_m
-        print(f"{g:11d} {min(t[g]):16.3f} {frac_t:8.3f} {frac_m:24.3f}")
-    print(f"{'sum':>11s} {'':16s} {time_sum:8.3f} {macs_sum:24.3f}   (the sum step's floor from the projections alone)")
+        frac_t, frac_f = min(t[g]) / full_t, flops[g] / flops[levels[0]]
+        time_sum, flop_sum = time_sum + frac_t, flop_sum + frac_f
+        print(f"{g:11d} {min(t[g]):16.3f} {frac_t:8.3f} {flops[g] / 1e9:8.1f} {frac_f:14.3f}")
+    print(f"{'sum':>11s} {'':16s} {time_sum:8.3f} {'':8s} {flop_sum:14.3f}   (the sum step's arithmetic floor)")
 
 
 if __name__ == "__main__":
