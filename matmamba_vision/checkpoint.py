@@ -34,10 +34,17 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read or does not fit the model (the message names the file)."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
-    A crash at any point leaves either the old file or the new one, never a partial file.
+    A crash at any point leaves either the old file or the new one, never a partial file. The file gets the
+    mode an ordinary write would (``0o666`` less the umask), not the temporary file's private ``0o600``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +54,7 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -119,6 +127,8 @@ def load_torch(path: PathLike, map_location: Union[str, torch.device] = "cpu") -
         raise CheckpointError(f"{path}: no such checkpoint file")
     obj = _torch_load(path, path, map_location)
     if isinstance(obj, dict) and obj.get("format") == _CHECKED_TORCH_FORMAT:
+        if not isinstance(obj.get("data"), torch.Tensor) or not isinstance(obj.get("sha256"), str):
+            raise CheckpointError(f"{path}: a checked torch file without its data or checksum, the file is corrupt")
         data = obj["data"].numpy().tobytes()
         if hashlib.sha256(data).hexdigest() != obj["sha256"]:
             raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt")
@@ -186,9 +196,25 @@ def build_model(
 
 
 def save_model_dir(model: MatMambaVision, directory: PathLike) -> Path:
-    """Write ``config.json`` and ``model.safetensors``; ``timm.create_model('local-dir:DIR')`` rebuilds it."""
+    """Write ``config.json`` and ``model.safetensors``; ``timm.create_model('local-dir:DIR')`` rebuilds it.
+
+    Both are written into a temporary folder beside ``directory`` and moved into place, so a failure leaves
+    nothing half-written. A model built from the class (no ``pretrained_cfg``) gets the default one.
+    """
     from timm.models import save_for_hf
 
     directory = Path(directory)
-    save_for_hf(model, str(directory), model_args=model.model_args, safe_serialization=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    if getattr(model, "pretrained_cfg", None) is None:  # any registered name: model_args rebuild it exactly
+        from .models.matmamba_vision import _cfg
+
+        cfg = _cfg(architecture="matmamba_vision_35m_patch16_224", num_classes=model.num_classes,
+                   input_size=(model.in_chans, *model.patch_embed.img_size))
+        if model.in_chans != len(cfg["mean"]):  # as timm's data config does: the channels' average
+            cfg.update(mean=(sum(cfg["mean"]) / 3,) * model.in_chans, std=(sum(cfg["std"]) / 3,) * model.in_chans)
+        model.pretrained_cfg = cfg
+    with tempfile.TemporaryDirectory(prefix=f".{directory.name}.", dir=directory.parent) as tmp:
+        save_for_hf(model, tmp, model_args=model.model_args, safe_serialization=True)
+        for name in sorted(os.listdir(tmp)):
+            os.replace(os.path.join(tmp, name), directory / name)
     return directory

@@ -75,3 +75,22 @@ def test_bad_inputs(tmp_path):
     truncated.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 9, 1, 2])))
     with pytest.raises(ValueError, match="truncated"):
         read_idx(truncated)
+    # a gzip stream cut in half, a header cut short, a float payload that is not whole values: each named
+    cut = tmp_path / "cut.gz"
+    whole = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 200]) + bytes(range(200)) * 5)
+    cut.write_bytes(whole[: len(whole) // 2])
+    half_header = tmp_path / "half_header"
+    half_header.write_bytes(bytes([0, 0, 8, 3, 0, 0, 0]))
+    odd = tmp_path / "odd"
+    odd.write_bytes(bytes([0, 0, 0x0D, 1, 0, 0, 0, 2]) + bytes(6))  # float32 x 2 needs 8 bytes
+    assert len(whole) // 2 > 20
+    for path in (cut, half_header, odd):
+        with pytest.raises(ValueError, match=f"{path.name}.*|{path}"):
+            read_idx(path)
+
+
+def test_fast_path_takes_the_erasing_count():
+    from matmamba_vision.data import create_train_loader
+
+    loader = create_train_loader("fmnist", batch_size=8, workers=0, re_prob=1.0, re_count=3)
+    assert loader.augment.erase.max_count == 3

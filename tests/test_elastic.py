@@ -137,3 +137,21 @@ def test_count_flops(model):
 def test_count_flops_other_image_size():
     m = timm.create_model("matmamba_vision_tiny_patch4_28", dynamic_img_size=True, **SMALL)
     assert mv.count_flops(m, img_size=56) > 3.5 * mv.count_flops(m, img_size=28)
+
+
+def test_model_dir_of_a_class_built_model(tmp_path):
+    """A model built from the class (no pretrained_cfg) saves a complete folder that rebuilds it."""
+    import timm
+
+    from matmamba_vision.models import MatMambaVision
+
+    torch.manual_seed(0)
+    model = MatMambaVision(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=2,
+                           d_state=16).eval()
+    save_model_dir(model, tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    again = timm.create_model(f"local-dir:{tmp_path / 'm'}", pretrained=True).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+    assert again.pretrained_cfg["input_size"] == (1, 28, 28)

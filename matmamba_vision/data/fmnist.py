@@ -38,13 +38,15 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except OSError as e:
+    except (OSError, EOFError) as e:  # EOFError: a truncated gzip stream
         raise ValueError(f"cannot read IDX file {path}: {e}") from e
     if len(data) < 4 or data[0] or data[1] or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path}: not an IDX file (bad magic number)")
-    ndim = data[3]
+    ndim, dtype = data[3], np.dtype(_IDX_DTYPES[data[2]])
+    if len(data) < 4 + 4 * ndim or (len(data) - 4 - 4 * ndim) % dtype.itemsize:
+        raise ValueError(f"{path}: truncated IDX file ({len(data)} bytes for a {ndim}-d {dtype} array)")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    array = np.frombuffer(data, dtype=_IDX_DTYPES[data[2]], offset=4 + 4 * ndim)
+    array = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
         raise ValueError(f"{path}: truncated IDX file ({array.size} values for shape {shape})")
     return array.reshape(shape)

@@ -219,7 +219,7 @@ def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split
         images, targets = load_fmnist(split, data_dir)
         images = to_channels(images.unsqueeze(1), in_chans)
         augment = TensorAugment(data_config["mean"], data_config["std"], pad=translate, hflip=hflip, re_prob=re_prob,
-                                re_mode=re_mode)
+                                re_mode=re_mode, re_count=re_count)
         if len(targets) < batch_size * world:
             raise ValueError(f"batch size {batch_size * world} exceeds the {len(targets)} training images")
         return TensorTrainLoader(images, targets, FMNIST_CLASSES, batch_size, augment, seed, rank, world)

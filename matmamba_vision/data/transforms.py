@@ -99,13 +99,15 @@ def normalize_uint8(images: torch.Tensor, mean: Sequence[float], std: Sequence[f
 
 class TensorAugment:
     """Cheap batch augmentation of small uint8 images: random translation (pad ``pad`` pixels, random crop
-    back), horizontal flip with ``hflip``, normalisation, then timm's RandomErasing with ``re_prob``.
-    Randomness comes from the given generator (and torch's global RNG for erasing), so runs replay."""
+    back), horizontal flip with ``hflip``, normalisation, then timm's RandomErasing with ``re_prob`` (up to
+    ``re_count`` boxes). Randomness comes from the given generator (and torch's global RNG for erasing), so
+    runs replay."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], pad: int = 2, hflip: float = 0.5,
-                 re_prob: float = 0.0, re_mode: str = "pixel"):
+                 re_prob: float = 0.0, re_mode: str = "pixel", re_count: int = 1):
         self.mean, self.std, self.pad, self.hflip = tuple(mean), tuple(std), pad, hflip
-        self.erase = RandomErasing(re_prob, mode=re_mode, device="cpu") if re_prob > 0 else None
+        self.erase = (RandomErasing(re_prob, mode=re_mode, max_count=re_count, device="cpu") if re_prob > 0
+                      else None)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, _, h, w = images.shape

@@ -63,6 +63,25 @@ def test_damaged_state_file_named_in_error(tmp_path, how):
         load_torch(path)
 
 
+def test_checked_torch_file_without_its_checksum_is_named(tmp_path):
+    path = tmp_path / "hand_made.pt"
+    torch.save({"format": "matmamba_vision/checked-torch-v1", "data": torch.zeros(4, dtype=torch.uint8)}, path)
+    with pytest.raises(CheckpointError, match="hand_made.pt.*without its data or checksum"):
+        load_torch(path)
+
+
+def test_files_get_the_umask_mode_not_the_temporary_files(model, tmp_path):
+    from matmamba_vision.checkpoint import save_weights
+
+    old = os.umask(0o022)
+    try:
+        for path in (save_weights(model.state_dict(), tmp_path / "w.safetensors"),
+                     save_torch({"epoch": 1}, tmp_path / "s.pt")):
+            assert oct(os.stat(path).st_mode & 0o777) == oct(0o644), path
+    finally:
+        os.umask(old)
+
+
 class _Exploit:
     """Unpickling this would create the marker file, if the loader ran code."""
 
