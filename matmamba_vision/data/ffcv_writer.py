@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..checkpoint import atomic_write
 from .ffcv_pipeline import ffcv_meta_path, require_ffcv
 from .fmnist import FashionMNIST
 from .folder import create_folder_dataset
@@ -50,9 +51,14 @@ def write_beton(dataset, classes: Sequence[str], output: Path, max_resolution: i
     fields = {"image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality),
               "label": IntField()}
     tmp = output.with_name(f".{output.name}.tmp")
-    DatasetWriter(str(tmp), fields, num_workers=max(1, workers)).from_indexed_dataset(_RGBArrays(dataset))
+    try:
+        DatasetWriter(str(tmp), fields, num_workers=max(1, workers)).from_indexed_dataset(_RGBArrays(dataset))
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written file left behind
+        raise
     tmp.replace(output)
-    ffcv_meta_path(output).write_text(json.dumps({"classes": list(classes), "num_samples": len(dataset)}, indent=1))
+    meta = json.dumps({"classes": list(classes), "num_samples": len(dataset)}, indent=1)
+    atomic_write(ffcv_meta_path(output), lambda p: Path(p).write_text(meta))
     return output
 
 
