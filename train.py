@@ -3,7 +3,8 @@
 
     python train.py                                   # Fashion-MNIST on the CPU, the embedded default
     python train.py -c configs/imagenet_35m.yaml --data-dir /data/imagenet      # the official recipe
-    torchrun --nproc_per_node 8 train.py -c configs/imagenet_35m.yaml --dataset ffcv --data-dir /data/ffcv
+    torchrun --nproc_per_node 8 train.py -c configs/imagenet_35m.yaml --dataset ffcv --data-dir /data/ffcv \
+        --aa '' --color-jitter 0                      # ffcv: no PIL transforms (RandAugment, colour jitter)
 """
 import sys
 

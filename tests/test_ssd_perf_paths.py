@@ -290,3 +290,30 @@ def test_no_gemm_operand_is_subnormal(L, dt_scale):
         ssd.ssd_scan_torch(x, dt, A, B, C)
         ssd.ssd_scan_torch(x, dt, A, B, C, initial_state=h0, return_final_state=True)
     assert not found, found
+
+
+@pytest.mark.parametrize("zero", ["dt", "A"])
+def test_exact_path_gradients_where_a_decay_is_exactly_zero(zero):
+    """The exact path (also torch.compile's) once clamped the decay exponents: clamp's gradient is 0 where an
+    exponent below the diagonal is exactly 0 (dt = 0 at a token, or A = 0), so dt's and A's gradients were wrong."""
+    ts = list(inputs(L=12, h=2, dt_scale=0.5, seed=4))
+    if zero == "dt":
+        ts[1][:, 5] = 0.0
+    else:
+        ts[2][0] = 0.0
+    w = torch.randn(ts[0].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    leaves = [t.clone().requires_grad_() for t in ts]
+    ref = torch.autograd.grad((recurrence(*leaves) * w).sum(), leaves)
+    fl = [t.float().requires_grad_() for t in ts]
+    got = torch.autograd.grad((ssd.ssd_scan_torch(*fl, exact=True).double() * w).sum(), fl)
+    for a, r in zip(got, ref):
+        assert rel(a, r) < 1e-5
+
+
+def test_empty_sequence_passes_the_state_through():
+    x, dt, A, B, C = (t.float() for t in inputs(L=0))
+    h0 = torch.randn(2, 8, 4, 8)
+    for exact in (False, True):
+        y, s = ssd.ssd_scan_torch(x, dt, A, B, C, exact=exact, initial_state=h0, return_final_state=True)
+        assert y.shape == x.shape and torch.equal(s, h0)
+        assert ssd.ssd_scan_torch(x, dt, A, B, C, exact=exact).shape == x.shape

@@ -43,6 +43,9 @@ def test_outputs_checkpoints_and_best(tmp_path, data):
     assert state["epoch"] == 1 and state["step"] == 6 and state["weights"] == "checkpoint-1.safetensors"
     best = load_weights(out / "model_best.safetensors")
     assert best["head.weight"].shape == (3, 32) and (out / "model_best_ema.safetensors").is_file()
+    # the head size came from the data's 3 classes: recorded, so validate.py / retrieval.py rebuild it
+    from matmamba_vision.checkpoint import read_weights_metadata
+    assert read_weights_metadata(out / "model_best.safetensors")["model_kwargs"]["num_classes"] == 3
     assert state["best"]["granularity"] == 8
 
 

@@ -151,8 +151,11 @@ def _ssd_exact(
 
     # Intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(a_i - a_j) dt_j x_j. C.B is shared by a group's heads.
     cb = torch.matmul(C, B.transpose(-1, -2)).tril_()  # (b, c, g, q, q)
-    seg = a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)  # (b, c, h, q, q); <= 0 on and below the diagonal
-    decay = _exp_dropped(seg.clamp(max=0.0) if torch.is_grad_enabled() else seg.clamp_(max=0.0))
+    seg = a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)  # (b, c, h, q, q); <= 0 below the diagonal, 0 on it
+    # The diagonal and above set to 0 (not clamped: clamp's gradient vanishes where a below-diagonal entry is
+    # exactly 0, e.g. dt = 0 or A = 0, and the diagonal's is pure rounding noise).
+    keep = torch.ones(q, q, dtype=torch.bool, device=seg.device).tril_(-1)
+    decay = _exp_dropped(seg.masked_fill(~keep, 0.0) if torch.is_grad_enabled() else seg.masked_fill_(~keep, 0.0))
     scores = (decay.view(b, nc, g, hg, q, q) * cb.unsqueeze(3)).view(b, nc, h, q, q)
     xd_h = xd.permute(0, 1, 3, 2, 4)  # (b, c, h, q, p)
     y = torch.matmul(scores, xd_h)  # (b, c, h, q, p)
@@ -414,6 +417,9 @@ def ssd_scan_torch(
         raise ValueError(f"initial_state must have shape (batch, heads, headdim, d_state) = {(b, h, p, n)}, "
                          f"got {tuple(initial_state.shape)}")
     out_dtype = x.dtype
+    if seqlen == 0:  # nothing to scan: no outputs, and the state passes through unchanged
+        final = initial_state.float() if initial_state is not None else x.new_zeros(b, h, p, n, dtype=torch.float32)
+        return (x.new_empty(x.shape), final) if return_final_state else x.new_empty(x.shape)
     stateful = initial_state is not None or return_final_state
     with torch.autocast(x.device.type, enabled=False):  # float32 throughout, also under autocast
         x, dt, A, B, C = (t.float() for t in (x, dt, A, B, C))

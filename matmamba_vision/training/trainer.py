@@ -269,8 +269,9 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         is_best = metrics[best_g]["top1"] > best["top1"]
         if is_best:
             best = {"top1": metrics[best_g]["top1"], "epoch": epoch, "granularity": best_g}
+        # the head's size too when it came from the data (validate.py / retrieval.py rebuild the model from this)
         meta = {"model": args.model, "granularities": granularities, "metrics": metrics,
-                "model_kwargs": _model_kwargs(args)}
+                "model_kwargs": dict(_model_kwargs(args), num_classes=num_classes)}
         state = {"step": num_updates, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict() if scaler is not None else None,
                  "ema": ema.module.state_dict() if ema is not None else None, "rng": all_rng_states(),
