@@ -181,6 +181,15 @@ def test_dynamic_size_must_fit_patches():
     (dict(mixer_dims=[64]), "mixer_dims needs one entry per block"),
     (dict(mixer_dims=[64, 0, 64]), r"mixer_dims entries must be in \[1, embed_dim=64\]"),  # 0 once meant full
     (dict(mixer_dims=[64, 128, 64]), r"mixer_dims entries must be in \[1, embed_dim=64\]"),
+    (dict(mixer_dims=[64, 32.5, 64]), "mixer_dims entries must be integers"),
+    (dict(expand=0), "expand must be a positive integer, got 0"),  # once built, and gave NaN everywhere
+    (dict(depth=0), "depth must be an integer >= 1"),
+    (dict(ngroups=0), "ngroups must be a positive integer"),
+    (dict(d_conv=0), "d_conv must be a positive integer"),
+    (dict(d_state=-1), "d_state must be a positive integer"),
+    (dict(chunk_size=0), "chunk_size must be a positive integer"),
+    (dict(num_classes=-1), "num_classes must be an integer >= 0"),
+    (dict(img_size=30), "img_size 30 must be a positive multiple of patch_size 4"),
 ])
 def test_bad_model_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -226,7 +235,7 @@ def test_streaming_forward_piece_matches_one_pass(granularity):
     with torch.no_grad():
         whole = mixer(u)
         state, parts, start = None, [], 0
-        for n in (1, 2, 1, 5, 16, 3, 12):
+        for n in (1, 2, 1, 0, 5, 16, 3, 0, 12):  # 0: an empty piece passes the state through
             y, state = mixer.forward_piece(u[:, start:start + n], state)
             parts.append(y)
             start += n

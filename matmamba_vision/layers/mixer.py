@@ -164,6 +164,10 @@ class MatMamba2Mixer(nn.Module):
         A_init_range=(1.0, 16.0),
     ):
         super().__init__()
+        for name, value in (("dim", dim), ("d_state", d_state), ("expand", expand), ("d_conv", d_conv),
+                            ("chunk_size", chunk_size), ("ngroups", ngroups)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.dim = dim
         self.max_granularity = max_granularity or dim
         self.expand = expand
@@ -295,7 +299,7 @@ class MatMamba2Mixer(nn.Module):
         if carry and k > 1:
             tail = conv_tail if conv_tail is not None else conv_in.new_zeros(b, k - 1, conv_in.shape[-1])
             head = torch.cat([tail, conv_in[:, : k - 1]], dim=1)  # the inputs the first k-1 outputs see
-            if conv_tail is not None:  # those outputs, recomputed with the previous piece's last inputs
+            if conv_tail is not None and seqlen > 0:  # those outputs, recomputed with the previous piece's inputs
                 windows = head.unfold(1, k, 1)  # (b, min(seqlen, k-1), channels, k)
                 xbc[:, : k - 1] = F.silu((windows * w["conv.weight"]).sum(-1).add_(w["conv.bias"]))
             new_tail = (head if seqlen < k - 1 else conv_in)[:, -(k - 1):].clone()

@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, PatchEmbed, resample_abs_pos_embed
+from timm.layers import DropPath, PatchEmbed, resample_abs_pos_embed, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
@@ -91,9 +91,19 @@ class MatMambaVision(nn.Module):
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+        for name, value, low in (("depth", depth, 1), ("embed_dim", embed_dim, 1), ("num_classes", num_classes, 0)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        grid = to_2tuple(img_size)
+        if not dynamic_img_size and any(s % to_2tuple(patch_size)[i] or s < 1 for i, s in enumerate(grid)):
+            raise ValueError(f"img_size {img_size} must be a positive multiple of patch_size {patch_size} "
+                             "(or pass dynamic_img_size=True)")
         if mixer_dims is not None and len(mixer_dims) != depth:
             raise ValueError(f"mixer_dims needs one entry per block ({depth}), got {len(mixer_dims)}")
         headdim = headdim or embed_dim // 32
+        if mixer_dims is not None and not all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
+                                              for d in mixer_dims):
+            raise ValueError(f"mixer_dims entries must be integers, got {list(mixer_dims)}")
         mixer_dims = [int(d) for d in mixer_dims] if mixer_dims is not None else [embed_dim] * depth
         if not all(0 < d <= embed_dim for d in mixer_dims):
             raise ValueError(f"mixer_dims entries must be in [1, embed_dim={embed_dim}], got {mixer_dims}")
