@@ -32,6 +32,13 @@ def test_forward_many_bit_identical_and_restores_granularity(model):
             assert torch.equal(outs[i], ref), c.name
     assert model.granularities == before
     model.set_granularity(None)
+    # None means a block's full width, as resolve_granularity has it; invalid lists are ValueErrors
+    full = [None] * len(model.layers)
+    (_, got), = forward_many(model, x, [full])
+    with torch.no_grad():
+        assert torch.equal(got, model(x))
+    with pytest.raises(ValueError, match="layer 0"):
+        list(forward_many(model, x, [[7] * len(model.layers)]))
 
 
 def test_batched_sweep_equals_one_pass_per_configuration(model):

@@ -137,6 +137,28 @@ def test_grad_checkpointing_recomputes_and_matches():
         torch.testing.assert_close(ckpt[n], plain[n], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["sum", "cycle"])
+def test_grad_checkpointing_in_a_matryoshka_step(mode):
+    """A Matryoshka step runs each granularity's backward after leaving its context; the recomputation must
+    still run at that granularity (it once recomputed at full width and failed). Same update as without."""
+    from matmamba_vision.training.matryoshka import MatryoshkaStep
+
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+
+    def step(checkpointing):
+        torch.manual_seed(0)
+        model = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL).train()
+        model.set_grad_checkpointing(checkpointing)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        losses = MatryoshkaStep(model, model, opt, torch.nn.CrossEntropyLoss(), [64, 32, 16, 8], mode)(x, y)
+        return losses, model.state_dict()
+
+    (want_losses, want), (got_losses, got) = step(False), step(True)
+    assert got_losses == pytest.approx(want_losses, rel=1e-6)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
+
+
 def test_dynamic_img_size_and_creation_img_size():
     model = timm.create_model("matmamba_vision_tiny_patch4_28", dynamic_img_size=True, **SMALL).eval()
     with torch.no_grad():

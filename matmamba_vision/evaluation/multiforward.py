@@ -38,7 +38,8 @@ def forward_many(
     share_prefix: bool = True,
 ) -> Iterator[Tuple[int, torch.Tensor]]:
     """Yield ``(index, output)`` for each per-layer list in ``dims_list`` (inference: no autograd graph): logits,
-    or the pooled embedding with ``pre_logits=True``. Each list must already be valid for ``model`` (see ``resolve_granularity``).
+    or the pooled embedding with ``pre_logits=True``. Each list is checked by ``model.resolve_granularity``
+    (ValueError if invalid; None = that block's full width).
 
     ``share_prefix=False`` runs one full forward per configuration (same outputs, more work).
     """
@@ -46,6 +47,8 @@ def forward_many(
     for i, dims in enumerate(dims_list):
         if len(dims) != depth:
             raise ValueError(f"configuration {i} has {len(dims)} granularities, the model has {depth} blocks")
+    dims_list = [[g or blk.mixer.max_granularity for g, blk in zip(model.resolve_granularity(list(dims)), model.layers)]
+                 for dims in dims_list]
     head: Callable[[torch.Tensor], torch.Tensor] = lambda feats: model.forward_head(feats, pre_logits=pre_logits)
     previous = model.granularities
     try:

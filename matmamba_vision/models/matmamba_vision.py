@@ -57,6 +57,15 @@ class MatMambaBlock(nn.Module):
         return self.drop_path(self.mixer.forward_in_pieces(hidden.shape[1], piece_input)), total
 
 
+def _block_at(blk: MatMambaBlock, granularity: Optional[int], hidden: torch.Tensor, residual: Optional[torch.Tensor]):
+    """``blk(hidden, residual)`` at ``granularity``, the block's own setting restored afterwards."""
+    previous, blk.mixer.active_granularity = blk.mixer.active_granularity, granularity
+    try:
+        return blk(hidden, residual)
+    finally:
+        blk.mixer.active_granularity = previous
+
+
 class MatMambaVision(nn.Module):
     """MatMamba-Vision classifier. The [CLS] token is a suffix: with a causal scan only the last token sees
     every patch.
@@ -272,7 +281,9 @@ class MatMambaVision(nn.Module):
 
     def _run_block(self, blk: nn.Module, hidden: torch.Tensor, residual: Optional[torch.Tensor]):
         if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
-            return checkpoint(blk, hidden, residual)
+            # The recomputation in the backward runs at the granularity of this forward, whatever is set by
+            # then (a Matryoshka step leaves each granularity's context before its backward).
+            return checkpoint(_block_at, blk, blk.mixer.active_granularity, hidden, residual)
         return blk(hidden, residual)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
