@@ -94,7 +94,7 @@ def ceilings(args, device: torch.device, report: Dict) -> None:
 
 def ssd_kernels(args, device: torch.device, report: Dict) -> None:
     """The SSD scan alone (64 heads, headdim 16, d_state 128, L 197 and 4096): error vs float64, and time."""
-    from matmamba_vision.ops.ssd import _mamba_ssm_kernel, ssd_scan_torch
+    from matmamba_vision.ops.ssd import _mamba_ssm_kernel, _ssd_exact, ssd_scan_torch
 
     print(f"\n{'ssd scan (fp32 in)':28s} {'L':>5s} {'batch':>5s} {'rel. err':>9s} {'ms best':>8s} {'median':>8s}")
     for seqlen, batch in ((197, 64), (4096, 8)) if not args.quick else ((197, 2),):
@@ -104,7 +104,8 @@ def ssd_kernels(args, device: torch.device, report: Dict) -> None:
         dt = F.softplus(torch.randn(batch, seqlen, h, generator=g) - 3)
         A = -torch.rand(h, generator=g) * 8 - 0.5
         B, C = (torch.randn(batch, seqlen, 1, n, generator=g) / n**0.5 for _ in range(2))
-        ref = ssd_scan_torch(*(t.double() for t in (x, dt, A, B, C)), exact=True)
+        # float64 throughout (ssd_scan_torch itself computes in float32 whatever its inputs)
+        ref = _ssd_exact(*(t.double() for t in (x, dt, A, B, C)), 64)[0]
         ins = [t.to(device) for t in (x, dt, A, B, C)]
         impls = {"torch (eager)": lambda: ssd_scan_torch(*ins)}
         kernel = _mamba_ssm_kernel() if device.type == "cuda" else None
@@ -134,8 +135,16 @@ def check_correctness(args, device: torch.device, report: Dict) -> None:
     with torch.no_grad():
         ref = cpu(x)
     backends = ["torch", "torch compile"] + (["mamba_ssm"] if device.type == "cuda" and mamba_ssm_available() else [])
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here; the settings are restored below
     torch.backends.cudnn.allow_tf32 = False
+    try:
+        _compare_backends(backends, kw, cpu, x, ref, device, report)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _compare_backends(backends, kw, cpu, x, ref, device, report) -> None:
     for backend in backends:
         dev = timm.create_model("matmamba_vision_35m_patch16_224", ssd_backend=backend.split()[0], **kw)
         dev = dev.to(device).eval()
@@ -155,8 +164,6 @@ def check_correctness(args, device: torch.device, report: Dict) -> None:
             limit = 5e-2 if amp else 1e-3
             print(f"correctness {key:20s} rel. error vs CPU fp32 {err:.2e}  ({'ok' if err < limit else 'FAIL'} < {limit})",
                   flush=True)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
 
 
 def inference(args, device: torch.device, report: Dict) -> None:
@@ -208,6 +215,8 @@ def inference(args, device: torch.device, report: Dict) -> None:
                 model = run_model = None  # free it before the next variant
             except torch.cuda.OutOfMemoryError:
                 print(f"{name:24s} {size:5d}  out of memory")
+                report["inference"].append(dict(model=name, px=size, error="out of memory"))
+                model = run_model = None
                 torch.cuda.empty_cache()
             except Exception as e:  # e.g. a third-party kernel failing at one size: report, go on
                 print(f"{name:24s} {size:5d}  failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
