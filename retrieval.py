@@ -23,7 +23,7 @@ from matmamba_vision.evaluation import (
 )
 from matmamba_vision.evaluation.cli import (
     add_common_args, amp_dtype_from_args, build_baseline, data_config_from_args, data_identity, loader_from_args,
-    model_from_args, output_dir_from_args, resolve_device, trained_levels,
+    check_outputs, model_from_args, resolve_device, trained_levels,
 )
 from matmamba_vision.evaluation.report import write_results_file
 from matmamba_vision.evaluation.retrieval import CSV_COLUMNS
@@ -59,6 +59,7 @@ def main(argv=None) -> list:
     device = resolve_device(args.device)
     backend = resolve_backend(args.knn_backend)
     model = model_from_args(args).to(device)
+    out_dir = check_outputs(args)  # before the evaluation, not after it
     data_config = data_config_from_args(args, model)
     full = [int(blk.mixer.max_granularity) for blk in model.layers]
     levels = trained_levels(args, model)
@@ -94,12 +95,12 @@ def main(argv=None) -> list:
                 db_split=args.db_split, query_split=args.query_split, data_config=data_config, knn_backend=backend,
                 knn_index=args.knn_index, max_samples=args.max_samples, seconds=seconds, device=str(device),
                 cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else None)
-    paths = write_retrieval_outputs(rows, output_dir_from_args(args), meta,
+    print()
+    print(retrieval_table(rows), flush=True)  # shown before the files are written
+    paths = write_retrieval_outputs(rows, out_dir, meta,
                                     title=f"{args.model}: {args.query_split} queries vs {args.db_split} database")
     if args.results_file:
         write_results_file(args.results_file, rows, meta, CSV_COLUMNS)
-    print()
-    print(retrieval_table(rows))
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}  ({seconds:.1f} s)")
     return rows
 

@@ -17,8 +17,8 @@ import time
 import matmamba_vision  # noqa: F401  (registers the models with timm)
 from matmamba_vision.evaluation import dedupe_configs, parse_granularities, parse_mixnmatch
 from matmamba_vision.evaluation.cli import (
-    add_common_args, amp_dtype_from_args, data_config_from_args, loader_from_args, model_from_args,
-    output_dir_from_args, resolve_device, trained_levels,
+    add_common_args, amp_dtype_from_args, check_outputs, data_config_from_args, loader_from_args, model_from_args,
+    resolve_device, trained_levels,
 )
 from matmamba_vision.evaluation.report import write_results_file
 from matmamba_vision.evaluation.validation import (
@@ -43,6 +43,7 @@ def main(argv=None) -> list:
     start = time.perf_counter()
     device = resolve_device(args.device)
     model = model_from_args(args).to(device)
+    out_dir = check_outputs(args)  # before the evaluation, not after it
     data_config = data_config_from_args(args, model)
     levels = trained_levels(args, model)
     configs = dedupe_configs(parse_granularities(model, args.granularities, levels)
@@ -59,12 +60,11 @@ def main(argv=None) -> list:
                 dataset=args.dataset, data_dir=args.data_dir, split=args.split, data_config=data_config,
                 mixnmatch=args.mixnmatch or None, trained_levels=levels, model_args=model.model_args,
                 seconds=seconds, device=str(device))
-    out_dir = output_dir_from_args(args)
+    print()
+    print(validation_tables(rows), flush=True)  # shown before the files are written
     paths = write_validation_outputs(rows, out_dir, meta, title=f"{args.model} ({args.split})")
     if args.results_file:
         write_results_file(args.results_file, rows, meta, CSV_COLUMNS)
-    print()
-    print(validation_tables(rows))
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}  ({seconds:.1f} s)")
     return rows
 

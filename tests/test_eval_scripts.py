@@ -118,6 +118,15 @@ def test_bad_input(scripts, checkpoint, tmp_path):
         retrieval.main(["--data-dir", str(odd), "--cache-dir", "", "--output", str(tmp_path / "o"), *TINY])
     with pytest.raises(ValueError, match="--db-split and --query-split are both 'val'"):
         retrieval.main(["--db-split", "val", "--query-split", "val", *common])
+    # an output that cannot be written is found before the evaluation runs (its results were lost after it)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for script in (validate, retrieval):
+        with pytest.raises(ValueError, match="--output .*a_file"):
+            script.main(["--data-dir", str(data), "--output", str(blocker), "--cache-dir", "", *TINY]
+                        if script is retrieval else ["--data-dir", str(data), "--output", str(blocker), *TINY])
+    with pytest.raises(ValueError, match="--results-file"):
+        validate.main([*common, "--results-file", str(blocker / "r.csv")])
 
 
 def test_model_and_levels_read_from_a_train_checkpoint(scripts, tmp_path):

@@ -13,11 +13,12 @@ from timm.utils import ParseKwargs
 
 from ..checkpoint import build_model, load_weights, read_weights_metadata
 from ..models.matmamba_vision import MatMambaVision, checkpoint_filter_fn
+from ..training.checkpointing import check_output_dir
 from ..training.distributed import resolve_device
 
 __all__ = [
     "add_common_args", "model_from_args", "data_config_from_args", "loader_from_args", "resolve_device",
-    "amp_dtype_from_args", "output_dir_from_args", "check_same_classes", "build_baseline", "data_identity",
+    "amp_dtype_from_args", "output_dir_from_args", "check_outputs", "check_same_classes", "build_baseline", "data_identity",
     "checkpoint_metadata", "trained_levels",
 ]
 
@@ -207,6 +208,20 @@ def output_dir_from_args(args: argparse.Namespace) -> Path:
     if args.checkpoint:
         return Path(args.checkpoint).resolve().parent
     return Path("output") / "eval" / args.model
+
+
+def check_outputs(args: argparse.Namespace) -> Path:
+    """The output folder (created) and ``--results-file``'s folder, probed for writing before any evaluation
+    runs: ValueError naming the flag (results are not computed only to be lost). Returns the output folder."""
+    out = output_dir_from_args(args)
+    check_output_dir(out)
+    if args.results_file:
+        folder = Path(args.results_file).resolve().parent
+        try:
+            check_output_dir(folder)
+        except ValueError as e:
+            raise ValueError(f"--results-file {args.results_file}: its folder cannot be written ({e})") from None
+    return out
 
 
 def check_same_classes(db_classes: Optional[List], query_classes: Optional[List],

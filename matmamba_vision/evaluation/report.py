@@ -14,10 +14,9 @@ __all__ = ["write_csv", "write_json", "format_table"]
 
 
 def _cell(v: Any) -> Any:
+    """Lists space-separated; numbers as they are (full precision: only the printed tables round)."""
     if isinstance(v, (list, tuple)):
         return " ".join(str(x) for x in v)
-    if isinstance(v, float):
-        return f"{v:.6g}"
     return v
 
 
@@ -45,7 +44,7 @@ def write_json(obj: Any, path: os.PathLike) -> Path:
 def write_results_file(path: os.PathLike, rows: Sequence[Dict[str, Any]], meta: Dict[str, Any],
                        columns: Sequence[str]) -> Path:
     """timm's ``--results-file``: JSON (``meta`` plus ``rows``) when the name ends in ``.json``, else CSV."""
-    if str(path).endswith(".json"):
+    if str(path).lower().endswith(".json"):
         return write_json(dict(meta, rows=list(rows)), path)
     return write_csv(rows, path, columns)
 
