@@ -141,8 +141,6 @@ def test_count_flops_other_image_size():
 
 def test_model_dir_of_a_class_built_model(tmp_path):
     """A model built from the class (no pretrained_cfg) saves a complete folder that rebuilds it."""
-    import timm
-
     from matmamba_vision.models import MatMambaVision
 
     torch.manual_seed(0)
@@ -155,3 +153,9 @@ def test_model_dir_of_a_class_built_model(tmp_path):
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
     assert again.pretrained_cfg["input_size"] == (1, 28, 28)
+
+
+def test_extracted_model_keeps_train_or_eval_mode():
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", embed_dim=32, depth=2, d_state=8, headdim=4)
+    assert not mv.extract_submodel(model.eval(), 16).training
+    assert mv.extract_submodel(model.train(), 16).training

@@ -264,6 +264,17 @@ def test_streaming_forward_piece_matches_one_pass(granularity):
     assert ((torch.cat(parts, 1) - whole).norm() / whole.norm()).item() < 1e-5
 
 
+def test_pieces_use_every_trained_parameter(monkeypatch):
+    """Fresh models have norm weights of 1, D of 1 and small conv biases: parameters the pieces path folds or
+    carries must be non-trivial for the comparison to see them (dropping the norm weight once went unseen)."""
+    model = _small_long_model()
+    with torch.no_grad():
+        for blk in model.layers:
+            for p in (blk.mixer.norm.weight, blk.mixer.D, blk.mixer.conv.bias, blk.mixer.dt_bias):
+                p.uniform_(0.5, 1.5)
+    _assert_pieces_equal_one_pass(model, monkeypatch)
+
+
 def test_pieces_keep_what_dropout_returns(monkeypatch):
     """Each piece writes its rows of the output in place; where the mixer's dropout returns a new tensor (train
     mode under no_grad) that tensor must be the one kept. A deterministic stand-in (x / 2) checks it."""

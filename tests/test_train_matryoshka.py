@@ -110,3 +110,24 @@ def test_non_finite_loss_stops_before_the_update(monkeypatch):
         step(torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)))
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def test_cycle_mode_update_is_the_mean_over_micro_batches():
+    """One SGD step of cycle mode equals a step on the mean of the micro-batches' losses, each at its
+    granularity (the losses alone did not pin the gradient's scale)."""
+    import torch.nn.functional as F
+
+    model, ref = tiny(), tiny()
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    make_step(model, "cycle")(x, y)
+    losses = []
+    for g, xs, ys in zip(GS, x.chunk(4), y.chunk(4)):
+        with ref.granularity(g):
+            losses.append(F.cross_entropy(ref(xs), ys))
+    torch.stack(losses).mean().backward()
+    with torch.no_grad():
+        for p in ref.parameters():
+            if p.grad is not None:
+                p -= 0.5 * p.grad
+    for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=k)

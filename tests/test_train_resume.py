@@ -5,6 +5,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 
 from matmamba_vision.checkpoint import load_torch, load_weights
@@ -15,9 +16,11 @@ FLAGS = ["-b", "8", "--epochs", "4", "--deterministic", "--threads", "1", "-j", 
          "--model-ema-decay", "0.9", "--warmup-epochs", "1", "--checkpoint-hist", "4"]
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("sched", [[], ["--no-sched-on-updates"]], ids=["per-update", "per-epoch"])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, sched):
+    """Both scheduler steppings: the per-epoch one resumes through its own branch (scheduler.step(epoch))."""
     data = make_image_folder(tmp_path / "data", per_class=16)
-    base = [*TINY_MODEL, *FLAGS, "--data-dir", str(data), "--output", str(tmp_path)]
+    base = [*TINY_MODEL, *FLAGS, *sched, "--data-dir", str(data), "--output", str(tmp_path)]
     env = subprocess_env()
     whole = subprocess.run(train_cmd([*base, "--experiment", "whole"]), env=env, capture_output=True, text=True,
                            timeout=600)

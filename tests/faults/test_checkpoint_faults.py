@@ -63,6 +63,29 @@ def test_damaged_state_file_named_in_error(tmp_path, how):
         load_torch(path)
 
 
+def test_atomic_write_syncs_the_data_before_the_rename_and_then_the_folder(tmp_path, monkeypatch):
+    """A kill leaves the page cache to the kernel, so only this order survives a power loss: the new file's
+    data on disk before the rename makes it visible, then the folder's entry."""
+    import matmamba_vision.checkpoint as ck
+
+    events, fsync, replace = [], os.fsync, os.replace
+
+    def logged_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return fsync(fd)
+
+    def logged_replace(src, dst):
+        events.append(("replace", str(src)))
+        return replace(src, dst)
+
+    monkeypatch.setattr(ck.os, "fsync", logged_fsync)
+    monkeypatch.setattr(ck.os, "replace", logged_replace)
+    ck.atomic_write(tmp_path / "w.bin", lambda p: Path(p).write_bytes(b"x"))
+    at = [kind for kind, _ in events].index("replace")
+    assert ("fsync", events[at][1]) in events[:at]
+    assert events[-1] == ("fsync", str(tmp_path))
+
+
 def test_checked_torch_file_without_its_checksum_is_named(tmp_path):
     path = tmp_path / "hand_made.pt"
     torch.save({"format": "matmamba_vision/checked-torch-v1", "data": torch.zeros(4, dtype=torch.uint8)}, path)
