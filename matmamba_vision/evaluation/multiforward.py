@@ -68,7 +68,7 @@ def forward_many(
         while stack:
             node, level, hidden, residual, g = stack.pop()
             blk = model.layers[level]
-            blk.mixer.active_granularity = blk.mixer.check_granularity(g)
+            blk.mixer.active_granularity = g  # checked by resolve_granularity above
             hidden, residual = blk(hidden, residual)
             for idx in node.get(_LEAF, []):
                 yield idx, head(model.norm_f(hidden + residual))

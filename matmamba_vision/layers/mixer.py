@@ -27,6 +27,11 @@ from .gated_norm import GatedRMSNorm, gated_rms_norm_linear, rms_norm_linear
 __all__ = ["MatMamba2Mixer", "causal_depthwise_conv1d"]
 
 
+def is_integer(value: object) -> bool:
+    """An integer of any integer type (numpy's too), not a bool: what size and granularity arguments take."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Depthwise causal conv over the sequence of ``x`` (batch, seqlen, channels); ``weight`` (channels, k).
 
@@ -166,7 +171,7 @@ class MatMamba2Mixer(nn.Module):
         super().__init__()
         for name, value in (("dim", dim), ("d_state", d_state), ("expand", expand), ("d_conv", d_conv),
                             ("chunk_size", chunk_size), ("ngroups", ngroups)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.dim = dim
         self.max_granularity = max_granularity or dim
@@ -207,7 +212,7 @@ class MatMamba2Mixer(nn.Module):
         if g is None:
             return None
         step = self.granularity_step()
-        if isinstance(g, bool) or not isinstance(g, numbers.Integral) or not 0 < g <= self.max_granularity or g % step:
+        if not is_integer(g) or not 0 < g <= self.max_granularity or g % step:
             raise ValueError(
                 f"granularity must be a multiple of {step} in [{step}, {self.max_granularity}] "
                 f"(expand * g divisible by headdim={self.headdim} x ngroups={self.ngroups}), got {g!r}"

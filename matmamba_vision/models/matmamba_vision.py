@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -15,6 +14,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
 from ..layers import MatMamba2Mixer
+from ..layers.mixer import is_integer
 from .convert import convert_official_state_dict
 
 __all__ = ["MatMambaVision", "MatMambaBlock", "checkpoint_filter_fn", "Granularity"]
@@ -101,7 +101,7 @@ class MatMambaVision(nn.Module):
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
         for name, value, low in (("depth", depth, 1), ("embed_dim", embed_dim, 1), ("num_classes", num_classes, 0)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            if not is_integer(value) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         grid = to_2tuple(img_size)
         if not dynamic_img_size and any(s % to_2tuple(patch_size)[i] or s < 1 for i, s in enumerate(grid)):
@@ -110,8 +110,7 @@ class MatMambaVision(nn.Module):
         if mixer_dims is not None and len(mixer_dims) != depth:
             raise ValueError(f"mixer_dims needs one entry per block ({depth}), got {len(mixer_dims)}")
         headdim = headdim or embed_dim // 32
-        if mixer_dims is not None and not all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
-                                              for d in mixer_dims):
+        if mixer_dims is not None and not all(is_integer(d) for d in mixer_dims):
             raise ValueError(f"mixer_dims entries must be integers, got {list(mixer_dims)}")
         mixer_dims = [int(d) for d in mixer_dims] if mixer_dims is not None else [embed_dim] * depth
         if not all(0 < d <= embed_dim for d in mixer_dims):
@@ -216,7 +215,7 @@ class MatMambaVision(nn.Module):
     def resolve_granularity(self, granularity: Granularity) -> List[Optional[int]]:
         """One checked granularity per block from None, an int, or a per-block list; ValueError if invalid."""
         n = len(self.layers)
-        if granularity is None or (isinstance(granularity, numbers.Integral) and not isinstance(granularity, bool)):
+        if granularity is None or is_integer(granularity):
             dims = [granularity] * n
         elif isinstance(granularity, (list, tuple)):
             if len(granularity) != n:
