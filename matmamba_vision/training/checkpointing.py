@@ -125,19 +125,29 @@ def _plain_value(v: Any) -> Any:
 
 def check_output_dir(directory: Path) -> None:
     """Create ``directory`` and write, fsync and delete a probe file in it: ValueError (naming the folder) when
-    that fails, e.g. a read-only file system, no permission, a full disk, or a file in the way."""
+    that fails, e.g. a read-only file system, no permission, a full disk, or a file in the way. Folders the
+    probe created are removed again, so a run that stops at a later check leaves nothing behind."""
     directory = Path(directory)
+    created: List[Path] = []
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", suffix=".tmp", dir=directory)
         try:
-            os.write(fd, b"\0" * 4096)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as e:
-        raise ValueError(f"--output {directory}: cannot write there ({e.strerror or e}); choose another --output")
+            created = [d for d in (directory, *directory.parents) if not d.exists()]
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write-probe-", suffix=".tmp", dir=directory)
+            try:
+                os.write(fd, b"\0" * 4096)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as e:
+            raise ValueError(f"--output {directory}: cannot write there ({e.strerror or e}); choose another --output")
+    finally:
+        for d in created:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:  # never made (the probe failed above it), or no longer empty
+                pass
 
 
 def checkpoint_bytes(model: torch.nn.Module, keep: int, ema: bool) -> int:
@@ -150,13 +160,14 @@ def checkpoint_bytes(model: torch.nn.Module, keep: int, ema: bool) -> int:
 
 
 def check_free_space(directory: Path, model: torch.nn.Module, keep: int, ema: bool) -> None:
-    """ValueError when ``directory``'s file system has less free space than :func:`checkpoint_bytes` (less the
-    checkpoints already there, which a resumed run replaces)."""
+    """ValueError when ``directory``'s file system (its own, or its nearest existing parent's) has less free
+    space than :func:`checkpoint_bytes` (less the checkpoints already there, which a resumed run replaces)."""
     directory = Path(directory)
     existing = sum(p.stat().st_size for pattern in ("checkpoint-*", "model_best*") for p in directory.glob(pattern)
                    if p.is_file())
     need = max(checkpoint_bytes(model, keep, ema) - existing, 1 << 20)
-    free = shutil.disk_usage(directory).free
+    on_disk = next(d for d in (directory, *directory.parents) if d.exists())  # the folder may not exist yet
+    free = shutil.disk_usage(on_disk).free
     if free < need:
         mib = 1 << 20
         raise ValueError(f"--output {directory}: {free / mib:.1f} MiB free, but its checkpoints need about "

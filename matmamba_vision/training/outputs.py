@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import logging.handlers
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ import yaml
 
 from ..checkpoint import atomic_write
 
-__all__ = ["experiment_dir", "setup_logging", "write_args", "Summary"]
+__all__ = ["experiment_dir", "setup_logging", "attach_log_file", "write_args", "Summary"]
 
 
 def experiment_dir(output: str, experiment: str, model: str, resume_state: Optional[Path] = None) -> Path:
@@ -25,24 +26,38 @@ def experiment_dir(output: str, experiment: str, model: str, resume_state: Optio
     return Path(output) / name
 
 
-def setup_logging(log_file: Optional[Path], is_main: bool) -> logging.Logger:
-    """The 'train' logger: INFO to stderr and ``log_file`` on rank 0, warnings only on other ranks."""
+def setup_logging(is_main: bool) -> logging.Logger:
+    """The 'train' logger: INFO to stderr on rank 0 (warnings only on other ranks). Rank 0's records are also
+    kept for ``log.txt``, which :func:`attach_log_file` opens once the run folder exists; until then nothing is
+    written to disk, so a run refused by a later check leaves no folder behind."""
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_matmamba_train", False):
             root.removeHandler(h)
+            if isinstance(h, logging.handlers.MemoryHandler) and h.target is not None:
+                h.target.close()
             h.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     handlers: List[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None and is_main:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
+    if is_main:  # capacity 1: once a target is set every record goes straight through; before, they wait
+        handlers.append(logging.handlers.MemoryHandler(capacity=1, flushLevel=logging.DEBUG, target=None))
     for h in handlers:
         h.setFormatter(fmt)
         h._matmamba_train = True  # type: ignore[attr-defined]
         root.addHandler(h)
     root.setLevel(logging.INFO if is_main else logging.WARNING)
     return logging.getLogger("train")
+
+
+def attach_log_file(log_file: Path) -> None:
+    """Start ``log_file`` (appending) with the records logged so far, and send later ones there too (rank 0:
+    the handler :func:`setup_logging` made; a no-op on other ranks)."""
+    for h in logging.getLogger().handlers:
+        if getattr(h, "_matmamba_train", False) and isinstance(h, logging.handlers.MemoryHandler):
+            target = logging.FileHandler(log_file)
+            target.setFormatter(h.formatter)
+            h.setTarget(target)
+            h.flush()
 
 
 def write_args(path: Path, args: Dict) -> None:

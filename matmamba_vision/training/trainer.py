@@ -26,7 +26,7 @@ from .config import parse_args
 from .distributed import DistInfo, all_rng_states, barrier, from_main, init_distributed, replicas_identical
 from .evaluate import validate
 from .matryoshka import MatryoshkaStep, NonFiniteLossError, build_criterion, micro_batch_size
-from .outputs import Summary, experiment_dir, setup_logging, write_args
+from .outputs import Summary, attach_log_file, experiment_dir, setup_logging, write_args
 
 __all__ = ["main", "TrainingError"]
 
@@ -114,8 +114,9 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
     resume_state = resolve_resume(args.resume) if args.resume else None
     # rank 0's folder on every rank: a default name holds the time, which ranks may read a second apart
     out_dir = from_main(experiment_dir(args.output, args.experiment, args.model, resume_state))
-    check_output_dir(out_dir)  # read-only, no permission, full, a file in the way: reported before anything else
-    log = setup_logging(out_dir / "log.txt", info.is_main)
+    if info.is_main:  # only rank 0 writes; read-only, no permission, full, a file in the way: reported first
+        check_output_dir(out_dir)
+    log = setup_logging(info.is_main)  # log.txt starts when the folder is made, after every check
     _seed_everything(args.seed)
 
     # ---- data: classes first (the head size), then the model and loaders; all checks before training starts
@@ -203,6 +204,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
 
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        attach_log_file(out_dir / "log.txt")
         write_args(out_dir / "args.yaml", vars(args))
     saver = CheckpointManager(out_dir, args.checkpoint_hist, enabled=info.is_main)
     summary = Summary(out_dir, granularities, state.get("summary") if start_epoch else None)

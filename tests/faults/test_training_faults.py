@@ -237,7 +237,10 @@ def test_preflight_unwritable_folder(tmp_path):
             os.seteuid(0)
         locked.chmod(0o755)
     assert list(locked.iterdir()) == []
-    check_output_dir(locked / "sub")  # writable again: no error, and the probe file is gone
+    check_output_dir(locked / "sub")  # writable again: no error, and the probe leaves no trace (file or folder)
+    assert list(locked.iterdir()) == []
+    (locked / "sub").mkdir()
+    check_output_dir(locked / "sub")  # a folder that was there stays, empty
     assert list((locked / "sub").iterdir()) == []
 
 
