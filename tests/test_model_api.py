@@ -354,3 +354,49 @@ def test_pruned_model_still_extracts_submodels():
             want = model.forward_features(x)
         got = sub.forward_features(x)
     assert torch.equal(got, want)
+
+
+def test_set_input_size_matches_a_model_built_at_that_size():
+    from matmamba_vision.data import model_data_config
+    from matmamba_vision.models.matmamba_vision import checkpoint_filter_fn
+
+    torch.manual_seed(0)
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL).eval()
+    built = timm.create_model("matmamba_vision_tiny_patch4_28", img_size=(56, 40), **SMALL).eval()
+    built.load_state_dict(checkpoint_filter_fn(model.state_dict(), built))  # resampled as pretrained=True does
+    cls_pos = model.pos_embed[:, -1].clone()
+    model.set_input_size((56, 40))
+    assert model.pos_embed.shape == (1, 14 * 10 + 1, 64) and torch.equal(model.pos_embed[:, -1], cls_pos)
+    assert model.model_args["img_size"] == (56, 40)
+    assert model_data_config(model)["input_size"] == (1, 56, 40)
+    x = torch.randn(2, 1, 56, 40)
+    with torch.no_grad():
+        assert torch.equal(model(x), built(x))
+    with pytest.raises(ValueError, match="create the model with img_size"):
+        model(torch.randn(2, 1, 28, 28))
+
+
+def test_set_input_size_new_patch_size_rebuilds_from_model_args():
+    torch.manual_seed(0)
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL).eval()
+    model.set_input_size(patch_size=7)
+    assert model.patch_embed.proj.weight.shape[-2:] == (7, 7) and model.pos_embed.shape == (1, 4 * 4 + 1, 64)
+    assert model.feature_info[0]["reduction"] == 7
+    rebuilt = type(model)(**model.model_args).eval()  # what save_model_dir and extract_submodel rely on
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(img_size=30), r"img_size \(30, 30\) must be a positive multiple of patch_size \(4, 4\)"),
+    (dict(patch_size=0), "patch_size must be a positive integer"),
+    (dict(patch_size=5), r"img_size \(28, 28\) must be a positive multiple of patch_size \(5, 5\)"),
+])
+def test_set_input_size_refuses_sizes_that_do_not_fit(kwargs, match):
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        model.set_input_size(**kwargs)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # left as it was

@@ -13,6 +13,11 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
+try:
+    from timm.models._input import update_model_input_size as _update_model_input_size
+except ImportError:  # older timm keeps no such record
+    _update_model_input_size = None
+
 from ..layers import MatMamba2Mixer
 from ..layers.mixer import is_integer
 from .convert import convert_official_state_dict
@@ -21,6 +26,14 @@ __all__ = ["MatMambaVision", "MatMambaBlock", "checkpoint_filter_fn", "Granulari
 
 Granularity = Union[None, int, Sequence[Optional[int]]]
 GLOBAL_POOLS = ("token", "avg", "")
+
+
+def _check_img_size(img_size, patch_size, dynamic_img_size: bool) -> None:
+    """ValueError unless ``img_size`` is a positive multiple of ``patch_size`` (any positive size when dynamic)."""
+    grid, patch = to_2tuple(img_size), to_2tuple(patch_size)
+    if any(not is_integer(s) or s < 1 or (not dynamic_img_size and s % p) for s, p in zip(grid, patch)):
+        raise ValueError(f"img_size {img_size} must be a positive multiple of patch_size {patch_size} "
+                         "(or pass dynamic_img_size=True)")
 
 
 class MatMambaBlock(nn.Module):
@@ -103,10 +116,7 @@ class MatMambaVision(nn.Module):
         for name, value, low in (("depth", depth, 1), ("embed_dim", embed_dim, 1), ("num_classes", num_classes, 0)):
             if not is_integer(value) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        grid = to_2tuple(img_size)
-        if not dynamic_img_size and any(s % to_2tuple(patch_size)[i] or s < 1 for i, s in enumerate(grid)):
-            raise ValueError(f"img_size {img_size} must be a positive multiple of patch_size {patch_size} "
-                             "(or pass dynamic_img_size=True)")
+        _check_img_size(img_size, patch_size, dynamic_img_size)
         if mixer_dims is not None and len(mixer_dims) != depth:
             raise ValueError(f"mixer_dims needs one entry per block ({depth}), got {len(mixer_dims)}")
         headdim = headdim or embed_dim // 32
@@ -192,6 +202,32 @@ class MatMambaVision(nn.Module):
         self.num_classes = num_classes
         self.model_args.update(num_classes=num_classes, global_pool=self.global_pool)
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None,
+                       patch_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
+        """Change the input resolution and/or patch size in place, as timm's ViT does: the patch position
+        embeddings are resampled to the new grid (the [CLS] token's is kept) and a new patch size resamples
+        the patch embedding's kernel. ``None`` keeps the current value."""
+        new_img = tuple(self.patch_embed.img_size) if img_size is None else to_2tuple(img_size)
+        new_patch = tuple(self.patch_embed.patch_size) if patch_size is None else to_2tuple(patch_size)
+        if any(not is_integer(p) or p < 1 for p in new_patch):
+            raise ValueError(f"patch_size must be a positive integer (or a pair), got {patch_size!r}")
+        _check_img_size(new_img, new_patch, self.dynamic_img_size)
+        prev_grid = tuple(self.patch_embed.grid_size)
+        self.patch_embed.set_input_size(img_size=new_img, patch_size=new_patch)
+        grid = tuple(self.patch_embed.grid_size)
+        if grid != prev_grid:
+            with torch.no_grad():
+                patch_pos = resample_abs_pos_embed(self.pos_embed[:, :-1], new_size=grid, old_size=prev_grid,
+                                                   num_prefix_tokens=0)
+                pos = torch.cat([patch_pos, self.pos_embed[:, -1:]], dim=1)
+            self.pos_embed = nn.Parameter(pos, requires_grad=self.pos_embed.requires_grad)
+        self.model_args.update(img_size=new_img, patch_size=new_patch)
+        for info in self.feature_info:
+            info["reduction"] = new_patch[0]
+        if _update_model_input_size is not None:  # timm's record of the model's current input (timm >= 1.0.31)
+            _update_model_input_size(self, new_img, patch_size=new_patch)
 
     # ----------------------------------------------------------------- granularity
     @property
