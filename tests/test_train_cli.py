@@ -74,11 +74,23 @@ def test_cycle_mode_and_yaml_config(tmp_path, data):
     (["--threads", "-1"], "--threads must be 0"),
     (["-vb", "-2"], "--validation-batch-size must be positive, got -2"),
     (["--warmup-epochs", "-1"], "--warmup-epochs must be 0 or more"),
+    # timm's plateau scheduler asserted (a traceback) on per-update stepping, and never left a fractional warm-up
+    (["--sched", "plateau"], r"--sched-on-updates must be off (--no-sched-on-updates\) with --sched plateau"),
+    (["--sched", "plateau", "--no-sched-on-updates", "--warmup-epochs", "0.3"],
+     "--warmup-epochs must be a whole number with --sched plateau, got 0.3"),
+    (["--model-kwargs", "{depth:2}"], r"--model-kwargs: \['depth:2'\] are not argument names"),
 ])
 def test_bad_flags_stop_before_training(tmp_path, data, flags, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         run(tmp_path, data, *flags)
     assert not (tmp_path / "run").exists()  # no run folder (nor log.txt) is left by a refused run
+
+
+def test_unknown_scheduler_is_refused(tmp_path, data, capsys):
+    """timm's create_scheduler_v2 returns no schedule for a name it does not know: a typo trained at constant LR."""
+    with pytest.raises(SystemExit):
+        run(tmp_path, data, "--sched", "cosin")
+    assert "invalid choice: 'cosin'" in capsys.readouterr().err
 
 
 def test_bad_data_stops_before_training(tmp_path):

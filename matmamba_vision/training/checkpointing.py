@@ -20,11 +20,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint, load_torch, save_torch, save_weights
+from ..checkpoint import (
+    CheckpointError, load_checkpoint, load_torch, load_weights, read_weights_metadata, save_torch, save_weights,
+)
 
 __all__ = ["rng_state", "set_rng_state", "CheckpointManager", "resolve_resume", "load_training_state",
            "read_training_state", "check_resume_matches", "latest_state_file", "check_output_dir", "check_free_space",
-           "REGULARISATION_ARGS"]
+           "reconcile_best", "REGULARISATION_ARGS"]
 
 # model_args a resumed run may change: regularisation and the SSD kernel choice, not the architecture
 REGULARISATION_ARGS = ("drop_rate", "proj_drop_rate", "drop_path_rate", "ssd_backend")
@@ -173,6 +175,50 @@ def check_free_space(directory: Path, model: torch.nn.Module, keep: int, ema: bo
         raise ValueError(f"--output {directory}: {free / mib:.1f} MiB free, but its checkpoints need about "
                          f"{need / mib:.1f} MiB (--checkpoint-hist {keep}{', --model-ema' if ema else ''}); "
                          f"free some space or choose another --output")
+
+
+def reconcile_best(source: Path, directory: Path, best: Dict[str, Any]) -> Dict[str, Any]:
+    """On resume from a checkpoint in ``source`` into the run folder ``directory``: make ``model_best`` there the
+    resumed run's best. One written by epochs after the checkpoint (epochs this run replays) is moved aside as
+    ``model_best[_ema]-epochE.abandoned.safetensors``. The resumed best is taken from ``source``'s model_best or,
+    failing that, its checkpoint of that epoch; when neither is kept there is no best yet (the next validation
+    writes one). Returns the best record to continue with."""
+    source, directory = Path(source), Path(directory)
+    epoch = best.get("epoch", -1)
+    if epoch < 0:
+        return best
+
+    def written(folder: Path) -> Optional[int]:
+        path = folder / "model_best.safetensors"
+        return read_weights_metadata(path).get("epoch") if path.is_file() else None
+
+    here = written(directory)
+    if here == epoch:
+        return best
+    if here is not None:
+        for name in ("model_best", "model_best_ema"):
+            if (directory / f"{name}.safetensors").is_file():
+                os.replace(directory / f"{name}.safetensors", directory / f"{name}-epoch{here}.abandoned.safetensors")
+        _logger.warning("model_best (epoch %d) is not the resumed run's: moved aside as "
+                        "model_best-epoch%d.abandoned.safetensors", here + 1, here)
+    if written(source) == epoch:  # resumed into another folder: the run's best comes along
+        for name in ("model_best", "model_best_ema"):
+            if (source / f"{name}.safetensors").is_file():
+                path = source / f"{name}.safetensors"
+                save_weights(load_weights(path), directory / path.name, metadata=read_weights_metadata(path))
+        return best
+    weights, state = source / f"checkpoint-{epoch}.safetensors", source / f"checkpoint-{epoch}.state.pt"
+    if weights.is_file() and state.is_file():
+        meta = read_weights_metadata(weights)
+        save_weights(load_weights(weights), directory / "model_best.safetensors", metadata=meta)
+        ema = load_torch(state).get("ema")
+        if ema is not None:
+            save_weights(ema, directory / "model_best_ema.safetensors", metadata=meta)
+        _logger.info("model_best: the resumed run's best (epoch %d) restored from %s", epoch + 1, weights.name)
+        return best
+    _logger.warning("the resumed run's best (epoch %d) is no longer kept; the next validation starts a new best",
+                    epoch + 1)
+    return {"top1": -1.0, "epoch": -1}
 
 
 class CheckpointManager:

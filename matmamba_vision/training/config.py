@@ -11,13 +11,17 @@ from typing import List, Optional
 
 import yaml
 
-__all__ = ["build_parser", "parse_args", "DEFAULT_MODEL", "DEFAULT_MODEL_KWARGS"]
+__all__ = ["build_parser", "parse_args", "DEFAULT_MODEL", "DEFAULT_MODEL_KWARGS", "SCHEDULERS"]
 
 DEFAULT_MODEL = "matmamba_vision_tiny_patch4_28"
 # The embedded CPU recipe's model: the tiny model at patch 7 (16 tokens), which trains ~2x faster than at
 # patch 4 on 2 cores; applied only to DEFAULT_MODEL when --model-kwargs is not given. Checkpoints record
 # the kwargs, so validate.py / retrieval.py rebuild the same model.
 DEFAULT_MODEL_KWARGS = "{patch_size: 7, embed_dim: 128, depth: 4, d_state: 16, headdim: 16}"
+
+
+# timm's create_scheduler_v2 names (an unknown name there silently means no schedule), and none for that
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "constant", "wsd", "rsqrt", "none")
 
 
 def _ints(text: str) -> List[int]:
@@ -73,13 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--weight-decay", type=float, default=0.05)
     o.add_argument("--clip-grad", type=float, default=1.0, help="0 or less: no clipping")
     o.add_argument("--clip-mode", default="norm", choices=("norm", "value", "agc"))
-    o.add_argument("--sched", default="cosine")
+    o.add_argument("--sched", default="cosine", choices=SCHEDULERS, help="timm's schedulers; none: constant --lr")
     o.add_argument("--sched-on-updates", action=argparse.BooleanOptionalAction, default=True,
                    help="step the schedule every optimiser update (not once per epoch)")
     o.add_argument("--warmup-epochs", type=float, default=0.3)
     o.add_argument("--warmup-lr", type=float, default=1e-5)
     o.add_argument("--warmup-prefix", action="store_true")
     o.add_argument("--min-lr", type=float, default=1e-5)
+    o.add_argument("--decay-epochs", type=float, default=None, help="step: epochs between decays (timm: 90)")
+    o.add_argument("--decay-milestones", type=int, nargs="+", default=[90, 180, 270], help="multistep: decay epochs")
+    o.add_argument("--decay-rate", "--dr", type=float, default=0.1, help="step, multistep, plateau: LR factor")
+    o.add_argument("--patience-epochs", type=int, default=10, help="plateau: epochs without gain before a decay")
+    o.add_argument("--cooldown-epochs", type=int, default=0, help="epochs at --min-lr after the schedule")
+    o.add_argument("--lr-cycle-mul", type=float, default=1.0, help="cosine/tanh: cycle length multiplier")
+    o.add_argument("--lr-cycle-decay", type=float, default=0.5, help="cosine/tanh: LR factor per cycle")
+    o.add_argument("--lr-cycle-limit", type=int, default=1, help="cosine/tanh: number of cycles")
+    o.add_argument("--lr-k-decay", type=float, default=1.0, help="cosine/poly: k-decay")
     o.add_argument("--model-ema", action="store_true")
     o.add_argument("--model-ema-decay", type=float, default=0.9998)
     a = p.add_argument_group("augmentation and regularisation")

@@ -20,7 +20,7 @@ from ..checkpoint import build_model, load_checkpoint
 from ..data import create_eval_loader, dataset_classes, create_mixup, create_train_loader, model_data_config
 from .checkpointing import (
     CheckpointManager, check_free_space, check_output_dir, check_resume_matches, latest_state_file,
-    read_training_state, resolve_resume, set_rng_state,
+    read_training_state, reconcile_best, resolve_resume, set_rng_state,
 )
 from .config import parse_args
 from .distributed import DistInfo, all_rng_states, barrier, from_main, init_distributed, replicas_identical
@@ -46,6 +46,10 @@ def _model_kwargs(args: argparse.Namespace) -> Dict:
         extra = yaml.safe_load(args.model_kwargs) if isinstance(args.model_kwargs, str) else args.model_kwargs
         if not isinstance(extra, dict):
             raise ValueError(f"--model-kwargs must be a YAML mapping, got {args.model_kwargs!r}")
+        bad = [k for k in extra if not (isinstance(k, str) and k.isidentifier())]
+        if bad:  # e.g. '{depth:2}', which YAML reads as the key 'depth:2' (timm would drop its None silently)
+            raise ValueError(f"--model-kwargs: {bad} are not argument names; write 'name: value' with a space "
+                             f"after the colon, e.g. '{{depth: 2}}'")
         kwargs.update(extra)
     return kwargs
 
@@ -78,6 +82,53 @@ def _granularities(args: argparse.Namespace, model) -> List[int]:
     return sorted(gs, reverse=True)
 
 
+def _create_scheduler(args: argparse.Namespace, optimizer, updates_per_epoch: int):
+    """timm's scheduler from the flags (None for ``--sched none``) and the number of epochs to run."""
+    if args.sched == "none":
+        return None, args.epochs
+    scheduler, num_epochs = create_scheduler_v2(
+        optimizer, sched=args.sched, num_epochs=args.epochs, min_lr=args.min_lr, warmup_lr=args.warmup_lr,
+        warmup_epochs=args.warmup_epochs, warmup_prefix=args.warmup_prefix, decay_epochs=args.decay_epochs,
+        decay_milestones=args.decay_milestones, decay_rate=args.decay_rate, patience_epochs=args.patience_epochs,
+        cooldown_epochs=args.cooldown_epochs, cycle_mul=args.lr_cycle_mul, cycle_decay=args.lr_cycle_decay,
+        cycle_limit=args.lr_cycle_limit, k_decay=args.lr_k_decay,
+        step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)
+    # timm adds a --warmup-prefix warm-up (a float flag) to the epochs and floors the updates to whole epochs;
+    # a partial last epoch is run whole instead (past the schedule's end it holds min_lr).
+    if args.sched_on_updates and hasattr(scheduler, "get_cycle_length"):
+        num_epochs = scheduler.get_cycle_length() / updates_per_epoch + args.cooldown_epochs
+    return scheduler, math.ceil(num_epochs - 1e-9)
+
+
+# A plateau scheduler's progress (its metric history): kept across a resume. Every other timm schedule is a
+# function of the step, rebuilt from this run's flags, as timm's train.py does.
+_PLATEAU_PROGRESS = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch", "_last_lr")
+
+
+def _scheduler_progress(scheduler) -> Dict:
+    inner = getattr(scheduler, "lr_scheduler", None)  # timm's PlateauLRScheduler wraps ReduceLROnPlateau
+    return {k: getattr(inner, k) for k in _PLATEAU_PROGRESS if hasattr(inner, k)} if inner is not None else {}
+
+
+def _restore_scheduler_progress(scheduler, progress: Dict) -> None:
+    inner = getattr(scheduler, "lr_scheduler", None)
+    for k, v in (progress or {}).items():
+        if inner is not None and k in _PLATEAU_PROGRESS:
+            setattr(inner, k, v)
+
+
+def _schedule_changes(saved: Dict, args: argparse.Namespace, updates_per_epoch: int, saved_updates: Optional[int]):
+    """'flag: saved -> now' for the schedule's flags that differ from the resumed run's."""
+    keys = ("epochs", "sched", "sched_on_updates", "lr", "min_lr", "warmup_epochs", "warmup_lr", "warmup_prefix",
+            "decay_epochs", "decay_milestones", "decay_rate", "patience_epochs", "cooldown_epochs", "lr_cycle_mul",
+            "lr_cycle_decay", "lr_cycle_limit", "lr_k_decay")
+    now = _plain(vars(args))
+    changes = [f"--{k.replace('_', '-')}: {saved[k]} -> {now[k]}" for k in keys if k in saved and saved[k] != now[k]]
+    if saved_updates is not None and saved_updates != updates_per_epoch:
+        changes.append(f"updates per epoch: {saved_updates} -> {updates_per_epoch}")
+    return changes
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -104,6 +155,12 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         ("--validation-batch-size", args.validation_batch_size,
          args.validation_batch_size is None or args.validation_batch_size > 0, "positive"),
         ("--warmup-epochs", args.warmup_epochs, args.warmup_epochs >= 0, "0 or more"),
+        # timm's plateau scheduler steps once per epoch, on the validation top-1, and ends its warm-up only at a
+        # whole epoch (after a fractional one the LR stays at a warm-up value for good)
+        ("--sched-on-updates", "on", args.sched != "plateau" or not args.sched_on_updates,
+         "off (--no-sched-on-updates) with --sched plateau"),
+        ("--warmup-epochs", args.warmup_epochs, args.sched != "plateau" or float(args.warmup_epochs).is_integer(),
+         "a whole number with --sched plateau"),
     ):
         if not ok:
             raise ValueError(f"{flag} must be {valid}, got {value}")
@@ -160,15 +217,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
                                     momentum=args.momentum, **({"eps": args.opt_eps} if args.opt_eps else {}),
                                     **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
     updates_per_epoch = len(train_loader)
-    scheduler, num_epochs = create_scheduler_v2(
-        optimizer, sched=args.sched, num_epochs=args.epochs, min_lr=args.min_lr, warmup_lr=args.warmup_lr,
-        warmup_epochs=args.warmup_epochs, warmup_prefix=args.warmup_prefix,
-        step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)
-    # timm adds a --warmup-prefix warm-up (a float flag) to the epochs and floors the updates to whole epochs;
-    # a partial last epoch is run whole instead (past the schedule's end it holds min_lr).
-    if args.sched_on_updates and hasattr(scheduler, "get_cycle_length"):
-        num_epochs = scheduler.get_cycle_length() / updates_per_epoch
-    num_epochs = math.ceil(num_epochs - 1e-9)
+    scheduler, num_epochs = _create_scheduler(args, optimizer, updates_per_epoch)
     amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
     scaler = torch.amp.GradScaler(info.device.type) if amp_dtype == torch.float16 else None
     ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
@@ -178,7 +227,11 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         state = resumed
         load_checkpoint(model, resume_state.parent / state["weights"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        changes = _schedule_changes(state.get("args") or {}, args, updates_per_epoch, state.get("updates_per_epoch"))
+        if changes:
+            log.info("resume: the LR schedule is rebuilt from this run's flags (%s)", "; ".join(changes))
+        if scheduler is not None:
+            _restore_scheduler_progress(scheduler, state.get("scheduler"))
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema") is not None:
@@ -186,9 +239,13 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         elif ema is not None:  # --model-ema added on resume: the average starts from the resumed weights
             ema.set(model)
         start_epoch, num_updates, best = state["epoch"] + 1, state["step"], state.get("best", best)
-        if args.sched_on_updates:
-            scheduler.step_update(num_updates)
-        else:
+        if info.is_main:  # model_best must be this run's: not one from epochs after the checkpoint
+            out_dir.mkdir(parents=True, exist_ok=True)
+            best = reconcile_best(resume_state.parent, out_dir, best)
+        best = from_main(best)
+        if scheduler is not None and args.sched_on_updates:
+            scheduler.step_update(start_epoch * updates_per_epoch)
+        elif scheduler is not None:
             scheduler.step(start_epoch)
         log.info("resumed from %s: continuing at epoch %d, step %d", resume_state, start_epoch, num_updates)
 
@@ -240,7 +297,8 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
             num_updates += 1
             if ema is not None:
                 ema.update(model, step=num_updates)
-            scheduler.step_update(num_updates=num_updates)
+            if scheduler is not None:  # the schedule's position (this run's updates per epoch, also after a resume)
+                scheduler.step_update(num_updates=epoch * updates_per_epoch + i + 1)
             for g, v in losses.items():
                 sums[g] += v
             count += 1
@@ -254,7 +312,8 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         train_loss = {g: s / max(count, 1) for g, s in sums.items()}
         metrics = validate(model, eval_loader, granularities, info.device, amp_dtype)
         ema_metrics = validate(ema.module, eval_loader, granularities, info.device, amp_dtype) if ema else None
-        scheduler.step(epoch + 1, metrics[best_g]["top1"])
+        if scheduler is not None:
+            scheduler.step(epoch + 1, metrics[best_g]["top1"])
         if info.distributed and not replicas_identical(model):
             raise TrainingError(f"epoch {epoch + 1}: DDP replicas diverged (weights differ between ranks)")
 
@@ -274,7 +333,8 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         # the head's size too when it came from the data (validate.py / retrieval.py rebuild the model from this)
         meta = {"model": args.model, "granularities": granularities, "metrics": metrics,
                 "model_kwargs": dict(_model_kwargs(args), num_classes=num_classes)}
-        state = {"step": num_updates, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        state = {"step": num_updates, "optimizer": optimizer.state_dict(), "scheduler": _scheduler_progress(scheduler),
+                 "updates_per_epoch": updates_per_epoch,
                  "scaler": scaler.state_dict() if scaler is not None else None,
                  "ema": ema.module.state_dict() if ema is not None else None, "rng": all_rng_states(),
                  "args": _plain(vars(args)), "best": best, "granularities": granularities,
