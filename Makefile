@@ -32,6 +32,7 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 
 # train.py's embedded default (tiny model, Fashion-MNIST, CPU), then the evaluation of its best checkpoint.
 demo: $(STAMP)
+	rm -rf $(DEMO_RUN)  # each demo is a new run (train.py refuses to start one in a folder holding another)
 	$(PY) train.py --output $(dir $(DEMO_RUN)) --experiment $(notdir $(DEMO_RUN))
 	$(MAKE) --no-print-directory demo-eval
 

@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
     p.add_argument("--granularities", nargs="*", default=None,
                    help="uniform granularities g to evaluate (default: the trained levels D, D/2, D/4, D/8)")
-    p.add_argument("--mixnmatch", default="", help="'official' (DESIGN.md section 3 sweep), 'random:N', or a "
+    p.add_argument("--mixnmatch", default="", help="'official' (the paper's mix'n'match sweep), 'random:N', or a "
                    "JSON/CSV file of per-layer lists")
     p.add_argument("--seed", type=int, default=0, help="seed of random:N")
     return p.parse_args(argv)

@@ -189,6 +189,9 @@ def build_model(
     base_name = timm.models.split_model_name_tag(model_name)[0]
     if not model_name.startswith(("hf-hub:", "local-dir:")) and base_name not in timm.list_models("matmamba*"):
         raise ValueError(f"unknown model {model_name!r}; MatMamba models: {', '.join(timm.list_models('matmamba*'))}")
+    if pretrained and not model_name.startswith(("hf-hub:", "local-dir:")) and not timm.list_pretrained(base_name):
+        raise ValueError(f"{model_name} has no published weights (pretrained=True); models with weights: "
+                         f"{', '.join(timm.list_pretrained('matmamba*'))}")
     model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
     if checkpoint:
         load_checkpoint(model, checkpoint)

@@ -94,3 +94,13 @@ def test_fast_path_takes_the_erasing_count():
 
     loader = create_train_loader("fmnist", batch_size=8, workers=0, re_prob=1.0, re_count=3)
     assert loader.augment.erase.max_count == 3
+
+
+def test_train_loader_at_another_size_uses_timm_transforms():
+    """A model that is not 28x28 (e.g. the 35M at 224) trains on Fashion-MNIST through timm's transforms; the
+    preloaded fast path, which only knows 28x28, used to refuse it."""
+    cfg = dict(fmnist_data_config(3), input_size=(3, 64, 64))
+    loader = create_train_loader("fmnist", data_config=cfg, batch_size=8, workers=0)
+    assert not isinstance(loader, TensorTrainLoader)
+    images, targets = next(iter(loader))
+    assert images.shape == (8, 3, 64, 64) and targets.shape == (8,)

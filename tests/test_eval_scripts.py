@@ -157,3 +157,53 @@ def test_baseline_checkpoint_widths_read_from_its_shapes(scripts, checkpoint, tm
     assert [(r["query"], r["query_kind"], r["query_granularity"]) for r in rows] == [
         ("g=32", "granularity", 32), ("small", "baseline", 16)]
     assert rows[1]["query_params_non_embedding"] < rows[0]["query_params_non_embedding"]
+
+
+def test_a_checkpoint_trained_at_another_size_with_a_corrupt_image(scripts, tmp_path):
+    """train.py at --img-size 32 on 28 px images, one unreadable val image skipped (--skip-corrupt reached only
+    the training split before); validate.py and retrieval.py rebuild the 32 px model from the checkpoint (they
+    used the registered 28 px input size) and --model-kwargs adds to the recorded kwargs (it replaced them)."""
+    from matmamba_vision.training import main as train
+    from train_utils import TINY_MODEL, truncated_jpeg
+
+    validate, retrieval = scripts
+    data = _folder(tmp_path / "data")
+    truncated_jpeg(data / "val" / "a" / "broken.jpg")
+    train([*TINY_MODEL, "--img-size", "32", "--data-dir", str(data), "-b", "8", "--epochs", "1", "-j", "0",
+           "--skip-corrupt", "--no-progress", "--output", str(tmp_path), "--experiment", "r32"])
+    ckpt = str(tmp_path / "r32" / "model_best.safetensors")
+    common = ["--checkpoint", ckpt, "--data-dir", str(data), "--skip-corrupt", "-j", "0", "-b", "8",
+              "--model-kwargs", "ssd_backend=torch"]
+    rows = validate.main([*common, "--output", str(tmp_path / "val")])
+    assert [r["name"] for r in rows] == ["g=32", "g=16", "g=8", "g=4"]
+    assert json.loads((tmp_path / "val" / "validate.json").read_text())["data_config"]["input_size"] == [1, 32, 32]
+    rows = retrieval.main([*common, "--output", str(tmp_path / "ret"), "--cache-dir", "", "--knn-backend", "torch"])
+    assert [r["query_granularity"] for r in rows] == [32, 16, 8, 4]
+
+
+def test_granularity_lists_take_commas_or_spaces(scripts, checkpoint, tmp_path):
+    from matmamba_vision.training.config import parse_args
+
+    assert parse_args(["--granularities", "32", "16"]).granularities == [32, 16]
+    assert parse_args(["--granularities", "32,16", "8"]).granularities == [32, 16, 8]
+    validate, _ = scripts
+    rows = validate.main(["--data-dir", str(_folder(tmp_path / "data")), "--checkpoint", str(checkpoint),
+                          "--num-classes", "10", "--granularities", "32,16", "--output", str(tmp_path / "o"), *TINY])
+    assert [r["name"] for r in rows] == ["g=32", "g=16"]
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--mean", "0.5", "0.5"], r"--mean needs 1 value \(one per input channel\), got 2"),
+    (["--pretrained"], "matmamba_vision_tiny_patch4_28 has no published weights"),
+])
+def test_eval_flags_refused_with_a_clear_message(scripts, tmp_path, flags, match):
+    validate, _ = scripts
+    with pytest.raises(ValueError, match=match):
+        validate.main(["--output", str(tmp_path / "o"), *TINY, *flags])
+
+
+def test_unknown_interpolation_is_an_argparse_error(scripts, capsys):
+    validate, _ = scripts
+    with pytest.raises(SystemExit):
+        validate.parse_args(["--interpolation", "foo"])
+    assert "invalid choice: 'foo'" in capsys.readouterr().err

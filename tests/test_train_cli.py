@@ -79,11 +79,23 @@ def test_cycle_mode_and_yaml_config(tmp_path, data):
     (["--sched", "plateau", "--no-sched-on-updates", "--warmup-epochs", "0.3"],
      "--warmup-epochs must be a whole number with --sched plateau, got 0.3"),
     (["--model-kwargs", "{depth:2}"], r"--model-kwargs: \['depth:2'\] are not argument names"),
+    (["--drop-path", "1.5"], r"--drop-path must be in \[0, 1\), got 1.5"),  # was a RuntimeError in the first step
+    (["--pretrained"], "matmamba_vision_tiny_patch4_28 has no published weights"),
 ])
 def test_bad_flags_stop_before_training(tmp_path, data, flags, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         run(tmp_path, data, *flags)
     assert not (tmp_path / "run").exists()  # no run folder (nor log.txt) is left by a refused run
+
+
+def test_a_new_run_into_a_folder_holding_a_run_is_refused(tmp_path, data):
+    """It used to start there: the keep-last-N pruning deleted its own first checkpoint (the old run's were newer)
+    and model_best/summary.csv were overwritten, mixing two runs."""
+    run(tmp_path, data, "--epochs", "1")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'run'} already holds a run .*--resume"):
+        run(tmp_path, data, "--epochs", "1", "--seed", "7")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
 
 
 def test_unknown_scheduler_is_refused(tmp_path, data, capsys):

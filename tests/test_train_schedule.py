@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from timm.scheduler import create_scheduler_v2
 
 import matmamba_vision.training.trainer as trainer
@@ -84,6 +85,9 @@ def test_more_epochs_at_resume_rebuild_the_schedule(tmp_path, data, caplog, step
     assert len(extended) == 4 and extended[2:] == pytest.approx(long[2:], rel=1e-9)
     assert extended[2] > 1e-4  # mid-schedule, not min_lr
     assert "rebuilt from this run's flags (--epochs: 2 -> 4)" in caplog.text
+    started = yaml.safe_load((tmp_path / "short" / "args.yaml").read_text())
+    resumed = yaml.safe_load((tmp_path / "short" / "args.resumed-epoch2.yaml").read_text())
+    assert started["epochs"] == 2 and resumed["epochs"] == 4  # args.yaml keeps the flags the run started with
 
 
 def test_step_schedule_flags_reach_timm(tmp_path, data):

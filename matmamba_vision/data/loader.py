@@ -155,14 +155,14 @@ def dataset_classes(dataset: str = "", data_dir: Optional[str] = None, split: st
 
 def create_eval_loader(dataset: str = "", data_dir: Optional[str] = None, split: str = "val",
                        data_config: Optional[dict] = None, batch_size: int = 256, workers: int = 2,
-                       distributed: bool = False) -> EvalLoader:
+                       distributed: bool = False, skip_corrupt: bool = False) -> EvalLoader:
     """An evaluation loader of ``split`` ('train' or 'val'; Fashion-MNIST's 'val' is its 10k test set) with
     evaluation transforms only (resize, centre crop, normalise), in dataset order.
 
     ``data_config`` is timm's resolved data config (``timm.data.resolve_data_config``); its channel count
     decides grey or RGB. With ``distributed`` each rank gets every world-size-th sample (no padding).
-    Bad input (missing or empty folder, class lists differing between train and val, an unreadable image)
-    raises ValueError.
+    Bad input (missing or empty folder, class lists differing between train and val, an unreadable image
+    unless ``skip_corrupt``: then it is logged and the next image taken) raises ValueError.
     """
     kind = resolve_dataset(dataset, data_dir)
     if split not in ("train", "val"):
@@ -175,7 +175,8 @@ def create_eval_loader(dataset: str = "", data_dir: Optional[str] = None, split:
         from .ffcv_pipeline import create_ffcv_loader
         return create_ffcv_loader(data_dir, split, data_config, batch_size, workers, is_training=False,
                                   rank=rank, world=world)
-    ds = _folder_or_fmnist_dataset(kind, data_dir, split, create_eval_transform(data_config), _in_chans(data_config))
+    ds = _folder_or_fmnist_dataset(kind, data_dir, split, create_eval_transform(data_config), _in_chans(data_config),
+                                   skip_corrupt)
     sampler = ShardSampler(len(ds), rank, world)
     loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
                         persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
@@ -194,7 +195,7 @@ def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split
     """A shuffled training loader; ``batch_size`` is this rank's batch per optimiser step (the global batch
     divided by the world size), and the last partial batch is dropped.
 
-    Fashion-MNIST with ``fast_fmnist`` (and no RandAugment or colour jitter) uses the preloaded
+    Fashion-MNIST at 28x28 with ``fast_fmnist`` (and no RandAugment or colour jitter) uses the preloaded
     :class:`TensorTrainLoader` (random translation by up to ``translate`` pixels, flip, erasing); everything
     else uses timm's transforms.
     """
@@ -213,9 +214,8 @@ def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split
         return create_ffcv_loader(data_dir, split, data_config, batch_size, workers, is_training=True,
                                   rank=rank, world=world, seed=seed, scale=scale, ratio=ratio, hflip=hflip,
                                   device=device, re_prob=re_prob, re_mode=re_mode, re_count=re_count)
-    if kind == "fmnist" and fast_fmnist and not auto_augment and not color_jitter:
-        if tuple(data_config["input_size"][1:]) != (28, 28):
-            raise ValueError(f"the Fashion-MNIST fast path needs 28x28 input, got {data_config['input_size']}")
+    if (kind == "fmnist" and fast_fmnist and not auto_augment and not color_jitter
+            and tuple(data_config["input_size"][1:]) == (28, 28)):  # other sizes: timm's transforms (resize)
         images, targets = load_fmnist(split, data_dir)
         images = to_channels(images.unsqueeze(1), in_chans)
         augment = TensorAugment(data_config["mean"], data_config["std"], pad=translate, hflip=hflip, re_prob=re_prob,

@@ -8,10 +8,10 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import yaml
-from timm.data import resolve_data_config
 from timm.utils import ParseKwargs
 
 from ..checkpoint import build_model, load_weights, read_weights_metadata
+from ..data.transforms import model_data_config
 from ..models.matmamba_vision import MatMambaVision, checkpoint_filter_fn
 from ..training.checkpointing import check_output_dir
 from ..training.distributed import resolve_device
@@ -56,7 +56,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's)")
     g.add_argument("--model-kwargs", nargs="*", default={}, action=_ModelKwargs, metavar="KEY=VALUE",
                    help="extra timm.create_model kwargs: embed_dim=64 depth=4, or '{embed_dim: 64, depth: 4}' "
-                   "(default: those recorded in a train.py checkpoint of the same model)")
+                   "(added to, and overriding, those recorded in a train.py checkpoint of the same model)")
     d = parser.add_argument_group("data")
     d.add_argument("--dataset", default="", help="'' (Fashion-MNIST without --data-dir, else an ImageNet-style "
                    "folder), 'fmnist', 'folder' or 'ffcv'")
@@ -64,10 +64,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d.add_argument("--batch-size", "-b", type=int, default=256)
     d.add_argument("--workers", "-j", type=int, default=2)
     d.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction (default: the model's cfg)")
-    d.add_argument("--interpolation", default="", help="resize interpolation (default: the model's cfg)")
+    d.add_argument("--interpolation", default="", choices=("", "bilinear", "bicubic", "nearest", "random"),
+                   help="resize interpolation (default: the model's cfg)")
     d.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean (default: the model's cfg)")
     d.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std (default: the model's cfg)")
     d.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N images of each split")
+    d.add_argument("--skip-corrupt", action="store_true", help="skip (and log) images that fail to decode")
     r = parser.add_argument_group("run")
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     r.add_argument("--amp", action="store_true", help="mixed precision (autocast)")
@@ -117,8 +119,9 @@ def trained_levels(args: argparse.Namespace, model: MatMambaVision) -> List[int]
 def model_from_args(args: argparse.Namespace, **extra) -> MatMambaVision:
     """``build_model`` from ``--model/--pretrained/--checkpoint`` (+ size flags); eval mode.
 
-    Without ``--model`` the model named in a train.py checkpoint is used; without ``--model-kwargs`` the
-    kwargs it recorded (when it names the same model). Sets ``args.model`` to the model built.
+    Without ``--model`` the model named in a train.py checkpoint is used, with the kwargs it recorded (when it
+    names the same model), updated by ``--model-kwargs`` and the size flags. Sets ``args.model`` to the model
+    built.
     """
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
@@ -130,8 +133,8 @@ def model_from_args(args: argparse.Namespace, **extra) -> MatMambaVision:
     if not args.model:
         args.model = meta.get("model") or DEFAULT_MODEL
     kwargs: Dict[str, Any] = {}
-    if meta.get("model") == args.model and not args.model_kwargs and isinstance(meta.get("model_kwargs"), dict):
-        kwargs.update(meta["model_kwargs"])
+    if meta.get("model") == args.model and isinstance(meta.get("model_kwargs"), dict):
+        kwargs.update(meta["model_kwargs"])  # --model-kwargs and the size flags add to and override these
     kwargs.update(_model_kwargs(args))
     kwargs.update(extra)
     try:
@@ -174,13 +177,15 @@ def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
 
 
 def data_config_from_args(args: argparse.Namespace, model: MatMambaVision) -> Dict[str, Any]:
-    """timm's data config: the model's pretrained cfg, overridden by --img-size/--crop-pct/... when given."""
+    """timm's data config at the model's own input size (a checkpoint trained at another ``img_size`` builds a
+    model of that size), overridden by --crop-pct/--interpolation/--mean/--std when given."""
     overrides = dict(in_chans=model.in_chans, img_size=args.img_size, crop_pct=args.crop_pct,
                      interpolation=args.interpolation or None, mean=args.mean, std=args.std)
-    try:
-        return resolve_data_config(overrides, model=model)
-    except AssertionError:
-        raise ValueError(f"--mean/--std need 1 or {model.in_chans} values (one per input channel)") from None
+    for flag, values in (("--mean", args.mean), ("--std", args.std)):
+        if values is not None and len(values) not in (1, model.in_chans):
+            valid = "1 value" if model.in_chans == 1 else f"1 or {model.in_chans} values"
+            raise ValueError(f"{flag} needs {valid} (one per input channel), got {len(values)}")
+    return model_data_config(model, overrides)
 
 
 def loader_from_args(args: argparse.Namespace, split: str, data_config: Dict[str, Any]):
@@ -188,7 +193,7 @@ def loader_from_args(args: argparse.Namespace, split: str, data_config: Dict[str
     from ..data import create_eval_loader
 
     return create_eval_loader(dataset=args.dataset, data_dir=args.data_dir, split=split, data_config=data_config,
-                              batch_size=args.batch_size, workers=args.workers)
+                              batch_size=args.batch_size, workers=args.workers, skip_corrupt=args.skip_corrupt)
 
 
 def data_identity(args: argparse.Namespace, split: str, data_config: Dict[str, Any]) -> Dict[str, Any]:

@@ -78,7 +78,7 @@ def uniform_configs(model: MatMambaVision, granularities: Iterable[int], levels:
 
 
 def official_sweep(model: MatMambaVision, levels: Optional[Sequence[int]] = None) -> List[SubmodelConfig]:
-    """DESIGN.md section 3: for each pair g1 > g2 of trained levels, the last k blocks at g2 and the rest at
+    """The official mix'n'match sweep (MatMamba paper / reference code): for each pair g1 > g2 of trained levels, the last k blocks at g2 and the rest at
     g1, for k = 1..depth (k = depth is the uniform g2 model). Duplicates are dropped, order kept."""
     levels = sorted(set(levels or model.matryoshka_levels), reverse=True)
     depth = len(model.layers)
@@ -165,12 +165,12 @@ def load_config_file(model: MatMambaVision, path: str, levels: Optional[Sequence
 def parse_granularities(model: MatMambaVision, spec: Optional[Sequence], levels: Optional[Sequence[int]] = None,
                         flag: str = "--granularities") -> List[SubmodelConfig]:
     """A granularities flag (``flag``, named in errors): None/empty = the trained ``levels`` (default
-    ``model.matryoshka_levels``); otherwise ints (strings accepted)."""
+    ``model.matryoshka_levels``); otherwise ints (strings accepted, also comma-separated)."""
     levels = list(levels or model.matryoshka_levels)
     if not spec:
         return uniform_configs(model, levels, levels, flag)
     values = []
-    for s in spec:
+    for s in (part for item in spec for part in str(item).replace(",", " ").split()):  # '128 64' or '128,64'
         try:
             values.append(int(s))
         except (TypeError, ValueError):

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"extra create_model kwargs as YAML, e.g. '{{depth: 2}}' (default for {DEFAULT_MODEL}: "
                    f"{DEFAULT_MODEL_KWARGS}; none for other models)")
     t = p.add_argument_group("Matryoshka")
-    t.add_argument("--granularities", type=_ints, default=None, help="trained g values; default D, D/2, D/4, D/8")
+    t.add_argument("--granularities", type=_ints, nargs="+", default=None,
+                   help="trained g values, e.g. 128 64 or 128,64; default D, D/2, D/4, D/8")
     t.add_argument("--matryoshka-mode", choices=("sum", "cycle"), default="sum",
                    help="sum: every g on each batch, averaged; cycle: one g per micro-batch, one step per cycle")
     t.add_argument("--best-granularity", type=int, default=None, help="g whose val top-1 picks the best model")
@@ -150,6 +151,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             raise ValueError(f"--config: unknown keys in {known.config}: {unknown}")
         parser.set_defaults(**cfg)
     args = parser.parse_args(argv)
+    if args.granularities is not None:  # '128 64', '128,64' or a YAML list: one flat list
+        args.granularities = [g for v in args.granularities for g in (v if isinstance(v, list) else [v])]
     if args.model_kwargs is None:
         args.model_kwargs = DEFAULT_MODEL_KWARGS if args.model == DEFAULT_MODEL else ""
     return args

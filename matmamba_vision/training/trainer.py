@@ -155,6 +155,9 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         ("--validation-batch-size", args.validation_batch_size,
          args.validation_batch_size is None or args.validation_batch_size > 0, "positive"),
         ("--warmup-epochs", args.warmup_epochs, args.warmup_epochs >= 0, "0 or more"),
+        ("--drop", args.drop, 0 <= args.drop < 1, "in [0, 1)"),
+        ("--drop-path", args.drop_path, 0 <= args.drop_path < 1, "in [0, 1)"),
+        ("--proj-drop", args.proj_drop, 0 <= args.proj_drop < 1, "in [0, 1)"),
         # timm's plateau scheduler steps once per epoch, on the validation top-1, and ends its warm-up only at a
         # whole epoch (after a fractional one the LR stays at a warm-up value for good)
         ("--sched-on-updates", "on", args.sched != "plateau" or not args.sched_on_updates,
@@ -171,6 +174,10 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
     resume_state = resolve_resume(args.resume) if args.resume else None
     # rank 0's folder on every rank: a default name holds the time, which ranks may read a second apart
     out_dir = from_main(experiment_dir(args.output, args.experiment, args.model, resume_state))
+    held = latest_state_file(out_dir) or next(iter(sorted(out_dir.glob("model_best*.safetensors"))), None)
+    if resume_state is None and held is not None:  # a new run there would prune and overwrite that run's files
+        raise ValueError(f"--output/--experiment: {out_dir} already holds a run ({held.name}); continue it with "
+                         f"--resume {out_dir}, or choose another --experiment")
     if info.is_main:  # only rank 0 writes; read-only, no permission, full, a file in the way: reported first
         check_output_dir(out_dir)
     log = setup_logging(info.is_main)  # log.txt starts when the folder is made, after every check
@@ -205,7 +212,8 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, scale=args.scale, ratio=args.ratio,
         hflip=args.hflip, translate=args.translate, skip_corrupt=args.skip_corrupt, device=info.device)
     eval_loader = create_eval_loader(args.dataset, args.data_dir, args.val_split, data_config,
-                                     args.validation_batch_size or 2 * per_rank, args.workers, info.distributed)
+                                     args.validation_batch_size or 2 * per_rank, args.workers, info.distributed,
+                                     skip_corrupt=args.skip_corrupt)
     if list(train_loader.classes) != list(eval_loader.classes):
         raise ValueError("data: class lists of the train and val splits differ")
     if len(train_loader) == 0:
@@ -262,7 +270,9 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         attach_log_file(out_dir / "log.txt")
-        write_args(out_dir / "args.yaml", vars(args))
+        # args.yaml keeps the flags the run was started with; a resume records its own beside them
+        resumed_here = resume_state is not None and (out_dir / "args.yaml").is_file()
+        write_args(out_dir / (f"args.resumed-epoch{start_epoch}.yaml" if resumed_here else "args.yaml"), vars(args))
     saver = CheckpointManager(out_dir, args.checkpoint_hist, enabled=info.is_main)
     summary = Summary(out_dir, granularities, state.get("summary") if start_epoch else None)
     log.info("model %s: %.2fM params, granularities %s (%s mode), global batch %d = %d ranks x %d micro-batch%s, "
