@@ -37,7 +37,7 @@ demo: $(STAMP)
 	$(MAKE) --no-print-directory demo-eval
 
 # validate.py (trained levels + the official mix'n'match sweep) and retrieval.py on the demo checkpoint;
-# CSV/JSON/PNG land in $(DEMO_RUN). Each uses the first $(DEMO_EVAL_SAMPLES) images of each split.
+# CSV/JSON/PNG land in $(DEMO_RUN). Each uses $(DEMO_EVAL_SAMPLES) images of each split, spread evenly over it.
 demo-eval: $(STAMP)
 	$(PY) validate.py --checkpoint $(DEMO_CKPT) --mixnmatch official --max-samples $(DEMO_EVAL_SAMPLES) --output $(DEMO_RUN)
 	$(PY) retrieval.py --checkpoint $(DEMO_CKPT) --max-samples $(DEMO_EVAL_SAMPLES) --output $(DEMO_RUN) \

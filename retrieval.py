@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import matmamba_vision  # noqa: F401  (registers the models with timm)
+from matmamba_vision.data import error_line
 from matmamba_vision.evaluation import (
     KNN_BACKENDS, Baseline, EmbeddingCache, file_sha256, parse_granularities, resolve_backend,
     retrieval_table, run_retrieval, state_dict_sha256, uniform_configs, write_retrieval_outputs,
@@ -77,7 +78,7 @@ def main(argv=None) -> list:
     model_identity = dict(model=args.model, model_args=model.model_args, weights=weights)
     db_loader = loader_from_args(args, args.db_split, data_config)
     query_loader = loader_from_args(args, args.query_split, data_config)
-    limit = "" if args.max_samples is None else f", first {args.max_samples} of each"
+    limit = "" if args.max_samples is None else f", {args.max_samples} of each, spread"
     print(f"{args.model}: database {args.db_split} ({getattr(db_loader, 'num_samples', '?')} images) at "
           f"{[c.name for c in db_configs]}, queries {args.query_split} "
           f"({getattr(query_loader, 'num_samples', '?')}) at {[c.name for c in query_configs]}{limit}; "
@@ -109,5 +110,5 @@ if __name__ == "__main__":
     try:
         main()
     except ValueError as e:  # bad flags or data: one clear line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         sys.exit(2)

@@ -8,10 +8,11 @@
 """
 import sys
 
+from matmamba_vision.data import error_line
 from matmamba_vision.training import TrainingError, main
 
 if __name__ == "__main__":
     try:
         main()
     except (ValueError, TrainingError) as e:
-        sys.exit(f"train.py: error: {e}")
+        sys.exit(f"train.py: error: {error_line(e)}")

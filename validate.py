@@ -15,6 +15,7 @@ import time
 
 
 import matmamba_vision  # noqa: F401  (registers the models with timm)
+from matmamba_vision.data import error_line
 from matmamba_vision.evaluation import dedupe_configs, parse_granularities, parse_mixnmatch
 from matmamba_vision.evaluation.cli import (
     add_common_args, amp_dtype_from_args, check_outputs, data_config_from_args, loader_from_args, model_from_args,
@@ -49,7 +50,7 @@ def main(argv=None) -> list:
     configs = dedupe_configs(parse_granularities(model, args.granularities, levels)
                              + parse_mixnmatch(model, args.mixnmatch, args.seed, levels))
     loader = loader_from_args(args, args.split, data_config)
-    limit = "" if args.max_samples is None else f", first {args.max_samples}"
+    limit = "" if args.max_samples is None else f", {args.max_samples} spread over it"
     print(f"{args.model}: {len(configs)} configurations on {args.split} "
           f"({getattr(loader, 'num_samples', '?')} images{limit})", flush=True)
     rows = validate_configs(model, loader, configs, img_size=data_config["input_size"][-1], device=str(device),
@@ -73,5 +74,5 @@ if __name__ == "__main__":
     try:
         main()
     except ValueError as e:  # bad flags or data: one clear line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         sys.exit(2)

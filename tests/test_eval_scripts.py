@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -207,3 +208,39 @@ def test_unknown_interpolation_is_an_argparse_error(scripts, capsys):
     with pytest.raises(SystemExit):
         validate.parse_args(["--interpolation", "foo"])
     assert "invalid choice: 'foo'" in capsys.readouterr().err
+
+
+def test_max_samples_spreads_over_a_class_sorted_folder(tmp_path):
+    """--max-samples took the first N images: on a class-sorted folder (ImageNet's) only the first classes."""
+    from matmamba_vision.data import create_eval_loader, fmnist_data_config
+
+    data = _folder(tmp_path / "data", n_val=40)  # val/{a,b,c,d}, listed class by class
+    loader = create_eval_loader("folder", str(data), "val", fmnist_data_config(), batch_size=4, workers=0,
+                                max_samples=8)
+    targets = torch.cat([t for _, t in loader])
+    assert len(targets) == 8 and set(targets.tolist()) == {0, 1, 2, 3}
+    everything = create_eval_loader("folder", str(data), "val", fmnist_data_config(), batch_size=64, workers=0)
+    assert len(torch.cat([t for _, t in everything])) == 40
+
+
+def test_unwritable_cache_dir_is_refused_before_any_work(scripts, tmp_path):
+    _, retrieval = scripts
+    (tmp_path / "taken").write_text("a file, not a folder")
+    with pytest.raises(ValueError, match=r"--cache-dir .*taken/cache: cannot write there"):
+        retrieval.main(["--output", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "taken" / "cache"), *TINY])
+
+
+def test_a_loader_worker_error_is_reported_on_one_line(tmp_path):
+    """An unreadable image met in a DataLoader worker (validate.py's default -j 2) came out as ~45 lines."""
+    from matmamba_vision.data import create_eval_loader, error_line, fmnist_data_config
+    from train_utils import truncated_jpeg
+
+    data = _folder(tmp_path / "data")
+    truncated_jpeg(data / "val" / "a" / "0broken.jpg")
+    loader = create_eval_loader("folder", str(data), "val", fmnist_data_config(), batch_size=4, workers=1)
+    with pytest.raises(ValueError) as caught:
+        for _ in loader:
+            pass
+    assert "Original Traceback" in str(caught.value)
+    line = error_line(caught.value)
+    assert line.startswith("unreadable image ") and "0broken.jpg" in line and "\n" not in line

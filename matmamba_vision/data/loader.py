@@ -21,7 +21,7 @@ from .folder import create_folder_dataset
 from .transforms import TensorAugment, create_eval_transform, create_train_transform, image_mode, to_channels
 
 __all__ = ["DATASETS", "resolve_dataset", "dataset_classes", "EvalLoader", "TrainLoader", "TensorTrainLoader", "ShardSampler",
-           "create_eval_loader", "create_train_loader", "fmnist_data_config"]
+           "create_eval_loader", "create_train_loader", "fmnist_data_config", "error_line"]
 
 DATASETS = ("", "fmnist", "folder", "ffcv")
 Batch = Tuple[torch.Tensor, torch.Tensor]
@@ -56,11 +56,24 @@ def fmnist_data_config(in_chans: int = 1) -> dict:
                 crop_mode="center")
 
 
-class ShardSampler(Sampler):
-    """Indices ``rank, rank + world, ...`` in order, without padding (every sample evaluated exactly once)."""
+def error_line(error: BaseException) -> str:
+    """An error's message on one line, for the scripts: a DataLoader worker's error is re-raised with the
+    worker's whole traceback in its message, cut here to the original error's own message."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
-    def __init__(self, num_samples: int, rank: int = 0, world: int = 1):
-        self.indices = list(range(rank, num_samples, world))
+
+class ShardSampler(Sampler):
+    """Indices ``rank, rank + world, ...`` in order, without padding (every sample evaluated exactly once);
+    with ``limit``, of ``limit`` indices spread evenly over the split (a class-sorted folder keeps every class)."""
+
+    def __init__(self, num_samples: int, rank: int = 0, world: int = 1, limit: Optional[int] = None):
+        chosen = range(num_samples) if limit is None or limit >= num_samples else \
+            [i * num_samples // limit for i in range(limit)]
+        self.indices = list(chosen[rank::world])
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
@@ -155,9 +168,11 @@ def dataset_classes(dataset: str = "", data_dir: Optional[str] = None, split: st
 
 def create_eval_loader(dataset: str = "", data_dir: Optional[str] = None, split: str = "val",
                        data_config: Optional[dict] = None, batch_size: int = 256, workers: int = 2,
-                       distributed: bool = False, skip_corrupt: bool = False) -> EvalLoader:
+                       distributed: bool = False, skip_corrupt: bool = False,
+                       max_samples: Optional[int] = None) -> EvalLoader:
     """An evaluation loader of ``split`` ('train' or 'val'; Fashion-MNIST's 'val' is its 10k test set) with
-    evaluation transforms only (resize, centre crop, normalise), in dataset order.
+    evaluation transforms only (resize, centre crop, normalise), in dataset order; ``max_samples``: only that
+    many images, spread evenly over the split (ffcv: its first ones).
 
     ``data_config`` is timm's resolved data config (``timm.data.resolve_data_config``); its channel count
     decides grey or RGB. With ``distributed`` each rank gets every world-size-th sample (no padding).
@@ -177,7 +192,7 @@ def create_eval_loader(dataset: str = "", data_dir: Optional[str] = None, split:
                                   rank=rank, world=world)
     ds = _folder_or_fmnist_dataset(kind, data_dir, split, create_eval_transform(data_config), _in_chans(data_config),
                                    skip_corrupt)
-    sampler = ShardSampler(len(ds), rank, world)
+    sampler = ShardSampler(len(ds), rank, world, max_samples)
     loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
                         persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
     classes = ds.classes

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -68,7 +69,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="resize interpolation (default: the model's cfg)")
     d.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean (default: the model's cfg)")
     d.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std (default: the model's cfg)")
-    d.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N images of each split")
+    d.add_argument("--max-samples", type=int, default=None, help="evaluate only N images of each split, spread evenly over it (every class of a class-sorted "
+                   "folder)")
     d.add_argument("--skip-corrupt", action="store_true", help="skip (and log) images that fail to decode")
     r = parser.add_argument_group("run")
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -125,6 +127,9 @@ def model_from_args(args: argparse.Namespace, **extra) -> MatMambaVision:
     """
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if not args.checkpoint and not args.pretrained:
+        print(f"warning: no --checkpoint or --pretrained: {args.model or 'the model'} has random weights",
+              file=sys.stderr, flush=True)
     if args.workers < 0:
         raise ValueError(f"--workers must be 0 or more, got {args.workers}")
     if args.max_samples is not None and args.max_samples <= 0:
@@ -193,7 +198,8 @@ def loader_from_args(args: argparse.Namespace, split: str, data_config: Dict[str
     from ..data import create_eval_loader
 
     return create_eval_loader(dataset=args.dataset, data_dir=args.data_dir, split=split, data_config=data_config,
-                              batch_size=args.batch_size, workers=args.workers, skip_corrupt=args.skip_corrupt)
+                              batch_size=args.batch_size, workers=args.workers, skip_corrupt=args.skip_corrupt,
+                              max_samples=args.max_samples)
 
 
 def data_identity(args: argparse.Namespace, split: str, data_config: Dict[str, Any]) -> Dict[str, Any]:
@@ -216,10 +222,13 @@ def output_dir_from_args(args: argparse.Namespace) -> Path:
 
 
 def check_outputs(args: argparse.Namespace) -> Path:
-    """The output folder (created) and ``--results-file``'s folder, probed for writing before any evaluation
-    runs: ValueError naming the flag (results are not computed only to be lost). Returns the output folder."""
+    """The output folder, ``--results-file``'s folder and retrieval's ``--cache-dir``, probed for writing before
+    any evaluation runs: ValueError naming the flag (results are not computed only to be lost). Returns the
+    output folder."""
     out = output_dir_from_args(args)
     check_output_dir(out)
+    if getattr(args, "cache_dir", ""):
+        check_output_dir(Path(args.cache_dir), "--cache-dir")
     if args.results_file:
         folder = Path(args.results_file).resolve().parent
         try:

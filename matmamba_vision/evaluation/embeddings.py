@@ -220,8 +220,10 @@ def embed_splits(
     """
     names = list(names) if names is not None else [str(list(g)) for g in granularities]
     precision = str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "float32"
-    idents = [dict(identity, granularity=[int(x) for x in g], name=n, max_samples=max_samples, precision=precision,
-                   device_type=torch.device(device).type)
+    # "spread": a limited split is an evenly spaced subset (entries of the earlier first-N subsets do not match)
+    limit = {"max_samples": max_samples} if max_samples is None else {"max_samples": max_samples, "subset": "spread"}
+    idents = [dict(identity, granularity=[int(x) for x in g], name=n, precision=precision,
+                   device_type=torch.device(device).type, **limit)
               for g, n in zip(granularities, names)]
     results: List[Optional[EmbeddingSet]] = [cache.load(i) for i in idents]
     todo = [j for j, r in enumerate(results) if r is None]

@@ -125,7 +125,7 @@ def _plain_value(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def check_output_dir(directory: Path) -> None:
+def check_output_dir(directory: Path, flag: str = "--output") -> None:
     """Create ``directory`` and write, fsync and delete a probe file in it: ValueError (naming the folder) when
     that fails, e.g. a read-only file system, no permission, a full disk, or a file in the way. Folders the
     probe created are removed again, so a run that stops at a later check leaves nothing behind."""
@@ -143,7 +143,7 @@ def check_output_dir(directory: Path) -> None:
                 os.close(fd)
                 os.unlink(probe)
         except OSError as e:
-            raise ValueError(f"--output {directory}: cannot write there ({e.strerror or e}); choose another --output")
+            raise ValueError(f"{flag} {directory}: cannot write there ({e.strerror or e}); choose another {flag}")
     finally:
         for d in created:  # deepest first
             try:
