@@ -88,7 +88,7 @@ def main(argv=None) -> list:
         data_identity(args, args.db_split, data_config), data_identity(args, args.query_split, data_config),
         EmbeddingCache(args.cache_dir or None), baselines=baselines, backend=backend, device=str(device),
         amp_dtype=amp_dtype_from_args(args), max_samples=args.max_samples, index=args.knn_index,
-        share_prefix=not args.no_prefix_sharing, img_size=data_config["input_size"][-1],
+        share_prefix=not args.no_prefix_sharing, img_size=tuple(data_config["input_size"][1:]),
     )
     seconds = time.perf_counter() - start
     meta = dict(model=args.model, checkpoint=args.checkpoint or None, checkpoint_sha256=weights if args.checkpoint

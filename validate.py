@@ -53,7 +53,7 @@ def main(argv=None) -> list:
     limit = "" if args.max_samples is None else f", {args.max_samples} spread over it"
     print(f"{args.model}: {len(configs)} configurations on {args.split} "
           f"({getattr(loader, 'num_samples', '?')} images{limit})", flush=True)
-    rows = validate_configs(model, loader, configs, img_size=data_config["input_size"][-1], device=str(device),
+    rows = validate_configs(model, loader, configs, img_size=tuple(data_config["input_size"][1:]), device=str(device),
                             amp_dtype=amp_dtype_from_args(args), max_samples=args.max_samples,
                             share_prefix=not args.no_prefix_sharing, log_freq=args.log_freq)
     seconds = time.perf_counter() - start

@@ -216,8 +216,15 @@ def save_model_dir(model: MatMambaVision, directory: PathLike) -> Path:
         if model.in_chans != len(cfg["mean"]):  # as timm's data config does: the channels' average
             cfg.update(mean=(sum(cfg["mean"]) / 3,) * model.in_chans, std=(sum(cfg["std"]) / 3,) * model.in_chans)
         model.pretrained_cfg = cfg
-    with tempfile.TemporaryDirectory(prefix=f".{directory.name}.", dir=directory.parent) as tmp:
-        save_for_hf(model, tmp, model_args=model.model_args, safe_serialization=True)
-        for name in sorted(os.listdir(tmp)):
-            os.replace(os.path.join(tmp, name), directory / name)
+    # the config's input size is the model's own (it may have been built or resized to another one)
+    saved_cfg = model.pretrained_cfg
+    model.pretrained_cfg = dict(saved_cfg, input_size=(model.in_chans, *model.patch_embed.img_size),
+                                fixed_input_size=not model.dynamic_img_size)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".{directory.name}.", dir=directory.parent) as tmp:
+            save_for_hf(model, tmp, model_args=model.model_args, safe_serialization=True)
+            for name in sorted(os.listdir(tmp)):
+                os.replace(os.path.join(tmp, name), directory / name)
+    finally:
+        model.pretrained_cfg = saved_cfg
     return directory

@@ -1,12 +1,13 @@
 """Elastic inference: standalone submodels, and parameter and FLOP counts at any granularity."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple, Union
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models.matmamba_vision import Granularity, MatMambaVision
+from .ops.ssd import reference_paths
 
 __all__ = ["extract_submodel", "count_params", "count_flops", "EMBEDDING_PREFIXES"]
 
@@ -33,8 +34,12 @@ def extract_submodel(model: MatMambaVision, granularity: Granularity) -> MatMamb
     args = dict(model.model_args)
     args["mixer_dims"] = [g or blk.mixer.max_granularity for g, blk in zip(dims, model.layers)]
     sub = MatMambaVision(**args)
+    if isinstance(model.norm_f, torch.nn.Identity):  # pruned by prune_intermediate_layers(prune_norm=True)
+        sub.norm_f = torch.nn.Identity()
     sub.load_state_dict({k: v.clone() for k, v in _active_state_dict(model, dims).items()})
     sub.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    sub._traits = dict(getattr(model, "_traits", {}))
+    sub.set_grad_checkpointing(model.grad_checkpointing)
     sub.train(model.training)
     p = next(model.parameters())
     return sub.to(device=p.device, dtype=p.dtype)
@@ -51,12 +56,15 @@ def count_params(model: MatMambaVision, granularity: Granularity = None, exclude
 
 
 @torch.no_grad()
-def count_flops(model: MatMambaVision, granularity: Granularity = None, img_size: Optional[int] = None) -> int:
+def count_flops(model: MatMambaVision, granularity: Granularity = None,
+                img_size: Optional[Union[int, Tuple[int, int]]] = None) -> int:
     """FLOPs (2 per multiply-add) of one image's forward at ``granularity``, by torch's flop counter.
 
-    Counts matrix products and convolutions (the patch embedding, projections, the SSD's products, head);
-    elementwise work is not counted. ``img_size`` defaults to the model's; other sizes need
-    ``dynamic_img_size=True``.
+    Counts matrix products and convolutions (the patch embedding, projections, the depthwise conv, the SSD's
+    products in its exact chunked form, head); elementwise work is not counted. The forward runs under
+    :func:`~matmamba_vision.ops.ssd.reference_paths`, so the figure depends on the configuration and the
+    input size only (the fast paths' work varies with the data, and oneDNN's fused conv is invisible to the
+    counter). ``img_size`` (int or (H, W)) defaults to the model's; other sizes need ``dynamic_img_size=True``.
     """
     size = img_size or model.patch_embed.img_size
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -65,7 +73,7 @@ def count_flops(model: MatMambaVision, granularity: Granularity = None, img_size
     was_training = model.training
     model.eval()
     try:
-        with model.granularity(granularity), FlopCounterMode(display=False) as counter:
+        with model.granularity(granularity), reference_paths(), FlopCounterMode(display=False) as counter:
             model(x)
     finally:
         model.train(was_training)

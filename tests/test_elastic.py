@@ -134,6 +134,37 @@ def test_count_flops(model):
     assert model.training is False and model.granularities == [None] * 3
 
 
+def _expected_flops(model, dims, tokens):
+    """Every product and conv of one forward, by hand: patch embedding, per block the projections, the depthwise
+    conv (its padded output, as the counter counts conv2d), the exact single-chunk SSD (C B^T per group and the
+    (L x L) decayed scores times x per head), out_proj; the head."""
+    D = model.embed_dim
+    pe = model.patch_embed.proj
+    total = 2 * (tokens - 1) * D * pe.in_channels * pe.kernel_size[0] * pe.kernel_size[1] + 2 * D * model.num_classes
+    for blk, g in zip(model.layers, dims):
+        mx = blk.mixer
+        di = mx.expand * g
+        h, p, k = di // mx.headdim, mx.headdim, mx.conv.weight.shape[1]
+        channels = mx.n_bc + di
+        total += 2 * tokens * D * (channels + h * (p + 1) + di)  # xbc_proj, zdt_proj, out_proj
+        total += 2 * (tokens + k - 1) * k * channels  # depthwise conv
+        total += 2 * mx.ngroups * tokens * tokens * mx.d_state + 2 * h * tokens * tokens * p  # SSD
+    return total
+
+
+@pytest.mark.parametrize("dims", [[64, 64, 64], [64, 8, 32], [32, 8, 64], [4, 4, 4]])
+def test_count_flops_counts_every_product_whatever_the_data(model, dims):
+    """One figure per configuration: the SSD's data-dependent row blocks (their split follows the decay rates)
+    and oneDNN's fused conv (invisible to the counter) made the same widths in another order count differently."""
+    expected = _expected_flops(model, dims, tokens=50)
+    assert mv.count_flops(model, dims) == expected
+    with torch.no_grad():
+        for blk in model.layers:  # decays fast enough that the fast path would split the rows into blocks
+            blk.mixer.A_log.fill_(8.0)
+            blk.mixer.dt_bias.fill_(3.0)
+    assert mv.count_flops(model, dims) == expected
+
+
 def test_count_flops_other_image_size():
     m = timm.create_model("matmamba_vision_tiny_patch4_28", dynamic_img_size=True, **SMALL)
     assert mv.count_flops(m, img_size=56) > 3.5 * mv.count_flops(m, img_size=28)

@@ -244,3 +244,38 @@ def test_a_loader_worker_error_is_reported_on_one_line(tmp_path):
     assert "Original Traceback" in str(caught.value)
     line = error_line(caught.value)
     assert line.startswith("unreadable image ") and "0broken.jpg" in line and "\n" not in line
+
+
+def test_a_non_square_model_is_costed_at_its_own_size(scripts, tmp_path):
+    """The FLOPs column counted a square image of the width: a (28, 56) model failed after the whole pass."""
+    import matmamba_vision as mv
+
+    validate, _ = scripts
+    rows = validate.main(["--data-dir", str(_folder(tmp_path / "data")), "--model-kwargs",
+                          "{embed_dim: 32, depth: 2, d_state: 16, img_size: [28, 56]}", "--num-classes", "4",
+                          "-j", "0", "-b", "16", "--output", str(tmp_path / "o")])
+    from matmamba_vision.checkpoint import build_model
+
+    model = build_model("matmamba_vision_tiny_patch4_28", embed_dim=32, depth=2, d_state=16, img_size=(28, 56),
+                           num_classes=4)
+    assert rows[0]["name"] == "g=32" and rows[0]["gflops"] == pytest.approx(mv.count_flops(model) / 1e9)
+
+
+def test_cache_is_not_served_after_the_images_change(scripts, checkpoint, tmp_path):
+    """The cache key named the folder, not its contents: after images were removed or rewritten the old
+    embeddings (and query count) were served."""
+    _, retrieval = scripts
+    data = _folder(tmp_path / "data")
+    args = ["--data-dir", str(data), "--checkpoint", str(checkpoint), "--num-classes", "10", "--output",
+            str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--knn-backend", "torch",
+            "--query-granularities", "32", *TINY]
+    retrieval.main(args)
+    assert all(r["db_cached"] and r["query_cached"] for r in retrieval.main(args))  # unchanged: served
+    gone = [sorted(d.glob("*.png"))[0] for d in sorted((data / "val").iterdir())][:3]  # one from each of 3 classes
+    for p in gone:
+        p.unlink()
+    train_image = sorted((data / "train").rglob("*.png"))[0]
+    train_image.write_bytes(sorted((data / "train").rglob("*.png"))[-1].read_bytes())
+    rows = retrieval.main(args)
+    assert not rows[0]["db_cached"] and not rows[0]["query_cached"]
+    assert rows[0]["queries"] == 12 - 3

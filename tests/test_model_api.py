@@ -212,6 +212,8 @@ def test_dynamic_size_must_fit_patches():
     (dict(chunk_size=0), "chunk_size must be a positive integer"),
     (dict(num_classes=-1), "num_classes must be an integer >= 0"),
     (dict(img_size=30), "img_size 30 must be a positive multiple of patch_size 4"),
+    # a dynamic model's nominal size too: it was built, then refused its own default input
+    (dict(img_size=30, dynamic_img_size=True), "img_size 30 must be a positive multiple of patch_size 4"),
 ])
 def test_bad_model_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -326,8 +328,60 @@ def test_position_embedding_from_a_non_square_grid_is_refused():
 
     src = timm.create_model("matmamba_vision_tiny_patch4_28", img_size=(16, 32))  # a 4 x 8 grid
     dst = timm.create_model("matmamba_vision_tiny_patch4_28")
-    with pytest.raises(ValueError, match="32 patch positions are not a square grid"):
+    with pytest.raises(ValueError, match="32 patch positions and no recorded grid"):
         checkpoint_filter_fn(src.state_dict(), dst)
+
+
+@pytest.mark.parametrize("src_size", [(16, 64), (32, 32)])  # a 4 x 16 grid (64 positions, a square count), 8 x 8
+def test_saved_model_reloads_at_another_size_from_its_recorded_grid(tmp_path, src_size):
+    """local-dir reload at img_size 48: the position grid comes from the saved model args (a 4 x 16 grid was
+    taken as 8 x 8, silently) and matches the source model run at 48 px with dynamic sizes."""
+    from matmamba_vision.checkpoint import save_model_dir
+
+    torch.manual_seed(0)
+    src = timm.create_model("matmamba_vision_tiny_patch4_28", img_size=src_size, dynamic_img_size=True,
+                            **SMALL).eval()
+    save_model_dir(src, tmp_path / "m")
+    dst = timm.create_model(f"local-dir:{tmp_path / 'm'}", pretrained=True, img_size=48).eval()
+    x = torch.randn(2, 1, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x), rtol=1e-5, atol=1e-6)
+
+
+def test_pretrained_weights_load_into_another_patch_size(tmp_path):
+    """The patch kernel is resampled as timm's ViT does (it was a size-mismatch error)."""
+    from matmamba_vision.checkpoint import save_weights
+
+    src = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL)
+    save_weights(src.state_dict(), tmp_path / "w.safetensors")
+    dst = timm.create_model("matmamba_vision_tiny_patch4_28", pretrained=True, patch_size=7, **SMALL,
+                            pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")))
+    assert dst.patch_embed.proj.weight.shape[-2:] == (7, 7) and dst.pos_embed.shape == (1, 17, 64)
+    with torch.no_grad():
+        assert torch.isfinite(dst(torch.randn(1, 1, 28, 28))).all()
+
+
+def test_timm_data_config_and_export_follow_the_model_size(tmp_path):
+    """timm took the model as flexible-size and reported the registered 28 px for a 32 px model (and its export
+    and submodels), which the model then refused. timm >= 1.0.31 reads the model's input traits
+    (resolve_input_data_config); its older resolve_data_config reads the config, which the export now carries."""
+    from timm import data as timm_data
+
+    from matmamba_vision import extract_submodel
+    from matmamba_vision.checkpoint import save_model_dir
+
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", img_size=32, **SMALL).eval()
+    sub = extract_submodel(model, 16)
+    save_model_dir(sub, tmp_path / "sub")
+    back = timm.create_model(f"local-dir:{tmp_path / 'sub'}", pretrained=True).eval()
+    assert timm_data.resolve_data_config({}, model=back)["input_size"] == (1, 32, 32)
+    if not hasattr(timm_data, "resolve_input_data_config"):
+        pytest.skip("this timm has no model input traits")
+    for m in (model, sub, back):
+        size = timm_data.resolve_input_data_config(m)["input_size"]
+        assert size == (1, 32, 32), size
+        with torch.no_grad():
+            m(torch.randn(1, *size))
 
 
 def test_granularity_accepts_numpy_integers():
@@ -338,6 +392,20 @@ def test_granularity_accepts_numpy_integers():
         assert model.resolve_granularity(g) == [int(g)] * len(model.layers)
     with pytest.raises(ValueError, match="granularity must be None, an int"):
         model.resolve_granularity(64.0)
+
+
+def test_submodel_of_a_model_without_its_final_norm():
+    from matmamba_vision import extract_submodel
+
+    torch.manual_seed(0)
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL).eval()
+    model.prune_intermediate_layers(indices=[1], prune_norm=True)
+    model.set_grad_checkpointing()
+    sub = extract_submodel(model, 32).eval()  # was a load_state_dict error: missing norm_f.weight, norm_f.bias
+    assert sub.grad_checkpointing
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad(), model.granularity(32):
+        assert torch.equal(sub.forward_features(x), model.forward_features(x))
 
 
 def test_pruned_model_still_extracts_submodels():

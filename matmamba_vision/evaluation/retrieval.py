@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -72,7 +72,7 @@ def run_retrieval(
     max_samples: Optional[int] = None,
     index: str = "Flat",
     share_prefix: bool = True,
-    img_size: Optional[int] = None,
+    img_size: Optional[Union[int, Tuple[int, int]]] = None,
 ) -> List[Dict[str, Any]]:
     """Embed (or read from ``cache``) the database at each ``db_configs`` and the queries at each
     ``query_configs`` and every baseline, then score every query set against every database.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -89,7 +89,7 @@ def evaluate_configs(
     return rows
 
 
-def config_costs(model: MatMambaVision, config: SubmodelConfig, img_size: Optional[int] = None) -> dict:
+def config_costs(model: MatMambaVision, config: SubmodelConfig, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> dict:
     """Parameters (total, non-embedding) and GFLOPs of one image's forward for ``config``."""
     dims = list(config.dims)
     return dict(

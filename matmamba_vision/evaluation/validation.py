@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -25,7 +25,7 @@ def validate_configs(
     model: MatMambaVision,
     loader: Iterable,
     configs: Sequence[SubmodelConfig],
-    img_size: Optional[int] = None,
+    img_size: Optional[Union[int, Tuple[int, int]]] = None,
     device: str = "cpu",
     amp_dtype: Optional[torch.dtype] = None,
     max_samples: Optional[int] = None,

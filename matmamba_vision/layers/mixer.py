@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.ssd import check_ssd_backend, ssd_scan
+from ..ops.ssd import check_ssd_backend, ssd_scan, using_reference_paths
 from .gated_norm import GatedRMSNorm, gated_rms_norm_linear, rms_norm_linear
 
 __all__ = ["MatMamba2Mixer", "causal_depthwise_conv1d"]
@@ -109,7 +109,7 @@ def causal_depthwise_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: to
     leaves the fusion to the compiler."""
     global _FUSED_CONV_SILU
     if (torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dtype != torch.float32
-            or x.device.type != "cpu"):
+            or x.device.type != "cpu" or using_reference_paths()):
         return F.silu(causal_depthwise_conv1d(x, weight, bias))
     if _FUSED_CONV_SILU is None:
         _FUSED_CONV_SILU = _fused_conv_silu_available()

@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, PatchEmbed, resample_abs_pos_embed, to_2tuple
+from timm.layers import DropPath, PatchEmbed, resample_abs_pos_embed, resample_patch_embed, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
@@ -28,12 +28,12 @@ Granularity = Union[None, int, Sequence[Optional[int]]]
 GLOBAL_POOLS = ("token", "avg", "")
 
 
-def _check_img_size(img_size, patch_size, dynamic_img_size: bool) -> None:
-    """ValueError unless ``img_size`` is a positive multiple of ``patch_size`` (any positive size when dynamic)."""
+def _check_img_size(img_size, patch_size) -> None:
+    """ValueError unless ``img_size`` is a positive multiple of ``patch_size`` (a dynamic model's nominal size too:
+    its images must fit whole patches)."""
     grid, patch = to_2tuple(img_size), to_2tuple(patch_size)
-    if any(not is_integer(s) or s < 1 or (not dynamic_img_size and s % p) for s, p in zip(grid, patch)):
-        raise ValueError(f"img_size {img_size} must be a positive multiple of patch_size {patch_size} "
-                         "(or pass dynamic_img_size=True)")
+    if any(not is_integer(s) or s < 1 or s % p for s, p in zip(grid, patch)):
+        raise ValueError(f"img_size {img_size} must be a positive multiple of patch_size {patch_size}")
 
 
 class MatMambaBlock(nn.Module):
@@ -116,7 +116,7 @@ class MatMambaVision(nn.Module):
         for name, value, low in (("depth", depth, 1), ("embed_dim", embed_dim, 1), ("num_classes", num_classes, 0)):
             if not is_integer(value) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        _check_img_size(img_size, patch_size, dynamic_img_size)
+        _check_img_size(img_size, patch_size)
         if mixer_dims is not None and len(mixer_dims) != depth:
             raise ValueError(f"mixer_dims needs one entry per block ({depth}), got {len(mixer_dims)}")
         headdim = headdim or embed_dim // 32
@@ -138,6 +138,9 @@ class MatMambaVision(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
+        # timm reads a model's input traits: only images of img_size pass unless dynamic (PatchEmbed's own check is
+        # off, so timm would otherwise take the model as flexible and fall back to the registered size)
+        self._traits = {"fixed_input_size": not dynamic_img_size}
 
         self.patch_embed = PatchEmbed(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, bias=True,
@@ -213,7 +216,7 @@ class MatMambaVision(nn.Module):
         new_patch = tuple(self.patch_embed.patch_size) if patch_size is None else to_2tuple(patch_size)
         if any(not is_integer(p) or p < 1 for p in new_patch):
             raise ValueError(f"patch_size must be a positive integer (or a pair), got {patch_size!r}")
-        _check_img_size(new_img, new_patch, self.dynamic_img_size)
+        _check_img_size(new_img, new_patch)
         prev_grid = tuple(self.patch_embed.grid_size)
         self.patch_embed.set_input_size(img_size=new_img, patch_size=new_patch)
         grid = tuple(self.patch_embed.grid_size)
@@ -399,19 +402,35 @@ class MatMambaVision(nn.Module):
         return take_indices
 
 
+def _source_grid(tokens: int, model: MatMambaVision) -> Tuple[int, int]:
+    """The patch grid of a checkpoint's ``tokens`` position embeddings: from the model args it was saved with
+    (timm passes them for ``local-dir:``/hub folders), else square."""
+    src = getattr(model, "pretrained_model_args", None) or {}
+    if src.get("img_size") is not None and src.get("patch_size") is not None:
+        grid = tuple(s // p for s, p in zip(to_2tuple(src["img_size"]), to_2tuple(src["patch_size"])))
+        if grid[0] * grid[1] == tokens:
+            return grid
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ValueError(f"pos_embed: {tokens} patch positions and no recorded grid (img_size, patch_size) to "
+                         f"resample them from; a square grid is assumed only when the count is a square")
+    return side, side
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MatMambaVision) -> Dict[str, torch.Tensor]:
-    """timm's pretrained filter: official layout -> ours, position embedding resampled to the model's grid."""
+    """timm's pretrained filter: official layout -> ours; the position embedding resampled to the model's grid
+    and the patch embedding's kernel to its patch size (as timm's ViT does)."""
     state_dict = convert_official_state_dict(state_dict)
     pos = state_dict.get("pos_embed")
     if pos is not None and pos.shape != model.pos_embed.shape:
-        old = math.isqrt(pos.shape[1] - 1)
-        if old * old != pos.shape[1] - 1:
-            raise ValueError(f"pos_embed: {pos.shape[1] - 1} patch positions are not a square grid; resampling "
-                             f"to the model's {tuple(model.patch_embed.grid_size)} grid needs a square one")
         patch_pos = resample_abs_pos_embed(
-            pos[:, :-1], new_size=model.patch_embed.grid_size, old_size=(old, old), num_prefix_tokens=0
+            pos[:, :-1], new_size=model.patch_embed.grid_size, old_size=_source_grid(pos.shape[1] - 1, model),
+            num_prefix_tokens=0,
         )
         state_dict["pos_embed"] = torch.cat([patch_pos, pos[:, -1:]], dim=1)
+    kernel = state_dict.get("patch_embed.proj.weight")
+    if kernel is not None and kernel.shape[-2:] != model.patch_embed.proj.weight.shape[-2:]:
+        state_dict["patch_embed.proj.weight"] = resample_patch_embed(kernel, list(model.patch_embed.patch_size))
     return state_dict
 
 

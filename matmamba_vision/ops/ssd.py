@@ -25,12 +25,15 @@ it has no data-dependent branches, so the model compiles to one graph.
 from __future__ import annotations
 
 import functools
-from typing import Callable, List, Optional, Tuple
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SSD_BACKENDS", "ssd_scan", "ssd_scan_torch", "choose_chunk_len", "check_ssd_backend", "mamba_ssm_available"]
+__all__ = ["SSD_BACKENDS", "ssd_scan", "ssd_scan_torch", "choose_chunk_len", "check_ssd_backend", "mamba_ssm_available",
+           "reference_paths", "using_reference_paths"]
 
 SSD_BACKENDS = ("auto", "torch", "mamba_ssm")
 
@@ -41,6 +44,26 @@ SAFE_HALF_RANGE = 40.0
 _CLAMP = 60.0  # exponents of unsafe heads are clamped here (finite values, overwritten afterwards)
 _DROP = 60.0  # decay factors below e^-60 are dropped (set to 0): see _exp_dropped
 _MIN_FACTORISED_CHUNK = 16  # below this an unsafe head goes to the exact path
+
+
+_REFERENCE_PATHS: ContextVar[bool] = ContextVar("matmamba_vision_reference_paths", default=False)
+
+
+@contextmanager
+def reference_paths() -> Iterator[None]:
+    """Inside, the model takes paths whose work depends only on the shapes: the exact torch SSD scan (as under
+    ``torch.compile``; no data-dependent row blocks or redone heads, no Triton kernel) and the unfused
+    depthwise conv. :func:`matmamba_vision.count_flops` counts under it, so a configuration has one figure."""
+    token = _REFERENCE_PATHS.set(True)
+    try:
+        yield
+    finally:
+        _REFERENCE_PATHS.reset(token)
+
+
+def using_reference_paths() -> bool:
+    """Whether :func:`reference_paths` is active."""
+    return _REFERENCE_PATHS.get()
 
 
 def choose_chunk_len(seqlen: int, d_state: int, chunk_size: int = 256) -> int:
@@ -425,9 +448,9 @@ def ssd_scan_torch(
         x, dt, A, B, C = (t.float() for t in (x, dt, A, B, C))
         if exact:
             y, final = _ssd_exact(x, dt, A, B, C, chunk_size, initial_state, return_final_state)
-        elif torch.compiler.is_compiling():
+        elif torch.compiler.is_compiling() or using_reference_paths():
             # Compiled: the exact path has no data-dependent branches (no graph breaks, so one graph per
-            # model) and the compiler fuses its per-head decay work.
+            # model) and the compiler fuses its per-head decay work. Counted: its work depends on shapes only.
             q = choose_chunk_len(seqlen, n, chunk_size)
             y, final = _ssd_exact(x, dt, A, B, C, q, initial_state, return_final_state)
         else:
@@ -478,7 +501,7 @@ def ssd_scan(
     ``auto`` takes mamba_ssm's Triton kernel for CUDA tensors when it imports, else the torch path.
     """
     check_ssd_backend(backend)
-    if backend == "mamba_ssm" or (backend == "auto" and x.is_cuda):
+    if (backend == "mamba_ssm" or (backend == "auto" and x.is_cuda)) and not using_reference_paths():
         kernel = _mamba_ssm_kernel()
         if kernel is not None and x.is_cuda:
             out = kernel(x.contiguous(), dt.contiguous(), A.float(), B.contiguous(), C.contiguous(), chunk_size,
