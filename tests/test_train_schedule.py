@@ -131,3 +131,12 @@ def test_best_model_after_resuming_an_earlier_checkpoint(tmp_path, data, monkeyp
     assert all(torch.equal(kept[k], abandoned[k]) for k in kept)
     assert (folder / "model_best_ema.safetensors").is_file()
     assert (folder / "model_best_ema-epoch2.abandoned.safetensors").is_file()
+
+
+def test_resume_from_weights_without_a_state_names_the_way_forward(tmp_path, data):
+    """--resume model_best.safetensors said it was not a weights file; it is one, without a training state."""
+    run(tmp_path, data, "run", "--epochs", "1")
+    best = tmp_path / "run" / "model_best.safetensors"
+    with pytest.raises(ValueError, match=r"model_best.safetensors has no training state beside it .*"
+                                         r"--initial-checkpoint"):
+        run(tmp_path, data, "run", "--epochs", "2", "--resume", str(best))

@@ -76,7 +76,12 @@ def resolve_resume(path: str) -> Path:
             raise ValueError(f"--resume: no checkpoint-*.state.pt in {p}")
         return states[-1][1]
     if p.name.endswith(".safetensors"):
-        p = p.with_name(p.name[: -len(".safetensors")] + ".state.pt")
+        state = p.with_name(p.name[: -len(".safetensors")] + ".state.pt")
+        if p.is_file() and not state.is_file():  # e.g. model_best: weights only
+            raise ValueError(f"--resume: {path} has no training state beside it ({state.name}); resume a "
+                             f"checkpoint-E file or the run folder, or start from these weights with "
+                             f"--initial-checkpoint {path}")
+        p = state
     if not p.is_file():
         raise ValueError(f"--resume: {path} is not a checkpoint state file, weights file or experiment folder")
     return p
