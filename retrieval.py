@@ -7,7 +7,8 @@
 
 Reports 1-NN top-1, mAP@10 and recall@1/5/10 per (query, database) granularity pair; writes
 ``retrieval.csv``, ``retrieval.json`` and ``retrieval.png`` to ``--output``. Embeddings are cached in
-``--cache-dir`` (keyed by model, checkpoint SHA-256, granularity, split and transform).
+``--cache-dir`` (keyed by model, checkpoint SHA-256, granularity, split, a fingerprint of its files, transform,
+``--max-samples``, precision and device type).
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def test_ffcv_round_trip_and_training_step(tmp_path):
     assert meta == {"classes": ["ankle", "bag", "coat"], "num_samples": 12}
 
     cfg = dict(fmnist_data_config(3), mean=(0.5,) * 3, std=(0.25,) * 3)
-    val = create_eval_loader("ffcv", str(out), "val", cfg, batch_size=4, workers=1)
+    val = create_eval_loader("ffcv", str(out), "val", cfg, batch_size=11, workers=1)  # the last batch: 1 image
     images, targets = map(torch.cat, zip(*list(val)))
     assert val.classes == meta["classes"] and val.num_samples == 12
     assert images.shape == (12, 3, 28, 28) and targets.tolist() == [0] * 4 + [1] * 4 + [2] * 4
@@ -51,3 +51,24 @@ def test_ffcv_round_trip_and_training_step(tmp_path):
     # collection they can fire inside ast.parse (pytest's assertion rewriting) and trip CPython 3.11.
     del val
     gc.collect()
+
+
+def test_ffcv_max_samples_spread_over_the_split(tmp_path, monkeypatch):
+    """ffcv's evaluation read the first N images (the first classes of a class-sorted split). The indices handed
+    to ffcv's Loader are checked without running it (a second live ffcv loader in one process trips numba's
+    finalisers inside pytest's assertion rewriting)."""
+    import ffcv.loader
+
+    out = tmp_path / "ffcv"
+    out.mkdir()
+    (out / "val.beton").write_bytes(b"")
+    (out / "val.json").write_text(json.dumps({"classes": ["a", "b", "c"], "num_samples": 12}))
+    seen = {}
+
+    class Recorder:
+        def __init__(self, *args, indices=None, **kwargs):
+            seen["indices"] = indices
+
+    monkeypatch.setattr(ffcv.loader, "Loader", Recorder)
+    create_eval_loader("ffcv", str(out), "val", fmnist_data_config(3), batch_size=4, workers=1, max_samples=3)
+    assert seen["indices"] == [0, 4, 8]

@@ -68,6 +68,15 @@ def test_missing_and_empty_folders(tmp_path):
         create_eval_loader(data_dir=str(tmp_path / "empty"))
 
 
+def test_nested_class_folders_are_refused(tmp_path):
+    """train/cat/{a,b}/x.png was read as classes 'a' and 'b' (timm names a class after its innermost folder)."""
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            make_image_folder(tmp_path / "data" / split / cls, classes=("a", "b"), per_class=1, splits=(".",))
+    with pytest.raises(ValueError, match=r"cat/a/000.jpg is not directly in a class folder"):
+        create_eval_loader(data_dir=str(tmp_path / "data"), data_config=RGB28, workers=0)
+
+
 def test_class_lists_must_match(tmp_path):
     root = make_image_folder(tmp_path / "data", per_class=1)
     make_image_folder(root, classes=("zebra",), per_class=1, splits=("val",))

@@ -91,7 +91,7 @@ class _FFCVBatches:
                 images = (images * w).sum(1, keepdim=True)
             if self.erasing is not None:
                 images = self.erasing(images)
-            yield images, targets.long()
+            yield images, targets.reshape(-1).long()  # Squeeze makes a batch of one label 0-d
         self.next_epoch += 1
 
 
@@ -99,15 +99,16 @@ def create_ffcv_loader(data_dir: str, split: str, data_config: dict, batch_size:
                        is_training: bool, rank: int = 0, world: int = 1, seed: int = 0,
                        scale: Optional[Sequence[float]] = None, ratio: Optional[Sequence[float]] = None,
                        hflip: float = 0.5, device: Optional[torch.device] = None, re_prob: float = 0.0,
-                       re_mode: str = "pixel", re_count: int = 1):
+                       re_mode: str = "pixel", re_count: int = 1, max_samples: Optional[int] = None):
     """A :class:`TrainLoader` (shuffled, drop-last) or :class:`EvalLoader` (in order) over ``DATA_DIR/SPLIT.beton``.
 
     Training batches get timm's random erasing (``re_prob``, ``re_mode``, ``re_count``) per image; each rank
-    draws its own crops (the loader's seed includes the rank)."""
+    draws its own crops (the loader's seed includes the rank). Evaluation with ``max_samples`` reads that many
+    images spread evenly over the split."""
     require_ffcv()
     from ffcv.loader import Loader, OrderOption
 
-    from .loader import EvalLoader, TrainLoader
+    from .loader import EvalLoader, ShardSampler, TrainLoader
 
     beton = Path(data_dir) / f"{split}.beton"
     if not beton.is_file():
@@ -123,7 +124,7 @@ def create_ffcv_loader(data_dir: str, split: str, data_config: dict, batch_size:
         indices = None if world == 1 else list(range(rank, n - n % world, world))
         order = OrderOption.RANDOM
     else:
-        indices, order = list(range(rank, n, world)), OrderOption.SEQUENTIAL
+        indices, order = ShardSampler(n, rank, world, max_samples).indices, OrderOption.SEQUENTIAL
     loader = Loader(str(beton), batch_size=batch_size, num_workers=max(1, workers), order=order,
                     seed=seed * 7919 + rank, indices=indices, pipelines=pipelines, drop_last=is_training,
                     os_cache=True)

@@ -90,7 +90,12 @@ def create_folder_dataset(data_dir: str, split: str, transform: Optional[Callabl
             raise ValueError(f"data_dir: {path} is empty: {e}") from e
         if not len(reader_ds.reader.class_to_idx) or not len(reader_ds):
             raise ValueError(f"data_dir: {path} holds no class folders with images")
-        used = {Path(f).relative_to(path).parts[0] for f, _ in reader_ds.reader.samples}
+        parts = [Path(f).relative_to(path).parts for f, _ in reader_ds.reader.samples]
+        nested = next((p for p in parts if len(p) != 2), None)
+        if nested is not None:  # timm's reader would name the class after the innermost folder
+            raise ValueError(f"data_dir: {path / Path(*nested)} is not directly in a class folder; the layout is "
+                             f"DATA_DIR/{split}/CLASS/IMAGE (no images at the top, no nested folders)")
+        used = {p[0] for p in parts}
         empty = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in used)
         if empty:
             raise ValueError(f"data_dir: class folders without images in {path}: {empty[:10]}")

@@ -137,8 +137,9 @@ class TensorTrainLoader:
         self.generator.manual_seed(self.seed * 1000003 + self.epoch)
         order = torch.randperm(self.num_samples, generator=self.generator)
         step = self.batch_size * self.world
-        for i in range(len(self)):  # augment the global batch, then take this rank's share: any world
-            idx = order[i * step:(i + 1) * step]  # size sees the same images and augmentations
+        for i in range(len(self)):  # augment the global batch, then take this rank's share: any world size
+            idx = order[i * step:(i + 1) * step]  # sees the same images, shifts and flips (random erasing draws
+            # from each rank's own stream)
             images = self.augment(self.images[idx], self.generator)
             yield images[self.rank::self.world], self.targets[idx][self.rank::self.world]
 
@@ -172,7 +173,7 @@ def create_eval_loader(dataset: str = "", data_dir: Optional[str] = None, split:
                        max_samples: Optional[int] = None) -> EvalLoader:
     """An evaluation loader of ``split`` ('train' or 'val'; Fashion-MNIST's 'val' is its 10k test set) with
     evaluation transforms only (resize, centre crop, normalise), in dataset order; ``max_samples``: only that
-    many images, spread evenly over the split (ffcv: its first ones).
+    many images, spread evenly over the split.
 
     ``data_config`` is timm's resolved data config (``timm.data.resolve_data_config``); its channel count
     decides grey or RGB. With ``distributed`` each rank gets every world-size-th sample (no padding).
@@ -189,7 +190,7 @@ def create_eval_loader(dataset: str = "", data_dir: Optional[str] = None, split:
     if kind == "ffcv":
         from .ffcv_pipeline import create_ffcv_loader
         return create_ffcv_loader(data_dir, split, data_config, batch_size, workers, is_training=False,
-                                  rank=rank, world=world)
+                                  rank=rank, world=world, max_samples=max_samples)
     ds = _folder_or_fmnist_dataset(kind, data_dir, split, create_eval_transform(data_config), _in_chans(data_config),
                                    skip_corrupt)
     sampler = ShardSampler(len(ds), rank, world, max_samples)

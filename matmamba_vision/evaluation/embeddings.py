@@ -2,7 +2,7 @@
 
 An entry is keyed by a SHA-256 of its identity: model name and arguments, the weights' content hash (the
 checkpoint file's SHA-256, or of the state dict when there is no file), per-layer granularity, dataset,
-split, transform config and sample limit. It is written into a temporary directory and renamed into place
+split, a fingerprint of the split's files, transform config, sample limit, precision and device type. It is written into a temporary directory and renamed into place
 only after every row, the labels and ``meta.json`` (``"complete": true``) are on disk, so an interrupted pass
 is never read as complete, and a changed checkpoint gets a new key instead of a stale entry. The temporary
 directory's name carries the writer's host and process id; a later pass for the same entry removes those of

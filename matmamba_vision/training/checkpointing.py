@@ -1,5 +1,6 @@
 """Training checkpoints that lose nothing: ``checkpoint-E.safetensors`` (weights) plus ``checkpoint-E.state.pt``
-(optimiser, scheduler, scaler, EMA, epoch, step, RNG states, args), each written atomically with
+(optimiser, a plateau scheduler's metric history, scaler, EMA, epoch, step, RNG states, args; every other
+schedule is a function of the step, rebuilt from the flags at resume), each written atomically with
 :mod:`matmamba_vision.checkpoint`; the state file is written last and is the commit point. The last N are
 kept; ``model_best.safetensors`` (and ``model_best_ema.safetensors``) track the best validation top-1.
 
@@ -204,8 +205,8 @@ def reconcile_best(source: Path, directory: Path, best: Dict[str, Any]) -> Dict[
         for name in ("model_best", "model_best_ema"):
             if (directory / f"{name}.safetensors").is_file():
                 os.replace(directory / f"{name}.safetensors", directory / f"{name}-epoch{here}.abandoned.safetensors")
-        _logger.warning("model_best (epoch %d) is not the resumed run's: moved aside as "
-                        "model_best-epoch%d.abandoned.safetensors", here + 1, here)
+        _logger.warning("model_best of epoch index %d is not the resumed run's: moved aside as "
+                        "model_best-epoch%d.abandoned.safetensors", here, here)
     if written(source) == epoch:  # resumed into another folder: the run's best comes along
         for name in ("model_best", "model_best_ema"):
             if (source / f"{name}.safetensors").is_file():

@@ -1,4 +1,4 @@
-"""The experiment folder: args.yaml, log.txt, a timm-style summary.csv (one row per epoch, metrics per
+"""The experiment folder: args.yaml (args.resumed-epochE.yaml for a resume), log.txt, a timm-style summary.csv (one row per epoch, metrics per
 granularity) and train_curves.png (train loss and val top-1 per granularity)."""
 from __future__ import annotations
 
