@@ -81,6 +81,20 @@ def test_cycle_mode_and_yaml_config(tmp_path, data):
     (["--model-kwargs", "{depth:2}"], r"--model-kwargs: \['depth:2'\] are not argument names"),
     (["--drop-path", "1.5"], r"--drop-path must be in \[0, 1\), got 1.5"),  # was a RuntimeError in the first step
     (["--pretrained"], "matmamba_vision_tiny_patch4_28 has no published weights"),
+    # found by a hostile-input pass: each trained nonsense with exit 0, or failed later with a traceback
+    (["--model-ema-decay", "2"], r"--model-ema-decay must be in \[0, 1\], got 2.0"),
+    (["--warmup-lr", "-1"], "--warmup-lr must be 0 or more"),
+    (["--min-lr", "10"], r"--min-lr must be in \[0, --lr\], got 10.0"),
+    (["--cooldown-epochs", "-5"], "--cooldown-epochs must be 0 or more"),
+    (["--num-classes", "0"], "--num-classes must be at least 1"),
+    (["--num-classes", "2"], "--num-classes 2 is fewer than the 3 classes of the data"),
+    (["--scale", "0.9", "0.1"], "--scale must be two numbers 0 < min <= max <= 1"),
+    (["--ratio", "0", "0"], "--ratio must be two numbers 0 < min <= max"),
+    (["--checkpoint-hist", "0"], "--checkpoint-hist must be at least 1"),
+    (["--clip-grad", "nan"], "--clip-grad must be a number"),
+    (["--reprob", "2"], r"--reprob must be in \[0, 1\]"),
+    (["--opt", "bogus"], "--opt must be one of timm's optimizers"),
+    (["--torchcompile", "bogus"], "--torchcompile must be one of"),
 ])
 def test_bad_flags_stop_before_training(tmp_path, data, flags, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--color-jitter", type=float, default=0.0)
     a.add_argument("--color-jitter-prob", type=float, default=None)
     a.add_argument("--reprob", type=float, default=0.0)
-    a.add_argument("--remode", default="pixel")
+    a.add_argument("--remode", default="pixel", choices=("pixel", "rand", "const"))
     a.add_argument("--recount", type=int, default=1)
     a.add_argument("--scale", type=float, nargs=2, default=None)
     a.add_argument("--ratio", type=float, nargs=2, default=None)

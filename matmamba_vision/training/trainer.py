@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 import yaml
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
@@ -146,7 +146,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[int, Dict[str, float]]:
             torch.distributed.destroy_process_group()
 
 
-def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, float]]:
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _pair_ok(pair, low: float, high: float) -> bool:
+    return pair is None or (len(pair) == 2 and low < pair[0] <= pair[1] <= high)
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """ValueError naming the first flag whose value cannot make a sensible run (NaN fails every check)."""
+    unit = lambda v: 0 <= v <= 1  # noqa: E731
     for flag, value, ok, valid in (
         ("--epochs", args.epochs, args.epochs > 0, "positive"),
         ("--log-interval", args.log_interval, args.log_interval >= 1, "at least 1"),
@@ -164,9 +174,50 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
          "off (--no-sched-on-updates) with --sched plateau"),
         ("--warmup-epochs", args.warmup_epochs, args.sched != "plateau" or float(args.warmup_epochs).is_integer(),
          "a whole number with --sched plateau"),
+        ("--lr", args.lr, _finite(args.lr) and args.lr > 0, "a positive finite number"),
+        ("--min-lr", args.min_lr, _finite(args.min_lr) and 0 <= args.min_lr <= args.lr, "in [0, --lr]"),
+        ("--warmup-lr", args.warmup_lr, _finite(args.warmup_lr) and args.warmup_lr >= 0, "0 or more"),
+        ("--weight-decay", args.weight_decay, _finite(args.weight_decay) and args.weight_decay >= 0, "0 or more"),
+        ("--momentum", args.momentum, unit(args.momentum), "in [0, 1]"),
+        ("--clip-grad", args.clip_grad, not math.isnan(args.clip_grad), "a number (0 or less: no clipping)"),
+        ("--model-ema-decay", args.model_ema_decay, unit(args.model_ema_decay), "in [0, 1]"),
+        ("--decay-epochs", args.decay_epochs, args.decay_epochs is None or args.decay_epochs > 0, "positive"),
+        ("--decay-rate", args.decay_rate, _finite(args.decay_rate) and args.decay_rate > 0, "positive"),
+        ("--patience-epochs", args.patience_epochs, args.patience_epochs >= 0, "0 or more"),
+        ("--cooldown-epochs", args.cooldown_epochs, args.cooldown_epochs >= 0, "0 or more"),
+        ("--lr-cycle-mul", args.lr_cycle_mul, _finite(args.lr_cycle_mul) and args.lr_cycle_mul > 0, "positive"),
+        ("--lr-cycle-decay", args.lr_cycle_decay, _finite(args.lr_cycle_decay) and args.lr_cycle_decay > 0,
+         "positive"),
+        ("--lr-cycle-limit", args.lr_cycle_limit, args.lr_cycle_limit >= 1, "at least 1"),
+        ("--lr-k-decay", args.lr_k_decay, _finite(args.lr_k_decay) and args.lr_k_decay > 0, "positive"),
+        ("--checkpoint-hist", args.checkpoint_hist, args.checkpoint_hist >= 1, "at least 1"),
+        ("--workers", args.workers, args.workers >= 0, "0 or more"),
+        ("--num-classes", args.num_classes, args.num_classes is None or args.num_classes >= 1,
+         "at least 1 (a classifier is trained)"),
+        ("--mixup", args.mixup, args.mixup >= 0, "0 (off) or more"),
+        ("--cutmix", args.cutmix, args.cutmix >= 0, "0 (off) or more"),
+        ("--mixup-prob", args.mixup_prob, unit(args.mixup_prob), "in [0, 1]"),
+        ("--mixup-switch-prob", args.mixup_switch_prob, unit(args.mixup_switch_prob), "in [0, 1]"),
+        ("--reprob", args.reprob, unit(args.reprob), "in [0, 1]"),
+        ("--recount", args.recount, args.recount >= 1, "at least 1"),
+        ("--hflip", args.hflip, unit(args.hflip), "in [0, 1]"),
+        ("--color-jitter", args.color_jitter, args.color_jitter >= 0, "0 (off) or more"),
+        ("--color-jitter-prob", args.color_jitter_prob, args.color_jitter_prob is None or unit(args.color_jitter_prob),
+         "in [0, 1]"),
+        ("--scale", args.scale, _pair_ok(args.scale, 0, 1), "two numbers 0 < min <= max <= 1"),
+        ("--ratio", args.ratio, _pair_ok(args.ratio, 0, math.inf), "two numbers 0 < min <= max"),
+        ("--translate", args.translate, args.translate >= 0, "0 or more"),
     ):
         if not ok:
             raise ValueError(f"{flag} must be {valid}, got {value}")
+    if args.torchcompile:
+        backends = torch._dynamo.list_backends()
+        if args.torchcompile not in backends:
+            raise ValueError(f"--torchcompile must be one of {backends}, got {args.torchcompile!r}")
+
+
+def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, float]]:
+    _check_flags(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.deterministic:
@@ -186,6 +237,8 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
     # ---- data: classes first (the head size), then the model and loaders; all checks before training starts
     classes = dataset_classes(args.dataset, args.data_dir, args.train_split)
     num_classes = args.num_classes or len(classes)
+    if num_classes < len(classes):
+        raise ValueError(f"--num-classes {num_classes} is fewer than the {len(classes)} classes of the data")
     model = _create_model(args, num_classes)  # same seed on every rank: identical initial weights
     _seed_everything(args.seed + info.rank)   # per-rank streams for dropout, mixup and augmentation
     granularities = _granularities(args, model)
@@ -221,6 +274,9 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
 
     # ---- optimisation
     model.to(info.device)
+    if args.opt.lower().split("_")[-1] not in list_optimizers():  # timm's names, e.g. lookahead_adamw
+        raise ValueError(f"--opt must be one of timm's optimizers (timm.optim.list_optimizers(), e.g. adamw, sgd, "
+                         f"lamb), got {args.opt!r}")
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum, **({"eps": args.opt_eps} if args.opt_eps else {}),
                                     **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
