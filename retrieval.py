@@ -60,6 +60,18 @@ def main(argv=None) -> list:
     start = time.perf_counter()
     device = resolve_device(args.device)
     backend = resolve_backend(args.knn_backend)
+    if args.knn_index != "Flat":  # checked before hours of embedding, not after
+        if backend != "faiss":
+            raise ValueError(f"--knn-index {args.knn_index!r} (approximate) needs --knn-backend faiss, got {backend!r}")
+        import faiss
+
+        try:
+            faiss.index_factory(8, args.knn_index, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise ValueError(f"--knn-index {args.knn_index!r} is not a faiss index_factory string "
+                             f"({str(e).splitlines()[0][:200]})") from None
+    if args.max_samples is not None and args.max_samples < 10:
+        raise ValueError(f"--max-samples must be at least 10 for retrieval (mAP@10 and R@10), got {args.max_samples}")
     model = model_from_args(args).to(device)
     out_dir = check_outputs(args)  # before the evaluation, not after it
     data_config = data_config_from_args(args, model)

@@ -114,7 +114,20 @@ def _torch_load(source: Any, path: Path, map_location: Union[str, torch.device])
     try:
         return torch.load(source, map_location=map_location, weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError, ...
-        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: "
+                              f"{_load_error_reason(e)}); it is damaged, not a checkpoint, or holds code") from e
+
+
+def _load_error_reason(error: Exception) -> str:
+    """torch.load's reason on one line, without its advice to retry with ``weights_only=False`` (which runs any
+    code the file holds: not for a file of unknown origin)."""
+    text = str(error)
+    if "weights_only" not in text:
+        return " ".join(text.split())[:300]
+    for line in text.splitlines():  # e.g. 'Unsupported global: GLOBAL posix.system was not an allowed global ...'
+        if line.strip().startswith("Unsupported"):
+            return line.strip().split(" was not", 1)[0][:300]
+    return "refused by the weights-only unpickler"
 
 
 def load_torch(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:

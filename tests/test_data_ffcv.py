@@ -1,6 +1,7 @@
 """FFCV round trip: write a small .beton from a folder, read it back, train a step from it."""
 import gc
 import json
+import re
 
 import pytest
 import torch
@@ -72,3 +73,16 @@ def test_ffcv_max_samples_spread_over_the_split(tmp_path, monkeypatch):
     monkeypatch.setattr(ffcv.loader, "Loader", Recorder)
     create_eval_loader("ffcv", str(out), "val", fmnist_data_config(3), batch_size=4, workers=1, max_samples=3)
     assert seen["indices"] == [0, 4, 8]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-resolution", "0"], "--max-resolution must be at least 1"),  # hung: a worker failed, the writer waited
+    (["--jpeg-quality", "500"], r"--jpeg-quality must be in \[1, 100\]"),
+    (["--write-mode", "bogus"], "invalid choice: 'bogus'"),
+])
+def test_ffcv_writer_refuses_bad_flags_before_writing(tmp_path, capsys, flags, message):
+    root = make_image_folder(tmp_path / "data", per_class=1)
+    with pytest.raises(SystemExit):
+        write_main(["--data-dir", str(root), "--output", str(tmp_path / "out"), *flags])
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()

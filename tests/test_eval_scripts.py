@@ -279,3 +279,19 @@ def test_cache_is_not_served_after_the_images_change(scripts, checkpoint, tmp_pa
     rows = retrieval.main(args)
     assert not rows[0]["db_cached"] and not rows[0]["query_cached"]
     assert rows[0]["queries"] == 12 - 3
+
+
+@pytest.mark.parametrize("script, flags, match", [
+    ("validate", ["--mean", "nan"], r"--mean must be finite"),  # wrote NaN results with exit 0
+    ("validate", ["--std", "0"], r"--std must be finite and positive"),
+    ("validate", ["--crop-pct", "0"], r"--crop-pct must be in \(0, 1\]"),  # 0 silently meant the default
+    ("validate", ["--results-file", "."], "is a folder"),  # a traceback after the whole evaluation
+    ("retrieval", ["--knn-backend", "torch", "--knn-index", "HNSW32"], "needs --knn-backend faiss"),
+    ("retrieval", ["--max-samples", "5"], "--max-samples must be at least 10 for retrieval"),
+])
+def test_eval_flags_checked_before_any_work(scripts, tmp_path, script, flags, match):
+    validate, retrieval = scripts
+    main = validate.main if script == "validate" else retrieval.main
+    with pytest.raises(ValueError, match=match):
+        main(["--output", str(tmp_path / "o"), "--cache-dir", "", *TINY, *flags] if script == "retrieval"
+             else ["--output", str(tmp_path / "o"), *TINY, *flags])

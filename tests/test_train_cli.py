@@ -95,6 +95,7 @@ def test_cycle_mode_and_yaml_config(tmp_path, data):
     (["--reprob", "2"], r"--reprob must be in \[0, 1\]"),
     (["--opt", "bogus"], "--opt must be one of timm's optimizers"),
     (["--torchcompile", "bogus"], "--torchcompile must be one of"),
+    (["--model-kwargs", "{embed_dim: 32"], "--model-kwargs is not valid YAML"),
 ])
 def test_bad_flags_stop_before_training(tmp_path, data, flags, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
@@ -137,6 +138,9 @@ def test_bad_data_stops_before_training(tmp_path):
     cfg = tmp_path / "typo.yaml"
     cfg.write_text("learning_rate: 0.1\n")
     with pytest.raises(ValueError, match="unknown keys.*learning_rate"):
+        run(tmp_path, differ, "-c", str(cfg))
+    cfg.write_text("lr: [\n")  # a YAML syntax error was a parser traceback
+    with pytest.raises(ValueError, match="is not valid YAML"):
         run(tmp_path, differ, "-c", str(cfg))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -70,12 +71,21 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--splits", nargs="+", default=["train", "val"], choices=("train", "val"))
     p.add_argument("--max-resolution", type=int, default=500, help="longest side stored (official: 500)")
     p.add_argument("--jpeg-quality", type=int, default=90)
-    p.add_argument("--write-mode", default="jpg", help="ffcv RGBImageField mode: jpg, raw, smart, proportion")
+    p.add_argument("--write-mode", default="jpg", choices=("jpg", "raw", "smart", "proportion"),
+                   help="ffcv RGBImageField mode")
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (logged) instead of stopping")
     p.add_argument("-j", "--workers", type=int, default=4)
     args = p.parse_args(argv)
     if args.dataset == "folder" and not args.data_dir:
         p.error("--data-dir is required for --dataset folder")
+    for flag, ok, valid in (("--max-resolution", args.max_resolution >= 1, "at least 1"),
+                            ("--jpeg-quality", 1 <= args.jpeg_quality <= 100, "in [1, 100]"),
+                            ("--workers", args.workers >= 0, "0 or more"),
+                            ("--output", bool(args.output), "a folder")):
+        if not ok:  # checked here: ffcv's writer workers fail on them and the main process waits forever
+            p.error(f"{flag} must be {valid}, got {getattr(args, flag[2:].replace('-', '_'))!r}")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        p.error(f"--output {args.output} is a file, not a folder")
     for split in args.splits:
         if args.dataset == "fmnist":
             ds = FashionMNIST(split, root=args.data_dir)
@@ -87,4 +97,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as e:  # bad data: one clear line, no traceback
+        sys.exit(f"ffcv_writer: error: {e}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -191,6 +192,10 @@ def data_config_from_args(args: argparse.Namespace, model: MatMambaVision) -> Di
         if values is not None and len(values) not in (1, model.in_chans):
             valid = "1 value" if model.in_chans == 1 else f"1 or {model.in_chans} values"
             raise ValueError(f"{flag} needs {valid} (one per input channel), got {len(values)}")
+        if values is not None and not all(math.isfinite(v) and (flag == "--mean" or v > 0) for v in values):
+            raise ValueError(f"{flag} must be finite{' and positive' if flag == '--std' else ''}, got {values}")
+    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
+        raise ValueError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
     return model_data_config(model, overrides)
 
 
@@ -257,6 +262,8 @@ def check_outputs(args: argparse.Namespace) -> Path:
     if getattr(args, "cache_dir", ""):
         check_output_dir(Path(args.cache_dir), "--cache-dir")
     if args.results_file:
+        if Path(args.results_file).is_dir():
+            raise ValueError(f"--results-file {args.results_file} is a folder; name a .csv or .json file")
         folder = Path(args.results_file).resolve().parent
         try:
             check_output_dir(folder)

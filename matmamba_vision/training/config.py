@@ -140,6 +140,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         try:
             with open(known.config) as f:
                 cfg = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"--config: {known.config} is not valid YAML ({str(e).splitlines()[0]})") from None
         except OSError as e:
             raise ValueError(f"--config: cannot read {known.config}: {e}") from e
         if not isinstance(cfg, dict):

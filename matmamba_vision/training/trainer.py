@@ -43,7 +43,11 @@ def _model_kwargs(args: argparse.Namespace) -> Dict:
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
     if args.model_kwargs:
-        extra = yaml.safe_load(args.model_kwargs) if isinstance(args.model_kwargs, str) else args.model_kwargs
+        try:
+            extra = yaml.safe_load(args.model_kwargs) if isinstance(args.model_kwargs, str) else args.model_kwargs
+        except yaml.YAMLError as e:
+            raise ValueError(f"--model-kwargs is not valid YAML ({str(e).splitlines()[0]}): {args.model_kwargs!r}") \
+                from None
         if not isinstance(extra, dict):
             raise ValueError(f"--model-kwargs must be a YAML mapping, got {args.model_kwargs!r}")
         bad = [k for k in extra if not (isinstance(k, str) and k.isidentifier())]

@@ -195,3 +195,15 @@ def test_no_torch_load_without_weights_only():
             if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
                 offenders.append(f"{src.relative_to(REPO)}:{call.lineno}")
     assert sources and not offenders, offenders
+
+
+def test_random_bytes_checkpoint_gives_one_line_without_unsafe_advice(tmp_path):
+    """torch's refusal continues with advice to retry with weights_only=False: unsafe for an unknown file."""
+    from matmamba_vision.checkpoint import CheckpointError, load_torch
+
+    path = tmp_path / "rand.bin"
+    path.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(CheckpointError) as caught:
+        load_torch(path)
+    assert str(path) in str(caught.value) and "weights_only" not in str(caught.value)
+    assert "\n" not in str(caught.value)
