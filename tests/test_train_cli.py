@@ -210,3 +210,20 @@ def test_official_recipe_configs(name, batch, steps):
     assert args.warmup_prefix and total_epochs * per_epoch == steps
     assert abs(args.warmup_epochs * per_epoch - 10_000) < per_epoch
     assert parse_args(["-c", str(REPO / "configs" / "fmnist.yaml")]).model_kwargs == parse_args([]).model_kwargs
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lr: [1, 2]\n", r"lr takes one value, got \[1, 2\]"),  # were TypeError tracebacks from set_defaults' values
+    ("scale: 0.5\n", "scale takes a list, got 0.5"),
+    ("amp_dtype: float64\n", r"amp_dtype must be one of \['bfloat16', 'float16'\], got 'float64'"),
+    ("clip_mode: bogus\n", "clip_mode must be one of"),
+    ("model_ema: 'no'\n", "model_ema takes true or false, got 'no'"),
+    ("mixup: true\n", "mixup takes float, got True"),
+    ("epochs: 2.5\n", "epochs takes an integer, got 2.5"),
+])
+def test_config_values_are_checked_like_flags(tmp_path, data, text, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, data, "-c", str(cfg))
+    assert not (tmp_path / "run").exists()

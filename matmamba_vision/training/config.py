@@ -130,6 +130,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _config_value(action: argparse.Action, value, path: str):
+    """A config file's value for ``action``, checked as the command line would check it (``set_defaults`` applies
+    no ``type`` or ``choices``): ValueError naming the key and what it takes."""
+    key = action.dest
+
+    def convert(v):
+        if action.type is None:
+            return v
+        if isinstance(v, (bool, list, dict)):
+            raise ValueError(f"--config: {path}: {key} takes {getattr(action.type, '__name__', 'a value')}, got {v!r}")
+        if action.type in (int, float) and isinstance(v, (int, float)):
+            if action.type is int and not float(v).is_integer():
+                raise ValueError(f"--config: {path}: {key} takes an integer, got {v!r}")
+            return action.type(v)
+        try:
+            return action.type(str(v))
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+            raise ValueError(f"--config: {path}: {key}: {e}") from None
+
+    if value is None:
+        return None
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+        if not isinstance(value, bool):
+            raise ValueError(f"--config: {path}: {key} takes true or false, got {value!r}")
+        return value
+    if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+        values = value if isinstance(value, list) else [value] if action.type is _ints else None
+        if values is None:
+            raise ValueError(f"--config: {path}: {key} takes a list, got {value!r}")
+        values = [convert(v) for v in values]
+        if isinstance(action.nargs, int) and len(values) != action.nargs:
+            raise ValueError(f"--config: {path}: {key} takes {action.nargs} values, got {len(values)}")
+        bad = [v for v in values if action.choices is not None and v not in action.choices]
+    else:
+        if isinstance(value, (list, dict)) and key != "model_kwargs":
+            raise ValueError(f"--config: {path}: {key} takes one value, got {value!r}")
+        values = convert(value)
+        bad = [values] if action.choices is not None and values not in action.choices else []
+    if bad:
+        raise ValueError(f"--config: {path}: {key} must be one of {list(action.choices)}, got {bad[0]!r}")
+    return values
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Parse ``argv``; a ``-c/--config`` YAML file supplies defaults (unknown keys raise ValueError)."""
     parser = build_parser()
@@ -151,7 +194,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         unknown = sorted(set(cfg) - valid)
         if unknown:
             raise ValueError(f"--config: unknown keys in {known.config}: {unknown}")
-        parser.set_defaults(**cfg)
+        actions = {a.dest: a for a in parser._actions}
+        parser.set_defaults(**{k: _config_value(actions[k], v, known.config) for k, v in cfg.items()})
     args = parser.parse_args(argv)
     if args.granularities is not None:  # '128 64', '128,64' or a YAML list: one flat list
         args.granularities = [g for v in args.granularities for g in (v if isinstance(v, list) else [v])]
