@@ -78,12 +78,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = p.parse_args(argv)
     if args.dataset == "folder" and not args.data_dir:
         p.error("--data-dir is required for --dataset folder")
-    for flag, ok, valid in (("--max-resolution", args.max_resolution >= 1, "at least 1"),
-                            ("--jpeg-quality", 1 <= args.jpeg_quality <= 100, "in [1, 100]"),
-                            ("--workers", args.workers >= 0, "0 or more"),
-                            ("--output", bool(args.output), "a folder")):
+    for flag, value, ok, valid in (
+        ("--max-resolution", args.max_resolution, args.max_resolution >= 1, "at least 1"),
+        ("--jpeg-quality", args.jpeg_quality, 1 <= args.jpeg_quality <= 100, "in [1, 100]"),
+        ("--workers", args.workers, args.workers >= 0, "0 or more"),
+        ("--output", args.output, bool(args.output), "a folder"),
+    ):
         if not ok:  # checked here: ffcv's writer workers fail on them and the main process waits forever
-            p.error(f"{flag} must be {valid}, got {getattr(args, flag[2:].replace('-', '_'))!r}")
+            p.error(f"{flag} must be {valid}, got {value!r}")
     if Path(args.output).exists() and not Path(args.output).is_dir():
         p.error(f"--output {args.output} is a file, not a folder")
     for split in args.splits:

@@ -36,6 +36,13 @@ def _check_img_size(img_size, patch_size) -> None:
         raise ValueError(f"img_size {img_size} must be a positive multiple of patch_size {patch_size}")
 
 
+def _resample_pos_embed(pos: torch.Tensor, new_size: Tuple[int, int], old_size: Tuple[int, int]) -> torch.Tensor:
+    """(1, patches + 1, D) position embeddings on an ``old_size`` grid -> ``new_size``: the patch positions
+    resampled (timm's), the [CLS] position (a suffix here) kept."""
+    patch_pos = resample_abs_pos_embed(pos[:, :-1], new_size=new_size, old_size=old_size, num_prefix_tokens=0)
+    return torch.cat([patch_pos, pos[:, -1:]], dim=1)
+
+
 class MatMambaBlock(nn.Module):
     """``residual = h + residual; h = drop_path(mixer(norm(residual)))`` (add -> norm -> mixer, no MLP)."""
 
@@ -222,9 +229,7 @@ class MatMambaVision(nn.Module):
         grid = tuple(self.patch_embed.grid_size)
         if grid != prev_grid:
             with torch.no_grad():
-                patch_pos = resample_abs_pos_embed(self.pos_embed[:, :-1], new_size=grid, old_size=prev_grid,
-                                                   num_prefix_tokens=0)
-                pos = torch.cat([patch_pos, self.pos_embed[:, -1:]], dim=1)
+                pos = _resample_pos_embed(self.pos_embed, grid, prev_grid)
             self.pos_embed = nn.Parameter(pos, requires_grad=self.pos_embed.requires_grad)
         self.model_args.update(img_size=new_img, patch_size=new_patch)
         for info in self.feature_info:
@@ -309,10 +314,7 @@ class MatMambaVision(nn.Module):
         pos = self.pos_embed
         if self.dynamic_img_size:
             b, h, w, c = x.shape
-            patch_pos = resample_abs_pos_embed(
-                pos[:, :-1], new_size=(h, w), old_size=self.patch_embed.grid_size, num_prefix_tokens=0
-            )
-            pos = torch.cat([patch_pos, pos[:, -1:]], dim=1)
+            pos = _resample_pos_embed(pos, (h, w), self.patch_embed.grid_size)
             x = x.reshape(b, h * w, c)
         x = torch.cat([x, self.cls_token.expand(x.shape[0], -1, -1)], dim=1)
         return x + pos
@@ -423,11 +425,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MatMambaVis
     state_dict = convert_official_state_dict(state_dict)
     pos = state_dict.get("pos_embed")
     if pos is not None and pos.shape != model.pos_embed.shape:
-        patch_pos = resample_abs_pos_embed(
-            pos[:, :-1], new_size=model.patch_embed.grid_size, old_size=_source_grid(pos.shape[1] - 1, model),
-            num_prefix_tokens=0,
-        )
-        state_dict["pos_embed"] = torch.cat([patch_pos, pos[:, -1:]], dim=1)
+        state_dict["pos_embed"] = _resample_pos_embed(pos, model.patch_embed.grid_size,
+                                                      _source_grid(pos.shape[1] - 1, model))
     kernel = state_dict.get("patch_embed.proj.weight")
     if kernel is not None and kernel.shape[-2:] != model.patch_embed.proj.weight.shape[-2:]:
         state_dict["patch_embed.proj.weight"] = resample_patch_embed(kernel, list(model.patch_embed.patch_size))

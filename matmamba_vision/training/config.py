@@ -190,11 +190,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         if not isinstance(cfg, dict):
             raise ValueError(f"--config: {known.config} must hold a mapping of flag names to values")
         cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
-        valid = {a.dest for a in parser._actions}
-        unknown = sorted(set(cfg) - valid)
+        actions = {a.dest: a for a in parser._actions}
+        unknown = sorted(set(cfg) - set(actions))
         if unknown:
             raise ValueError(f"--config: unknown keys in {known.config}: {unknown}")
-        actions = {a.dest: a for a in parser._actions}
         parser.set_defaults(**{k: _config_value(actions[k], v, known.config) for k, v in cfg.items()})
     args = parser.parse_args(argv)
     if args.granularities is not None:  # '128 64', '128,64' or a YAML list: one flat list

@@ -116,8 +116,10 @@ def _scheduler_progress(scheduler) -> Dict:
 
 def _restore_scheduler_progress(scheduler, progress: Dict) -> None:
     inner = getattr(scheduler, "lr_scheduler", None)
+    if inner is None:
+        return
     for k, v in (progress or {}).items():
-        if inner is not None and k in _PLATEAU_PROGRESS:
+        if k in _PLATEAU_PROGRESS:
             setattr(inner, k, v)
 
 
