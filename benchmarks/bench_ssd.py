@@ -16,7 +16,7 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 
-from matmamba_vision.ops.ssd import ssd_scan_torch
+from matmamba_vision.ops import ssd_scan_torch
 from _common import arg_parser, header, interleaved, ratio_line, setup, stats
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import matmamba_vision  # noqa: F401
-from matmamba_vision.ops.ssd import reference_paths
+from matmamba_vision import use_backend
 from _common import arg_parser, header, interleaved, ratio_line, setup, stats
 
 
@@ -59,11 +59,11 @@ def main() -> None:
 
 def train_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, g: int) -> int:
     """FLOPs of one forward+backward at granularity ``g`` (torch's flop counter: matrix products and convs), under
-    ``reference_paths()`` (the exact SSD: one figure per width, whatever the weights). The depthwise conv's
+    the ``'reference'`` backend (the exact SSD: one figure per width, whatever the weights). The depthwise conv's
     backward is this project's shifted multiply-adds, elementwise work the counter does not see (about 2x the
     conv's forward, about 0.2% of the total); torch's counter would count a grouped conv's backward as a dense
     one, too much by the channel count."""
-    with FlopCounterMode(display=False) as counter, model.granularity(g), reference_paths():
+    with FlopCounterMode(display=False) as counter, model.granularity(g), use_backend(model, "reference"):
         F.cross_entropy(model(x), y).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()

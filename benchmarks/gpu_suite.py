@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import matmamba_vision  # noqa: F401
-from matmamba_vision.ops.ssd import reference_paths
-from matmamba_vision.ops.ssd import mamba_ssm_available
+from matmamba_vision import use_backend
+from matmamba_vision.ops import mamba_ssm_available
 
 T0 = time.perf_counter()
 
@@ -64,11 +64,11 @@ def reset_peak(device: torch.device) -> None:
 
 
 def flops_per_image(model: torch.nn.Module, size: int, device: torch.device) -> int:
-    """Products and convs of one forward; a MatMamba model counts under ``reference_paths()`` (the torch SSD's
+    """Products and convs of one forward; a MatMamba model counts on the ``'reference'`` backend (the torch SSD's
     exact form), so every variant of it, the mamba_ssm one included (its Triton kernel is invisible to the
     counter), gets the same figure."""
     x = torch.zeros(1, 3, size, size, device=device)
-    with torch.no_grad(), reference_paths(), FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), use_backend(model, "reference"), FlopCounterMode(display=False) as fc:
         model(x)
     return int(fc.get_total_flops())
 
@@ -98,7 +98,9 @@ def ceilings(args, device: torch.device, report: Dict) -> None:
 
 def ssd_kernels(args, device: torch.device, report: Dict) -> None:
     """The SSD scan alone (64 heads, headdim 16, d_state 128, L 197 and 4096): error vs float64, and time."""
-    from matmamba_vision.ops.ssd import _mamba_ssm_kernel, _ssd_exact, ssd_scan_torch
+    from matmamba_vision.ops.ssd_mamba_ssm import _mamba_ssm_kernel
+    from matmamba_vision.ops.ssd_ref import ssd_chunked_exact
+    from matmamba_vision.ops import ssd_scan_torch
 
     print(f"\n{'ssd scan (fp32 in)':28s} {'L':>5s} {'batch':>5s} {'rel. err':>9s} {'ms best':>8s} {'median':>8s}")
     for seqlen, batch in ((197, 64), (4096, 8)) if not args.quick else ((197, 2),):
@@ -109,7 +111,7 @@ def ssd_kernels(args, device: torch.device, report: Dict) -> None:
         A = -torch.rand(h, generator=g) * 8 - 0.5
         B, C = (torch.randn(batch, seqlen, 1, n, generator=g) / n**0.5 for _ in range(2))
         # float64 throughout (ssd_scan_torch itself computes in float32 whatever its inputs)
-        ref = _ssd_exact(*(t.double() for t in (x, dt, A, B, C)), 64)[0]
+        ref = ssd_chunked_exact(*(t.double() for t in (x, dt, A, B, C)), 64)[0]
         ins = [t.to(device) for t in (x, dt, A, B, C)]
         impls = {"torch (eager)": lambda: ssd_scan_torch(*ins)}
         kernel = _mamba_ssm_kernel() if device.type == "cuda" else None

@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models.matmamba_vision import Granularity, MatMambaVision
-from .ops.ssd import reference_paths
+from .layers import use_backend
 
 __all__ = ["extract_submodel", "count_params", "count_flops", "EMBEDDING_PREFIXES"]
 
@@ -61,8 +61,8 @@ def count_flops(model: MatMambaVision, granularity: Granularity = None,
     """FLOPs (2 per multiply-add) of one image's forward at ``granularity``, by torch's flop counter.
 
     Counts matrix products and convolutions (the patch embedding, projections, the depthwise conv, the SSD's
-    products in its exact chunked form, head); elementwise work is not counted. The forward runs under
-    :func:`~matmamba_vision.ops.ssd.reference_paths`, so the figure depends on the configuration and the
+    products in its exact chunked form, head); elementwise work is not counted. The forward runs the
+    ``'reference'`` backend (:func:`~matmamba_vision.layers.use_backend`), so the figure depends on the configuration and the
     input size only (the fast paths' work varies with the data, and oneDNN's fused conv is invisible to the
     counter). ``img_size`` (int or (H, W)) defaults to the model's; other sizes need ``dynamic_img_size=True``.
     """
@@ -73,7 +73,7 @@ def count_flops(model: MatMambaVision, granularity: Granularity = None,
     was_training = model.training
     model.eval()
     try:
-        with model.granularity(granularity), reference_paths(), FlopCounterMode(display=False) as counter:
+        with model.granularity(granularity), use_backend(model, "reference"), FlopCounterMode(display=False) as counter:
             model(x)
     finally:
         model.train(was_training)

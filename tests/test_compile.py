@@ -5,7 +5,7 @@ import timm
 import torch
 
 import matmamba_vision  # noqa: F401
-from matmamba_vision.ops.ssd import _cumsum_last
+from matmamba_vision.ops.ssd_ref import _cumsum_last
 
 
 def small_model(**kw) -> torch.nn.Module:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from matmamba_vision.ops import SSD_BACKENDS, check_ssd_backend, ssd_scan, ssd_scan_torch
-from ssd_reference import recurrence
+from matmamba_vision.ops import ssd_recurrence_ref as recurrence
 
 
 def make_inputs(b, seqlen, h, p, g, n, dtype=torch.float32, dt_scale=0.5, a_scale=4.0):

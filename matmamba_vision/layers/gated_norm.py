@@ -1,58 +1,14 @@
-"""Gated RMSNorm of Mamba2 (``norm_before_gate=False``): ``rmsnorm(y * silu(z)) * weight``."""
+"""The gated RMSNorm module of Mamba2 (``norm_before_gate=False``); its functions live in :mod:`..ops.gated_norm`."""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-__all__ = ["GatedRMSNorm", "gated_rms_norm", "gated_rms_norm_linear", "rms_norm_linear"]
+from ..ops.gated_norm import gated_rms_norm_ref
 
-
-def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Gate ``y`` by ``silu(z)``, then RMS-normalise over the last dim (in float32) and scale by ``weight``."""
-    gated = (y * F.silu(z)).float()
-    normed = gated * torch.rsqrt(gated.square().mean(-1, keepdim=True) + eps)
-    return normed.to(y.dtype) * weight
-
-
-def gated_rms_norm_linear(
-    y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, out_weight: torch.Tensor, eps: float = 1e-5
-) -> torch.Tensor:
-    """``F.linear(gated_rms_norm(y, z, weight, eps), out_weight)`` in fewer passes over the wide input.
-
-    The per-token RMS scale commutes with the linear map, so it is applied to the (narrower) output;
-    ``weight`` is folded into ``out_weight`` when that is the smaller tensor. Statistics in float32.
-    """
-    gated = F.silu(z)
-    gated = gated.mul_(y) if not torch.is_grad_enabled() else gated * y
-    return rms_norm_linear(gated, weight, out_weight, eps)
-
-
-def rms_norm_linear(
-    gated: torch.Tensor, weight: Optional[torch.Tensor], out_weight: torch.Tensor, eps: float = 1e-5,
-    out: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """``F.linear(rmsnorm(gated) * weight, out_weight)``, the tail of :func:`gated_rms_norm_linear` for callers
-    that formed the gated product themselves (e.g. with SiLU applied to a wider contiguous buffer).
-
-    ``weight=None``: already folded into ``out_weight`` (callers that reuse one folded matrix many times).
-    ``out`` (autograd off): written with the result, which is returned.
-    """
-    width = gated.shape[-1]
-    stats_dtype = torch.promote_types(gated.dtype, torch.float32)  # float32, or float64 for a float64 model
-    ms = torch.linalg.vector_norm(gated, dim=-1, keepdim=True, dtype=stats_dtype).square() / width
-    scale = torch.rsqrt(ms + eps)
-    if weight is None:
-        lin = F.linear(gated, out_weight)
-    elif gated.numel() >= out_weight.numel():
-        lin = F.linear(gated, out_weight * weight.to(out_weight.dtype))
-    else:
-        lin = F.linear(gated * weight.to(gated.dtype), out_weight)
-    if out is not None:
-        return torch.mul(lin, scale.to(lin.dtype), out=out)
-    return lin.mul_(scale.to(lin.dtype)) if not torch.is_grad_enabled() else lin * scale.to(lin.dtype)
+__all__ = ["GatedRMSNorm"]
 
 
 class GatedRMSNorm(nn.Module):
@@ -64,4 +20,4 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, y: torch.Tensor, z: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return gated_rms_norm(y, z, self.weight if weight is None else weight, self.eps)
+        return gated_rms_norm_ref(y, z, self.weight if weight is None else weight, self.eps)

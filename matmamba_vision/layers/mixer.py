@@ -15,113 +15,23 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.ssd import check_ssd_backend, ssd_scan, using_reference_paths
-from .gated_norm import GatedRMSNorm, gated_rms_norm_linear, rms_norm_linear
+from ..ops.dispatch import check_ssd_backend, resolve_backend
+from ..ops.gated_norm import gated_rms_norm_linear, rms_norm_linear
+from .gated_norm import GatedRMSNorm
 
-__all__ = ["MatMamba2Mixer", "causal_depthwise_conv1d"]
+__all__ = ["MatMamba2Mixer", "use_backend"]
 
 
 def is_integer(value: object) -> bool:
     """An integer of any integer type (numpy's too), not a bool: what size and granularity arguments take."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Depthwise causal conv over the sequence of ``x`` (batch, seqlen, channels); ``weight`` (channels, k).
-
-    Output ``t`` sees inputs ``t-k+1 .. t`` (zeros before the start), as ``nn.Conv1d`` with ``padding=k-1``
-    cut to the first ``seqlen`` outputs. The channels-last input is read without a copy as an NHWC image
-    of width 1, so the CPU runs oneDNN's vectorised depthwise kernel; the result is a strided
-    (batch, seqlen, channels) view. With autograd on the CPU the backward is :class:`_CausalConvFn`'s
-    (forward+backward 2.5-3x faster than with oneDNN's depthwise backward on this model's shapes).
-    """
-    if (torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_compiling()
-            and (x.requires_grad or weight.requires_grad or bias.requires_grad)):
-        return _CausalConvFn.apply(x, weight, bias)
-    return _causal_conv_forward(x, weight, bias)
-
-
-class _CausalConvFn(torch.autograd.Function):
-    """The causal depthwise conv with a backward of shifted multiply-adds along the sequence."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        return _causal_conv_forward(x, weight, bias)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        seqlen, k = x.shape[1], weight.shape[1]
-        grad = grad.contiguous()
-        grad_x = grad_w = grad_b = None
-        # out[t] = bias + sum_j w[:, j] x[t - (k-1) + j], so x[s] meets w[:, j] in out[s + (k-1) - j].
-        if ctx.needs_input_grad[0]:
-            grad_x = grad * weight[:, k - 1]
-            for j in range(k - 1):
-                shift = k - 1 - j
-                if shift < seqlen:
-                    grad_x[:, : seqlen - shift].addcmul_(grad[:, shift:], weight[:, j])
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.stack(
-                [(x[:, : seqlen - (k - 1 - j)] * grad[:, k - 1 - j:]).sum((0, 1)) if k - 1 - j < seqlen
-                 else weight.new_zeros(weight.shape[0]) for j in range(k)],
-                dim=1,
-            )
-        if ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 1))
-        return grad_x, grad_w, grad_b
-
-
-def _causal_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    b, seqlen, ch = x.shape
-    k = weight.shape[1]
-    img = x.view(b, seqlen, 1, ch).permute(0, 3, 1, 2)  # (b, ch, seqlen, 1), channels-last strides
-    out = F.conv2d(img, weight.view(ch, 1, k, 1), bias, padding=(k - 1, 0), groups=ch)
-    return out[:, :, :seqlen, 0].permute(0, 2, 1)
-
-
-def _fused_conv_silu_available() -> bool:
-    try:
-        op = torch.ops.mkldnn._convolution_pointwise
-    except (AttributeError, RuntimeError):
-        return False
-    try:  # a tiny call: some builds register the op but lack the kernel
-        op(torch.zeros(1, 2, 3, 1), torch.zeros(2, 1, 2, 1), torch.zeros(2), [1, 0], [1, 1], [1, 1], 2, "swish", [], None)
-    except Exception:
-        return False
-    return torch.backends.mkldnn.is_available()
-
-
-_FUSED_CONV_SILU: Optional[bool] = None
-
-
-def causal_depthwise_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``silu(causal_depthwise_conv1d(x, weight, bias))``; for CPU float32 inference (no autograd) the SiLU
-    runs as a post-op inside oneDNN's convolution (one pass over the output instead of two); compiled code
-    leaves the fusion to the compiler."""
-    global _FUSED_CONV_SILU
-    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dtype != torch.float32
-            or x.device.type != "cpu" or using_reference_paths()):
-        return F.silu(causal_depthwise_conv1d(x, weight, bias))
-    if _FUSED_CONV_SILU is None:
-        _FUSED_CONV_SILU = _fused_conv_silu_available()
-    if not _FUSED_CONV_SILU:
-        return F.silu(causal_depthwise_conv1d(x, weight, bias), inplace=True)
-    b, seqlen, ch = x.shape
-    k = weight.shape[1]
-    img = x.view(b, seqlen, 1, ch).permute(0, 3, 1, 2)
-    out = torch.ops.mkldnn._convolution_pointwise(
-        img, weight.reshape(ch, 1, k, 1), bias, [k - 1, 0], [1, 1], [1, 1], ch, "swish", [], None
-    )
-    return out[:, :, :seqlen, 0].permute(0, 2, 1)
 
 
 class CausalConv(nn.Module):
@@ -145,7 +55,8 @@ class MatMamba2Mixer(nn.Module):
             extracted submodel). Inner width is ``expand * max_granularity``.
         d_state, expand, headdim, d_conv, chunk_size, ngroups: Mamba2's SSM settings.
         proj_drop: dropout on the input projection's output and on the mixer's output.
-        ssd_backend: see :func:`matmamba_vision.ops.ssd.ssd_scan`.
+        ssd_backend: which kernels run (:mod:`matmamba_vision.ops.dispatch`): 'auto', 'torch', 'reference'
+            or 'mamba_ssm'; :meth:`set_backend` changes it, :func:`use_backend` for a block of code.
     """
 
     PIECE_LEN = 512  # tokens per piece for CPU inference over long sequences (a multiple of the SSD chunk)
@@ -201,6 +112,10 @@ class MatMamba2Mixer(nn.Module):
         self.norm = GatedRMSNorm(self.d_inner, eps=norm_eps)
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
         self.proj_drop = nn.Dropout(proj_drop)
+
+    def set_backend(self, backend: str) -> None:
+        """Run ``backend``'s kernels from now on (a name of :data:`matmamba_vision.ops.SSD_BACKENDS`)."""
+        self.ssd_backend = check_ssd_backend(backend)
 
     def granularity_step(self) -> int:
         """The smallest valid granularity; every valid one is a multiple of it."""
@@ -300,7 +215,8 @@ class MatMamba2Mixer(nn.Module):
         xbc = self.proj_drop(F.linear(u, w["xbc_proj.weight"]))
         zdt = self.proj_drop(F.linear(u, w["zdt_proj.weight"])).view(b, seqlen, h, p + 1)
         conv_in, new_tail, k = xbc, None, w["conv.weight"].shape[1]
-        xbc = causal_depthwise_conv1d_silu(conv_in, w["conv.weight"], w["conv.bias"])
+        kernels = resolve_backend(self.ssd_backend, u)
+        xbc = kernels.conv1d_silu(conv_in, w["conv.weight"], w["conv.bias"])
         if carry and k > 1:
             tail = conv_tail if conv_tail is not None else conv_in.new_zeros(b, k - 1, conv_in.shape[-1])
             head = torch.cat([tail, conv_in[:, : k - 1]], dim=1)  # the inputs the first k-1 outputs see
@@ -318,14 +234,11 @@ class MatMamba2Mixer(nn.Module):
             # strided z view; the gate is then a strided view of it.
             z = F.silu(zdt, inplace=True)[..., :p]
         A = -torch.exp(w["A_log"].float())
-        y = ssd_scan(
+        y = kernels.ssd(  # positional, as every backend's ssd takes them
             x, dt, A,
             B.view(b, seqlen, self.ngroups, self.d_state),
             C.view(b, seqlen, self.ngroups, self.d_state),
-            chunk_size=self.chunk_size,
-            backend=self.ssd_backend,
-            initial_state=ssd_state,
-            return_final_state=carry,
+            self.chunk_size, ssd_state, carry,
         )
         if carry:
             y, ssd_state = y
@@ -339,3 +252,20 @@ class MatMamba2Mixer(nn.Module):
                 y.flatten(2), z.flatten(2), w["norm.weight"], w["out_proj.weight"], eps=self.norm.eps
             )
         return self.proj_drop(out), ((new_tail, ssd_state) if carry else None)
+
+
+@contextmanager
+def use_backend(model: nn.Module, backend: str) -> Iterator[nn.Module]:
+    """Every :class:`MatMamba2Mixer` in ``model`` runs ``backend``'s kernels inside the block, its own
+    ``ssd_backend`` again after it (e.g. ``'reference'``: work that depends on the shapes only, as
+    :func:`matmamba_vision.count_flops` counts)."""
+    check_ssd_backend(backend)
+    mixers = [m for m in model.modules() if isinstance(m, MatMamba2Mixer)]
+    previous = [m.ssd_backend for m in mixers]
+    for m in mixers:
+        m.set_backend(backend)
+    try:
+        yield model
+    finally:
+        for m, name in zip(mixers, previous):
+            m.ssd_backend = name

@@ -1,69 +1,34 @@
-"""The SSD scan of Mamba2 (state-space duality), in pure PyTorch, and the choice of backend.
+"""The SSD scan's fast CPU path: the chunked scan of :mod:`.ssd_ref` with the per-head decay work factorised
+into GEMMs.
 
-The recurrence, per head ``h`` (heads of one group share ``B`` and ``C``)::
-
-    state_t = exp(dt_t * A) * state_{t-1} + dt_t * outer(x_t, B_t)
-    y_t     = state_t @ C_t
-
-is evaluated chunk by chunk: inside a chunk as a masked (causal, decayed) attention-like product,
-across chunks by passing one ``(headdim, d_state)`` state per head. The result does not depend on the
-chunk size except through rounding, so each backend picks the size that suits it.
-
-The torch path avoids per-head (L x L) elementwise work: with ``a`` the cumulative decay and ``c`` a
-reference point, ``exp(a_i - a_j) = exp(a_i - c) * exp(c - a_j)``, so the decayed product becomes one GEMM
-with ``tril(C B^T)`` shared by all heads of a group, scaled per token before and after. That is exact up to
-rounding while the exponents stay within +-``SAFE_HALF_RANGE`` (checked per chunk and head):
+With ``a`` the cumulative decay and ``c`` a reference point, ``exp(a_i - a_j) = exp(a_i - c) * exp(c - a_j)``,
+so the decayed product becomes one GEMM with ``tril(C B^T)`` shared by all heads of a group, scaled per token
+before and after. That is exact up to rounding while the exponents stay within +-``SAFE_HALF_RANGE``
+(checked per chunk and head):
 
 - short sequences (one chunk): :func:`_ssd_row_blocks` (re-centred per block of rows, no states);
 - long ones: :func:`_ssd_factorised` (chunks of ~128 tokens, states carried between chunks);
-- heads whose decay range is unsafe are redone with shorter chunks, finally by :func:`_ssd_exact`.
+- heads whose decay range is unsafe are redone with shorter chunks, finally by the exact chunked form.
 
 Every path but the row blocks also starts from a given state and returns the last one, so a long sequence
-can be scanned in pieces (the mixer does so for CPU inference). Under ``torch.compile`` the exact path runs:
-it has no data-dependent branches, so the model compiles to one graph.
+can be scanned in pieces (the mixer does so for CPU inference). The work depends on the data (which heads
+are redone), so the FLOP counter and ``torch.compile`` take :func:`.ssd_ref.ssd_scan_ref` instead.
 """
 from __future__ import annotations
 
-import functools
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
-__all__ = ["SSD_BACKENDS", "ssd_scan", "ssd_scan_torch", "choose_chunk_len", "check_ssd_backend", "mamba_ssm_available",
-           "reference_paths", "using_reference_paths"]
+from .ssd_ref import exp_dropped, pad_seq, scan_float32, ssd_chunked_exact
 
-SSD_BACKENDS = ("auto", "torch", "mamba_ssm")
-
+__all__ = ["ssd_scan_fast", "choose_chunk_len"]
 
 # The factorised path runs where every |c - a| of a chunk is at most this many nats: exp(+-40) keeps both
 # factors, and their products with the data, far inside float32's normal range (~1e-38 .. 3e38).
 SAFE_HALF_RANGE = 40.0
 _CLAMP = 60.0  # exponents of unsafe heads are clamped here (finite values, overwritten afterwards)
-_DROP = 60.0  # decay factors below e^-60 are dropped (set to 0): see _exp_dropped
 _MIN_FACTORISED_CHUNK = 16  # below this an unsafe head goes to the exact path
-
-
-_REFERENCE_PATHS: ContextVar[bool] = ContextVar("matmamba_vision_reference_paths", default=False)
-
-
-@contextmanager
-def reference_paths() -> Iterator[None]:
-    """Inside, the model takes paths whose work depends only on the shapes: the exact torch SSD scan (as under
-    ``torch.compile``; no data-dependent row blocks or redone heads, no Triton kernel) and the unfused
-    depthwise conv. :func:`matmamba_vision.count_flops` counts under it, so a configuration has one figure."""
-    token = _REFERENCE_PATHS.set(True)
-    try:
-        yield
-    finally:
-        _REFERENCE_PATHS.reset(token)
-
-
-def using_reference_paths() -> bool:
-    """Whether :func:`reference_paths` is active."""
-    return _REFERENCE_PATHS.get()
 
 
 def choose_chunk_len(seqlen: int, d_state: int, chunk_size: int = 256) -> int:
@@ -110,34 +75,6 @@ def _safe_chunk_len(dA: torch.Tensor, q: int) -> int:
     return q
 
 
-@torch.library.custom_op("matmamba_vision::cumsum_last", mutates_args=())
-def _cumsum_last(t: torch.Tensor) -> torch.Tensor:
-    """``torch.cumsum(t, -1)`` as an op the compiler calls rather than generates (inductor's split-scan
-    codegen fails on some CUDA shapes in torch 2.11, seen on an H200)."""
-    return torch.cumsum(t, dim=-1)
-
-
-@_cumsum_last.register_fake
-def _(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(t)
-
-
-_cumsum_last.register_autograd(
-    lambda ctx, grad: _cumsum_last(grad.flip(-1)).flip(-1),  # d/dt of a prefix sum: the suffix sums
-)
-
-
-def _exp_dropped(t: torch.Tensor) -> torch.Tensor:
-    """``exp(t)`` in place, exactly 0 where ``t < -_DROP``. Every caller's dropped terms weigh at most e^-20 of
-    the terms kept beside them, far below float32's resolution; kept, their products are float32 subnormals,
-    which x86 GEMMs process several-fold slower (measured: one row block's GEMM 4.5 ms instead of 1 ms)."""
-    return t.masked_fill_(t < -_DROP, float("-inf")).exp_()
-
-
-def _pad_seq(t: torch.Tensor, pad: int) -> torch.Tensor:
-    return F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) if pad else t
-
-
 def _heads(idx: torch.Tensor, x, dt, A, B, C, h0: Optional[torch.Tensor] = None):
     """The scan's inputs restricted to heads ``idx`` (each keeps its own group's B and C), and their h0."""
     h, g = x.shape[2], B.shape[2]
@@ -149,73 +86,6 @@ def _heads(idx: torch.Tensor, x, dt, A, B, C, h0: Optional[torch.Tensor] = None)
 def _put_heads(t: torch.Tensor, dim: int, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``t`` with heads ``idx`` (along ``dim``) replaced by ``rows``; in place when autograd is off."""
     return t.index_copy_(dim, idx, rows) if not torch.is_grad_enabled() else t.index_copy(dim, idx, rows)
-
-
-def _ssd_exact(
-    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
-    h0: Optional[torch.Tensor] = None, want_final: bool = False,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Reference chunked scan on float32 tensors: per head, an explicit (q x q) decay matrix per chunk.
-    ``h0`` (batch, heads, headdim, d_state) is the state before the first token; returns (y, final state or
-    None)."""
-    b, seqlen, h, p = x.shape
-    g, n = B.shape[-2:]
-    q = max(1, min(chunk_size, seqlen))
-    nc = -(-seqlen // q)
-    pad = nc * q - seqlen
-    x, dt, B, C = (_pad_seq(t, pad) for t in (x, dt, B, C))  # dt = 0 on padding: no decay, no input
-    hg = h // g
-
-    xd = (x * dt.unsqueeze(-1)).view(b, nc, q, h, p)  # dt_j * x_j
-    B = B.view(b, nc, q, g, n).transpose(2, 3)  # (b, c, g, q, n)
-    C = C.view(b, nc, q, g, n).transpose(2, 3)
-    dA = (dt * A).view(b, nc, q, h).transpose(2, 3)
-    a_cum = _cumsum_last(dA.contiguous()) if torch.compiler.is_compiling() else torch.cumsum(dA, dim=-1)  # (b, c, h, q)
-
-    # Intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(a_i - a_j) dt_j x_j. C.B is shared by a group's heads.
-    cb = torch.matmul(C, B.transpose(-1, -2)).tril_()  # (b, c, g, q, q)
-    seg = a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)  # (b, c, h, q, q); <= 0 below the diagonal, 0 on it
-    # The diagonal and above set to 0 (not clamped: clamp's gradient vanishes where a below-diagonal entry is
-    # exactly 0, e.g. dt = 0 or A = 0, and the diagonal's is pure rounding noise).
-    keep = torch.ones(q, q, dtype=torch.bool, device=seg.device).tril_(-1)
-    decay = _exp_dropped(seg.masked_fill(~keep, 0.0) if torch.is_grad_enabled() else seg.masked_fill_(~keep, 0.0))
-    scores = (decay.view(b, nc, g, hg, q, q) * cb.unsqueeze(3)).view(b, nc, h, q, q)
-    xd_h = xd.permute(0, 1, 3, 2, 4)  # (b, c, h, q, p)
-    y = torch.matmul(scores, xd_h)  # (b, c, h, q, p)
-
-    final = None
-    if nc > 1 or h0 is not None or want_final:
-        # Each chunk's own end state, from its inputs decayed to the chunk's end.
-        to_end = _exp_dropped(a_cum[..., -1:] - a_cum)  # (b, c, h, q)
-        xs = (xd_h * to_end.unsqueeze(-1)).view(b, nc, g, hg, q, p)
-        xs = xs.transpose(-1, -2).reshape(b, nc, g, hg * p, q)
-        chunk_states = torch.matmul(xs, B).view(b, nc, g, hg, p, n)
-        # Pass states across chunks: s_{c+1} = exp(a_c,end) s_c + own_c; chunk c reads s_c (s_0 = h0).
-        chunk_decay = torch.exp(a_cum[..., -1]).view(b, nc, g, hg, 1, 1)
-        state = None if h0 is None else h0.float().view(b, g, hg, p, n)
-        entering = []
-        for c in range(nc if want_final else nc - 1):
-            entering.append(state)
-            own = chunk_states[:, c]
-            state = own if state is None else state * chunk_decay[:, c] + own
-        if want_final:
-            final = state.view(b, h, p, n)
-        else:
-            entering.append(state)
-        first = 0 if h0 is not None else 1  # chunk 0 reads a zero state when there is no h0
-        if first < nc:
-            prev = torch.stack(entering[first:], dim=1).view(b, nc - first, g, hg * p, n)
-            y_off = torch.matmul(C[:, first:], prev.transpose(-1, -2))  # (b, nc-first, g, q, hg*p)
-            y_off = y_off.view(b, nc - first, g, q, hg, p).permute(0, 1, 2, 4, 3, 5).reshape(b, nc - first, h, q, p)
-            y_off = y_off * torch.exp(a_cum[:, first:]).unsqueeze(-1)
-            y = torch.cat([y[:, :first], y[:, first:] + y_off], dim=1)
-
-    y = y.permute(0, 1, 3, 2, 4).reshape(b, nc * q, h, p)
-    if pad:
-        y = y[:, :seqlen]
-    return y, final
-
-
 def _ssd_factorised(
     x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, q: int,
     h0: Optional[torch.Tensor] = None, want_final: bool = False,
@@ -235,7 +105,7 @@ def _ssd_factorised(
     hg = h // g
     nc = -(-seqlen // q)
     pad = nc * q - seqlen
-    dt, B, C = (_pad_seq(t, pad) for t in (dt, B, C))  # dt = 0 on padding: no decay, no input
+    dt, B, C = (pad_seq(t, pad) for t in (dt, B, C))  # dt = 0 on padding: no decay, no input
     a = torch.cumsum((dt * A).view(b, nc, q, h), dim=2)  # (b, nc, q, h), decreasing along q
     a_first, a_last = a[:, :, 0], a[:, :, -1]
     with torch.no_grad():
@@ -248,7 +118,7 @@ def _ssd_factorised(
     # dt_j exp(c - a_j); not dt / e, whose gradient (-dt / e^2) overflows where e is clamped at e^-60
     f = dt.view(b, nc, q, h) * torch.neg(la).exp_()
     U = x * f.view(b, nc * q, h, 1)[:, :seqlen]
-    U = _pad_seq(U, pad).view(b, nc, q, g, hg * p).transpose(2, 3)  # (b, nc, g, q, hg*p)
+    U = pad_seq(U, pad).view(b, nc, q, g, hg * p).transpose(2, 3)  # (b, nc, g, q, hg*p)
     Bc = B.view(b, nc, q, g, n).transpose(2, 3)  # (b, nc, g, q, n)
     Cc = C.view(b, nc, q, g, n).transpose(2, 3)
     Z = torch.matmul(torch.matmul(Cc, Bc.transpose(-1, -2)).tril_(), U)  # (b, nc, g, q, hg*p)
@@ -264,9 +134,9 @@ def _ssd_factorised(
         steps = lk.shape[1]  # chunks whose end state is needed
         # fk = f k = dt exp(lk - la), dropped below e^-_DROP (those terms reach y at most e^(40 - _DROP) of
         # full weight).
-        fk = dt.view(b, nc, q, h)[:, :steps] * _exp_dropped(lk.unsqueeze(2) - la[:, :steps])
+        fk = dt.view(b, nc, q, h)[:, :steps] * exp_dropped(lk.unsqueeze(2) - la[:, :steps])
         fk = fk.view(b, steps * q, h, 1)
-        xs = _pad_seq(x, pad) if steps == nc else x
+        xs = pad_seq(x, pad) if steps == nc else x
         Uk = (xs[:, : steps * q] * fk).view(b, steps, q, g, hg * p).transpose(2, 3)
         G = torch.matmul(Uk.transpose(-1, -2), Bc[:, :steps])  # (b, steps, g, hg*p, n)
         # The recurrence, one fused multiply-add per chunk on (b, heads, p*n) states. (A batched GEMM with the
@@ -274,7 +144,7 @@ def _ssd_factorised(
         # number of chunks: measured 23 GFLOP/s plus two transposes, 4x the loop's time on a quiet machine.)
         # k <= 1, dropped like fk: a fast-decaying head whose fk were all dropped would otherwise carry states
         # k * S' that are subnormals into the C @ S GEMM below.
-        k = _exp_dropped(lk.clone()).unsqueeze(-1)  # (b, steps, h, 1)
+        k = exp_dropped(lk.clone()).unsqueeze(-1)  # (b, steps, h, 1)
         G = G.view(b, steps, h, p * n)
         if h0 is None:
             s0 = G.new_zeros(b, h, p * n)
@@ -317,7 +187,7 @@ def _row_block_products(
     for (s, e_), M in zip(bounds, Ms):
         mid = torch.lerp(a[:, s], a[:, e_ - 1], 0.5).unsqueeze(1)  # (b, 1, h)
         lu = (mid - a[:, :e_]).clamp_(max=_CLAMP)
-        u = dt[:, :e_] * _exp_dropped(lu)
+        u = dt[:, :e_] * exp_dropped(lu)
         U = (x[:, :e_] * u.unsqueeze(-1)).view(b, e_, g, hg * p).transpose(1, 2)  # (b, g, e_, hg*p)
         Z = torch.matmul(M, U).transpose(1, 2).reshape(b, e_ - s, h, p)
         scale = (a[:, s:e_] - mid).clamp_(-_CLAMP, _CLAMP).exp_().unsqueeze(-1)
@@ -337,7 +207,7 @@ def _ssd_row_blocks(
     ``e_i = exp(a_i - c_I)`` and ``u_j = exp(c_I - a_j) dt_j x_j``. Only the block's own decay range must be
     <= ``2 * SAFE_HALF_RANGE``; for earlier columns ``c_I - a_j <= 0``, and where it is below ``-_DROP`` the
     column is dropped (u_j = 0: true weights below e^(40 - _DROP) = e^-20 of the row's own; see
-    :func:`_exp_dropped`). No states are carried.
+    :func:`.ssd_ref.exp_dropped`). No states are carried.
     Uses the fewest blocks (1, 2, 4, ...) for which at most an eighth of the heads is unsafe. Those heads are
     redone with each block's rows split in halves (then quarters, eighths), which reuse the block's rows of
     ``tril(C B^T)``; with several groups, or where that is not enough, they go to :func:`_ssd_auto` with
@@ -398,121 +268,33 @@ def _ssd_auto(
         nq = max(_MIN_FACTORISED_CHUNK, q // 4)
         ys, fs = _ssd_auto(*sub, -(-x.shape[1] // -(-x.shape[1] // nq)), sub_h0, want_final)
     else:
-        ys, fs = _ssd_exact(*sub, q, sub_h0, want_final)
+        ys, fs = ssd_chunked_exact(*sub, q, sub_h0, want_final)
     if y is None:
         return ys, fs
     return _put_heads(y, 2, idx, ys), (_put_heads(final, 1, idx, fs) if want_final else None)
 
 
-def ssd_scan_torch(
+
+
+def ssd_scan_fast(
     x: torch.Tensor,
     dt: torch.Tensor,
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
     chunk_size: int = 256,
-    exact: bool = False,
     initial_state: Optional[torch.Tensor] = None,
     return_final_state: bool = False,
 ):
-    """Chunked SSD scan, computed in float32 and returned in ``x.dtype``.
+    """The scan (arguments and result as in :func:`.ssd_ref.ssd_scan_ref`) by the factorised GEMMs: row
+    blocks for a single chunk without states, else chunks of :func:`choose_chunk_len` tokens (shortened
+    while many heads' decay range is unsafe)."""
+    def core(x, dt, A, B, C, h0, want_final):
+        q = choose_chunk_len(x.shape[1], B.shape[-1], chunk_size)
+        stateful = h0 is not None or want_final
+        y = _ssd_row_blocks(x, dt, A, B, C) if q >= x.shape[1] and not stateful else None
+        if y is not None:
+            return y, None
+        return _ssd_auto(x, dt, A, B, C, _safe_chunk_len(dt * A, q), h0, want_final)
 
-    Args:
-        x: (batch, seqlen, heads, headdim) inputs.
-        dt: (batch, seqlen, heads) positive step sizes (softplus already applied).
-        A: (heads,) negative decay rates.
-        B, C: (batch, seqlen, groups, d_state); ``heads`` must be a multiple of ``groups``.
-        chunk_size: the most tokens per chunk; the path picks its own length below it
-            (:func:`choose_chunk_len`); any sequence length is accepted.
-        exact: skip the factorised fast path (reference; slower).
-        initial_state: (batch, heads, headdim, d_state) state before the first token (default zeros), so a
-            long sequence can be scanned in pieces.
-        return_final_state: also return the (float32) state after the last token.
-
-    Returns:
-        y (batch, seqlen, heads, headdim), or (y, final_state) with ``return_final_state``.
-    """
-    b, seqlen, h, p = x.shape
-    g, n = B.shape[-2:]
-    if h % g:
-        raise ValueError(f"heads ({h}) must be a multiple of groups ({g})")
-    if initial_state is not None and tuple(initial_state.shape) != (b, h, p, n):
-        raise ValueError(f"initial_state must have shape (batch, heads, headdim, d_state) = {(b, h, p, n)}, "
-                         f"got {tuple(initial_state.shape)}")
-    out_dtype = x.dtype
-    if seqlen == 0:  # nothing to scan: no outputs, and the state passes through unchanged
-        final = initial_state.float() if initial_state is not None else x.new_zeros(b, h, p, n, dtype=torch.float32)
-        return (x.new_empty(x.shape), final) if return_final_state else x.new_empty(x.shape)
-    stateful = initial_state is not None or return_final_state
-    with torch.autocast(x.device.type, enabled=False):  # float32 throughout, also under autocast
-        x, dt, A, B, C = (t.float() for t in (x, dt, A, B, C))
-        if exact:
-            y, final = _ssd_exact(x, dt, A, B, C, chunk_size, initial_state, return_final_state)
-        elif torch.compiler.is_compiling() or using_reference_paths():
-            # Compiled: the exact path has no data-dependent branches (no graph breaks, so one graph per
-            # model) and the compiler fuses its per-head decay work. Counted: its work depends on shapes only.
-            q = choose_chunk_len(seqlen, n, chunk_size)
-            y, final = _ssd_exact(x, dt, A, B, C, q, initial_state, return_final_state)
-        else:
-            q = choose_chunk_len(seqlen, n, chunk_size)
-            y = _ssd_row_blocks(x, dt, A, B, C) if q >= seqlen and not stateful else None
-            final = None
-            if y is None:
-                y, final = _ssd_auto(x, dt, A, B, C, _safe_chunk_len(dt * A, q), initial_state, return_final_state)
-    y = y.to(out_dtype)
-    return (y, final) if return_final_state else y
-
-
-@functools.lru_cache(maxsize=None)
-def _mamba_ssm_kernel() -> Optional[Callable]:
-    """mamba_ssm's Triton SSD kernel, or None where the package or its CUDA build is missing."""
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception:  # ImportError, or a broken CUDA build raising at import
-        return None
-    return mamba_chunk_scan_combined
-
-
-def mamba_ssm_available() -> bool:
-    """True where mamba_ssm's Triton kernels import and a CUDA device exists."""
-    return torch.cuda.is_available() and _mamba_ssm_kernel() is not None
-
-
-def check_ssd_backend(name: str) -> str:
-    """Validate a backend name; return it."""
-    if name not in SSD_BACKENDS:
-        raise ValueError(f"ssd_backend must be one of {SSD_BACKENDS}, got {name!r}")
-    return name
-
-
-def ssd_scan(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    chunk_size: int = 256,
-    backend: str = "auto",
-    initial_state: Optional[torch.Tensor] = None,
-    return_final_state: bool = False,
-):
-    """SSD scan with the chosen backend (arguments and result as in :func:`ssd_scan_torch`).
-
-    ``auto`` takes mamba_ssm's Triton kernel for CUDA tensors when it imports, else the torch path.
-    """
-    check_ssd_backend(backend)
-    if (backend == "mamba_ssm" or (backend == "auto" and x.is_cuda)) and not using_reference_paths():
-        kernel = _mamba_ssm_kernel()
-        if kernel is not None and x.is_cuda:
-            out = kernel(x.contiguous(), dt.contiguous(), A.float(), B.contiguous(), C.contiguous(), chunk_size,
-                         initial_states=initial_state, return_final_states=return_final_state)
-            if return_final_state:
-                return out[0].to(x.dtype), out[1].float()
-            return out.to(x.dtype)
-        if backend == "mamba_ssm":
-            raise RuntimeError(
-                "ssd_backend='mamba_ssm' needs CUDA tensors and an importable mamba_ssm with its CUDA build; "
-                "use ssd_backend='torch' or 'auto'"
-            )
-    return ssd_scan_torch(x, dt, A, B, C, chunk_size, initial_state=initial_state,
-                          return_final_state=return_final_state)
+    return scan_float32(core, x, dt, A, B, C, initial_state, return_final_state)
