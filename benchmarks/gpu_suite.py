@@ -98,9 +98,9 @@ def ceilings(args, device: torch.device, report: Dict) -> None:
 
 def ssd_kernels(args, device: torch.device, report: Dict) -> None:
     """The SSD scan alone (64 heads, headdim 16, d_state 128, L 197 and 4096): error vs float64, and time."""
+    from matmamba_vision.ops import ssd_scan_torch
     from matmamba_vision.ops.ssd_mamba_ssm import _mamba_ssm_kernel
     from matmamba_vision.ops.ssd_ref import ssd_chunked_exact
-    from matmamba_vision.ops import ssd_scan_torch
 
     print(f"\n{'ssd scan (fp32 in)':28s} {'L':>5s} {'batch':>5s} {'rel. err':>9s} {'ms best':>8s} {'median':>8s}")
     for seqlen, batch in ((197, 64), (4096, 8)) if not args.quick else ((197, 2),):

@@ -6,8 +6,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models.matmamba_vision import Granularity, MatMambaVision
 from .layers import use_backend
+from .models.matmamba_vision import Granularity, MatMambaVision
 
 __all__ = ["extract_submodel", "count_params", "count_flops", "EMBEDDING_PREFIXES"]
 
@@ -62,8 +62,8 @@ def count_flops(model: MatMambaVision, granularity: Granularity = None,
 
     Counts matrix products and convolutions (the patch embedding, projections, the depthwise conv, the SSD's
     products in its exact chunked form, head); elementwise work is not counted. The forward runs the
-    ``'reference'`` backend (:func:`~matmamba_vision.layers.use_backend`), so the figure depends on the configuration and the
-    input size only (the fast paths' work varies with the data, and oneDNN's fused conv is invisible to the
+    ``'reference'`` backend (:func:`~matmamba_vision.layers.use_backend`), so the figure depends on the
+    configuration and the input size only (the fast paths' work varies with the data, and oneDNN's fused conv is invisible to the
     counter). ``img_size`` (int or (H, W)) defaults to the model's; other sizes need ``dynamic_img_size=True``.
     """
     size = img_size or model.patch_embed.img_size
@@ -73,8 +73,9 @@ def count_flops(model: MatMambaVision, granularity: Granularity = None,
     was_training = model.training
     model.eval()
     try:
-        with model.granularity(granularity), use_backend(model, "reference"), FlopCounterMode(display=False) as counter:
-            model(x)
+        with model.granularity(granularity), use_backend(model, "reference"):
+            with FlopCounterMode(display=False) as counter:
+                model(x)
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())

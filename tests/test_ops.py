@@ -9,8 +9,18 @@ import torch.nn.functional as F
 import matmamba_vision
 import matmamba_vision.ops.ssd_fast as ssd_fast
 from matmamba_vision.ops import (
-    BACKENDS, SSD_BACKENDS, Backend, causal_conv1d_silu_ref, causal_depthwise_conv1d, choose_chunk_len,
-    gated_rms_norm_linear, gated_rms_norm_ref, resolve_backend, rms_norm_linear, ssd_recurrence_ref, ssd_scan,
+    BACKENDS,
+    SSD_BACKENDS,
+    Backend,
+    causal_conv1d_silu_ref,
+    causal_depthwise_conv1d,
+    choose_chunk_len,
+    gated_rms_norm_linear,
+    gated_rms_norm_ref,
+    resolve_backend,
+    rms_norm_linear,
+    ssd_recurrence_ref,
+    ssd_scan,
     ssd_scan_ref,
 )
 
@@ -50,7 +60,7 @@ def test_fused_gated_norm_linear(tokens):
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
     got = torch.autograd.grad(out.square().sum(), leaves)
     leaves2 = [t.clone().requires_grad_() for t in (y, z, w, W)]
-    want = torch.autograd.grad(torch.nn.functional.linear(gated_rms_norm_ref(*leaves2[:3]), leaves2[3]).square().sum(), leaves2)
+    want = torch.autograd.grad(F.linear(gated_rms_norm_ref(*leaves2[:3]), leaves2[3]).square().sum(), leaves2)
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
@@ -86,7 +96,8 @@ def test_conv_silu_routes_match_the_reference(backend, grad):
 
 def _ssd_inputs(L=150, h=4, p=3, n=8, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    x, B, C = torch.randn(2, L, h, p, generator=gen), torch.randn(2, L, 1, n, generator=gen), torch.randn(2, L, 1, n, generator=gen)
+    x = torch.randn(2, L, h, p, generator=gen)
+    B, C = torch.randn(2, L, 1, n, generator=gen), torch.randn(2, L, 1, n, generator=gen)
     return x, torch.rand(2, L, h, generator=gen) * 0.1, -(torch.rand(h, generator=gen) * 8 + 1), B, C
 
 
@@ -129,6 +140,28 @@ def test_a_backend_is_one_registry_entry(monkeypatch):
         out = model(torch.randn(1, 1, 28, 28))
     assert calls == ["ssd"] and torch.isfinite(out).all()
     assert SSD_BACKENDS[:2] == ("auto", "torch") and "reference" in SSD_BACKENDS
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_backends_gated_norm_replaces_the_fused_tail(monkeypatch, grad):
+    """A backend with its own gated norm gets (y + D x, z, weight, eps) and its result goes through out_proj:
+    the same outputs as the torch tail, in one pass and in pieces (norm weight folded into out_proj)."""
+    calls = []
+
+    def norm(*args):
+        calls.append(args[0].shape)
+        return gated_rms_norm_ref(*args)
+
+    monkeypatch.setitem(BACKENDS, "spy", Backend(gated_rms_norm=norm))
+    monkeypatch.setattr(matmamba_vision.layers.MatMamba2Mixer, "PIECE_LEN", 16)  # 50 tokens: pieces
+    torch.manual_seed(0)
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", depth=1, ssd_backend="torch").train(grad)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.set_grad_enabled(grad):
+        want = model(x)
+        with matmamba_vision.use_backend(model, "spy"):
+            got = model(x)
+    assert calls and torch.allclose(got, want, atol=1e-5)
 
 
 def test_use_backend_sets_and_restores_every_mixer():

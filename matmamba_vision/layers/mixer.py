@@ -228,7 +228,8 @@ class MatMamba2Mixer(nn.Module):
         x = x.view(b, seqlen, h, p)
         z, dt = zdt[..., :p], zdt[..., p]
         dt = F.softplus(dt.float() + w["dt_bias"].float())
-        inference = not torch.is_grad_enabled()
+        norm = kernels.gated_rms_norm  # None: the torch tail below, the gate and norm fused with their neighbours
+        inference = not torch.is_grad_enabled() and norm is None
         if inference:
             # SiLU over the whole contiguous (z, dt) buffer (dt was read above): ~4x faster than over the
             # strided z view; the gate is then a strided view of it.
@@ -243,7 +244,12 @@ class MatMamba2Mixer(nn.Module):
         if carry:
             y, ssd_state = y
         Dx = w["D"].to(x.dtype).unsqueeze(-1)
-        if inference:
+        if norm is not None:
+            weight = w["norm.weight"]  # None where forward_in_pieces folded it into out_proj
+            weight = weight if weight is not None else w["out_proj.weight"].new_ones(h * p)
+            y = norm(torch.addcmul(y, x, Dx).flatten(2), z.flatten(2), weight, self.norm.eps)
+            out = F.linear(y, w["out_proj.weight"])
+        elif inference:
             y = y.addcmul_(x, Dx).mul_(z)
             out = rms_norm_linear(y.flatten(2), w["norm.weight"], w["out_proj.weight"], eps=self.norm.eps, out=out)
         else:

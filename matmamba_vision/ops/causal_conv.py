@@ -12,7 +12,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
-__all__ = ["causal_conv1d_silu_ref", "causal_depthwise_conv1d", "causal_conv1d_silu_onednn", "onednn_conv_silu_available"]
+__all__ = [
+    "causal_conv1d_silu_ref", "causal_depthwise_conv1d", "causal_conv1d_silu_onednn", "onednn_conv_silu_available",
+]
 
 
 def causal_conv1d_silu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

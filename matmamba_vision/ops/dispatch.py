@@ -72,12 +72,16 @@ class Backend:
 
     ``ssd(x, dt, A, B, C, chunk_size, initial_state, return_final_state)``: the SSD scan, arguments and
     result as :func:`.ssd_ref.ssd_scan_ref`'s. ``conv1d_silu(x, weight, bias)``: ``silu`` of the causal
-    depthwise conv, as :func:`.causal_conv.causal_conv1d_silu_ref`. ``runs_on(x)``: whether it runs on
-    tensors like ``x``; ``needs``: what it needs where it does not (the error's text).
+    depthwise conv, as :func:`.causal_conv.causal_conv1d_silu_ref`. ``gated_rms_norm(y, z, weight, eps)``:
+    as :func:`.gated_norm.gated_rms_norm_ref`, followed by the output projection; None: the torch tail (the
+    gate's SiLU over the whole projection buffer and the norm folded into the output projection,
+    :func:`.gated_norm.rms_norm_linear`). ``runs_on(x)``: whether it runs on tensors like ``x``; ``needs``:
+    what it needs where it does not (the error's text).
     """
 
     ssd: Callable = _torch_ssd
     conv1d_silu: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = _torch_conv1d_silu
+    gated_rms_norm: Optional[Callable[..., torch.Tensor]] = None
     runs_on: Callable[[torch.Tensor], bool] = _anywhere
     needs: str = ""
 
