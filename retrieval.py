@@ -19,6 +19,7 @@ from pathlib import Path
 
 import matmamba_vision  # noqa: F401  (registers the models with timm)
 from matmamba_vision.data import error_line
+from matmamba_vision.flags import parse_flags
 from matmamba_vision.evaluation import (
     KNN_BACKENDS, Baseline, EmbeddingCache, file_sha256, parse_granularities, resolve_backend,
     retrieval_table, run_retrieval, state_dict_sha256, uniform_configs, write_retrieval_outputs,
@@ -49,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--baseline-checkpoints", nargs="*", default=[], metavar="[LABEL=]PATH",
                    help="separately trained models (weights file for --model, or a save_model_dir folder) "
                    "embedding queries against the full model's database")
-    return p.parse_args(argv)
+    return parse_flags(p, argv)
 
 
 def main(argv=None) -> list:

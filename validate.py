@@ -16,6 +16,7 @@ import time
 
 import matmamba_vision  # noqa: F401  (registers the models with timm)
 from matmamba_vision.data import error_line
+from matmamba_vision.flags import parse_flags
 from matmamba_vision.evaluation import dedupe_configs, parse_granularities, parse_mixnmatch
 from matmamba_vision.evaluation.cli import (
     add_common_args, amp_dtype_from_args, check_outputs, data_config_from_args, loader_from_args, model_from_args,
@@ -36,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mixnmatch", default="", help="'official' (the paper's mix'n'match sweep), 'random:N', or a "
                    "JSON/CSV file of per-layer lists")
     p.add_argument("--seed", type=int, default=0, help="seed of random:N")
-    return p.parse_args(argv)
+    return parse_flags(p, argv)
 
 
 def main(argv=None) -> list:

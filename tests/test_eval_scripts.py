@@ -288,6 +288,10 @@ def test_cache_is_not_served_after_the_images_change(scripts, checkpoint, tmp_pa
     ("validate", ["--results-file", "."], "is a folder"),  # a traceback after the whole evaluation
     ("retrieval", ["--knn-backend", "torch", "--knn-index", "HNSW32"], "needs --knn-backend faiss"),
     ("retrieval", ["--max-samples", "5"], "--max-samples must be at least 10 for retrieval"),
+    # the flag types train.py uses: a one-line ValueError at parse time
+    ("validate", ["-b", "0"], "--batch-size must be at least 1, got 0"),
+    ("retrieval", ["--workers", "-1"], "--workers must be 0 or more, got -1"),
+    ("validate", ["--model-kwargs", "depth=2", "bogus"], r"--model-kwargs: \['bogus'\] are not KEY=VALUE"),
 ])
 def test_eval_flags_checked_before_any_work(scripts, tmp_path, script, flags, match):
     validate, retrieval = scripts

@@ -17,7 +17,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..checkpoint import atomic_write
-from .ffcv_pipeline import ffcv_meta_path, require_ffcv
+from .ffcv_pipeline import beton_path, ffcv_meta_path, require_ffcv
 from .fmnist import FashionMNIST
 from .folder import create_folder_dataset
 
@@ -93,7 +93,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             ds = FashionMNIST(split, root=args.data_dir)
         else:
             ds = create_folder_dataset(args.data_dir, split, img_mode="RGB", skip_corrupt=args.skip_corrupt)
-        out = write_beton(ds, ds.classes, Path(args.output) / f"{split}.beton", args.max_resolution,
+        out = write_beton(ds, ds.classes, beton_path(args.output, split), args.max_resolution,
                           args.jpeg_quality, args.write_mode, args.workers)
         print(f"wrote {out} ({len(ds)} images, {len(ds.classes)} classes)")
 

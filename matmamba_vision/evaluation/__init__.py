@@ -1,11 +1,11 @@
 """Evaluation: mix'n'match sweeps, accuracy and Pareto fronts, plots, and adaptive retrieval.
 
 - :mod:`.configs` which submodels to evaluate; :mod:`.multiforward` runs many on one batch;
-- :mod:`.sweep` / :mod:`.accuracy` / :mod:`.validation` classification accuracy, cost and result files;
+- :mod:`.sweep` / :mod:`.validation` classification accuracy (:mod:`matmamba_vision.accuracy`), cost and result files;
 - :mod:`.embeddings` cached embedding passes; :mod:`.knn` exact chunked search (faiss or torch);
 - :mod:`.retrieval_metrics` / :mod:`.retrieval` retrieval scores; :mod:`.pareto`, :mod:`.plots`, :mod:`.report`.
 """
-from .accuracy import AccuracyMeter, topk_correct
+from ..accuracy import AccuracyMeter, topk_correct
 from .configs import (
     SubmodelConfig, dedupe_configs, dims_name, load_config_file, official_sweep, parse_granularities, parse_mixnmatch,
     random_configs, uniform_configs,

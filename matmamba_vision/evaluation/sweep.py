@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ..elastic import count_flops, count_params
 from ..models.matmamba_vision import MatMambaVision
-from .accuracy import AccuracyMeter
+from ..accuracy import AccuracyMeter
 from .configs import SubmodelConfig
 from .multiforward import forward_many
 

@@ -18,7 +18,8 @@ import torch
 
 from matmamba_vision.checkpoint import load_torch
 from matmamba_vision.training import main
-from matmamba_vision.training.checkpointing import check_output_dir, latest_state_file, load_training_state
+from matmamba_vision.runtime import check_output_dir
+from matmamba_vision.training.checkpointing import latest_state_file, load_training_state
 from train_utils import TINY_MODEL, make_image_folder, subprocess_env, train_cmd
 
 FLAGS = ["-b", "4", "--threads", "1", "-j", "0", "--no-progress"]
