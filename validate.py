@@ -20,7 +20,7 @@ from matmamba_vision.flags import parse_flags
 from matmamba_vision.evaluation import dedupe_configs, parse_granularities, parse_mixnmatch
 from matmamba_vision.evaluation.cli import (
     add_common_args, amp_dtype_from_args, check_outputs, data_config_from_args, loader_from_args, model_from_args,
-    resolve_device, trained_levels,
+    read_checkpoint_from_args, resolve_device, trained_levels,
 )
 from matmamba_vision.evaluation.report import write_results_file
 from matmamba_vision.evaluation.validation import (
@@ -44,10 +44,11 @@ def main(argv=None) -> list:
     args = parse_args(argv)
     start = time.perf_counter()
     device = resolve_device(args.device)
-    model = model_from_args(args).to(device)
+    checkpoint = read_checkpoint_from_args(args)  # the one read of --checkpoint
+    model = model_from_args(args, checkpoint).to(device)
     out_dir = check_outputs(args)  # before the evaluation, not after it
     data_config = data_config_from_args(args, model)
-    levels = trained_levels(args, model)
+    levels = trained_levels(checkpoint, model)
     configs = dedupe_configs(parse_granularities(model, args.granularities, levels)
                              + parse_mixnmatch(model, args.mixnmatch, args.seed, levels))
     loader = loader_from_args(args, args.split, data_config)

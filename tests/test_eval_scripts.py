@@ -299,3 +299,44 @@ def test_eval_flags_checked_before_any_work(scripts, tmp_path, script, flags, ma
     with pytest.raises(ValueError, match=match):
         main(["--output", str(tmp_path / "o"), "--cache-dir", "", *TINY, *flags] if script == "retrieval"
              else ["--output", str(tmp_path / "o"), *TINY, *flags])
+
+
+def test_each_script_reads_its_checkpoint_once(scripts, tmp_path, monkeypatch):
+    """retrieval.py opened one checkpoint four times (metadata for the model, the weights, metadata again for
+    the trained levels, the bytes for the cache key's SHA-256); validate.py three. Now one read each, baselines
+    too."""
+    import builtins
+    import hashlib
+
+    import matmamba_vision.checkpoint as ckpt_mod
+
+    validate, retrieval = scripts
+    path = tmp_path / "ckpt" / "model_best.safetensors"
+    save_weights(tiny_model(depth=2).state_dict(), path, metadata={
+        "model": "matmamba_vision_tiny_patch4_28", "granularities": [32, 16],
+        "model_kwargs": {"embed_dim": 32, "depth": 2, "d_state": 16, "num_classes": 10}})
+    reads = []
+
+    def spy(original, arg_of):
+        def call(*args, **kwargs):
+            target = arg_of(args, kwargs)
+            if isinstance(target, (str, os.PathLike)) and Path(target).resolve() == path.resolve():
+                reads.append(original.__name__)
+            return original(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(builtins, "open", spy(builtins.open, lambda a, k: a[0] if a else k.get("file")))
+    monkeypatch.setattr(Path, "read_bytes", spy(Path.read_bytes, lambda a, k: a[0]))
+    monkeypatch.setattr(ckpt_mod, "safe_open", spy(ckpt_mod.safe_open, lambda a, k: a[0]))
+    monkeypatch.setattr(torch, "load", spy(torch.load, lambda a, k: a[0]))
+    data = _folder(tmp_path / "data")
+    common = ["--data-dir", str(data), "--checkpoint", str(path), "-j", "0", "-b", "16"]
+    rows = validate.main([*common, "--output", str(tmp_path / "v")])
+    assert [r["name"] for r in rows] == ["g=32", "g=16"]  # the recorded levels and kwargs were used
+    assert len(reads) == 1, reads
+    reads.clear()
+    rows = retrieval.main([*common, "--output", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "cache"),
+                           "--knn-backend", "torch", "--baseline-checkpoints", f"base={path}"])
+    assert len(reads) == 2, reads  # the model's checkpoint, and the same file once more as the baseline
+    assert {r["query_granularity"] for r in rows} >= {32, 16}
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == ckpt_mod.read_checkpoint(path).sha256

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from ..checkpoint import build_model, load_weights, read_weights_metadata
+from ..checkpoint import CheckpointFile, build_model, read_checkpoint
 from ..data.transforms import model_data_config
 from ..flags import ModelKwargs, nonneg_int, positive_fraction, positive_int
 from ..models.matmamba_vision import MatMambaVision, checkpoint_filter_fn
@@ -20,7 +20,7 @@ from ..runtime import check_output_dir, resolve_device
 __all__ = [
     "add_common_args", "model_from_args", "data_config_from_args", "loader_from_args", "resolve_device",
     "amp_dtype_from_args", "output_dir_from_args", "check_outputs", "check_same_classes", "build_baseline", "data_identity",
-    "checkpoint_metadata", "trained_levels",
+    "read_checkpoint_from_args", "trained_levels",
 ]
 
 DEFAULT_MODEL = "matmamba_vision_tiny_patch4_28"
@@ -45,7 +45,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d.add_argument("--data-dir", default=None, help="dataset root (default: the Fashion-MNIST package)")
     d.add_argument("--batch-size", "-b", type=positive_int, default=256)
     d.add_argument("--workers", "-j", type=nonneg_int, default=2)
-    d.add_argument("--crop-pct", type=positive_fraction, default=None, help="centre-crop fraction (default: the model's cfg)")
+    d.add_argument("--crop-pct", type=positive_fraction, default=None,
+                   help="centre-crop fraction (default: the model's cfg)")
     d.add_argument("--interpolation", default="", choices=("", "bilinear", "bicubic", "nearest", "random"),
                    help="resize interpolation (default: the model's cfg)")
     d.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean (default: the model's cfg)")
@@ -77,17 +78,15 @@ def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     return kwargs
 
 
-def checkpoint_metadata(path: Optional[str]) -> Dict[str, Any]:
-    """What train.py recorded in a safetensors checkpoint (model, model_kwargs, granularities), or {}."""
-    if not path or not str(path).endswith(".safetensors") or not Path(path).is_file():
-        return {}
-    meta = read_weights_metadata(path)
-    return meta if isinstance(meta, dict) else {}
+def read_checkpoint_from_args(args: argparse.Namespace) -> Optional[CheckpointFile]:
+    """``--checkpoint`` read once (weights, train.py's record of model, kwargs and granularities, SHA-256), or
+    None without one."""
+    return read_checkpoint(args.checkpoint) if args.checkpoint else None
 
 
-def trained_levels(args: argparse.Namespace, model: MatMambaVision) -> List[int]:
+def trained_levels(checkpoint: Optional[CheckpointFile], model: MatMambaVision) -> List[int]:
     """The granularities the checkpoint was trained at (train.py records them), else D, D/2, D/4, D/8."""
-    levels = checkpoint_metadata(args.checkpoint).get("granularities")
+    levels = checkpoint.metadata.get("granularities") if checkpoint is not None else None
     if isinstance(levels, list) and levels and all(isinstance(g, int) for g in levels):
         try:
             model.resolve_granularity(max(levels))
@@ -99,17 +98,18 @@ def trained_levels(args: argparse.Namespace, model: MatMambaVision) -> List[int]
     return model.matryoshka_levels
 
 
-def model_from_args(args: argparse.Namespace, **extra) -> MatMambaVision:
-    """``build_model`` from ``--model/--pretrained/--checkpoint`` (+ size flags); eval mode.
+def model_from_args(args: argparse.Namespace, checkpoint: Optional[CheckpointFile] = None, **extra) -> MatMambaVision:
+    """``build_model`` from ``--model/--pretrained`` (+ size flags) and ``checkpoint`` (``--checkpoint`` as
+    :func:`read_checkpoint_from_args` read it); eval mode.
 
     Without ``--model`` the model named in a train.py checkpoint is used, with the kwargs it recorded (when it
     names the same model), updated by ``--model-kwargs`` and the size flags. Sets ``args.model`` to the model
     built.
     """
-    if not args.checkpoint and not args.pretrained:
+    if checkpoint is None and not args.pretrained:
         print(f"warning: no --checkpoint or --pretrained: {args.model or 'the model'} has random weights",
               file=sys.stderr, flush=True)
-    meta = checkpoint_metadata(args.checkpoint)
+    meta = checkpoint.metadata if checkpoint is not None else {}
     if not args.model:
         args.model = meta.get("model") or DEFAULT_MODEL
     kwargs: Dict[str, Any] = {}
@@ -118,7 +118,7 @@ def model_from_args(args: argparse.Namespace, **extra) -> MatMambaVision:
     kwargs.update(_model_kwargs(args))
     kwargs.update(extra)
     try:
-        model = build_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint or None, **kwargs)
+        model = build_model(args.model, pretrained=args.pretrained, checkpoint=checkpoint, **kwargs)
     except TypeError as e:  # timm's contract for unknown create_model kwargs
         raise ValueError(f"--model-kwargs: {e}") from None
     return model.eval()
@@ -126,8 +126,8 @@ def model_from_args(args: argparse.Namespace, **extra) -> MatMambaVision:
 
 def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
     """A separately trained model from ``[LABEL=]PATH``: a ``save_model_dir`` folder (config.json) or a weights
-    file (model and kwargs as train.py recorded them, else ``--model``; per-block widths read from its
-    shapes). Returns (label, model, checkpoint path or None)."""
+    file (read once; model and kwargs as train.py recorded them, else ``--model``; per-block widths read from
+    its shapes). Returns (label, model, the :class:`CheckpointFile` or None for a folder)."""
     label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
     p = Path(path)
     label = label or (p.stem if p.is_file() else p.name)
@@ -137,13 +137,14 @@ def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
         return label, build_model(f"local-dir:{p}", pretrained=True).eval(), None
     if not p.is_file():
         raise ValueError(f"--baseline-checkpoints: no such file or folder {path!r}")
-    meta = checkpoint_metadata(str(p))
+    checkpoint = read_checkpoint(p)
+    meta = checkpoint.metadata
     name = meta.get("model") or args.model or DEFAULT_MODEL
     kwargs = dict(meta.get("model_kwargs") or {}) if isinstance(meta.get("model_kwargs"), dict) else {}
     kwargs.update(_model_kwargs(args))
     kwargs.pop("mixer_dims", None)
     probe = build_model(name, **kwargs)
-    state = checkpoint_filter_fn(load_weights(p), probe)
+    state = checkpoint_filter_fn(dict(checkpoint.state_dict), probe)
     mixer = probe.layers[0].mixer
     dims = []
     for i in range(len(probe.layers)):
@@ -153,7 +154,7 @@ def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
             break
         dims.append(int(state[key].shape[0]) * mixer.headdim // mixer.expand)
     extra = {"mixer_dims": dims} if dims else {}
-    return label, build_model(name, checkpoint=p, **dict(kwargs, **extra)).eval(), p
+    return label, build_model(name, checkpoint=checkpoint, **dict(kwargs, **extra)).eval(), checkpoint
 
 
 def data_config_from_args(args: argparse.Namespace, model: MatMambaVision) -> Dict[str, Any]:

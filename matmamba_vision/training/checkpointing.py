@@ -5,8 +5,8 @@ schedule is a function of the step, rebuilt from the flags at resume), each writ
 kept; ``model_best.safetensors`` (and ``model_best_ema.safetensors``) track the best validation top-1.
 
 Before training starts, :func:`matmamba_vision.runtime.check_output_dir` and :func:`check_free_space` report an
-output folder that cannot be written or has too little room, and :func:`check_resume_matches` refuses to resume a checkpoint
-into another model or other granularities (before anything is loaded)."""
+output folder that cannot be written or has too little room, and :func:`check_resume_matches` refuses to resume a
+checkpoint into another model or other granularities (before anything is loaded)."""
 from __future__ import annotations
 
 import logging

@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; default cuda when available")
     r.add_argument("--amp", action="store_true")
     r.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"))
-    r.add_argument("--torchcompile", type=compile_backend, nargs="?", const="inductor", default=None, help="torch.compile backend")
+    r.add_argument("--torchcompile", type=compile_backend, nargs="?", const="inductor", default=None,
+                   help="torch.compile backend")
     r.add_argument("--threads", type=nonneg_int, default=None, help="torch CPU threads per rank (0: torch's default)")
     r.add_argument("--seed", type=seed_int, default=42)
     r.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
