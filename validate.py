@@ -23,7 +23,7 @@ from matmamba_vision.evaluation.cli import (
     read_checkpoint_from_args, resolve_device, trained_levels,
 )
 from matmamba_vision.evaluation.report import write_results_file
-from matmamba_vision.evaluation.validation import (
+from matmamba_vision.evaluation.classification import (
     CSV_COLUMNS, validate_configs, validation_tables, write_validation_outputs,
 )
 

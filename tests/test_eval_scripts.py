@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from eval_synthetic import SyntheticLoader, tiny_model
-from matmamba_vision.checkpoint import CheckpointError, save_weights
+from matmamba_vision.weights import CheckpointError, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model-kwargs", "embed_dim=32", "depth=2", "d_state=16", "-j", "0", "-b", "16"]
@@ -254,7 +254,7 @@ def test_a_non_square_model_is_costed_at_its_own_size(scripts, tmp_path):
     rows = validate.main(["--data-dir", str(_folder(tmp_path / "data")), "--model-kwargs",
                           "{embed_dim: 32, depth: 2, d_state: 16, img_size: [28, 56]}", "--num-classes", "4",
                           "-j", "0", "-b", "16", "--output", str(tmp_path / "o")])
-    from matmamba_vision.checkpoint import build_model
+    from matmamba_vision.weights import build_model
 
     model = build_model("matmamba_vision_tiny_patch4_28", embed_dim=32, depth=2, d_state=16, img_size=(28, 56),
                            num_classes=4)
@@ -308,7 +308,7 @@ def test_each_script_reads_its_checkpoint_once(scripts, tmp_path, monkeypatch):
     import builtins
     import hashlib
 
-    import matmamba_vision.checkpoint as ckpt_mod
+    import matmamba_vision.weights as ckpt_mod
 
     validate, retrieval = scripts
     path = tmp_path / "ckpt" / "model_best.safetensors"

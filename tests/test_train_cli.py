@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from matmamba_vision.checkpoint import load_torch, load_weights
+from matmamba_vision.weights import load_torch, load_weights
 from matmamba_vision.training import TrainingError, main
 from train_utils import TINY_MODEL, make_image_folder, truncated_jpeg
 
@@ -44,7 +44,7 @@ def test_outputs_checkpoints_and_best(tmp_path, data):
     best = load_weights(out / "model_best.safetensors")
     assert best["head.weight"].shape == (3, 32) and (out / "model_best_ema.safetensors").is_file()
     # the head size came from the data's 3 classes: recorded, so validate.py / retrieval.py rebuild it
-    from matmamba_vision.checkpoint import read_weights_metadata
+    from matmamba_vision.weights import read_weights_metadata
     assert read_weights_metadata(out / "model_best.safetensors")["model_kwargs"]["num_classes"] == 3
     assert state["best"]["granularity"] == 8
 

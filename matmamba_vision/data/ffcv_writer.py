@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..checkpoint import atomic_write
+from ..weights import atomic_write
 from .ffcv_pipeline import beton_path, ffcv_meta_path, require_ffcv
 from .fmnist import FashionMNIST
 from .folder import create_folder_dataset

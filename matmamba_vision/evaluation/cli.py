@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from ..checkpoint import CheckpointFile, build_model, read_checkpoint
+from ..weights import CheckpointFile, build_model, read_checkpoint
 from ..data.transforms import model_data_config
 from ..flags import ModelKwargs, nonneg_int, positive_fraction, positive_int
 from ..models.matmamba_vision import MatMambaVision, checkpoint_filter_fn

@@ -1,7 +1,7 @@
 """Training checkpoints that lose nothing: ``checkpoint-E.safetensors`` (weights) plus ``checkpoint-E.state.pt``
 (optimiser, a plateau scheduler's metric history, scaler, EMA, epoch, step, RNG states, args; every other
 schedule is a function of the step, rebuilt from the flags at resume), each written atomically with
-:mod:`matmamba_vision.checkpoint`; the state file is written last and is the commit point. The last N are
+:mod:`matmamba_vision.weights`; the state file is written last and is the commit point. The last N are
 kept; ``model_best.safetensors`` (and ``model_best_ema.safetensors``) track the best validation top-1.
 
 Before training starts, :func:`matmamba_vision.runtime.check_output_dir` and :func:`check_free_space` report an
@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..checkpoint import (
+from ..weights import (
     CheckpointError, load_checkpoint, load_torch, load_weights, read_weights_metadata, save_torch, save_weights,
 )
 
