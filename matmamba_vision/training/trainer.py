@@ -13,19 +13,19 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import ModelEmaV3, random_seed
 from tqdm import tqdm
 
-from ..weights import build_model, load_checkpoint
+from ..data import create_eval_loader, dataset_classes, create_mixup, create_train_loader, model_data_config
 from ..flags import parse_model_kwargs
 from ..runtime import check_output_dir
-from ..data import create_eval_loader, dataset_classes, create_mixup, create_train_loader, model_data_config
+from ..weights import build_model, load_checkpoint
 from .checkpointing import (
     CheckpointManager, check_free_space, check_resume_matches, latest_state_file,
     read_training_state, reconcile_best, resolve_resume, set_rng_state,
 )
 from .config import parse_args, schedule_flags
 from .distributed import DistInfo, all_rng_states, barrier, from_main, init_distributed, replicas_identical
-from .validation import validate
 from .matryoshka import MatryoshkaStep, NonFiniteLossError, build_criterion, micro_batch_size
 from .outputs import Summary, attach_log_file, experiment_dir, setup_logging, write_args
+from .validation import validate
 
 __all__ = ["main", "TrainingError"]
 
