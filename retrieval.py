@@ -19,13 +19,14 @@ from pathlib import Path
 
 import matmamba_vision  # noqa: F401  (registers the models with timm)
 from matmamba_vision.data import error_line
+from matmamba_vision.flags import parse_flags
 from matmamba_vision.evaluation import (
-    KNN_BACKENDS, Baseline, EmbeddingCache, file_sha256, parse_granularities, resolve_backend,
+    KNN_BACKENDS, Baseline, EmbeddingCache, parse_granularities, resolve_backend,
     retrieval_table, run_retrieval, state_dict_sha256, uniform_configs, write_retrieval_outputs,
 )
 from matmamba_vision.evaluation.cli import (
     add_common_args, amp_dtype_from_args, build_baseline, data_config_from_args, data_identity, loader_from_args,
-    check_outputs, model_from_args, resolve_device, trained_levels,
+    check_outputs, model_from_args, read_checkpoint_from_args, resolve_device, trained_levels,
 )
 from matmamba_vision.evaluation.report import write_results_file
 from matmamba_vision.evaluation.retrieval import CSV_COLUMNS
@@ -49,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--baseline-checkpoints", nargs="*", default=[], metavar="[LABEL=]PATH",
                    help="separately trained models (weights file for --model, or a save_model_dir folder) "
                    "embedding queries against the full model's database")
-    return p.parse_args(argv)
+    return parse_flags(p, argv)
 
 
 def main(argv=None) -> list:
@@ -72,11 +73,12 @@ def main(argv=None) -> list:
                              f"({str(e).splitlines()[0][:200]})") from None
     if args.max_samples is not None and args.max_samples < 10:
         raise ValueError(f"--max-samples must be at least 10 for retrieval (mAP@10 and R@10), got {args.max_samples}")
-    model = model_from_args(args).to(device)
+    checkpoint = read_checkpoint_from_args(args)  # the one read of --checkpoint
+    model = model_from_args(args, checkpoint).to(device)
     out_dir = check_outputs(args)  # before the evaluation, not after it
     data_config = data_config_from_args(args, model)
     full = [int(blk.mixer.max_granularity) for blk in model.layers]
-    levels = trained_levels(args, model)
+    levels = trained_levels(checkpoint, model)
     db_configs = (parse_granularities(model, args.db_granularities, levels, "--db-granularities")
                   if args.db_granularities
                   else uniform_configs(model, [full[0]], levels) if len(set(full)) == 1 else None)
@@ -85,9 +87,9 @@ def main(argv=None) -> list:
     query_configs = parse_granularities(model, args.query_granularities, levels, "--query-granularities")
     baselines = []
     for spec in args.baseline_checkpoints:
-        label, bmodel, path = build_baseline(args, spec)
-        baselines.append(Baseline(label, bmodel.to(device), file_sha256(path) if path else state_dict_sha256(bmodel)))
-    weights = file_sha256(args.checkpoint) if args.checkpoint else state_dict_sha256(model)
+        label, bmodel, bfile = build_baseline(args, spec)
+        baselines.append(Baseline(label, bmodel.to(device), bfile.sha256 if bfile else state_dict_sha256(bmodel)))
+    weights = checkpoint.sha256 if checkpoint is not None else state_dict_sha256(model)
     model_identity = dict(model=args.model, model_args=model.model_args, weights=weights)
     db_loader = loader_from_args(args, args.db_split, data_config)
     query_loader = loader_from_args(args, args.query_split, data_config)

@@ -16,13 +16,14 @@ import time
 
 import matmamba_vision  # noqa: F401  (registers the models with timm)
 from matmamba_vision.data import error_line
+from matmamba_vision.flags import parse_flags
 from matmamba_vision.evaluation import dedupe_configs, parse_granularities, parse_mixnmatch
 from matmamba_vision.evaluation.cli import (
     add_common_args, amp_dtype_from_args, check_outputs, data_config_from_args, loader_from_args, model_from_args,
-    resolve_device, trained_levels,
+    read_checkpoint_from_args, resolve_device, trained_levels,
 )
 from matmamba_vision.evaluation.report import write_results_file
-from matmamba_vision.evaluation.validation import (
+from matmamba_vision.evaluation.classification import (
     CSV_COLUMNS, validate_configs, validation_tables, write_validation_outputs,
 )
 
@@ -36,17 +37,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mixnmatch", default="", help="'official' (the paper's mix'n'match sweep), 'random:N', or a "
                    "JSON/CSV file of per-layer lists")
     p.add_argument("--seed", type=int, default=0, help="seed of random:N")
-    return p.parse_args(argv)
+    return parse_flags(p, argv)
 
 
 def main(argv=None) -> list:
     args = parse_args(argv)
     start = time.perf_counter()
     device = resolve_device(args.device)
-    model = model_from_args(args).to(device)
+    checkpoint = read_checkpoint_from_args(args)  # the one read of --checkpoint
+    model = model_from_args(args, checkpoint).to(device)
     out_dir = check_outputs(args)  # before the evaluation, not after it
     data_config = data_config_from_args(args, model)
-    levels = trained_levels(args, model)
+    levels = trained_levels(checkpoint, model)
     configs = dedupe_configs(parse_granularities(model, args.granularities, levels)
                              + parse_mixnmatch(model, args.mixnmatch, args.seed, levels))
     loader = loader_from_args(args, args.split, data_config)

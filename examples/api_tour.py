@@ -5,7 +5,7 @@ import timm
 import torch
 
 import matmamba_vision as mv
-from matmamba_vision.checkpoint import save_model_dir
+from matmamba_vision.weights import save_model_dir
 
 model = timm.create_model("matmamba_vision_tiny_patch4_28").eval()
 images = torch.randn(4, 1, 28, 28)

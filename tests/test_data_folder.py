@@ -34,7 +34,7 @@ def test_folder_eval_and_train_pipelines(tmp_path):
 def test_each_rank_draws_its_own_augmentation(tmp_path):
     """The workers' seeds come from the loader's generator: seeded per epoch and per rank, so two ranks do not
     apply the same random draws to their (different) images, and a resumed epoch replays its own."""
-    from matmamba_vision.data.loader import TrainLoader
+    from matmamba_vision.data.batches import TrainLoader
 
     def draws(rank, epoch):
         loader = torch.utils.data.DataLoader(range(4), generator=torch.Generator())

@@ -4,7 +4,7 @@ import timm
 import torch
 
 import matmamba_vision as mv
-from matmamba_vision.checkpoint import save_model_dir
+from matmamba_vision.weights import save_model_dir
 
 SMALL = dict(embed_dim=64, depth=3, d_state=16, headdim=8)  # valid granularities: multiples of 4 up to 64
 

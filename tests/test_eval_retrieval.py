@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eval_synthetic import SyntheticLoader, tiny_model
-from matmamba_vision.checkpoint import save_weights
+from matmamba_vision.weights import save_weights
 from matmamba_vision.evaluation import (
     Baseline, EmbeddingCache, embed_splits, file_sha256, parse_granularities, retrieval_table, run_retrieval,
     state_dict_sha256, uniform_configs, write_retrieval_outputs,

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from eval_synthetic import SyntheticLoader, tiny_model
-from matmamba_vision.checkpoint import CheckpointError, save_weights
+from matmamba_vision.weights import CheckpointError, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model-kwargs", "embed_dim=32", "depth=2", "d_state=16", "-j", "0", "-b", "16"]
@@ -254,7 +254,7 @@ def test_a_non_square_model_is_costed_at_its_own_size(scripts, tmp_path):
     rows = validate.main(["--data-dir", str(_folder(tmp_path / "data")), "--model-kwargs",
                           "{embed_dim: 32, depth: 2, d_state: 16, img_size: [28, 56]}", "--num-classes", "4",
                           "-j", "0", "-b", "16", "--output", str(tmp_path / "o")])
-    from matmamba_vision.checkpoint import build_model
+    from matmamba_vision.weights import build_model
 
     model = build_model("matmamba_vision_tiny_patch4_28", embed_dim=32, depth=2, d_state=16, img_size=(28, 56),
                            num_classes=4)
@@ -288,6 +288,10 @@ def test_cache_is_not_served_after_the_images_change(scripts, checkpoint, tmp_pa
     ("validate", ["--results-file", "."], "is a folder"),  # a traceback after the whole evaluation
     ("retrieval", ["--knn-backend", "torch", "--knn-index", "HNSW32"], "needs --knn-backend faiss"),
     ("retrieval", ["--max-samples", "5"], "--max-samples must be at least 10 for retrieval"),
+    # the flag types train.py uses: a one-line ValueError at parse time
+    ("validate", ["-b", "0"], "--batch-size must be at least 1, got 0"),
+    ("retrieval", ["--workers", "-1"], "--workers must be 0 or more, got -1"),
+    ("validate", ["--model-kwargs", "depth=2", "bogus"], r"--model-kwargs: \['bogus'\] are not KEY=VALUE"),
 ])
 def test_eval_flags_checked_before_any_work(scripts, tmp_path, script, flags, match):
     validate, retrieval = scripts
@@ -295,3 +299,44 @@ def test_eval_flags_checked_before_any_work(scripts, tmp_path, script, flags, ma
     with pytest.raises(ValueError, match=match):
         main(["--output", str(tmp_path / "o"), "--cache-dir", "", *TINY, *flags] if script == "retrieval"
              else ["--output", str(tmp_path / "o"), *TINY, *flags])
+
+
+def test_each_script_reads_its_checkpoint_once(scripts, tmp_path, monkeypatch):
+    """retrieval.py opened one checkpoint four times (metadata for the model, the weights, metadata again for
+    the trained levels, the bytes for the cache key's SHA-256); validate.py three. Now one read each, baselines
+    too."""
+    import builtins
+    import hashlib
+
+    import matmamba_vision.weights as ckpt_mod
+
+    validate, retrieval = scripts
+    path = tmp_path / "ckpt" / "model_best.safetensors"
+    save_weights(tiny_model(depth=2).state_dict(), path, metadata={
+        "model": "matmamba_vision_tiny_patch4_28", "granularities": [32, 16],
+        "model_kwargs": {"embed_dim": 32, "depth": 2, "d_state": 16, "num_classes": 10}})
+    reads = []
+
+    def spy(original, arg_of):
+        def call(*args, **kwargs):
+            target = arg_of(args, kwargs)
+            if isinstance(target, (str, os.PathLike)) and Path(target).resolve() == path.resolve():
+                reads.append(original.__name__)
+            return original(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(builtins, "open", spy(builtins.open, lambda a, k: a[0] if a else k.get("file")))
+    monkeypatch.setattr(Path, "read_bytes", spy(Path.read_bytes, lambda a, k: a[0]))
+    monkeypatch.setattr(ckpt_mod, "safe_open", spy(ckpt_mod.safe_open, lambda a, k: a[0]))
+    monkeypatch.setattr(torch, "load", spy(torch.load, lambda a, k: a[0]))
+    data = _folder(tmp_path / "data")
+    common = ["--data-dir", str(data), "--checkpoint", str(path), "-j", "0", "-b", "16"]
+    rows = validate.main([*common, "--output", str(tmp_path / "v")])
+    assert [r["name"] for r in rows] == ["g=32", "g=16"]  # the recorded levels and kwargs were used
+    assert len(reads) == 1, reads
+    reads.clear()
+    rows = retrieval.main([*common, "--output", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "cache"),
+                           "--knn-backend", "torch", "--baseline-checkpoints", f"base={path}"])
+    assert len(reads) == 2, reads  # the model's checkpoint, and the same file once more as the baseline
+    assert {r["query_granularity"] for r in rows} >= {32, 16}
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == ckpt_mod.read_checkpoint(path).sha256

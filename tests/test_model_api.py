@@ -316,7 +316,7 @@ def test_float64_model_runs_in_float64():
 
 
 def test_build_model_takes_timm_pretrained_tags():
-    from matmamba_vision.checkpoint import build_model
+    from matmamba_vision.weights import build_model
 
     assert isinstance(build_model("matmamba_vision_tiny_patch4_28.fmnist"), torch.nn.Module)
     with pytest.raises(ValueError, match="unknown model"):
@@ -336,7 +336,7 @@ def test_position_embedding_from_a_non_square_grid_is_refused():
 def test_saved_model_reloads_at_another_size_from_its_recorded_grid(tmp_path, src_size):
     """local-dir reload at img_size 48: the position grid comes from the saved model args (a 4 x 16 grid was
     taken as 8 x 8, silently) and matches the source model run at 48 px with dynamic sizes."""
-    from matmamba_vision.checkpoint import save_model_dir
+    from matmamba_vision.weights import save_model_dir
 
     torch.manual_seed(0)
     src = timm.create_model("matmamba_vision_tiny_patch4_28", img_size=src_size, dynamic_img_size=True,
@@ -350,7 +350,7 @@ def test_saved_model_reloads_at_another_size_from_its_recorded_grid(tmp_path, sr
 
 def test_pretrained_weights_load_into_another_patch_size(tmp_path):
     """The patch kernel is resampled as timm's ViT does (it was a size-mismatch error)."""
-    from matmamba_vision.checkpoint import save_weights
+    from matmamba_vision.weights import save_weights
 
     src = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL)
     save_weights(src.state_dict(), tmp_path / "w.safetensors")
@@ -368,7 +368,7 @@ def test_timm_data_config_and_export_follow_the_model_size(tmp_path):
     from timm import data as timm_data
 
     from matmamba_vision import extract_submodel
-    from matmamba_vision.checkpoint import save_model_dir
+    from matmamba_vision.weights import save_model_dir
 
     model = timm.create_model("matmamba_vision_tiny_patch4_28", img_size=32, **SMALL).eval()
     sub = extract_submodel(model, 16)

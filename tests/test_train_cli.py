@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from matmamba_vision.checkpoint import load_torch, load_weights
+from matmamba_vision.weights import load_torch, load_weights
 from matmamba_vision.training import TrainingError, main
 from train_utils import TINY_MODEL, make_image_folder, truncated_jpeg
 
@@ -44,7 +44,7 @@ def test_outputs_checkpoints_and_best(tmp_path, data):
     best = load_weights(out / "model_best.safetensors")
     assert best["head.weight"].shape == (3, 32) and (out / "model_best_ema.safetensors").is_file()
     # the head size came from the data's 3 classes: recorded, so validate.py / retrieval.py rebuild it
-    from matmamba_vision.checkpoint import read_weights_metadata
+    from matmamba_vision.weights import read_weights_metadata
     assert read_weights_metadata(out / "model_best.safetensors")["model_kwargs"]["num_classes"] == 3
     assert state["best"]["granularity"] == 8
 
@@ -72,7 +72,7 @@ def test_cycle_mode_and_yaml_config(tmp_path, data):
     (["--log-interval", "0"], "--log-interval must be at least 1, got 0"),
     (["--smoothing", "1.5"], r"--smoothing must be in \[0, 1\), got 1.5"),
     (["--threads", "-1"], "--threads must be 0"),
-    (["-vb", "-2"], "--validation-batch-size must be positive, got -2"),
+    (["-vb", "-2"], "--validation-batch-size must be at least 1, got -2"),  # one check (positive_int) for all counts
     (["--warmup-epochs", "-1"], "--warmup-epochs must be 0 or more"),
     # timm's plateau scheduler asserted (a traceback) on per-update stepping, and never left a fractional warm-up
     (["--sched", "plateau"], r"--sched-on-updates must be off (--no-sched-on-updates\) with --sched plateau"),
@@ -89,7 +89,14 @@ def test_cycle_mode_and_yaml_config(tmp_path, data):
     (["--num-classes", "0"], "--num-classes must be at least 1"),
     (["--num-classes", "2"], "--num-classes 2 is fewer than the 3 classes of the data"),
     (["--scale", "0.9", "0.1"], "--scale must be two numbers 0 < min <= max <= 1"),
-    (["--ratio", "0", "0"], "--ratio must be two numbers 0 < min <= max"),
+    (["--ratio", "0", "0"], "--ratio must be positive and finite, got 0.0"),  # each value checked by its type
+    (["--ratio", "2", "1"], "--ratio must be two numbers 0 < min <= max"),  # the order: a cross-value check
+    (["--scale", "0", "1"], r"--scale must be in (0, 1\], got 0.0"),
+    (["--lr", "inf"], "--lr must be positive and finite, got inf"),
+    (["--epochs", "two"], "--epochs must be at least 1, got 'two'"),
+    (["--seed", "-1"], r"--seed must be in \[0, 2\*\*31\), got -1"),
+    (["--model-kwargs", "depth"], "--model-kwargs must be KEY=VALUE ... or a YAML mapping, got 'depth'"),
+    (["--model-kwargs", "depth=2", "bogus"], r"--model-kwargs: \['bogus'\] are not KEY=VALUE"),
     (["--checkpoint-hist", "0"], "--checkpoint-hist must be at least 1"),
     (["--clip-grad", "nan"], "--clip-grad must be a number"),
     (["--reprob", "2"], r"--reprob must be in \[0, 1\]"),
@@ -220,6 +227,13 @@ def test_official_recipe_configs(name, batch, steps):
     ("model_ema: 'no'\n", "model_ema takes true or false, got 'no'"),
     ("mixup: true\n", "mixup takes float, got True"),
     ("epochs: 2.5\n", "epochs takes an integer, got 2.5"),
+    # the same type functions as the flags (were checked only after parsing, in a separate table)
+    ("log_interval: 0\n", "log_interval: must be at least 1, got 0"),
+    ("drop_path: 1.5\n", r"drop_path: must be in \[0, 1\), got 1.5"),
+    ("opt: bogus\n", "opt: must be one of timm's optimizers"),
+    ("lr: .nan\n", "lr: must be positive and finite, got nan"),
+    ("min_lr: 10\n", r"--min-lr must be in \[0, --lr\], got 10"),  # cross-value checks apply to files too
+    ("model_kwargs: {'depth:2': null}\n", r"--model-kwargs: \['depth:2'\] are not argument names"),
 ])
 def test_config_values_are_checked_like_flags(tmp_path, data, text, message):
     cfg = tmp_path / "bad.yaml"
@@ -227,3 +241,31 @@ def test_config_values_are_checked_like_flags(tmp_path, data, text, message):
     with pytest.raises(ValueError, match=message):
         run(tmp_path, data, "-c", str(cfg))
     assert not (tmp_path / "run").exists()
+
+
+def test_model_kwargs_syntaxes():
+    """One --model-kwargs: timm's KEY=VALUE, a YAML mapping (runs' args.yaml hold it), or a config file's mapping
+    or KEY=VALUE list; all give the same dict."""
+    from matmamba_vision.training import parse_args
+
+    want = {"embed_dim": 32, "depth": 2, "img_size": (28, 56), "ssd_backend": "torch"}
+    assert parse_args(["--model-kwargs", "embed_dim=32", "depth=2", "img_size=(28, 56)",
+                       "ssd_backend=torch"]).model_kwargs == want
+    yaml_form = parse_args(["--model-kwargs", "{embed_dim: 32, depth: 2, img_size: [28, 56], ssd_backend: torch}"])
+    assert yaml_form.model_kwargs == dict(want, img_size=[28, 56])
+    assert parse_args(["--model", "other"]).model_kwargs == {}
+
+
+def test_recorded_args_yaml_is_a_config(tmp_path):
+    """A run's args.yaml (model_kwargs as a mapping now, as a YAML string in older runs) reads back with -c."""
+    from matmamba_vision.training import parse_args
+    from matmamba_vision.training.outputs import write_args
+
+    args = parse_args(["--model-kwargs", "embed_dim=32", "depth=2", "--lr", "0.01", "--scale", "0.5", "1"])
+    write_args(tmp_path / "args.yaml", vars(args))
+    again = parse_args(["-c", str(tmp_path / "args.yaml")])
+    assert vars(again) == dict(vars(args), config=str(tmp_path / "args.yaml"))
+    (tmp_path / "old.yaml").write_text("model_kwargs: '{embed_dim: 32, depth: 2}'\n")
+    assert parse_args(["-c", str(tmp_path / "old.yaml")]).model_kwargs == {"embed_dim": 32, "depth": 2}
+    (tmp_path / "list.yaml").write_text("model_kwargs: [embed_dim=32, depth=2]\n")
+    assert parse_args(["-c", str(tmp_path / "list.yaml")]).model_kwargs == {"embed_dim": 32, "depth": 2}

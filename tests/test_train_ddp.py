@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from matmamba_vision.checkpoint import load_weights
+from matmamba_vision.weights import load_weights
 from train_utils import REPO, TINY_MODEL, free_port, make_image_folder, subprocess_env
 
 # deterministic inputs: full-image crop, no flip, no dropout, so both runs see exactly the same batches

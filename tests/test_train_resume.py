@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from matmamba_vision.checkpoint import load_torch, load_weights
+from matmamba_vision.weights import load_torch, load_weights
 from train_utils import TINY_MODEL, make_image_folder, subprocess_env, train_cmd
 
 FLAGS = ["-b", "8", "--epochs", "4", "--deterministic", "--threads", "1", "-j", "0", "--no-progress",

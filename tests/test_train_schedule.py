@@ -9,7 +9,7 @@ import yaml
 from timm.scheduler import create_scheduler_v2
 
 import matmamba_vision.training.trainer as trainer
-from matmamba_vision.checkpoint import load_weights, read_weights_metadata
+from matmamba_vision.weights import load_weights, read_weights_metadata
 from matmamba_vision.training import main
 from train_utils import TINY_MODEL, make_image_folder
 

@@ -17,7 +17,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["require_ffcv", "ffcv_meta_path", "ffcv_pipelines", "create_ffcv_loader"]
+from .batches import EvalLoader, ShardSampler, TrainLoader
+
+__all__ = ["require_ffcv", "beton_path", "ffcv_meta_path", "ffcv_pipelines", "create_ffcv_loader"]
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -32,6 +34,11 @@ def require_ffcv():
             "dataset 'ffcv' needs the optional ffcv extra: apt-get install pkg-config libopencv-dev "
             f"libturbojpeg0-dev, then pip install 'matmamba-vision[ffcv]' ({e})"
         ) from e
+
+
+def beton_path(data_dir, split: str) -> Path:
+    """Where a split's FFCV file lives: ``DATA_DIR/SPLIT.beton`` (the writer's output, the loaders' input)."""
+    return Path(data_dir) / f"{split}.beton"
 
 
 def ffcv_meta_path(beton: Path) -> Path:
@@ -108,9 +115,7 @@ def create_ffcv_loader(data_dir: str, split: str, data_config: dict, batch_size:
     require_ffcv()
     from ffcv.loader import Loader, OrderOption
 
-    from .loader import EvalLoader, ShardSampler, TrainLoader
-
-    beton = Path(data_dir) / f"{split}.beton"
+    beton = beton_path(data_dir, split)
     if not beton.is_file():
         raise ValueError(f"data_dir: {beton} does not exist; write it with "
                          "python -m matmamba_vision.data.ffcv_writer")

@@ -16,12 +16,15 @@ from typing import List, Optional, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..checkpoint import atomic_write
-from .ffcv_pipeline import ffcv_meta_path, require_ffcv
+from ..flags import FlagType, nonneg_int, parse_flags, positive_int
+from ..weights import atomic_write
+from .ffcv_pipeline import beton_path, ffcv_meta_path, require_ffcv
 from .fmnist import FashionMNIST
 from .folder import create_folder_dataset
 
 __all__ = ["write_beton", "main"]
+
+JPEG_QUALITY = FlagType("jpeg_quality", int, lambda v: 1 <= v <= 100, "in [1, 100]")
 
 
 class _RGBArrays(Dataset):
@@ -69,23 +72,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--data-dir", default=None, help="folder with train/ and val/ (or Fashion-MNIST's IDX files)")
     p.add_argument("--output", required=True, help="folder for {split}.beton and {split}.json")
     p.add_argument("--splits", nargs="+", default=["train", "val"], choices=("train", "val"))
-    p.add_argument("--max-resolution", type=int, default=500, help="longest side stored (official: 500)")
-    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--max-resolution", type=positive_int, default=500, help="longest side stored (official: 500)")
+    p.add_argument("--jpeg-quality", type=JPEG_QUALITY, default=90)
     p.add_argument("--write-mode", default="jpg", choices=("jpg", "raw", "smart", "proportion"),
                    help="ffcv RGBImageField mode")
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (logged) instead of stopping")
-    p.add_argument("-j", "--workers", type=int, default=4)
-    args = p.parse_args(argv)
+    p.add_argument("-j", "--workers", type=nonneg_int, default=4)
+    try:  # checked before writing: ffcv's writer workers fail on bad values and the main process waits forever
+        args = parse_flags(p, argv)
+    except ValueError as e:
+        p.error(str(e))
     if args.dataset == "folder" and not args.data_dir:
         p.error("--data-dir is required for --dataset folder")
-    for flag, value, ok, valid in (
-        ("--max-resolution", args.max_resolution, args.max_resolution >= 1, "at least 1"),
-        ("--jpeg-quality", args.jpeg_quality, 1 <= args.jpeg_quality <= 100, "in [1, 100]"),
-        ("--workers", args.workers, args.workers >= 0, "0 or more"),
-        ("--output", args.output, bool(args.output), "a folder"),
-    ):
-        if not ok:  # checked here: ffcv's writer workers fail on them and the main process waits forever
-            p.error(f"{flag} must be {valid}, got {value!r}")
+    if not args.output:
+        p.error(f"--output must be a folder, got {args.output!r}")
     if Path(args.output).exists() and not Path(args.output).is_dir():
         p.error(f"--output {args.output} is a file, not a folder")
     for split in args.splits:
@@ -93,7 +93,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             ds = FashionMNIST(split, root=args.data_dir)
         else:
             ds = create_folder_dataset(args.data_dir, split, img_mode="RGB", skip_corrupt=args.skip_corrupt)
-        out = write_beton(ds, ds.classes, Path(args.output) / f"{split}.beton", args.max_resolution,
+        out = write_beton(ds, ds.classes, beton_path(args.output, split), args.max_resolution,
                           args.jpeg_quality, args.write_mode, args.workers)
         print(f"wrote {out} ({len(ds)} images, {len(ds.classes)} classes)")
 

@@ -10,12 +10,15 @@ Both return an object that iterates over ``(images float tensor, targets long te
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence, Tuple
+import json
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
+from .batches import EvalLoader, ShardSampler, TensorTrainLoader, TrainLoader
+from .ffcv_pipeline import beton_path, create_ffcv_loader, ffcv_meta_path
 from .fmnist import FashionMNIST, load_fmnist, FMNIST_CLASSES
 from .folder import create_folder_dataset
 from .transforms import TensorAugment, create_eval_transform, create_train_transform, image_mode, to_channels
@@ -24,7 +27,6 @@ __all__ = ["DATASETS", "resolve_dataset", "dataset_classes", "EvalLoader", "Trai
            "create_eval_loader", "create_train_loader", "fmnist_data_config", "error_line"]
 
 DATASETS = ("", "fmnist", "folder", "ffcv")
-Batch = Tuple[torch.Tensor, torch.Tensor]
 
 
 def resolve_dataset(dataset: str, data_dir: Optional[str]) -> str:
@@ -66,84 +68,6 @@ def error_line(error: BaseException) -> str:
     return text
 
 
-class ShardSampler(Sampler):
-    """Indices ``rank, rank + world, ...`` in order, without padding (every sample evaluated exactly once);
-    with ``limit``, of ``limit`` indices spread evenly over the split (a class-sorted folder keeps every class)."""
-
-    def __init__(self, num_samples: int, rank: int = 0, world: int = 1, limit: Optional[int] = None):
-        chosen = range(num_samples) if limit is None or limit >= num_samples else \
-            [i * num_samples // limit for i in range(limit)]
-        self.indices = list(chosen[rank::world])
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-class EvalLoader:
-    """Batches of one split for evaluation: iterable, ``len()`` in batches, ``.classes``, ``.num_samples``
-    (the whole split; with ``distributed`` each rank sees its shard)."""
-
-    def __init__(self, loader, classes: Sequence[str], num_samples: int, dataset: Optional[Dataset] = None):
-        self.loader, self.classes, self.num_samples, self.dataset = loader, list(classes), num_samples, dataset
-
-    def __iter__(self) -> Iterator[Batch]:
-        for images, targets in self.loader:
-            yield images, targets.long()
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-
-class TrainLoader(EvalLoader):
-    """Shuffled training batches (each rank's share of the global batch); call :meth:`set_epoch` before
-    each epoch: the order depends only on ``seed`` and the epoch, so a resumed run replays it. The workers'
-    augmentation streams depend on ``seed``, the epoch and ``rank`` (ranks draw independently)."""
-
-    def __init__(self, loader, classes, num_samples, dataset=None, sampler=None, seed: int = 0, rank: int = 0):
-        super().__init__(loader, classes, num_samples, dataset)
-        self.sampler, self.seed, self.rank = sampler, seed, rank
-
-    def set_epoch(self, epoch: int) -> None:
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-        if getattr(self.loader, "generator", None) is not None:
-            self.loader.generator.manual_seed((self.seed * 1000003 + epoch) * 7919 + self.rank)
-        if hasattr(self.loader, "next_epoch"):  # ffcv's Loader
-            self.loader.next_epoch = epoch
-
-
-class TensorTrainLoader:
-    """Preloaded uint8 images augmented on the tensor side (:class:`TensorAugment`): the fast path for
-    Fashion-MNIST on a CPU, where per-image PIL transforms would cost more than the model."""
-
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], batch_size: int,
-                 augment: TensorAugment, seed: int = 0, rank: int = 0, world: int = 1):
-        self.images, self.targets, self.classes = images, targets, list(classes)
-        self.batch_size, self.augment, self.seed, self.rank, self.world = batch_size, augment, seed, rank, world
-        self.num_samples = len(targets)
-        self.generator = torch.Generator()
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples // (self.batch_size * self.world)
-
-    def __iter__(self) -> Iterator[Batch]:
-        self.generator.manual_seed(self.seed * 1000003 + self.epoch)
-        order = torch.randperm(self.num_samples, generator=self.generator)
-        step = self.batch_size * self.world
-        for i in range(len(self)):  # augment the global batch, then take this rank's share: any world size
-            idx = order[i * step:(i + 1) * step]  # sees the same images, shifts and flips (random erasing draws
-            # from each rank's own stream)
-            images = self.augment(self.images[idx], self.generator)
-            yield images[self.rank::self.world], self.targets[idx][self.rank::self.world]
-
-
 def _folder_or_fmnist_dataset(kind: str, data_dir: Optional[str], split: str, transform, in_chans: int,
                               skip_corrupt: bool = False):
     if kind == "fmnist":
@@ -158,11 +82,9 @@ def dataset_classes(dataset: str = "", data_dir: Optional[str] = None, split: st
     if kind == "fmnist":
         return list(FMNIST_CLASSES)
     if kind == "ffcv":
-        import json
-        from pathlib import Path
-        meta = Path(data_dir) / f"{split}.json"
+        meta = ffcv_meta_path(beton_path(data_dir, split))
         if not meta.is_file():
-            raise ValueError(f"data_dir: {meta} (class names of {split}.beton) is missing")
+            raise ValueError(f"data_dir: {meta} (class names of {beton_path(data_dir, split).name}) is missing")
         return list(json.loads(meta.read_text())["classes"])
     return create_folder_dataset(data_dir, split, verify=False).classes
 
@@ -188,7 +110,6 @@ def create_eval_loader(dataset: str = "", data_dir: Optional[str] = None, split:
     data_config = dict(data_config or fmnist_data_config())
     rank, world = _rank_world(distributed)
     if kind == "ffcv":
-        from .ffcv_pipeline import create_ffcv_loader
         return create_ffcv_loader(data_dir, split, data_config, batch_size, workers, is_training=False,
                                   rank=rank, world=world, max_samples=max_samples)
     ds = _folder_or_fmnist_dataset(kind, data_dir, split, create_eval_transform(data_config), _in_chans(data_config),
@@ -226,7 +147,6 @@ def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split
             raise ValueError("--aa and --color-jitter are not available with --dataset ffcv (they are PIL transforms; "
                              "ffcv's pipeline decodes, crops and flips in compiled code): train from the image "
                              "folder, or turn them off with --aa '' --color-jitter 0")
-        from .ffcv_pipeline import create_ffcv_loader
         return create_ffcv_loader(data_dir, split, data_config, batch_size, workers, is_training=True,
                                   rank=rank, world=world, seed=seed, scale=scale, ratio=ratio, hflip=hflip,
                                   device=device, re_prob=re_prob, re_mode=re_mode, re_count=re_count)

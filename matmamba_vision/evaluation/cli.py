@@ -10,41 +10,20 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
-import yaml
-from timm.utils import ParseKwargs
 
-from ..checkpoint import build_model, load_weights, read_weights_metadata
+from ..weights import CheckpointFile, build_model, read_checkpoint
 from ..data.transforms import model_data_config
+from ..flags import ModelKwargs, nonneg_int, positive_fraction, positive_int
 from ..models.matmamba_vision import MatMambaVision, checkpoint_filter_fn
-from ..training.checkpointing import check_output_dir
-from ..training.distributed import resolve_device
+from ..runtime import check_output_dir, resolve_device
 
 __all__ = [
     "add_common_args", "model_from_args", "data_config_from_args", "loader_from_args", "resolve_device",
     "amp_dtype_from_args", "output_dir_from_args", "check_outputs", "check_same_classes", "build_baseline", "data_identity",
-    "checkpoint_metadata", "trained_levels",
+    "read_checkpoint_from_args", "trained_levels",
 ]
 
 DEFAULT_MODEL = "matmamba_vision_tiny_patch4_28"
-
-
-class _ModelKwargs(ParseKwargs):
-    """timm's ``KEY=VALUE ...`` form, or one YAML mapping as train.py takes it (``'{depth: 2}'``)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if len(values) == 1 and values[0].lstrip().startswith("{"):
-            try:
-                kw = yaml.safe_load(values[0])
-            except yaml.YAMLError as e:
-                parser.error(f"--model-kwargs: not a YAML mapping ({e})")
-            if not isinstance(kw, dict):
-                parser.error(f"--model-kwargs: not a YAML mapping: {values[0]!r}")
-            setattr(namespace, self.dest, kw)
-            return
-        for v in values:
-            if v and "=" not in v:
-                parser.error(f"--model-kwargs: {v!r} is not KEY=VALUE")
-        super().__call__(parser, namespace, values, option_string)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -54,24 +33,25 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    f"checkpoint, else {DEFAULT_MODEL})")
     g.add_argument("--pretrained", action="store_true", help="load the official weights from the hub")
     g.add_argument("--checkpoint", default="", help="our safetensors checkpoint or an official pytorch_model.bin")
-    g.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: the model's)")
-    g.add_argument("--img-size", type=int, default=None, help="input image size (default: the model's)")
-    g.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's)")
-    g.add_argument("--model-kwargs", nargs="*", default={}, action=_ModelKwargs, metavar="KEY=VALUE",
+    g.add_argument("--num-classes", type=positive_int, default=None, help="classifier classes (default: the model's)")
+    g.add_argument("--img-size", type=positive_int, default=None, help="input image size (default: the model's)")
+    g.add_argument("--in-chans", type=positive_int, default=None, help="input channels (default: the model's)")
+    g.add_argument("--model-kwargs", nargs="*", default={}, action=ModelKwargs, metavar="KEY=VALUE",
                    help="extra timm.create_model kwargs: embed_dim=64 depth=4, or '{embed_dim: 64, depth: 4}' "
                    "(added to, and overriding, those recorded in a train.py checkpoint of the same model)")
     d = parser.add_argument_group("data")
     d.add_argument("--dataset", default="", help="'' (Fashion-MNIST without --data-dir, else an ImageNet-style "
                    "folder), 'fmnist', 'folder' or 'ffcv'")
     d.add_argument("--data-dir", default=None, help="dataset root (default: the Fashion-MNIST package)")
-    d.add_argument("--batch-size", "-b", type=int, default=256)
-    d.add_argument("--workers", "-j", type=int, default=2)
-    d.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction (default: the model's cfg)")
+    d.add_argument("--batch-size", "-b", type=positive_int, default=256)
+    d.add_argument("--workers", "-j", type=nonneg_int, default=2)
+    d.add_argument("--crop-pct", type=positive_fraction, default=None,
+                   help="centre-crop fraction (default: the model's cfg)")
     d.add_argument("--interpolation", default="", choices=("", "bilinear", "bicubic", "nearest", "random"),
                    help="resize interpolation (default: the model's cfg)")
     d.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean (default: the model's cfg)")
     d.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std (default: the model's cfg)")
-    d.add_argument("--max-samples", type=int, default=None, help="evaluate only N images of each split, spread evenly over it (every class of a class-sorted "
+    d.add_argument("--max-samples", type=positive_int, default=None, help="evaluate only N images of each split, spread evenly over it (every class of a class-sorted "
                    "folder)")
     d.add_argument("--skip-corrupt", action="store_true", help="skip (and log) images that fail to decode")
     r = parser.add_argument_group("run")
@@ -81,7 +61,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     r.add_argument("--output", default="", help="folder for CSV/JSON/PNG (default: the checkpoint's folder, "
                    "else output/eval/<model>)")
     r.add_argument("--results-file", default="", help="also write the result rows to this .csv or .json file")
-    r.add_argument("--log-freq", type=int, default=10, help="batches between progress-bar updates")
+    r.add_argument("--log-freq", type=nonneg_int, default=10, help="batches between progress-bar updates")
     r.add_argument("--no-prefix-sharing", action="store_true",
                    help="run every configuration as a full forward instead of sharing common leading blocks")
     return parser
@@ -98,17 +78,15 @@ def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     return kwargs
 
 
-def checkpoint_metadata(path: Optional[str]) -> Dict[str, Any]:
-    """What train.py recorded in a safetensors checkpoint (model, model_kwargs, granularities), or {}."""
-    if not path or not str(path).endswith(".safetensors") or not Path(path).is_file():
-        return {}
-    meta = read_weights_metadata(path)
-    return meta if isinstance(meta, dict) else {}
+def read_checkpoint_from_args(args: argparse.Namespace) -> Optional[CheckpointFile]:
+    """``--checkpoint`` read once (weights, train.py's record of model, kwargs and granularities, SHA-256), or
+    None without one."""
+    return read_checkpoint(args.checkpoint) if args.checkpoint else None
 
 
-def trained_levels(args: argparse.Namespace, model: MatMambaVision) -> List[int]:
+def trained_levels(checkpoint: Optional[CheckpointFile], model: MatMambaVision) -> List[int]:
     """The granularities the checkpoint was trained at (train.py records them), else D, D/2, D/4, D/8."""
-    levels = checkpoint_metadata(args.checkpoint).get("granularities")
+    levels = checkpoint.metadata.get("granularities") if checkpoint is not None else None
     if isinstance(levels, list) and levels and all(isinstance(g, int) for g in levels):
         try:
             model.resolve_granularity(max(levels))
@@ -120,23 +98,18 @@ def trained_levels(args: argparse.Namespace, model: MatMambaVision) -> List[int]
     return model.matryoshka_levels
 
 
-def model_from_args(args: argparse.Namespace, **extra) -> MatMambaVision:
-    """``build_model`` from ``--model/--pretrained/--checkpoint`` (+ size flags); eval mode.
+def model_from_args(args: argparse.Namespace, checkpoint: Optional[CheckpointFile] = None, **extra) -> MatMambaVision:
+    """``build_model`` from ``--model/--pretrained`` (+ size flags) and ``checkpoint`` (``--checkpoint`` as
+    :func:`read_checkpoint_from_args` read it); eval mode.
 
     Without ``--model`` the model named in a train.py checkpoint is used, with the kwargs it recorded (when it
     names the same model), updated by ``--model-kwargs`` and the size flags. Sets ``args.model`` to the model
     built.
     """
-    if args.batch_size <= 0:
-        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    if not args.checkpoint and not args.pretrained:
+    if checkpoint is None and not args.pretrained:
         print(f"warning: no --checkpoint or --pretrained: {args.model or 'the model'} has random weights",
               file=sys.stderr, flush=True)
-    if args.workers < 0:
-        raise ValueError(f"--workers must be 0 or more, got {args.workers}")
-    if args.max_samples is not None and args.max_samples <= 0:
-        raise ValueError(f"--max-samples must be positive, got {args.max_samples}")
-    meta = checkpoint_metadata(args.checkpoint)
+    meta = checkpoint.metadata if checkpoint is not None else {}
     if not args.model:
         args.model = meta.get("model") or DEFAULT_MODEL
     kwargs: Dict[str, Any] = {}
@@ -145,7 +118,7 @@ def model_from_args(args: argparse.Namespace, **extra) -> MatMambaVision:
     kwargs.update(_model_kwargs(args))
     kwargs.update(extra)
     try:
-        model = build_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint or None, **kwargs)
+        model = build_model(args.model, pretrained=args.pretrained, checkpoint=checkpoint, **kwargs)
     except TypeError as e:  # timm's contract for unknown create_model kwargs
         raise ValueError(f"--model-kwargs: {e}") from None
     return model.eval()
@@ -153,8 +126,8 @@ def model_from_args(args: argparse.Namespace, **extra) -> MatMambaVision:
 
 def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
     """A separately trained model from ``[LABEL=]PATH``: a ``save_model_dir`` folder (config.json) or a weights
-    file (model and kwargs as train.py recorded them, else ``--model``; per-block widths read from its
-    shapes). Returns (label, model, checkpoint path or None)."""
+    file (read once; model and kwargs as train.py recorded them, else ``--model``; per-block widths read from
+    its shapes). Returns (label, model, the :class:`CheckpointFile` or None for a folder)."""
     label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
     p = Path(path)
     label = label or (p.stem if p.is_file() else p.name)
@@ -164,13 +137,14 @@ def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
         return label, build_model(f"local-dir:{p}", pretrained=True).eval(), None
     if not p.is_file():
         raise ValueError(f"--baseline-checkpoints: no such file or folder {path!r}")
-    meta = checkpoint_metadata(str(p))
+    checkpoint = read_checkpoint(p)
+    meta = checkpoint.metadata
     name = meta.get("model") or args.model or DEFAULT_MODEL
     kwargs = dict(meta.get("model_kwargs") or {}) if isinstance(meta.get("model_kwargs"), dict) else {}
     kwargs.update(_model_kwargs(args))
     kwargs.pop("mixer_dims", None)
     probe = build_model(name, **kwargs)
-    state = checkpoint_filter_fn(load_weights(p), probe)
+    state = checkpoint_filter_fn(dict(checkpoint.state_dict), probe)
     mixer = probe.layers[0].mixer
     dims = []
     for i in range(len(probe.layers)):
@@ -180,7 +154,7 @@ def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
             break
         dims.append(int(state[key].shape[0]) * mixer.headdim // mixer.expand)
     extra = {"mixer_dims": dims} if dims else {}
-    return label, build_model(name, checkpoint=p, **dict(kwargs, **extra)).eval(), p
+    return label, build_model(name, checkpoint=checkpoint, **dict(kwargs, **extra)).eval(), checkpoint
 
 
 def data_config_from_args(args: argparse.Namespace, model: MatMambaVision) -> Dict[str, Any]:
@@ -194,8 +168,6 @@ def data_config_from_args(args: argparse.Namespace, model: MatMambaVision) -> Di
             raise ValueError(f"{flag} needs {valid} (one per input channel), got {len(values)}")
         if values is not None and not all(math.isfinite(v) and (flag == "--mean" or v > 0) for v in values):
             raise ValueError(f"{flag} must be finite{' and positive' if flag == '--std' else ''}, got {values}")
-    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
-        raise ValueError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
     return model_data_config(model, overrides)
 
 
@@ -212,6 +184,7 @@ def split_fingerprint(dataset: str, data_dir: Optional[str], split: str) -> str:
     """SHA-256 over the split's files (relative path, size, modification time): changes when images are added,
     removed, renamed or rewritten. One ``stat`` per file (ImageNet's 1.28M: seconds, against hours of embedding)."""
     from ..data import resolve_dataset
+    from ..data.ffcv_pipeline import beton_path, ffcv_meta_path
     from ..data.fmnist import fmnist_root
     from ..data.folder import split_dir
 
@@ -221,7 +194,7 @@ def split_fingerprint(dataset: str, data_dir: Optional[str], split: str) -> str:
         files = [p for p in root.iterdir() if p.is_file()]
     elif kind == "ffcv":
         root = Path(data_dir)
-        files = [p for p in (root / f"{split}.beton", root / f"{split}.json") if p.is_file()]
+        files = [p for p in (beton_path(root, split), ffcv_meta_path(beton_path(root, split))) if p.is_file()]
     else:
         root = split_dir(data_dir, split) or Path(data_dir) / split
         files = [Path(d) / f for d, _, names in os.walk(root) for f in names]

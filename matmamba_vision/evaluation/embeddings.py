@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..models.matmamba_vision import MatMambaVision
 from .multiforward import forward_many
-from .sweep import autocast_context, iterate_batches
+from .classification import autocast_context, iterate_batches
 
 __all__ = ["EmbeddingSet", "EmbeddingCache", "embed_splits", "file_sha256", "state_dict_sha256", "CACHE_VERSION"]
 

@@ -1,4 +1,5 @@
-"""Result files and console tables: CSV and JSON rows (written atomically), fixed-width text tables."""
+"""Result files, console tables and figures: CSV and JSON rows (written atomically), fixed-width text
+tables, Pareto fronts, and plots (matplotlib, Agg backend) of accuracy against cost and of retrieval accuracy."""
 from __future__ import annotations
 
 import csv
@@ -6,11 +7,12 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-from ..checkpoint import atomic_write
+from ..weights import atomic_write
 
-__all__ = ["write_csv", "write_json", "format_table"]
+__all__ = ["write_csv", "write_json", "format_table", "write_results_file", "pareto_front", "plot_tradeoff",
+           "plot_retrieval"]
 
 
 def _cell(v: Any) -> Any:
@@ -76,3 +78,122 @@ def format_table(rows: Sequence[Dict[str, Any]], columns: Sequence[str], headers
         lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
         lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> List[int]:
+    """Indices of the non-dominated points, by increasing cost.
+
+    A point is dominated when another costs no more and scores at least as much, and is strictly better in
+    one of the two. Of exact duplicates the first is kept.
+    """
+    if len(costs) != len(scores):
+        raise ValueError(f"costs and scores differ in length ({len(costs)} vs {len(scores)})")
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], -scores[i], i))
+    front, best = [], float("-inf")
+    for i in order:
+        if scores[i] > best:
+            front.append(i)
+            best = scores[i]
+    return front
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: os.PathLike) -> Path:
+    plt = _pyplot()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
+def plot_tradeoff(rows: Sequence[Dict], path: os.PathLike, metric: str = "top1", title: str = "") -> Path:
+    """Accuracy against non-embedding parameters and against GFLOPs: every configuration as a dot, the
+    trained granularities as labelled stars, the Pareto front as a line. Rows need params_non_embedding,
+    gflops, ``metric``, name and trained."""
+    if not rows:
+        raise ValueError("rows: nothing to plot")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ys = [r[metric] for r in rows]
+    for ax, key, label, scale in (
+        (axes[0], "params_non_embedding", "parameters, non-embedding (M)", 1e-6),
+        (axes[1], "gflops", "GFLOPs per image", 1.0),
+    ):
+        xs = [r[key] * scale for r in rows]
+        mix = [i for i, r in enumerate(rows) if not r.get("trained")]
+        trained = [i for i, r in enumerate(rows) if r.get("trained")]
+        if mix:
+            ax.scatter([xs[i] for i in mix], [ys[i] for i in mix], s=14, c="tab:blue", alpha=0.6,
+                       label="mix'n'match / other")
+        if trained:
+            ax.scatter([xs[i] for i in trained], [ys[i] for i in trained], s=110, marker="*", c="tab:red",
+                       zorder=3, label="trained granularities")
+            for i in trained:
+                ax.annotate(rows[i]["name"], (xs[i], ys[i]), textcoords="offset points", xytext=(5, -12), fontsize=8)
+        front = pareto_front(xs, ys)
+        ax.plot([xs[i] for i in front], [ys[i] for i in front], "-", c="tab:green", lw=1.5, label="Pareto front")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"{metric.replace('top', 'top-')} accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_retrieval(rows: Sequence[Dict], path: os.PathLike, title: str = "") -> Path:
+    """Left: 1-NN top-1 and mAP@10 per query granularity (one line per database granularity; baselines as
+    crosses). Right, when there is more than one database granularity: a heatmap of 1-NN top-1."""
+    if not rows:
+        raise ValueError("rows: nothing to plot")
+    plt = _pyplot()
+    nested = [r for r in rows if r.get("query_kind", "granularity") == "granularity"]
+    baselines = [r for r in rows if r.get("query_kind") == "baseline"]
+    db_gs = sorted({r["db_granularity"] for r in nested}, reverse=True)
+    q_gs = sorted({r["query_granularity"] for r in nested}, reverse=True)
+    matrix = len(db_gs) > 1
+    fig, axes = plt.subplots(1, 2 if matrix else 1, figsize=(12 if matrix else 6.5, 4.5), squeeze=False)
+    ax = axes[0, 0]
+    for dg in db_gs:
+        sel = sorted((r for r in nested if r["db_granularity"] == dg), key=lambda r: r["query_granularity"])
+        x = [r["query_granularity"] for r in sel]
+        ax.plot(x, [r["top1"] for r in sel], "o-", label=f"1-NN top-1, database g={dg}")
+        ax.plot(x, [r["map10"] for r in sel], "s--", alpha=0.7, label=f"mAP@10, database g={dg}")
+    for r in baselines:
+        ax.scatter([r["query_granularity"]], [r["top1"]], marker="x", s=80, c="k", zorder=3)
+        ax.annotate(f"baseline {r['query']}", (r["query_granularity"], r["top1"]), textcoords="offset points",
+                    xytext=(5, 5), fontsize=8)
+    if q_gs:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(q_gs)
+        ax.set_xticklabels([str(g) for g in q_gs])
+    ax.set_xlabel("query granularity g")
+    ax.set_ylabel("%")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    if matrix:
+        ax = axes[0, 1]
+        grid = [[float("nan")] * len(db_gs) for _ in q_gs]
+        for r in nested:
+            grid[q_gs.index(r["query_granularity"])][db_gs.index(r["db_granularity"])] = r["top1"]
+        im = ax.imshow(grid, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(db_gs)), [str(g) for g in db_gs])
+        ax.set_yticks(range(len(q_gs)), [str(g) for g in q_gs])
+        ax.set_xlabel("database granularity")
+        ax.set_ylabel("query granularity")
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if v == v:
+                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w", fontsize=8)
+        fig.colorbar(im, ax=ax, label="1-NN top-1 (%)")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

@@ -1,12 +1,12 @@
 """Training checkpoints that lose nothing: ``checkpoint-E.safetensors`` (weights) plus ``checkpoint-E.state.pt``
 (optimiser, a plateau scheduler's metric history, scaler, EMA, epoch, step, RNG states, args; every other
 schedule is a function of the step, rebuilt from the flags at resume), each written atomically with
-:mod:`matmamba_vision.checkpoint`; the state file is written last and is the commit point. The last N are
+:mod:`matmamba_vision.weights`; the state file is written last and is the commit point. The last N are
 kept; ``model_best.safetensors`` (and ``model_best_ema.safetensors``) track the best validation top-1.
 
-Before training starts, :func:`check_output_dir` and :func:`check_free_space` report an output folder that
-cannot be written or has too little room, and :func:`check_resume_matches` refuses to resume a checkpoint
-into another model or other granularities (before anything is loaded)."""
+Before training starts, :func:`matmamba_vision.runtime.check_output_dir` and :func:`check_free_space` report an
+output folder that cannot be written or has too little room, and :func:`check_resume_matches` refuses to resume a
+checkpoint into another model or other granularities (before anything is loaded)."""
 from __future__ import annotations
 
 import logging
@@ -14,19 +14,18 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from ..checkpoint import (
+from ..weights import (
     CheckpointError, load_checkpoint, load_torch, load_weights, read_weights_metadata, save_torch, save_weights,
 )
 
 __all__ = ["rng_state", "set_rng_state", "CheckpointManager", "resolve_resume", "load_training_state",
-           "read_training_state", "check_resume_matches", "latest_state_file", "check_output_dir", "check_free_space",
+           "read_training_state", "check_resume_matches", "latest_state_file", "check_free_space",
            "reconcile_best", "REGULARISATION_ARGS"]
 
 # model_args a resumed run may change: regularisation and the SSD kernel choice, not the architecture
@@ -129,33 +128,6 @@ def check_resume_matches(state: Dict[str, Any], path: Path, model_name: str, mod
 
 def _plain_value(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
-
-
-def check_output_dir(directory: Path, flag: str = "--output") -> None:
-    """Create ``directory`` and write, fsync and delete a probe file in it: ValueError (naming the folder) when
-    that fails, e.g. a read-only file system, no permission, a full disk, or a file in the way. Folders the
-    probe created are removed again, so a run that stops at a later check leaves nothing behind."""
-    directory = Path(directory)
-    created: List[Path] = []
-    try:
-        try:
-            created = [d for d in (directory, *directory.parents) if not d.exists()]
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".write-probe-", suffix=".tmp", dir=directory)
-            try:
-                os.write(fd, b"\0" * 4096)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-                os.unlink(probe)
-        except OSError as e:
-            raise ValueError(f"{flag} {directory}: cannot write there ({e.strerror or e}); choose another {flag}")
-    finally:
-        for d in created:  # deepest first
-            try:
-                d.rmdir()
-            except OSError:  # never made (the probe failed above it), or no longer empty
-                pass
 
 
 def checkpoint_bytes(model: torch.nn.Module, keep: int, ema: bool) -> int:

@@ -7,18 +7,26 @@ underscores); flags given on the command line win, as in timm.
 from __future__ import annotations
 
 import argparse
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import yaml
 
-__all__ = ["build_parser", "parse_args", "DEFAULT_MODEL", "DEFAULT_MODEL_KWARGS", "SCHEDULERS"]
+from ..flags import (
+    ModelKwargs, compile_backend, drop_prob, nonneg_float, nonneg_int, not_nan_float, optimizer_name,
+    parse_flags, parse_model_kwargs, positive_float, positive_fraction, positive_int, prob, seed_int,
+)
+
+__all__ = ["build_parser", "parse_args", "check_args", "schedule_flags", "DEFAULT_MODEL", "DEFAULT_MODEL_KWARGS",
+           "SCHEDULERS"]
 
 DEFAULT_MODEL = "matmamba_vision_tiny_patch4_28"
 # The embedded CPU recipe's model: the tiny model at patch 7 (16 tokens), which trains ~2x faster than at
 # patch 4 on 2 cores; applied only to DEFAULT_MODEL when --model-kwargs is not given. Checkpoints record
 # the kwargs, so validate.py / retrieval.py rebuild the same model.
-DEFAULT_MODEL_KWARGS = "{patch_size: 7, embed_dim: 128, depth: 4, d_state: 16, headdim: 16}"
+DEFAULT_MODEL_KWARGS = dict(patch_size=7, embed_dim=128, depth=4, d_state=16, headdim=16)
 
+
+SCHEDULE_GROUP = "learning-rate schedule"
 
 # timm's create_scheduler_v2 names (an unknown name there silently means no schedule), and none for that
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "constant", "wsd", "rsqrt", "none")
@@ -41,23 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", default=None, help="folder with train/ and val/ (or the .beton files for ffcv)")
     d.add_argument("--train-split", default="train")
     d.add_argument("--val-split", default="val")
-    d.add_argument("-j", "--workers", type=int, default=0, help="data loader processes per rank")
+    d.add_argument("-j", "--workers", type=nonneg_int, default=0, help="data loader processes per rank")
     d.add_argument("--skip-corrupt", action="store_true", help="skip (and log) images that fail to decode")
     m = p.add_argument_group("model")
     m.add_argument("--model", default=DEFAULT_MODEL)
     m.add_argument("--pretrained", action="store_true", help="start from the model's published weights")
     m.add_argument("--initial-checkpoint", default="", help="weights to start from (ours or official)")
     m.add_argument("--resume", default="", help="state file, weights file or experiment folder to continue")
-    m.add_argument("--num-classes", type=int, default=None, help="default: the number of class folders")
-    m.add_argument("--img-size", type=int, default=None)
-    m.add_argument("--in-chans", type=int, default=None)
-    m.add_argument("--drop", type=float, default=0.0, help="dropout before the head")
-    m.add_argument("--proj-drop", type=float, default=0.0, help="dropout on the mixers' in/out projections")
-    m.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth (linear over depth)")
+    m.add_argument("--num-classes", type=positive_int, default=None, help="default: the number of class folders")
+    m.add_argument("--img-size", type=positive_int, default=None)
+    m.add_argument("--in-chans", type=positive_int, default=None)
+    m.add_argument("--drop", type=drop_prob, default=0.0, help="dropout before the head")
+    m.add_argument("--proj-drop", type=drop_prob, default=0.0, help="dropout on the mixers' in/out projections")
+    m.add_argument("--drop-path", type=drop_prob, default=0.0, help="stochastic depth (linear over depth)")
     m.add_argument("--head-init-bias", type=float, default=None, help="initial value of the head's bias")
-    m.add_argument("--model-kwargs", default=None,
-                   help=f"extra create_model kwargs as YAML, e.g. '{{depth: 2}}' (default for {DEFAULT_MODEL}: "
-                   f"{DEFAULT_MODEL_KWARGS}; none for other models)")
+    m.add_argument("--model-kwargs", nargs="*", default=None, action=ModelKwargs, metavar="KEY=VALUE",
+                   help=f"extra create_model kwargs, timm's depth=2 embed_dim=64 or a YAML mapping '{{depth: 2}}' "
+                   f"(default for {DEFAULT_MODEL}: {DEFAULT_MODEL_KWARGS}; none for other models)")
     t = p.add_argument_group("Matryoshka")
     t.add_argument("--granularities", type=_ints, nargs="+", default=None,
                    help="trained g values, e.g. 128 64 or 128,64; default D, D/2, D/4, D/8")
@@ -65,92 +73,100 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sum: every g on each batch, averaged; cycle: one g per micro-batch, one step per cycle")
     t.add_argument("--best-granularity", type=int, default=None, help="g whose val top-1 picks the best model")
     o = p.add_argument_group("optimisation")
-    o.add_argument("-b", "--batch-size", type=int, default=128,
+    o.add_argument("-b", "--batch-size", type=positive_int, default=128,
                    help="GLOBAL batch per optimiser step, split over ranks and --grad-accum-steps")
-    o.add_argument("-vb", "--validation-batch-size", type=int, default=None, help="per rank; default 2x per-rank batch")
-    o.add_argument("--grad-accum-steps", type=int, default=1)
-    o.add_argument("--epochs", type=int, default=8)
-    o.add_argument("--opt", default="adamw")
-    o.add_argument("--opt-eps", type=float, default=None)
+    o.add_argument("-vb", "--validation-batch-size", type=positive_int, default=None,
+                   help="per rank; default 2x per-rank batch")
+    o.add_argument("--grad-accum-steps", type=positive_int, default=1)
+    o.add_argument("--opt", type=optimizer_name, default="adamw", help="a timm optimizer name")
+    o.add_argument("--opt-eps", type=positive_float, default=None)
     o.add_argument("--opt-betas", type=float, nargs="+", default=None)
-    o.add_argument("--momentum", type=float, default=0.9)
-    o.add_argument("--lr", type=float, default=2e-3)
-    o.add_argument("--weight-decay", type=float, default=0.05)
-    o.add_argument("--clip-grad", type=float, default=1.0, help="0 or less: no clipping")
+    o.add_argument("--momentum", type=prob, default=0.9)
+    o.add_argument("--weight-decay", type=nonneg_float, default=0.05)
+    o.add_argument("--clip-grad", type=not_nan_float, default=1.0, help="0 or less: no clipping")
     o.add_argument("--clip-mode", default="norm", choices=("norm", "value", "agc"))
-    o.add_argument("--sched", default="cosine", choices=SCHEDULERS, help="timm's schedulers; none: constant --lr")
-    o.add_argument("--sched-on-updates", action=argparse.BooleanOptionalAction, default=True,
-                   help="step the schedule every optimiser update (not once per epoch)")
-    o.add_argument("--warmup-epochs", type=float, default=0.3)
-    o.add_argument("--warmup-lr", type=float, default=1e-5)
-    o.add_argument("--warmup-prefix", action="store_true")
-    o.add_argument("--min-lr", type=float, default=1e-5)
-    o.add_argument("--decay-epochs", type=float, default=None, help="step: epochs between decays (timm: 90)")
-    o.add_argument("--decay-milestones", type=int, nargs="+", default=[90, 180, 270], help="multistep: decay epochs")
-    o.add_argument("--decay-rate", "--dr", type=float, default=0.1, help="step, multistep, plateau: LR factor")
-    o.add_argument("--patience-epochs", type=int, default=10, help="plateau: epochs without gain before a decay")
-    o.add_argument("--cooldown-epochs", type=int, default=0, help="epochs at --min-lr after the schedule")
-    o.add_argument("--lr-cycle-mul", type=float, default=1.0, help="cosine/tanh: cycle length multiplier")
-    o.add_argument("--lr-cycle-decay", type=float, default=0.5, help="cosine/tanh: LR factor per cycle")
-    o.add_argument("--lr-cycle-limit", type=int, default=1, help="cosine/tanh: number of cycles")
-    o.add_argument("--lr-k-decay", type=float, default=1.0, help="cosine/poly: k-decay")
     o.add_argument("--model-ema", action="store_true")
-    o.add_argument("--model-ema-decay", type=float, default=0.9998)
+    o.add_argument("--model-ema-decay", type=prob, default=0.9998)
+    # the schedule's flags: timm's scheduler_kwargs reads them; a resume reports those that changed
+    s = p.add_argument_group(SCHEDULE_GROUP)
+    s.add_argument("--epochs", type=positive_int, default=8)
+    s.add_argument("--lr", type=positive_float, default=2e-3)
+    s.add_argument("--sched", default="cosine", choices=SCHEDULERS, help="timm's schedulers; none: constant --lr")
+    s.add_argument("--sched-on-updates", action=argparse.BooleanOptionalAction, default=True,
+                   help="step the schedule every optimiser update (not once per epoch)")
+    s.add_argument("--warmup-epochs", type=nonneg_float, default=0.3)
+    s.add_argument("--warmup-lr", type=nonneg_float, default=1e-5)
+    s.add_argument("--warmup-prefix", action="store_true")
+    s.add_argument("--min-lr", type=nonneg_float, default=1e-5, help="at most --lr")
+    s.add_argument("--decay-epochs", type=positive_float, default=None, help="step: epochs between decays (timm: 90)")
+    s.add_argument("--decay-milestones", type=int, nargs="+", default=[90, 180, 270], help="multistep: decay epochs")
+    s.add_argument("--decay-rate", "--dr", type=positive_float, default=0.1, help="step, multistep, plateau: LR factor")
+    s.add_argument("--patience-epochs", type=nonneg_int, default=10,
+                   help="plateau: epochs without gain before a decay")
+    s.add_argument("--cooldown-epochs", type=nonneg_int, default=0, help="epochs at --min-lr after the schedule")
+    s.add_argument("--lr-cycle-mul", type=positive_float, default=1.0, help="cosine/tanh: cycle length multiplier")
+    s.add_argument("--lr-cycle-decay", type=positive_float, default=0.5, help="cosine/tanh: LR factor per cycle")
+    s.add_argument("--lr-cycle-limit", type=positive_int, default=1, help="cosine/tanh: number of cycles")
+    s.add_argument("--lr-k-decay", type=positive_float, default=1.0, help="cosine/poly: k-decay")
     a = p.add_argument_group("augmentation and regularisation")
-    a.add_argument("--mixup", type=float, default=0.0)
-    a.add_argument("--cutmix", type=float, default=0.0)
-    a.add_argument("--mixup-prob", type=float, default=1.0)
-    a.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    a.add_argument("--mixup", type=nonneg_float, default=0.0)
+    a.add_argument("--cutmix", type=nonneg_float, default=0.0)
+    a.add_argument("--mixup-prob", type=prob, default=1.0)
+    a.add_argument("--mixup-switch-prob", type=prob, default=0.5)
     a.add_argument("--mixup-mode", default="batch", choices=("batch", "pair", "elem"))
-    a.add_argument("--smoothing", type=float, default=0.1)
+    a.add_argument("--smoothing", type=drop_prob, default=0.1)
     a.add_argument("--aa", default=None, help="RandAugment policy, e.g. rand-m9-n2-mstd0.5-inc1")
-    a.add_argument("--color-jitter", type=float, default=0.0)
-    a.add_argument("--color-jitter-prob", type=float, default=None)
-    a.add_argument("--reprob", type=float, default=0.0)
+    a.add_argument("--color-jitter", type=nonneg_float, default=0.0)
+    a.add_argument("--color-jitter-prob", type=prob, default=None)
+    a.add_argument("--reprob", type=prob, default=0.0)
     a.add_argument("--remode", default="pixel", choices=("pixel", "rand", "const"))
-    a.add_argument("--recount", type=int, default=1)
-    a.add_argument("--scale", type=float, nargs=2, default=None)
-    a.add_argument("--ratio", type=float, nargs=2, default=None)
-    a.add_argument("--hflip", type=float, default=0.5)
-    a.add_argument("--translate", type=int, default=0,
+    a.add_argument("--recount", type=positive_int, default=1)
+    a.add_argument("--scale", type=positive_fraction, nargs=2, default=None, help="RandomResizedCrop area range")
+    a.add_argument("--ratio", type=positive_float, nargs=2, default=None, help="RandomResizedCrop aspect range")
+    a.add_argument("--hflip", type=prob, default=0.5)
+    a.add_argument("--translate", type=nonneg_int, default=0,
                    help="Fashion-MNIST fast path: random translation by up to this many pixels")
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; default cuda when available")
     r.add_argument("--amp", action="store_true")
     r.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"))
-    r.add_argument("--torchcompile", nargs="?", const="inductor", default=None, help="torch.compile backend")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads per rank")
-    r.add_argument("--seed", type=int, default=42)
+    r.add_argument("--torchcompile", type=compile_backend, nargs="?", const="inductor", default=None,
+                   help="torch.compile backend")
+    r.add_argument("--threads", type=nonneg_int, default=None, help="torch CPU threads per rank (0: torch's default)")
+    r.add_argument("--seed", type=seed_int, default=42)
     r.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
     r.add_argument("--output", default="output/train")
     r.add_argument("--experiment", default="")
-    r.add_argument("--checkpoint-hist", type=int, default=2)
-    r.add_argument("--log-interval", type=int, default=50)
+    r.add_argument("--checkpoint-hist", type=positive_int, default=2)
+    r.add_argument("--log-interval", type=positive_int, default=50)
     r.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return p
 
 
 def _config_value(action: argparse.Action, value, path: str):
-    """A config file's value for ``action``, checked as the command line would check it (``set_defaults`` applies
-    no ``type`` or ``choices``): ValueError naming the key and what it takes."""
+    """A config file's value for ``action``, checked by the function that checks the flag (``set_defaults``
+    applies no ``type`` or ``choices``): ValueError naming the key and what it takes."""
     key = action.dest
+    base = getattr(action.type, "base", action.type)
 
     def convert(v):
         if action.type is None:
             return v
         if isinstance(v, (bool, list, dict)):
-            raise ValueError(f"--config: {path}: {key} takes {getattr(action.type, '__name__', 'a value')}, got {v!r}")
-        if action.type in (int, float) and isinstance(v, (int, float)):
-            if action.type is int and not float(v).is_integer():
+            raise ValueError(f"--config: {path}: {key} takes {getattr(base, '__name__', 'a value')}, got {v!r}")
+        if base in (int, float) and isinstance(v, (int, float)):
+            if base is int and not float(v).is_integer():
                 raise ValueError(f"--config: {path}: {key} takes an integer, got {v!r}")
-            return action.type(v)
+            v = base(v)
         try:
-            return action.type(str(v))
+            return action.type(v if base in (int, float) else str(v))
         except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
             raise ValueError(f"--config: {path}: {key}: {e}") from None
 
     if value is None:
         return None
+    if isinstance(action, ModelKwargs):  # a mapping, a YAML mapping string or a list of KEY=VALUE
+        return parse_model_kwargs(value)
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
         if not isinstance(value, bool):
             raise ValueError(f"--config: {path}: {key} takes true or false, got {value!r}")
@@ -164,7 +180,7 @@ def _config_value(action: argparse.Action, value, path: str):
             raise ValueError(f"--config: {path}: {key} takes {action.nargs} values, got {len(values)}")
         bad = [v for v in values if action.choices is not None and v not in action.choices]
     else:
-        if isinstance(value, (list, dict)) and key != "model_kwargs":
+        if isinstance(value, (list, dict)):
             raise ValueError(f"--config: {path}: {key} takes one value, got {value!r}")
         values = convert(value)
         bad = [values] if action.choices is not None and values not in action.choices else []
@@ -173,8 +189,38 @@ def _config_value(action: argparse.Action, value, path: str):
     return values
 
 
+def _ordered(pair: Optional[List[float]]) -> bool:
+    return pair is None or pair[0] <= pair[1]
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The checks that involve more than one value (each value alone was checked by its flag's type):
+    ValueError naming the flag."""
+    for flag, value, ok, valid in (
+        ("--min-lr", args.min_lr, args.min_lr <= args.lr, "in [0, --lr]"),
+        ("--scale", args.scale, _ordered(args.scale), "two numbers 0 < min <= max <= 1"),
+        ("--ratio", args.ratio, _ordered(args.ratio), "two numbers 0 < min <= max"),
+        # timm's plateau scheduler steps once per epoch, on the validation top-1, and ends its warm-up only at a
+        # whole epoch (after a fractional one the LR stays at a warm-up value for good)
+        ("--sched-on-updates", "on", args.sched != "plateau" or not args.sched_on_updates,
+         "off (--no-sched-on-updates) with --sched plateau"),
+        ("--warmup-epochs", args.warmup_epochs, args.sched != "plateau" or float(args.warmup_epochs).is_integer(),
+         "a whole number with --sched plateau"),
+    ):
+        if not ok:
+            raise ValueError(f"{flag} must be {valid}, got {value}")
+
+
+def schedule_flags(parser: Optional[argparse.ArgumentParser] = None) -> Tuple[str, ...]:
+    """The ``dest`` names of the learning-rate schedule's flags (those a resume compares with the saved run's)."""
+    parser = parser or build_parser()
+    group = next(g for g in parser._action_groups if g.title == SCHEDULE_GROUP)
+    return tuple(a.dest for a in group._group_actions)
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """Parse ``argv``; a ``-c/--config`` YAML file supplies defaults (unknown keys raise ValueError)."""
+    """Parse ``argv``; a ``-c/--config`` YAML file supplies defaults (unknown keys raise ValueError). A bad value,
+    on the command line or in the file, is a one-line ValueError naming the flag."""
     parser = build_parser()
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("-c", "--config", default="")
@@ -195,9 +241,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         if unknown:
             raise ValueError(f"--config: unknown keys in {known.config}: {unknown}")
         parser.set_defaults(**{k: _config_value(actions[k], v, known.config) for k, v in cfg.items()})
-    args = parser.parse_args(argv)
+    args = parse_flags(parser, argv)
     if args.granularities is not None:  # '128 64', '128,64' or a YAML list: one flat list
         args.granularities = [g for v in args.granularities for g in (v if isinstance(v, list) else [v])]
     if args.model_kwargs is None:
-        args.model_kwargs = DEFAULT_MODEL_KWARGS if args.model == DEFAULT_MODEL else ""
+        args.model_kwargs = dict(DEFAULT_MODEL_KWARGS) if args.model == DEFAULT_MODEL else {}
+    check_args(args)
     return args

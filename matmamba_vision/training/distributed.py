@@ -1,14 +1,16 @@
 """torchrun DDP set-up (NCCL on GPU, gloo on CPU) and the few collectives training needs."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
+from timm.utils.distributed import init_distributed_device_so
 
-__all__ = ["DistInfo", "resolve_device", "init_distributed", "all_reduce_mean", "all_reduce_sum", "replicas_identical", "barrier", "all_rng_states",
+from ..runtime import resolve_device
+
+__all__ = ["DistInfo", "init_distributed", "all_reduce_mean", "all_reduce_sum", "replicas_identical", "barrier", "all_rng_states",
            "from_main"]
 
 
@@ -28,30 +30,12 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(name: str) -> torch.device:
-    """``--device``; ValueError when it names a device this machine lacks."""
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device {name!r} is not a torch device ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r}: CUDA is not available here; use --device cpu")
-    return dev
-
-
 def init_distributed(device: Optional[str] = None) -> DistInfo:
-    """Read torchrun's environment; start a process group when ``WORLD_SIZE`` > 1 (NCCL for CUDA, else gloo)."""
+    """timm's ``init_distributed_device_so`` on a checked ``--device``: a process group when torchrun (or SLURM)
+    starts several processes (NCCL for CUDA, else gloo), each CUDA rank on its local GPU."""
     dev = resolve_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(dev)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(dev, rank, world, local)
+    found = init_distributed_device_so(device=str(dev))
+    return DistInfo(torch.device(found["device"]), found["global_rank"], found["world_size"], found["local_rank"])
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

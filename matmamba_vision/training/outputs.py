@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from ..checkpoint import atomic_write
+from ..weights import atomic_write
 
 __all__ = ["experiment_dir", "setup_logging", "attach_log_file", "write_args", "Summary"]
 

@@ -4,29 +4,28 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 import time
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
-import yaml
-from timm.optim import create_optimizer_v2, list_optimizers
-from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.utils import ModelEmaV3, random_seed
 from tqdm import tqdm
 
-from ..checkpoint import build_model, load_checkpoint
 from ..data import create_eval_loader, dataset_classes, create_mixup, create_train_loader, model_data_config
+from ..flags import parse_model_kwargs
+from ..runtime import check_output_dir
+from ..weights import build_model, load_checkpoint
 from .checkpointing import (
-    CheckpointManager, check_free_space, check_output_dir, check_resume_matches, latest_state_file,
+    CheckpointManager, check_free_space, check_resume_matches, latest_state_file,
     read_training_state, reconcile_best, resolve_resume, set_rng_state,
 )
-from .config import parse_args
+from .config import parse_args, schedule_flags
 from .distributed import DistInfo, all_rng_states, barrier, from_main, init_distributed, replicas_identical
-from .evaluate import validate
 from .matryoshka import MatryoshkaStep, NonFiniteLossError, build_criterion, micro_batch_size
 from .outputs import Summary, attach_log_file, experiment_dir, setup_logging, write_args
+from .validation import validate
 
 __all__ = ["main", "TrainingError"]
 
@@ -42,19 +41,7 @@ def _model_kwargs(args: argparse.Namespace) -> Dict:
     for key in ("num_classes", "img_size", "in_chans"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
-    if args.model_kwargs:
-        try:
-            extra = yaml.safe_load(args.model_kwargs) if isinstance(args.model_kwargs, str) else args.model_kwargs
-        except yaml.YAMLError as e:
-            raise ValueError(f"--model-kwargs is not valid YAML ({str(e).splitlines()[0]}): {args.model_kwargs!r}") \
-                from None
-        if not isinstance(extra, dict):
-            raise ValueError(f"--model-kwargs must be a YAML mapping, got {args.model_kwargs!r}")
-        bad = [k for k in extra if not (isinstance(k, str) and k.isidentifier())]
-        if bad:  # e.g. '{depth:2}', which YAML reads as the key 'depth:2' (timm would drop its None silently)
-            raise ValueError(f"--model-kwargs: {bad} are not argument names; write 'name: value' with a space "
-                             f"after the colon, e.g. '{{depth: 2}}'")
-        kwargs.update(extra)
+    kwargs.update(parse_model_kwargs(args.model_kwargs))  # a dict already unless main() was bypassed
     return kwargs
 
 
@@ -91,12 +78,7 @@ def _create_scheduler(args: argparse.Namespace, optimizer, updates_per_epoch: in
     if args.sched == "none":
         return None, args.epochs
     scheduler, num_epochs = create_scheduler_v2(
-        optimizer, sched=args.sched, num_epochs=args.epochs, min_lr=args.min_lr, warmup_lr=args.warmup_lr,
-        warmup_epochs=args.warmup_epochs, warmup_prefix=args.warmup_prefix, decay_epochs=args.decay_epochs,
-        decay_milestones=args.decay_milestones, decay_rate=args.decay_rate, patience_epochs=args.patience_epochs,
-        cooldown_epochs=args.cooldown_epochs, cycle_mul=args.lr_cycle_mul, cycle_decay=args.lr_cycle_decay,
-        cycle_limit=args.lr_cycle_limit, k_decay=args.lr_k_decay,
-        step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)
+        optimizer, **scheduler_kwargs(args, decreasing_metric=False), updates_per_epoch=updates_per_epoch)
     # timm adds a --warmup-prefix warm-up (a float flag) to the epochs and floors the updates to whole epochs;
     # a partial last epoch is run whole instead (past the schedule's end it holds min_lr).
     if args.sched_on_updates and hasattr(scheduler, "get_cycle_length"):
@@ -125,20 +107,12 @@ def _restore_scheduler_progress(scheduler, progress: Dict) -> None:
 
 def _schedule_changes(saved: Dict, args: argparse.Namespace, updates_per_epoch: int, saved_updates: Optional[int]):
     """'flag: saved -> now' for the schedule's flags that differ from the resumed run's."""
-    keys = ("epochs", "sched", "sched_on_updates", "lr", "min_lr", "warmup_epochs", "warmup_lr", "warmup_prefix",
-            "decay_epochs", "decay_milestones", "decay_rate", "patience_epochs", "cooldown_epochs", "lr_cycle_mul",
-            "lr_cycle_decay", "lr_cycle_limit", "lr_k_decay")
     now = _plain(vars(args))
-    changes = [f"--{k.replace('_', '-')}: {saved[k]} -> {now[k]}" for k in keys if k in saved and saved[k] != now[k]]
+    changes = [f"--{k.replace('_', '-')}: {saved[k]} -> {now[k]}" for k in schedule_flags()
+               if k in saved and saved[k] != now[k]]
     if saved_updates is not None and saved_updates != updates_per_epoch:
         changes.append(f"updates per epoch: {saved_updates} -> {updates_per_epoch}")
     return changes
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[int, Dict[str, float]]:
@@ -152,78 +126,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[int, Dict[str, float]]:
             torch.distributed.destroy_process_group()
 
 
-def _finite(x) -> bool:
-    return x is not None and math.isfinite(x)
-
-
-def _pair_ok(pair, low: float, high: float) -> bool:
-    return pair is None or (len(pair) == 2 and low < pair[0] <= pair[1] <= high)
-
-
-def _check_flags(args: argparse.Namespace) -> None:
-    """ValueError naming the first flag whose value cannot make a sensible run (NaN fails every check)."""
-    unit = lambda v: 0 <= v <= 1  # noqa: E731
-    for flag, value, ok, valid in (
-        ("--epochs", args.epochs, args.epochs > 0, "positive"),
-        ("--log-interval", args.log_interval, args.log_interval >= 1, "at least 1"),
-        ("--smoothing", args.smoothing, 0 <= args.smoothing < 1, "in [0, 1)"),
-        ("--threads", args.threads, args.threads is None or args.threads >= 0, "0 (torch's default) or more"),
-        ("--validation-batch-size", args.validation_batch_size,
-         args.validation_batch_size is None or args.validation_batch_size > 0, "positive"),
-        ("--warmup-epochs", args.warmup_epochs, args.warmup_epochs >= 0, "0 or more"),
-        ("--drop", args.drop, 0 <= args.drop < 1, "in [0, 1)"),
-        ("--drop-path", args.drop_path, 0 <= args.drop_path < 1, "in [0, 1)"),
-        ("--proj-drop", args.proj_drop, 0 <= args.proj_drop < 1, "in [0, 1)"),
-        # timm's plateau scheduler steps once per epoch, on the validation top-1, and ends its warm-up only at a
-        # whole epoch (after a fractional one the LR stays at a warm-up value for good)
-        ("--sched-on-updates", "on", args.sched != "plateau" or not args.sched_on_updates,
-         "off (--no-sched-on-updates) with --sched plateau"),
-        ("--warmup-epochs", args.warmup_epochs, args.sched != "plateau" or float(args.warmup_epochs).is_integer(),
-         "a whole number with --sched plateau"),
-        ("--lr", args.lr, _finite(args.lr) and args.lr > 0, "a positive finite number"),
-        ("--min-lr", args.min_lr, _finite(args.min_lr) and 0 <= args.min_lr <= args.lr, "in [0, --lr]"),
-        ("--warmup-lr", args.warmup_lr, _finite(args.warmup_lr) and args.warmup_lr >= 0, "0 or more"),
-        ("--weight-decay", args.weight_decay, _finite(args.weight_decay) and args.weight_decay >= 0, "0 or more"),
-        ("--momentum", args.momentum, unit(args.momentum), "in [0, 1]"),
-        ("--clip-grad", args.clip_grad, not math.isnan(args.clip_grad), "a number (0 or less: no clipping)"),
-        ("--model-ema-decay", args.model_ema_decay, unit(args.model_ema_decay), "in [0, 1]"),
-        ("--decay-epochs", args.decay_epochs, args.decay_epochs is None or args.decay_epochs > 0, "positive"),
-        ("--decay-rate", args.decay_rate, _finite(args.decay_rate) and args.decay_rate > 0, "positive"),
-        ("--patience-epochs", args.patience_epochs, args.patience_epochs >= 0, "0 or more"),
-        ("--cooldown-epochs", args.cooldown_epochs, args.cooldown_epochs >= 0, "0 or more"),
-        ("--lr-cycle-mul", args.lr_cycle_mul, _finite(args.lr_cycle_mul) and args.lr_cycle_mul > 0, "positive"),
-        ("--lr-cycle-decay", args.lr_cycle_decay, _finite(args.lr_cycle_decay) and args.lr_cycle_decay > 0,
-         "positive"),
-        ("--lr-cycle-limit", args.lr_cycle_limit, args.lr_cycle_limit >= 1, "at least 1"),
-        ("--lr-k-decay", args.lr_k_decay, _finite(args.lr_k_decay) and args.lr_k_decay > 0, "positive"),
-        ("--checkpoint-hist", args.checkpoint_hist, args.checkpoint_hist >= 1, "at least 1"),
-        ("--workers", args.workers, args.workers >= 0, "0 or more"),
-        ("--num-classes", args.num_classes, args.num_classes is None or args.num_classes >= 1,
-         "at least 1 (a classifier is trained)"),
-        ("--mixup", args.mixup, args.mixup >= 0, "0 (off) or more"),
-        ("--cutmix", args.cutmix, args.cutmix >= 0, "0 (off) or more"),
-        ("--mixup-prob", args.mixup_prob, unit(args.mixup_prob), "in [0, 1]"),
-        ("--mixup-switch-prob", args.mixup_switch_prob, unit(args.mixup_switch_prob), "in [0, 1]"),
-        ("--reprob", args.reprob, unit(args.reprob), "in [0, 1]"),
-        ("--recount", args.recount, args.recount >= 1, "at least 1"),
-        ("--hflip", args.hflip, unit(args.hflip), "in [0, 1]"),
-        ("--color-jitter", args.color_jitter, args.color_jitter >= 0, "0 (off) or more"),
-        ("--color-jitter-prob", args.color_jitter_prob, args.color_jitter_prob is None or unit(args.color_jitter_prob),
-         "in [0, 1]"),
-        ("--scale", args.scale, _pair_ok(args.scale, 0, 1), "two numbers 0 < min <= max <= 1"),
-        ("--ratio", args.ratio, _pair_ok(args.ratio, 0, math.inf), "two numbers 0 < min <= max"),
-        ("--translate", args.translate, args.translate >= 0, "0 or more"),
-    ):
-        if not ok:
-            raise ValueError(f"{flag} must be {valid}, got {value}")
-    if args.torchcompile:
-        backends = torch._dynamo.list_backends()
-        if args.torchcompile not in backends:
-            raise ValueError(f"--torchcompile must be one of {backends}, got {args.torchcompile!r}")
-
-
 def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, float]]:
-    _check_flags(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.deterministic:
@@ -238,7 +141,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
     if info.is_main:  # only rank 0 writes; read-only, no permission, full, a file in the way: reported first
         check_output_dir(out_dir)
     log = setup_logging(info.is_main)  # log.txt starts when the folder is made, after every check
-    _seed_everything(args.seed)
+    random_seed(args.seed)
 
     # ---- data: classes first (the head size), then the model and loaders; all checks before training starts
     classes = dataset_classes(args.dataset, args.data_dir, args.train_split)
@@ -246,7 +149,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
     if num_classes < len(classes):
         raise ValueError(f"--num-classes {num_classes} is fewer than the {len(classes)} classes of the data")
     model = _create_model(args, num_classes)  # same seed on every rank: identical initial weights
-    _seed_everything(args.seed + info.rank)   # per-rank streams for dropout, mixup and augmentation
+    random_seed(args.seed, info.rank)   # per-rank streams for dropout, mixup and augmentation
     granularities = _granularities(args, model)
     resumed = None
     if resume_state is not None:  # another model or other granularities: refused before anything is loaded
@@ -280,12 +183,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
 
     # ---- optimisation
     model.to(info.device)
-    if args.opt.lower().split("_")[-1] not in list_optimizers():  # timm's names, e.g. lookahead_adamw
-        raise ValueError(f"--opt must be one of timm's optimizers (timm.optim.list_optimizers(), e.g. adamw, sgd, "
-                         f"lamb), got {args.opt!r}")
-    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                    momentum=args.momentum, **({"eps": args.opt_eps} if args.opt_eps else {}),
-                                    **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
     updates_per_epoch = len(train_loader)
     scheduler, num_epochs = _create_scheduler(args, optimizer, updates_per_epoch)
     amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
@@ -347,7 +245,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
             set_rng_state(rngs[info.rank])
         else:  # resumed on another number of ranks: fresh per-rank streams (not bit-exact)
             log.warning("resumed on %d ranks, saved on %d: RNG streams reseeded", info.world_size, len(rngs))
-            _seed_everything(args.seed + info.rank + 1000 * start_epoch)
+            random_seed(args.seed + 1000 * start_epoch, info.rank)
 
     metrics: Dict[int, Dict[str, float]] = {}
     for epoch in range(start_epoch, num_epochs):
@@ -440,6 +338,8 @@ def _plain(d: Dict) -> Dict:
     for k, v in d.items():
         if isinstance(v, (list, tuple)):
             v = list(v)
+        elif isinstance(v, dict):  # --model-kwargs
+            v = _plain(v)
         elif not isinstance(v, (int, float, str, bool, type(None))):
             v = str(v)
         out[k] = v

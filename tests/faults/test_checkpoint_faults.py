@@ -11,7 +11,7 @@ import pytest
 import timm
 import torch
 
-from matmamba_vision.checkpoint import (
+from matmamba_vision.weights import (
     CheckpointError, load_checkpoint, load_torch, load_weights, save_torch, save_weights,
 )
 
@@ -66,7 +66,7 @@ def test_damaged_state_file_named_in_error(tmp_path, how):
 def test_atomic_write_syncs_the_data_before_the_rename_and_then_the_folder(tmp_path, monkeypatch):
     """A kill leaves the page cache to the kernel, so only this order survives a power loss: the new file's
     data on disk before the rename makes it visible, then the folder's entry."""
-    import matmamba_vision.checkpoint as ck
+    import matmamba_vision.weights as ck
 
     events, fsync, replace = [], os.fsync, os.replace
 
@@ -94,7 +94,7 @@ def test_checked_torch_file_without_its_checksum_is_named(tmp_path):
 
 
 def test_files_get_the_umask_mode_not_the_temporary_files(model, tmp_path):
-    from matmamba_vision.checkpoint import save_weights
+    from matmamba_vision.weights import save_weights
 
     old = os.umask(0o022)
     try:
@@ -151,7 +151,7 @@ def test_checkpoint_for_another_model_names_the_keys(model, tmp_path):
 
 _WRITER = r"""
 import sys, torch
-from matmamba_vision.checkpoint import save_weights
+from matmamba_vision.weights import save_weights
 path, n = sys.argv[1], 0
 while True:
     n += 1
@@ -199,7 +199,7 @@ def test_no_torch_load_without_weights_only():
 
 def test_random_bytes_checkpoint_gives_one_line_without_unsafe_advice(tmp_path):
     """torch's refusal continues with advice to retry with weights_only=False: unsafe for an unknown file."""
-    from matmamba_vision.checkpoint import CheckpointError, load_torch
+    from matmamba_vision.weights import CheckpointError, load_torch
 
     path = tmp_path / "rand.bin"
     path.write_bytes(bytes(range(256)) * 8)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from eval_synthetic import tiny_model
-from matmamba_vision.checkpoint import load_weights, save_weights
+from matmamba_vision.weights import load_weights, save_weights
 from train_utils import REPO, make_image_folder, subprocess_env
 
 TINY = ["--model-kwargs", "embed_dim=32", "depth=2", "d_state=16", "-j", "0", "-b", "4", "--knn-backend", "torch"]

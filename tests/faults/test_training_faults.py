@@ -16,9 +16,10 @@ import pytest
 import timm
 import torch
 
-from matmamba_vision.checkpoint import load_torch
+from matmamba_vision.weights import load_torch
 from matmamba_vision.training import main
-from matmamba_vision.training.checkpointing import check_output_dir, latest_state_file, load_training_state
+from matmamba_vision.runtime import check_output_dir
+from matmamba_vision.training.checkpointing import latest_state_file, load_training_state
 from train_utils import TINY_MODEL, make_image_folder, subprocess_env, train_cmd
 
 FLAGS = ["-b", "4", "--threads", "1", "-j", "0", "--no-progress"]
@@ -51,7 +52,7 @@ def tiny_model():
 _PAUSE_IN_WRITE = r"""
 import os, runpy, sys, time
 from pathlib import Path
-import matmamba_vision.checkpoint as ck
+import matmamba_vision.weights as ck
 target, marker = os.environ["PAUSE_FILE"], os.environ["PAUSE_MARKER"]
 original = ck.atomic_write
 def paused(path, write):

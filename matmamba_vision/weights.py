@@ -11,19 +11,22 @@ import io
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
 import timm
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
 from .models import MatMambaVision, checkpoint_filter_fn, unwrap_state_dict
 
 __all__ = [
     "CheckpointError", "atomic_write", "tensors_sha256", "save_weights", "read_weights_metadata", "save_torch",
-    "load_weights", "load_torch", "load_checkpoint", "build_model", "save_model_dir",
+    "load_weights", "load_torch", "CheckpointFile", "read_checkpoint", "load_checkpoint", "build_model",
+    "save_model_dir",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -138,7 +141,11 @@ def load_torch(path: PathLike, map_location: Union[str, torch.device] = "cpu") -
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    obj = _torch_load(path, path, map_location)
+    return _unwrap_checked(_torch_load(path, path, map_location), path, map_location)
+
+
+def _unwrap_checked(obj: Any, path: Path, map_location: Union[str, torch.device]) -> Any:
+    """The object a :func:`save_torch` envelope holds, its checksum verified (other objects as they are)."""
     if isinstance(obj, dict) and obj.get("format") == _CHECKED_TORCH_FORMAT:
         if not isinstance(obj.get("data"), torch.Tensor) or not isinstance(obj.get("sha256"), str):
             raise CheckpointError(f"{path}: a checked torch file without its data or checksum, the file is corrupt")
@@ -164,15 +171,64 @@ def load_weights(path: PathLike, map_location: Union[str, torch.device] = "cpu")
         if expected is not None and tensors_sha256(tensors) != expected:
             raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt")
         return tensors
-    obj = load_torch(path, map_location)
+    return _state_dict(load_torch(path, map_location), path)
+
+
+def _state_dict(obj: Any, path: Path) -> Dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
     return unwrap_state_dict(obj)
 
 
-def load_checkpoint(model: MatMambaVision, path: PathLike, strict: bool = True) -> MatMambaVision:
-    """Load our or an official checkpoint into ``model``; a mismatch names the keys and shapes at fault."""
-    state = checkpoint_filter_fn(load_weights(path), model)
+@dataclass
+class CheckpointFile:
+    """A checkpoint read in one pass: its weights, the metadata train.py stored in it (``{}`` when none) and the
+    SHA-256 of its bytes (what identifies it, e.g. in an embedding cache key)."""
+
+    path: Path
+    state_dict: Dict[str, torch.Tensor]
+    metadata: Dict[str, Any]
+    sha256: str
+
+
+def _safetensors_metadata(data: bytes) -> Dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes (the format: an 8-byte little-endian header length, then a JSON
+    header)."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    return header.get("__metadata__") or {}
+
+
+def read_checkpoint(path: PathLike) -> CheckpointFile:
+    """Read ``path`` once (safetensors, its stored checksum verified, or a weights-only torch file) into a
+    :class:`CheckpointFile`; a missing, corrupt or code-running file raises CheckpointError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if path.suffix != ".safetensors":
+        obj = _unwrap_checked(_torch_load(io.BytesIO(data), path, "cpu"), path, "cpu")
+        return CheckpointFile(path, _state_dict(obj, path), {}, digest)
+    try:
+        meta = _safetensors_metadata(data)
+        tensors = load_safetensors_bytes(data)
+    except (SafetensorError, OSError, ValueError, RuntimeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from e
+    if meta.get("sha256") is not None and tensors_sha256(tensors) != meta["sha256"]:
+        raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt")
+    return CheckpointFile(path, tensors, json.loads(meta["meta"]) if "meta" in meta else {}, digest)
+
+
+def load_checkpoint(model: MatMambaVision, path: Union[PathLike, CheckpointFile],
+                    strict: bool = True) -> MatMambaVision:
+    """Load our or an official checkpoint (a path, or a :class:`CheckpointFile` already read) into ``model``; a
+    mismatch names the keys and shapes at fault."""
+    if isinstance(path, CheckpointFile):
+        path, state = path.path, path.state_dict
+    else:
+        state = load_weights(path)
+    state = checkpoint_filter_fn(state, model)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -194,7 +250,7 @@ def load_checkpoint(model: MatMambaVision, path: PathLike, strict: bool = True) 
 def build_model(
     model_name: str,
     pretrained: bool = False,
-    checkpoint: Optional[PathLike] = None,
+    checkpoint: Union[None, PathLike, CheckpointFile] = None,
     **kwargs,
 ) -> MatMambaVision:
     """``timm.create_model`` plus an optional checkpoint (ours or official); unknown names raise ValueError.
