@@ -12,7 +12,6 @@ from ..elastic import count_flops, count_params
 from ..models.matmamba_vision import MatMambaVision
 from .accuracy import AccuracyMeter
 from .configs import SubmodelConfig
-from .multiforward import forward_many
 
 __all__ = ["evaluate_configs", "config_costs", "autocast_context", "iterate_batches"]
 
@@ -76,7 +75,7 @@ def evaluate_configs(
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with autocast_context(device, amp_dtype):
-            for idx, logits in forward_many(model, images, dims_list, share_prefix=share_prefix):
+            for idx, logits in model.forward_many(images, dims_list, share_prefix=share_prefix):
                 meters[idx].update(logits, targets)
     seconds = time.perf_counter() - start
     if meters[0].count == 0:
