@@ -17,6 +17,7 @@ from ..checkpoint import build_model, load_weights, read_weights_metadata
 from ..data.transforms import model_data_config
 from ..models.matmamba_vision import MatMambaVision, checkpoint_filter_fn
 from ..training.checkpointing import check_output_dir
+from ..training.config import DEFAULT_MODEL
 from ..training.distributed import resolve_device
 
 __all__ = [
@@ -24,8 +25,6 @@ __all__ = [
     "amp_dtype_from_args", "output_dir_from_args", "check_outputs", "check_same_classes", "build_baseline", "data_identity",
     "checkpoint_metadata", "trained_levels",
 ]
-
-DEFAULT_MODEL = "matmamba_vision_tiny_patch4_28"
 
 
 class _ModelKwargs(ParseKwargs):

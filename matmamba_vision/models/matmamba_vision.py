@@ -552,6 +552,10 @@ default_cfgs = generate_default_cfgs({
         num_classes=10, input_size=(1, 28, 28), crop_pct=1.0, interpolation="bilinear",
         mean=(0.2860,), std=(0.3530,),
     ),
+    "matmamba_vision_tiny_patch7_28.fmnist": _cfg(
+        num_classes=10, input_size=(1, 28, 28), crop_pct=1.0, interpolation="bilinear",
+        mean=(0.2860,), std=(0.3530,),
+    ),
 })
 
 
@@ -575,3 +579,12 @@ def matmamba_vision_tiny_patch4_28(pretrained: bool = False, **kwargs) -> MatMam
     args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=6, d_state=32,
                 headdim=16)
     return _create("matmamba_vision_tiny_patch4_28", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def matmamba_vision_tiny_patch7_28(pretrained: bool = False, **kwargs) -> MatMambaVision:
+    """The demo's model (``python train.py`` / ``make demo``): 28x28 grey images at patch 7 (16 tokens), D 128,
+    depth 4, d_state 16, 10 classes; trains about 2x faster than the patch-4 model on two CPU cores."""
+    args = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=128, depth=4, d_state=16,
+                headdim=16)
+    return _create("matmamba_vision_tiny_patch7_28", pretrained, **dict(args, **kwargs))

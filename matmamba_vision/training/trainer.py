@@ -356,7 +356,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         train_loader.set_epoch(epoch)
         sums = {g: 0.0 for g in granularities}
         count = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not info.is_main or args.no_progress,
+        bar = tqdm(train_loader, desc=f"epoch {epoch} (0..{num_epochs - 1})", disable=not info.is_main or args.no_progress,
                    dynamic_ncols=True, mininterval=2.0)
         for i, (images, targets) in enumerate(bar):
             images, targets = images.to(info.device, non_blocking=True), targets.to(info.device, non_blocking=True)
@@ -364,7 +364,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
                 losses = step(images, targets)
             except NonFiniteLossError as e:
                 kept = latest_state_file(out_dir)
-                raise TrainingError(f"{e} (epoch {epoch + 1}, step {i + 1}); training stopped, last good checkpoint: "
+                raise TrainingError(f"{e} (epoch {epoch}, step {i + 1}); training stopped, last good checkpoint: "
                                     f"{kept or 'none written yet'}") from None
             num_updates += 1
             if ema is not None:
@@ -379,7 +379,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
                 lr = optimizer.param_groups[0]["lr"]
                 bar.set_postfix_str(f"loss {shown} lr {lr:.2e}")
                 if bar.disable:
-                    log.info("epoch %d step %d/%d: loss %s lr %.2e", epoch + 1, i + 1, len(train_loader), shown, lr)
+                    log.info("epoch %d step %d/%d: loss %s lr %.2e", epoch, i + 1, len(train_loader), shown, lr)
         bar.close()
         train_loss = {g: s / max(count, 1) for g, s in sums.items()}
         metrics = validate(model, eval_loader, granularities, info.device, amp_dtype)
@@ -387,7 +387,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         if scheduler is not None:
             scheduler.step(epoch + 1, metrics[best_g]["top1"])
         if info.distributed and not replicas_identical(model):
-            raise TrainingError(f"epoch {epoch + 1}: DDP replicas diverged (weights differ between ranks)")
+            raise TrainingError(f"epoch {epoch}: DDP replicas diverged (weights differ between ranks)")
 
         lr = optimizer.param_groups[0]["lr"]
         row: Dict[str, float] = {"epoch": epoch, "lr": lr,
@@ -416,17 +416,17 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
             # the best model before the state that names it: a kill in between leaves a state file whose "best"
             # is on disk (resuming replays this epoch and rewrites the same best)
             if is_best:
-                saver.save_best(model, ema.module if ema else None, dict(meta, epoch=epoch))
+                saver.save_best(model, ema.module if ema else None, dict(meta, epoch=epoch), data_config)
             saver.save(epoch, model, state, meta)
             summary.add(row)
-            log.info("epoch %d/%d (%.0fs): train loss %s | val top-1 %s | top-5 %s%s", epoch + 1, num_epochs,
+            log.info("epoch %d (0..%d, %.0fs): train loss %s | val top-1 %s | top-5 %s%s", epoch, num_epochs - 1,
                      row["epoch_time"], _fmt(train_loss, "{:.3f}"), _fmt({g: m["top1"] for g, m in metrics.items()}),
                      _fmt({g: m["top5"] for g, m in metrics.items()}), " (best)" if is_best else "")
         barrier()
     if info.distributed:
         log.info("DDP: replicas identical after training (%d ranks)", info.world_size)
     log.info("done: best val top-1 %.2f%% at g=%s (epoch %d); outputs in %s", best["top1"], best_g,
-             best["epoch"] + 1, out_dir)
+             best["epoch"], out_dir)
     return metrics
 
 
