@@ -90,3 +90,29 @@ def test_forward_many_takes_what_set_granularity_takes():
         list(model.forward_many(x, [16, [16]]))
     # the outputs are inference tensors: no graph kept
     assert not any(t.requires_grad for t in outs.values())
+
+
+def test_elastic_api_on_a_features_only_model():
+    torch.manual_seed(0)
+    kwargs = dict(embed_dim=32, depth=3, d_state=16)
+    feat = timm.create_model("matmamba_vision_tiny_patch4_28", features_only=True, out_indices=(0, 1), **kwargs).eval()
+    torch.manual_seed(0)
+    full = timm.create_model("matmamba_vision_tiny_patch4_28", **kwargs).eval()
+    assert feat.matryoshka_levels == full.matryoshka_levels == [32, 16, 8]
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        with feat.granularity(16) as same:
+            assert same is feat and feat.granularities == [16, 16]  # the unused third block was pruned
+            small = feat(x)
+        assert feat.granularities == [None, None]
+        feat.set_granularity([8, 16])
+        with full.granularity([8, 16, 32]):
+            want = full.forward_intermediates(x, indices=(0, 1), intermediates_only=True)
+        assert all(torch.equal(a, b) for a, b in zip(feat(x), want))
+        feat.set_granularity(None)
+        outs = dict(feat.forward_many(x, [16, None]))
+        assert all(torch.equal(a, b) for a, b in zip(outs[0], small))
+        assert not all(torch.equal(a, b) for a, b in zip(outs[1], small))
+    with pytest.raises(ValueError, match=r"granularities\[0\]"):
+        list(feat.forward_many(x, [7]))
+    assert feat.resolve_granularity(8) == [8, 8]

@@ -10,7 +10,7 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, PatchEmbed, get_device_dtype, resample_abs_pos_embed, resample_patch_embed, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._manipulate import checkpoint
 
 try:
@@ -22,7 +22,7 @@ from ..layers import MatMamba2Mixer
 from ..layers.mixer import is_integer
 from .convert import convert_official_state_dict
 
-__all__ = ["MatMambaVision", "MatMambaBlock", "checkpoint_filter_fn", "Granularity"]
+__all__ = ["MatMambaVision", "MatMambaBlock", "MatMambaFeatures", "checkpoint_filter_fn", "Granularity"]
 
 Granularity = Union[None, int, Sequence[Optional[int]]]
 GLOBAL_POOLS = ("token", "avg", "")
@@ -492,6 +492,44 @@ class MatMambaVision(nn.Module):
         return take_indices
 
 
+class MatMambaFeatures(FeatureGetterNet):
+    """timm's ``features_only=True`` wrapper with the elastic API of the model inside it: ``set_granularity``,
+    ``granularity()``, ``granularities``, ``matryoshka_levels``, ``resolve_granularity`` and ``forward_many``."""
+
+    @property
+    def granularities(self) -> List[Optional[int]]:
+        return self.model.granularities
+
+    @property
+    def matryoshka_levels(self) -> List[int]:
+        return self.model.matryoshka_levels
+
+    def resolve_granularity(self, granularity: Granularity) -> List[Optional[int]]:
+        return self.model.resolve_granularity(granularity)
+
+    def set_granularity(self, granularity: Granularity) -> None:
+        self.model.set_granularity(granularity)
+
+    @contextmanager
+    def granularity(self, granularity: Granularity) -> Iterator["MatMambaFeatures"]:
+        with self.model.granularity(granularity):
+            yield self
+
+    @torch.no_grad()
+    def forward_many(self, x: torch.Tensor, granularities: Sequence[Granularity]) -> Iterator[Tuple[int, Any]]:
+        """Yield ``(index, features)`` for each configuration (what ``set_granularity`` takes; all checked first),
+        each ``features`` equal to ``self(x)`` at that granularity (one pass per configuration)."""
+        checked = []
+        for i, g in enumerate(granularities):
+            try:
+                checked.append(self.resolve_granularity(g))
+            except ValueError as e:
+                raise ValueError(f"granularities[{i}]: {e}") from None
+        for i, dims in enumerate(checked):
+            with self.granularity(dims):
+                yield i, self(x)
+
+
 def _source_grid(tokens: int, model: MatMambaVision) -> Tuple[int, int]:
     """The patch grid of a checkpoint's ``tokens`` position embeddings: from the model args it was saved with
     (timm passes them for ``local-dir:``/hub folders), else square."""
@@ -526,7 +564,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> MatMambaVision:
     return build_model_with_cfg(
         MatMambaVision, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        feature_cfg=dict(out_indices=out_indices, feature_cls=MatMambaFeatures),
         **kwargs,
     )
 
