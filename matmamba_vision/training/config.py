@@ -11,6 +11,8 @@ from typing import List, Optional
 
 import yaml
 
+from ..argformat import DefaultsHelpFormatter
+
 __all__ = ["build_parser", "parse_args", "DEFAULT_MODEL", "DEFAULT_MODEL_KWARGS", "SCHEDULERS"]
 
 # The embedded CPU recipe's model, registered with its own shape, so its checkpoints carry a name that builds it.
@@ -34,7 +36,7 @@ def _ints(text: str) -> List[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Matryoshka training of MatMamba-Vision models (timm-style flags).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("-c", "--config", default="", help="YAML file of defaults (keys are flag names)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="", help="'' (Fashion-MNIST without --data-dir, folder with it), "
@@ -45,13 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-j", "--workers", type=int, default=0, help="data loader processes per rank")
     d.add_argument("--skip-corrupt", action="store_true", help="skip (and log) images that fail to decode")
     m = p.add_argument_group("model")
-    m.add_argument("--model", default=DEFAULT_MODEL)
+    m.add_argument("--model", default=DEFAULT_MODEL, help="timm model name")
     m.add_argument("--pretrained", action="store_true", help="start from the model's published weights")
     m.add_argument("--initial-checkpoint", default="", help="weights to start from (ours or official)")
     m.add_argument("--resume", default="", help="state file, weights file or experiment folder to continue")
     m.add_argument("--num-classes", type=int, default=None, help="default: the number of class folders")
-    m.add_argument("--img-size", type=int, default=None)
-    m.add_argument("--in-chans", type=int, default=None)
+    m.add_argument("--img-size", type=int, default=None, help="input image size (default: the model's)")
+    m.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's)")
     m.add_argument("--drop", type=float, default=0.0, help="dropout before the head")
     m.add_argument("--proj-drop", type=float, default=0.0, help="dropout on the mixers' in/out projections")
     m.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth (linear over depth)")
