@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .hub import resolve_hub_weights
 from .models import MatMambaVision, checkpoint_filter_fn, unwrap_state_dict
 
 __all__ = [
@@ -205,6 +206,10 @@ def build_model(
     if pretrained and not model_name.startswith(("hf-hub:", "local-dir:")) and not timm.list_pretrained(base_name):
         raise ValueError(f"{model_name} has no published weights (pretrained=True); models with weights: "
                          f"{', '.join(timm.list_pretrained('matmamba*'))}")
+    if pretrained:  # no network: one line at once (or the cached file), not a minute of retries
+        overlay = resolve_hub_weights(model_name, kwargs.get("pretrained_cfg_overlay"))
+        if overlay is not None:
+            kwargs["pretrained_cfg_overlay"] = overlay
     model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
     if checkpoint:
         load_checkpoint(model, checkpoint)
