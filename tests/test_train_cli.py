@@ -38,6 +38,8 @@ def test_outputs_checkpoints_and_best(tmp_path, data):
     assert (out / "train_curves.png").read_bytes()[:4] == b"\x89PNG"
     log = (out / "log.txt").read_text()  # epochs counted from 0, as in the files, the summary and the metadata
     assert re.findall(r"INFO epoch (\d+) \(0\.\.1, ", log) == ["0", "1"]
+    # an RGB folder and a grey model: said once, in the log
+    assert log.count("WARNING data: the train images have 3 channels but matmamba_vision_tiny_patch4_28 takes 1") == 1
     # last N kept (N=1), state file loadable weights-only and complete
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1.safetensors", "checkpoint-1.state.pt"]
     state = load_torch(out / "checkpoint-1.state.pt")

@@ -14,6 +14,7 @@ import yaml
 from timm.utils import ParseKwargs
 
 from ..checkpoint import build_model, load_weights, read_weights_metadata
+from ..data.match import data_channels, data_mismatch_warnings
 from ..data.transforms import model_data_config
 from ..models.matmamba_vision import MatMambaVision, checkpoint_filter_fn
 from ..training.checkpointing import check_output_dir
@@ -184,7 +185,8 @@ def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
 
 def data_config_from_args(args: argparse.Namespace, model: MatMambaVision) -> Dict[str, Any]:
     """timm's data config at the model's own input size (a checkpoint trained at another ``img_size`` builds a
-    model of that size), overridden by --crop-pct/--interpolation/--mean/--std when given."""
+    model of that size), overridden by --crop-pct/--interpolation/--mean/--std when given. A one-line warning
+    (stderr) when the evaluated split's images or statistics do not fit the model's config."""
     overrides = dict(in_chans=model.in_chans, img_size=args.img_size, crop_pct=args.crop_pct,
                      interpolation=args.interpolation or None, mean=args.mean, std=args.std)
     for flag, values in (("--mean", args.mean), ("--std", args.std)):
@@ -195,7 +197,11 @@ def data_config_from_args(args: argparse.Namespace, model: MatMambaVision) -> Di
             raise ValueError(f"{flag} must be finite{' and positive' if flag == '--std' else ''}, got {values}")
     if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
         raise ValueError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
-    return model_data_config(model, overrides)
+    config = model_data_config(model, overrides)
+    split = getattr(args, "split", None) or getattr(args, "query_split", None) or "val"  # validate.py, retrieval.py
+    for line in data_mismatch_warnings(model, config, data_channels(args.dataset, args.data_dir, split), split):
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+    return config
 
 
 def loader_from_args(args: argparse.Namespace, split: str, data_config: Dict[str, Any]):

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..checkpoint import build_model, load_checkpoint
 from ..data import create_eval_loader, dataset_classes, create_mixup, create_train_loader, model_data_config
+from ..data.match import data_channels, data_mismatch_warnings
 from .checkpointing import (
     CheckpointManager, check_free_space, check_output_dir, check_resume_matches, latest_state_file,
     read_training_state, reconcile_best, resolve_resume, set_rng_state,
@@ -332,6 +333,10 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         attach_log_file(out_dir / "log.txt")
+        # the images' channels and statistics against the model's config: one line each, in log.txt too
+        channels = data_channels(args.dataset, args.data_dir, args.train_split)
+        for line in data_mismatch_warnings(model, data_config, channels, args.train_split):
+            log.warning("data: %s", line)
         # args.yaml keeps the flags the run was started with; a resume records its own beside them
         resumed_here = resume_state is not None and (out_dir / "args.yaml").is_file()
         write_args(out_dir / (f"args.resumed-epoch{start_epoch}.yaml" if resumed_here else "args.yaml"), vars(args))
