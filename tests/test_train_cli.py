@@ -125,10 +125,12 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused(tmp_path, data):
     """It used to start there: the keep-last-N pruning deleted its own first checkpoint (the old run's were newer)
     and model_best/summary.csv were overwritten, mixing two runs."""
     run(tmp_path, data, "--epochs", "1")
-    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    files = lambda: {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}  # noqa: E731
+    before = files()
+    assert tmp_path / "run" / "model_best" / "config.json" in {tmp_path / p for p in before}
     with pytest.raises(ValueError, match=rf"{tmp_path / 'run'} already holds a run .*--resume"):
         run(tmp_path, data, "--epochs", "1", "--seed", "7")
-    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    assert files() == before
 
 
 def test_unknown_scheduler_is_refused(tmp_path, data, capsys):
