@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import (
-    CheckpointError, load_checkpoint, load_torch, load_weights, read_weights_metadata, save_model_dir, save_torch,
+    CheckpointError, atomic_write, load_checkpoint, load_torch, load_weights, read_weights_metadata, save_model_dir, save_torch,
     save_weights,
 )
 
@@ -190,6 +190,11 @@ def reconcile_best(source: Path, directory: Path, best: Dict[str, Any]) -> Dict[
     """As :func:`_reconcile_best_files`, then the ``model_best/`` folder made to match ``model_best.safetensors``
     (its weights replaced, or the folder removed when there is no best)."""
     best = _reconcile_best_files(source, directory, best)
+    config = Path(source) / BEST_DIR / "config.json"
+    target = Path(directory) / BEST_DIR / "config.json"
+    if config.is_file() and not target.is_file():  # resumed into another folder: the config comes along
+        data = config.read_bytes()
+        atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
     _sync_best_dir(Path(directory))
     return best
 
