@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import timm
+from timm.models._hub import HF_WEIGHTS_NAME, _get_safe_alternatives
 
 __all__ = ["resolve_hub_weights", "hub_reachable", "PROBE_TIMEOUT_S"]
 
@@ -32,18 +33,19 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
     return True
 
 
-def _hub_file(model_name: str, overlay: Optional[Dict[str, Any]]) -> Optional[Tuple[str, str]]:
-    """(repo id, file name) timm would download for ``pretrained=True``, or None when it loads from elsewhere
-    (a file, URL or state dict given in the overlay, or a ``local-dir:`` name)."""
+def _hub_files(model_name: str, overlay: Optional[Dict[str, Any]]) -> Optional[Tuple[str, List[str]]]:
+    """(repo id, the file names timm would try, in its order) for ``pretrained=True``, or None when it loads
+    from elsewhere (a file, URL or state dict given in the overlay, or a ``local-dir:`` name)."""
     if model_name.startswith("local-dir:"):
         return None
     if model_name.startswith("hf-hub:"):
-        return model_name[len("hf-hub:"):].split("@")[0], "config.json"
+        return model_name[len("hf-hub:"):].split("@")[0], ["config.json"]
     cfg = timm.models.get_pretrained_cfg(model_name)
     merged = dict(cfg.to_dict() if cfg is not None else {}, **(overlay or {}))
     if merged.get("state_dict") is not None or merged.get("file") or not merged.get("hf_hub_id"):
         return None
-    return merged["hf_hub_id"], merged.get("hf_hub_filename") or "open_clip_pytorch_model.bin"
+    filename = merged.get("hf_hub_filename") or HF_WEIGHTS_NAME
+    return merged["hf_hub_id"], [*_get_safe_alternatives(filename), filename]
 
 
 def resolve_hub_weights(model_name: str, overlay: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
@@ -52,18 +54,21 @@ def resolve_hub_weights(model_name: str, overlay: Optional[Dict[str, Any]] = Non
     (one line: what to do) when the weights can be had neither way."""
     from huggingface_hub import constants, try_to_load_from_cache
 
-    source = _hub_file(model_name, overlay)
+    source = _hub_files(model_name, overlay)
     if source is None:
         return overlay
     offline = bool(constants.HF_HUB_OFFLINE)
     if not offline and hub_reachable():
         return overlay
-    repo, filename = source
-    cached = try_to_load_from_cache(repo, filename)
-    if isinstance(cached, str):
+    repo, filenames = source
+    for filename in filenames:
+        cached = try_to_load_from_cache(repo, filename)
+        if not isinstance(cached, str):
+            continue
         if model_name.startswith("hf-hub:"):
             return overlay  # timm reads the cached folder itself (huggingface_hub falls back to the cache)
         return dict(overlay or {}, file=cached)
+    filename = filenames[-1]
     why = "HF_HUB_OFFLINE is set" if offline else f"{constants.ENDPOINT} did not answer within {PROBE_TIMEOUT_S:g} s"
     raise ValueError(
         f"--pretrained: {model_name}'s weights ({repo}/{filename}) are not in the local Hugging Face cache and "

@@ -116,6 +116,8 @@ def test_elastic_api_on_a_features_only_model():
     with pytest.raises(ValueError, match=r"granularities\[0\]"):
         list(feat.forward_many(x, [7]))
     assert feat.resolve_granularity(8) == [8, 8]
+    feat.model.init_weights()  # the pruned trunk (no final norm, no head) re-initialises too
+    assert torch.equal(feat.model.layers[0].mixer.D, torch.ones(4))
 
 
 def test_demo_model_registered_and_earlier_demo_checkpoints_load(tmp_path):

@@ -210,9 +210,9 @@ class MatMambaVision(nn.Module):
             for blk in self.layers:
                 blk.norm.reset_parameters()
                 blk.mixer.reset_parameters()
-            self.norm_f.reset_parameters()
-            if isinstance(self.head, nn.Linear):
-                self.head.reset_parameters()
+            for m in (self.norm_f, self.head):  # Identity when pruned / without classes
+                if isinstance(m, (nn.LayerNorm, nn.Linear)):
+                    m.reset_parameters()
         for m in self.modules():
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
