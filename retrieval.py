@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import matmamba_vision  # noqa: F401  (registers the models with timm)
+from matmamba_vision.argformat import DefaultsHelpFormatter
 from matmamba_vision.data import error_line
 from matmamba_vision.flags import parse_flags
 from matmamba_vision.evaluation import (
@@ -33,7 +34,7 @@ from matmamba_vision.evaluation.retrieval import CSV_COLUMNS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     add_common_args(p)
     p.add_argument("--db-split", default="train", help="database split (default: %(default)s)")
     p.add_argument("--query-split", default="val", help="query split (default: %(default)s)")

@@ -15,6 +15,7 @@ import time
 
 
 import matmamba_vision  # noqa: F401  (registers the models with timm)
+from matmamba_vision.argformat import DefaultsHelpFormatter
 from matmamba_vision.data import error_line
 from matmamba_vision.flags import parse_flags
 from matmamba_vision.evaluation import dedupe_configs, parse_granularities, parse_mixnmatch
@@ -29,7 +30,7 @@ from matmamba_vision.evaluation.classification import (
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     add_common_args(p)
     p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
     p.add_argument("--granularities", nargs="*", default=None,

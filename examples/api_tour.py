@@ -25,3 +25,9 @@ with tempfile.TemporaryDirectory() as d:
     reloaded = timm.create_model(f"local-dir:{d}", pretrained=True).eval()
     with torch.no_grad():
         print("reloaded from", d, "same outputs:", torch.allclose(reloaded(images), small(images)))
+# several configurations on one batch, shared leading blocks computed once
+outs = dict(model.forward_many(images, [None, 64, mix]))
+print("forward_many:", {i: tuple(o.shape) for i, o in outs.items()})
+# build on the meta device: shapes only (model.to_empty(device=...) then model.init_weights() materialises it)
+meta = timm.create_model("matmamba_vision_35m_patch16_224", device="meta")
+print(f"35M on meta: {sum(p.numel() for p in meta.parameters()) / 1e6:.1f}M params, no memory used")

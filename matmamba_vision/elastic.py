@@ -33,7 +33,8 @@ def extract_submodel(model: MatMambaVision, granularity: Granularity) -> MatMamb
     dims = model.resolve_granularity(granularity)
     args = dict(model.model_args)
     args["mixer_dims"] = [g or blk.mixer.max_granularity for g, blk in zip(dims, model.layers)]
-    sub = MatMambaVision(**args)
+    p = next(model.parameters())
+    sub = MatMambaVision(**args, device=p.device, dtype=p.dtype)
     if isinstance(model.norm_f, torch.nn.Identity):  # pruned by prune_intermediate_layers(prune_norm=True)
         sub.norm_f = torch.nn.Identity()
     sub.load_state_dict({k: v.clone() for k, v in _active_state_dict(model, dims).items()})
@@ -41,8 +42,7 @@ def extract_submodel(model: MatMambaVision, granularity: Granularity) -> MatMamb
     sub._traits = dict(getattr(model, "_traits", {}))
     sub.set_grad_checkpointing(model.grad_checkpointing)
     sub.train(model.training)
-    p = next(model.parameters())
-    return sub.to(device=p.device, dtype=p.dtype)
+    return sub
 
 
 def count_params(model: MatMambaVision, granularity: Granularity = None, exclude_embedding: bool = False) -> int:

@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
+from .hub import resolve_hub_weights
 from .models import MatMambaVision, checkpoint_filter_fn, unwrap_state_dict
 
 __all__ = [
@@ -261,17 +262,27 @@ def build_model(
     if pretrained and not model_name.startswith(("hf-hub:", "local-dir:")) and not timm.list_pretrained(base_name):
         raise ValueError(f"{model_name} has no published weights (pretrained=True); models with weights: "
                          f"{', '.join(timm.list_pretrained('matmamba*'))}")
+    if pretrained:  # no network: one line at once (or the cached file), not a minute of retries
+        overlay = resolve_hub_weights(model_name, kwargs.get("pretrained_cfg_overlay"))
+        if overlay is not None:
+            kwargs["pretrained_cfg_overlay"] = overlay
     model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
     if checkpoint:
         load_checkpoint(model, checkpoint)
     return model
 
 
-def save_model_dir(model: MatMambaVision, directory: PathLike) -> Path:
-    """Write ``config.json`` and ``model.safetensors``; ``timm.create_model('local-dir:DIR')`` rebuilds it.
+_DATA_CFG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def save_model_dir(model: MatMambaVision, directory: PathLike, data_config: Optional[Dict[str, Any]] = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors``; ``timm.create_model('local-dir:DIR', pretrained=True)``
+    rebuilds it, and timm's validate.py takes ``--model local-dir:DIR --pretrained`` with no other flag.
 
     Both are written into a temporary folder beside ``directory`` and moved into place, so a failure leaves
     nothing half-written. A model built from the class (no ``pretrained_cfg``) gets the default one.
+    ``data_config`` (timm's: input size, interpolation, mean, std, crop) replaces the model's own in the config,
+    e.g. the statistics a model was trained with.
     """
     from timm.models import save_for_hf
 
@@ -287,7 +298,9 @@ def save_model_dir(model: MatMambaVision, directory: PathLike) -> Path:
         model.pretrained_cfg = cfg
     # the config's input size is the model's own (it may have been built or resized to another one)
     saved_cfg = model.pretrained_cfg
-    model.pretrained_cfg = dict(saved_cfg, input_size=(model.in_chans, *model.patch_embed.img_size),
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in (data_config or {}).items() if k in _DATA_CFG_KEYS}
+    model.pretrained_cfg = dict(saved_cfg, **data)
+    model.pretrained_cfg.update(num_classes=model.num_classes, input_size=(model.in_chans, *model.patch_embed.img_size),
                                 fixed_input_size=not model.dynamic_img_size)
     try:
         with tempfile.TemporaryDirectory(prefix=f".{directory.name}.", dir=directory.parent) as tmp:

@@ -7,7 +7,7 @@ import torch
 
 from eval_synthetic import SyntheticLoader, tiny_model
 from matmamba_vision.evaluation import (
-    evaluate_configs, forward_many, official_sweep, parse_granularities, random_configs, validate_configs,
+    evaluate_configs, official_sweep, parse_granularities, random_configs, validate_configs,
     validation_tables, write_validation_outputs,
 )
 
@@ -23,7 +23,7 @@ def test_forward_many_bit_identical_and_restores_granularity(model):
     model.set_granularity(16)
     before = model.granularities
     for pre_logits in (False, True):
-        outs = dict(forward_many(model, x, [c.dims for c in configs], pre_logits=pre_logits))
+        outs = dict(model.forward_many(x, [c.dims for c in configs], pre_logits=pre_logits))
         assert sorted(outs) == list(range(len(configs)))
         for i, c in enumerate(configs):
             with torch.no_grad(), model.granularity(list(c.dims)):
@@ -34,11 +34,11 @@ def test_forward_many_bit_identical_and_restores_granularity(model):
     model.set_granularity(None)
     # None means a block's full width, as resolve_granularity has it; invalid lists are ValueErrors
     full = [None] * len(model.layers)
-    (_, got), = forward_many(model, x, [full])
+    (_, got), = model.forward_many(x, [full])
     with torch.no_grad():
         assert torch.equal(got, model(x))
     with pytest.raises(ValueError, match="layer 0"):
-        list(forward_many(model, x, [[7] * len(model.layers)]))
+        list(model.forward_many(x, [[7] * len(model.layers)]))
 
 
 def test_batched_sweep_equals_one_pass_per_configuration(model):

@@ -195,7 +195,7 @@ def test_granularity_lists_take_commas_or_spaces(scripts, checkpoint, tmp_path):
 
 @pytest.mark.parametrize("flags, match", [
     (["--mean", "0.5", "0.5"], r"--mean needs 1 value \(one per input channel\), got 2"),
-    (["--pretrained"], "matmamba_vision_tiny_patch4_28 has no published weights"),
+    (["--pretrained"], "matmamba_vision_tiny_patch7_28 has no published weights"),
 ])
 def test_eval_flags_refused_with_a_clear_message(scripts, tmp_path, flags, match):
     validate, _ = scripts

@@ -12,7 +12,7 @@ SMALL = dict(embed_dim=64, depth=3, d_state=16)  # registered-model variants siz
 
 def test_models_registered():
     assert {"matmamba_vision_35m_patch16_224", "matmamba_vision_135m_patch16_224",
-            "matmamba_vision_tiny_patch4_28"} <= set(MODELS)
+            "matmamba_vision_tiny_patch4_28", "matmamba_vision_tiny_patch7_28"} <= set(MODELS)
     assert timm.list_models(pretrained=True, filter="matmamba_vision_35m*")
 
 

@@ -1,6 +1,7 @@
 """train.py end to end on a tiny folder: outputs, checkpoints, and every bad input of issue 3."""
 import csv
 import hashlib
+import re
 
 import pytest
 import torch
@@ -35,7 +36,10 @@ def test_outputs_checkpoints_and_best(tmp_path, data):
         for key in (f"train_loss_g{g}", f"eval_top1_g{g}", f"eval_top5_g{g}", f"eval_loss_g{g}", f"ema_top1_g{g}"):
             assert float(rows[-1][key]) >= 0, key
     assert (out / "train_curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert "epoch 2/2" in (out / "log.txt").read_text()
+    log = (out / "log.txt").read_text()  # epochs counted from 0, as in the files, the summary and the metadata
+    assert re.findall(r"INFO epoch (\d+) \(0\.\.1, ", log) == ["0", "1"]
+    # an RGB folder and a grey model: said once, in the log
+    assert log.count("WARNING data: the train images have 3 channels but matmamba_vision_tiny_patch4_28 takes 1") == 1
     # last N kept (N=1), state file loadable weights-only and complete
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1.safetensors", "checkpoint-1.state.pt"]
     state = load_torch(out / "checkpoint-1.state.pt")
@@ -47,6 +51,20 @@ def test_outputs_checkpoints_and_best(tmp_path, data):
     from matmamba_vision.weights import read_weights_metadata
     assert read_weights_metadata(out / "model_best.safetensors")["model_kwargs"]["num_classes"] == 3
     assert state["best"]["granularity"] == 8
+    best_epoch = read_weights_metadata(out / "model_best.safetensors")["epoch"]
+    assert state["best"]["epoch"] == best_epoch and f"(epoch {best_epoch}); outputs in" in log
+    # model_best/ is a timm folder: create_model and timm's data config need no other flag
+    import timm
+    from timm.data import resolve_data_config
+    folder = timm.create_model(f"local-dir:{out / 'model_best'}", pretrained=True).eval()
+    from matmamba_vision.weights import build_model
+    ref = build_model("matmamba_vision_tiny_patch4_28", checkpoint=out / "model_best.safetensors", num_classes=3,
+                      embed_dim=32, depth=2, d_state=8, headdim=4).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(folder(x), ref(x))
+    cfg = resolve_data_config({}, model=folder)
+    assert cfg["input_size"] == (1, 28, 28) and cfg["mean"] == pytest.approx((0.2860,))
 
 
 def test_cycle_mode_and_yaml_config(tmp_path, data):
@@ -114,10 +132,12 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused(tmp_path, data):
     """It used to start there: the keep-last-N pruning deleted its own first checkpoint (the old run's were newer)
     and model_best/summary.csv were overwritten, mixing two runs."""
     run(tmp_path, data, "--epochs", "1")
-    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    files = lambda: {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}  # noqa: E731
+    before = files()
+    assert tmp_path / "run" / "model_best" / "config.json" in {tmp_path / p for p in before}
     with pytest.raises(ValueError, match=rf"{tmp_path / 'run'} already holds a run .*--resume"):
         run(tmp_path, data, "--epochs", "1", "--seed", "7")
-    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    assert files() == before
 
 
 def test_unknown_scheduler_is_refused(tmp_path, data, capsys):
@@ -169,7 +189,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data, mo
     original = MatMambaVision.forward_head
     monkeypatch.setattr(MatMambaVision, "forward_head",
                         lambda self, x, pre_logits=False: original(self, x, pre_logits) * float("inf"))
-    with pytest.raises(TrainingError, match=r"non-finite training loss.*epoch 2.*checkpoint-0.state.pt"):
+    with pytest.raises(TrainingError, match=r"non-finite training loss.*epoch 1,.*checkpoint-0.state.pt"):
         run(tmp_path, data, "--resume", str(out))
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("checkpoint-*")}
     assert after == digest and torch.isfinite(load_weights(out / "checkpoint-0.safetensors")["head.weight"]).all()

@@ -112,21 +112,25 @@ def test_sched_none_trains_at_a_constant_lr(tmp_path, data):
 
 
 def test_best_model_after_resuming_an_earlier_checkpoint(tmp_path, data, monkeypatch):
-    """The run reached its best at epoch 3 (top-1 60); resumed from epoch 2's checkpoint, the replayed epoch 3
-    scores 45. model_best must be the resumed run's best (epoch 1, from its checkpoint), not the abandoned
-    epoch 3's weights, which are kept aside."""
+    """The run reached its best at epoch 2 (top-1 60; epochs counted from 0); resumed from epoch 1's checkpoint,
+    the replayed epoch 2 scores 45. model_best must be the resumed run's best (epoch 0, from its checkpoint), not
+    the abandoned epoch 2's weights, which are kept aside; the model_best/ folder follows."""
     flags = ["--epochs", "3", "--model-ema", "--model-ema-decay", "0.5"]
     scripted_validation(monkeypatch, [50.0, 40.0, 60.0], calls_per_epoch=2)
     run(tmp_path, data, "run", *flags)
     folder = tmp_path / "run"
     assert read_weights_metadata(folder / "model_best.safetensors")["epoch"] == 2
     abandoned = load_weights(folder / "model_best.safetensors")
+    in_dir = load_weights(folder / "model_best" / "model.safetensors")
+    assert all(torch.equal(in_dir[k], abandoned[k]) for k in abandoned)
     scripted_validation(monkeypatch, [50.0, 40.0, 45.0], first_epoch=2, calls_per_epoch=2)
     run(tmp_path, data, "run", *flags, "--resume", str(folder / "checkpoint-1.state.pt"))
     best = load_weights(folder / "model_best.safetensors")
     assert read_weights_metadata(folder / "model_best.safetensors")["epoch"] == 0
     first = load_weights(folder / "checkpoint-0.safetensors")
     assert all(torch.equal(best[k], first[k]) for k in first)
+    in_dir = load_weights(folder / "model_best" / "model.safetensors")
+    assert all(torch.equal(in_dir[k], first[k]) for k in first)
     kept = load_weights(folder / "model_best-epoch2.abandoned.safetensors")
     assert all(torch.equal(kept[k], abandoned[k]) for k in kept)
     assert (folder / "model_best_ema.safetensors").is_file()

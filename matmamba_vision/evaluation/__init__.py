@@ -1,6 +1,6 @@
 """Evaluation: mix'n'match sweeps, accuracy and Pareto fronts, plots, and adaptive retrieval.
 
-- :mod:`.submodels` which submodel configurations to evaluate; :mod:`.multiforward` runs many on one batch;
+- :mod:`.submodels` which submodel configurations to evaluate; ``MatMambaVision.forward_many`` runs many on one batch;
 - :mod:`.classification` accuracy (:mod:`matmamba_vision.accuracy`) and cost of many submodels in one pass;
 - :mod:`.embeddings` cached embedding passes; :mod:`.retrieval` exact chunked kNN (faiss or torch) and scores;
 - :mod:`.report` result files, tables, Pareto fronts and plots; :mod:`.cli` what validate.py and retrieval.py
@@ -9,7 +9,6 @@
 from ..accuracy import AccuracyMeter, topk_correct
 from .classification import config_costs, evaluate_configs, validate_configs, validation_tables, write_validation_outputs
 from .embeddings import EmbeddingCache, EmbeddingSet, embed_splits, file_sha256, state_dict_sha256
-from .multiforward import forward_many
 from .report import pareto_front, plot_retrieval, plot_tradeoff
 from .retrieval import (
     KNN_BACKENDS, Baseline, faiss_available, knn_search, resolve_backend, retrieval_metrics, retrieval_table,
@@ -24,7 +23,7 @@ __all__ = [
     "AccuracyMeter", "topk_correct", "SubmodelConfig", "dedupe_configs", "dims_name", "load_config_file",
     "official_sweep", "parse_granularities", "parse_mixnmatch", "random_configs", "uniform_configs", "EmbeddingCache",
     "EmbeddingSet", "embed_splits", "file_sha256", "state_dict_sha256", "KNN_BACKENDS", "faiss_available",
-    "knn_search", "resolve_backend", "forward_many", "pareto_front", "plot_retrieval", "plot_tradeoff",
+    "knn_search", "resolve_backend", "pareto_front", "plot_retrieval", "plot_tradeoff",
     "Baseline", "retrieval_table", "run_retrieval", "score_pair", "write_retrieval_outputs", "retrieval_metrics",
     "config_costs", "evaluate_configs", "validate_configs", "validation_tables", "write_validation_outputs",
 ]

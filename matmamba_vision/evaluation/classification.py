@@ -14,7 +14,6 @@ from tqdm.auto import tqdm
 from ..accuracy import AccuracyMeter
 from ..elastic import count_flops, count_params
 from ..models.matmamba_vision import MatMambaVision
-from .multiforward import forward_many
 from .report import format_table, pareto_front, plot_tradeoff, write_csv, write_json
 from .submodels import SubmodelConfig
 
@@ -81,7 +80,7 @@ def evaluate_configs(
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with autocast_context(device, amp_dtype):
-            for idx, logits in forward_many(model, images, dims_list, share_prefix=share_prefix):
+            for idx, logits in model.forward_many(images, dims_list, share_prefix=share_prefix):
                 meters[idx].update(logits, targets)
     seconds = time.perf_counter() - start
     if meters[0].count == 0:

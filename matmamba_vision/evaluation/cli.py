@@ -11,19 +11,18 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from ..weights import CheckpointFile, build_model, read_checkpoint
+from ..data.match import data_channels, data_mismatch_warnings
 from ..data.transforms import model_data_config
 from ..flags import ModelKwargs, nonneg_int, positive_fraction, positive_int
-from ..models.matmamba_vision import MatMambaVision, checkpoint_filter_fn
+from ..models.matmamba_vision import DEFAULT_MODEL, MatMambaVision, checkpoint_filter_fn
 from ..runtime import check_output_dir, resolve_device
+from ..weights import CheckpointFile, build_model, read_checkpoint
 
 __all__ = [
     "add_common_args", "model_from_args", "data_config_from_args", "loader_from_args", "resolve_device",
     "amp_dtype_from_args", "output_dir_from_args", "check_outputs", "check_same_classes", "build_baseline", "data_identity",
     "read_checkpoint_from_args", "trained_levels",
 ]
-
-DEFAULT_MODEL = "matmamba_vision_tiny_patch4_28"
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -159,7 +158,8 @@ def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
 
 def data_config_from_args(args: argparse.Namespace, model: MatMambaVision) -> Dict[str, Any]:
     """timm's data config at the model's own input size (a checkpoint trained at another ``img_size`` builds a
-    model of that size), overridden by --crop-pct/--interpolation/--mean/--std when given."""
+    model of that size), overridden by --crop-pct/--interpolation/--mean/--std when given. A one-line warning
+    (stderr) when the evaluated split's images or statistics do not fit the model's config."""
     overrides = dict(in_chans=model.in_chans, img_size=args.img_size, crop_pct=args.crop_pct,
                      interpolation=args.interpolation or None, mean=args.mean, std=args.std)
     for flag, values in (("--mean", args.mean), ("--std", args.std)):
@@ -168,7 +168,11 @@ def data_config_from_args(args: argparse.Namespace, model: MatMambaVision) -> Di
             raise ValueError(f"{flag} needs {valid} (one per input channel), got {len(values)}")
         if values is not None and not all(math.isfinite(v) and (flag == "--mean" or v > 0) for v in values):
             raise ValueError(f"{flag} must be finite{' and positive' if flag == '--std' else ''}, got {values}")
-    return model_data_config(model, overrides)
+    config = model_data_config(model, overrides)
+    split = getattr(args, "split", None) or getattr(args, "query_split", None) or "val"  # validate.py, retrieval.py
+    for line in data_mismatch_warnings(model, config, data_channels(args.dataset, args.data_dir, split), split):
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+    return config
 
 
 def loader_from_args(args: argparse.Namespace, split: str, data_config: Dict[str, Any]):

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 
 from ..models.matmamba_vision import MatMambaVision
-from .multiforward import forward_many
 from .classification import autocast_context, iterate_batches
 
 __all__ = ["EmbeddingSet", "EmbeddingCache", "embed_splits", "file_sha256", "state_dict_sha256", "CACHE_VERSION"]
@@ -239,7 +238,7 @@ def embed_splits(
             images = images.to(device, non_blocking=True)
             labels = targets.cpu().numpy()
             with autocast_context(device, amp_dtype):
-                for idx, emb in forward_many(model, images, dims_list, pre_logits=True, share_prefix=share_prefix):
+                for idx, emb in model.forward_many(images, dims_list, pre_logits=True, share_prefix=share_prefix):
                     writers[idx].append(F.normalize(emb.float(), dim=1).cpu().numpy(), labels)
         if writers[0].rows == 0:
             raise ValueError(f"{identity.get('split', 'the')} split is empty: the loader yielded no images")

@@ -37,11 +37,15 @@ def is_integer(value: object) -> bool:
 class CausalConv(nn.Module):
     """Parameters of the depthwise causal conv (channels, kernel) and (channels,)."""
 
-    def __init__(self, channels: int, kernel_size: int):
+    def __init__(self, channels: int, kernel_size: int, device=None, dtype=None):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(channels, kernel_size))
-        self.bias = nn.Parameter(torch.empty(channels))
-        bound = 1.0 / math.sqrt(kernel_size)  # nn.Conv1d's default init for a depthwise conv
+        dd = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(channels, kernel_size, **dd))
+        self.bias = nn.Parameter(torch.empty(channels, **dd))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.weight.shape[1])  # nn.Conv1d's default init for a depthwise conv
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
@@ -57,6 +61,8 @@ class MatMamba2Mixer(nn.Module):
         proj_drop: dropout on the input projection's output and on the mixer's output.
         ssd_backend: which kernels run (:mod:`matmamba_vision.ops.dispatch`): 'auto', 'torch', 'reference'
             or 'mamba_ssm'; :meth:`set_backend` changes it, :func:`use_backend` for a block of code.
+        device, dtype: where and in which dtype the parameters are created (``device="meta"``: shapes only,
+            materialised by ``to_empty`` and :meth:`reset_parameters`).
     """
 
     PIECE_LEN = 512  # tokens per piece for CPU inference over long sequences (a multiple of the SSD chunk)
@@ -78,8 +84,11 @@ class MatMamba2Mixer(nn.Module):
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
         A_init_range=(1.0, 16.0),
+        device=None,
+        dtype=None,
     ):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         for name, value in (("dim", dim), ("d_state", d_state), ("expand", expand), ("d_conv", d_conv),
                             ("chunk_size", chunk_size), ("ngroups", ngroups)):
             if not is_integer(value) or value < 1:
@@ -101,21 +110,44 @@ class MatMamba2Mixer(nn.Module):
         self.n_bc = 2 * ngroups * d_state
         self.active_granularity: Optional[int] = None  # None: full width
 
-        self.xbc_proj = nn.Linear(dim, self.n_bc + self.d_inner, bias=False)
-        self.zdt_proj = nn.Linear(dim, self.nheads * (self.headdim + 1), bias=False)
-        self.conv = CausalConv(self.n_bc + self.d_inner, d_conv)
-        dt = torch.exp(torch.rand(self.nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(*A_init_range)))
-        self.D = nn.Parameter(torch.ones(self.nheads))
-        self.norm = GatedRMSNorm(self.d_inner, eps=norm_eps)
-        self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
+        self._ssm_init = dict(dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, A_init_range=A_init_range)
+
+        self.xbc_proj = nn.Linear(dim, self.n_bc + self.d_inner, bias=False, **dd)
+        self.zdt_proj = nn.Linear(dim, self.nheads * (self.headdim + 1), bias=False, **dd)
+        self.conv = CausalConv(self.n_bc + self.d_inner, d_conv, **dd)
+        self.dt_bias = nn.Parameter(torch.empty(self.nheads, **dd))
+        self.A_log = nn.Parameter(torch.empty(self.nheads, **dd))
+        self.D = nn.Parameter(torch.empty(self.nheads, **dd))
+        self._init_ssm_parameters()
+        self.norm = GatedRMSNorm(self.d_inner, eps=norm_eps, **dd)
+        self.out_proj = nn.Linear(self.d_inner, dim, bias=False, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def set_backend(self, backend: str) -> None:
         """Run ``backend``'s kernels from now on (a name of :data:`matmamba_vision.ops.SSD_BACKENDS`)."""
         self.ssd_backend = check_ssd_backend(backend)
+
+    @torch.no_grad()
+    def _init_ssm_parameters(self) -> None:
+        """Mamba2's init of the per-head parameters: dt log-uniform in [dt_min, dt_max] (floored), stored as
+        inverse softplus in ``dt_bias``; ``A = U[A_init_range]`` stored as ``log`` in ``A_log``; ``D = 1``.
+        Drawn in float32 on the parameters' device, then cast to their dtype."""
+        cfg, device = self._ssm_init, self.dt_bias.device
+        lo, hi = math.log(cfg["dt_min"]), math.log(cfg["dt_max"])
+        dt = torch.exp(torch.rand(self.nheads, device=device) * (hi - lo) + lo).clamp(min=cfg["dt_init_floor"])
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log.copy_(torch.log(torch.empty(self.nheads, device=device).uniform_(*cfg["A_init_range"])))
+        self.D.fill_(1.0)
+
+    def reset_parameters(self) -> None:
+        """Initialise every parameter of the mixer as the constructor does (same order of random draws), e.g.
+        after ``to_empty`` of a model built on the meta device."""
+        self.xbc_proj.reset_parameters()
+        self.zdt_proj.reset_parameters()
+        self.conv.reset_parameters()
+        self._init_ssm_parameters()
+        self.norm.reset_parameters()
+        self.out_proj.reset_parameters()
 
     def granularity_step(self) -> int:
         """The smallest valid granularity; every valid one is a multiple of it."""

@@ -8,9 +8,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, PatchEmbed, resample_abs_pos_embed, resample_patch_embed, to_2tuple
+from timm.layers import DropPath, PatchEmbed, get_device_dtype, resample_abs_pos_embed, resample_patch_embed, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._manipulate import checkpoint
 
 try:
@@ -22,7 +22,11 @@ from ..layers import MatMamba2Mixer
 from ..layers.mixer import is_integer
 from .convert import convert_official_state_dict
 
-__all__ = ["MatMambaVision", "MatMambaBlock", "checkpoint_filter_fn", "Granularity"]
+__all__ = ["MatMambaVision", "MatMambaBlock", "MatMambaFeatures", "checkpoint_filter_fn", "Granularity", "DEFAULT_MODEL"]
+
+# The model the scripts default to (train.py's embedded Fashion-MNIST recipe, and validate.py/retrieval.py
+# without --checkpoint): registered below with its own shape, so its checkpoints carry a name that builds it.
+DEFAULT_MODEL = "matmamba_vision_tiny_patch7_28"
 
 Granularity = Union[None, int, Sequence[Optional[int]]]
 GLOBAL_POOLS = ("token", "avg", "")
@@ -43,13 +47,30 @@ def _resample_pos_embed(pos: torch.Tensor, new_size: Tuple[int, int], old_size: 
     return torch.cat([patch_pos, pos[:, -1:]], dim=1)
 
 
+_LEAF = "configs"
+
+
+def _prefix_tree(dims_list: Sequence[Sequence[int]]) -> Dict:
+    """Nested dicts keyed by each block's granularity; the node after a configuration's last block lists its
+    index under ``_LEAF``."""
+    root: Dict = {}
+    for idx, dims in enumerate(dims_list):
+        node = root
+        for g in dims:
+            node = node.setdefault(int(g), {})
+        node.setdefault(_LEAF, []).append(idx)
+    return root
+
+
 class MatMambaBlock(nn.Module):
     """``residual = h + residual; h = drop_path(mixer(norm(residual)))`` (add -> norm -> mixer, no MLP)."""
 
-    def __init__(self, dim: int, drop_path: float = 0.0, norm_eps: float = 1e-5, **mixer_kwargs):
+    def __init__(self, dim: int, drop_path: float = 0.0, norm_eps: float = 1e-5, device=None, dtype=None,
+                 **mixer_kwargs):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.mixer = MatMamba2Mixer(dim, norm_eps=norm_eps, **mixer_kwargs)
+        dd = {"device": device, "dtype": dtype}
+        self.norm = nn.LayerNorm(dim, eps=norm_eps, **dd)
+        self.mixer = MatMamba2Mixer(dim, norm_eps=norm_eps, **mixer_kwargs, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
@@ -91,7 +112,11 @@ class MatMambaVision(nn.Module):
     every patch.
 
     Nested widths: :meth:`set_granularity` (one g for every block or one per block) and the
-    :meth:`granularity` context manager choose the inner width each block runs at.
+    :meth:`granularity` context manager choose the inner width each block runs at; :meth:`forward_many` runs
+    several such configurations on one batch, computing shared leading blocks once.
+
+    ``device`` / ``dtype`` (timm's factory arguments) place and type every parameter at construction;
+    ``device="meta"`` builds shapes only, materialised by ``to_empty(device=...)`` then :meth:`init_weights`.
     """
 
     def __init__(
@@ -116,8 +141,11 @@ class MatMambaVision(nn.Module):
         norm_eps: float = 1e-5,
         dynamic_img_size: bool = False,
         ssd_backend: str = "auto",
+        device=None,
+        dtype=None,
     ):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
         for name, value, low in (("depth", depth, 1), ("embed_dim", embed_dim, 1), ("num_classes", num_classes, 0)):
@@ -151,37 +179,51 @@ class MatMambaVision(nn.Module):
 
         self.patch_embed = PatchEmbed(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, bias=True,
-            strict_img_size=False, output_fmt="NHWC" if dynamic_img_size else None,
+            strict_img_size=False, output_fmt="NHWC" if dynamic_img_size else None, **dd,
         )
         num_patches = self.patch_embed.num_patches
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, embed_dim) * 0.02)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
+        self.pos_embed = nn.Parameter(torch.empty(1, num_patches + 1, embed_dim, **dd))
+        nn.init.normal_(self.pos_embed, std=0.02)
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.layers = nn.ModuleList(
             MatMambaBlock(
                 embed_dim, drop_path=dpr[i], norm_eps=norm_eps, max_granularity=mixer_dims[i], d_state=d_state,
                 expand=expand, headdim=headdim, d_conv=d_conv, chunk_size=chunk_size, ngroups=ngroups,
-                proj_drop=proj_drop_rate, ssd_backend=ssd_backend,
+                proj_drop=proj_drop_rate, ssd_backend=ssd_backend, **dd,
             )
             for i in range(depth)
         )
-        self.norm_f = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.norm_f = nn.LayerNorm(embed_dim, eps=norm_eps, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.feature_info = [
             dict(module=f"layers.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)
         ]
-        self._init_weights(depth)
+        self.init_weights(needs_reset=False)
 
-    def _init_weights(self, depth: int) -> None:
+    @torch.no_grad()
+    def init_weights(self, needs_reset: bool = True) -> None:
+        """The model's init (DESIGN.md section 1). ``needs_reset=True`` first re-initialises every parameter
+        as construction does, in the same order of random draws (timm's contract, for a model built on the
+        meta device and materialised with ``to_empty``: the same seed gives the same weights)."""
+        if needs_reset:
+            self.patch_embed.proj.reset_parameters()
+            nn.init.zeros_(self.cls_token)
+            nn.init.normal_(self.pos_embed, std=0.02)
+            for blk in self.layers:
+                blk.norm.reset_parameters()
+                blk.mixer.reset_parameters()
+            for m in (self.norm_f, self.head):  # Identity when pruned / without classes
+                if isinstance(m, (nn.LayerNorm, nn.Linear)):
+                    m.reset_parameters()
         for m in self.modules():
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
         for blk in self.layers:
             w = blk.mixer.out_proj.weight
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-            with torch.no_grad():
-                w.div_(math.sqrt(depth))
+            w.div_(math.sqrt(len(self.layers)))
 
     # ----------------------------------------------------------------- timm model API
     @torch.jit.ignore
@@ -211,7 +253,8 @@ class MatMambaVision(nn.Module):
             self.global_pool = global_pool
         self.num_classes = num_classes
         self.model_args.update(num_classes=num_classes, global_pool=self.global_pool)
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        dd = get_device_dtype(self)
+        self.head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
     @torch.jit.ignore
     def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None,
@@ -349,6 +392,55 @@ class MatMambaVision(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    @torch.no_grad()
+    def forward_many(
+        self, x: torch.Tensor, granularities: Sequence[Granularity], pre_logits: bool = False,
+        share_prefix: bool = True,
+    ) -> Iterator[Tuple[int, torch.Tensor]]:
+        """Run several granularity configurations on one batch (inference: no autograd graph).
+
+        ``granularities``: one entry per configuration, each what :meth:`set_granularity` takes (None, an int,
+        or a per-block list; checked first, ValueError naming the configuration). Yields ``(index, output)``
+        for every configuration, in an order of the method's choosing: logits, or the pooled embedding with
+        ``pre_logits=True``. Blocks are causal in depth (block ``i`` depends only on the granularities of
+        blocks ``0..i``), so the configurations are walked as a prefix tree and a run of leading blocks
+        shared by several is computed once; each output is bit-identical to ``self(x)`` at that
+        granularity. ``share_prefix=False`` runs one whole forward per configuration. The model's own
+        granularity setting is unchanged afterwards.
+        """
+        dims_list = []
+        for i, g in enumerate(granularities):
+            try:
+                dims = self.resolve_granularity(g)
+            except ValueError as e:
+                raise ValueError(f"granularities[{i}]: {e}") from None
+            dims_list.append([d or blk.mixer.max_granularity for d, blk in zip(dims, self.layers)])
+        previous = self.granularities
+        try:
+            if not share_prefix:
+                for i, dims in enumerate(dims_list):
+                    self.set_granularity(dims)
+                    yield i, self.forward_head(self.forward_features(x), pre_logits=pre_logits)
+                return
+            self._check_input(x)
+            tokens = self._pos_embed(self.patch_embed(x))
+            # Depth first over the prefix tree; each stack entry: (subtree, block index, that block's input
+            # hidden/residual, its granularity). A block runs when its entry is popped, so at most one pending
+            # input per depth stays alive.
+            stack = [(child, 0, tokens, None, g) for g, child in reversed(list(_prefix_tree(dims_list).items()))]
+            while stack:
+                node, level, hidden, residual, g = stack.pop()
+                blk = self.layers[level]
+                blk.mixer.active_granularity = g  # checked above
+                hidden, residual = blk(hidden, residual)
+                for idx in node.get(_LEAF, []):
+                    yield idx, self.forward_head(self.norm_f(hidden + residual), pre_logits=pre_logits)
+                stack.extend((child, level + 1, hidden, residual, cg)
+                             for cg, child in reversed(list(node.items())) if cg != _LEAF)
+        finally:
+            for blk, g in zip(self.layers, previous):
+                blk.mixer.active_granularity = g
+
     def forward_intermediates(
         self,
         x: torch.Tensor,
@@ -404,6 +496,44 @@ class MatMambaVision(nn.Module):
         return take_indices
 
 
+class MatMambaFeatures(FeatureGetterNet):
+    """timm's ``features_only=True`` wrapper with the elastic API of the model inside it: ``set_granularity``,
+    ``granularity()``, ``granularities``, ``matryoshka_levels``, ``resolve_granularity`` and ``forward_many``."""
+
+    @property
+    def granularities(self) -> List[Optional[int]]:
+        return self.model.granularities
+
+    @property
+    def matryoshka_levels(self) -> List[int]:
+        return self.model.matryoshka_levels
+
+    def resolve_granularity(self, granularity: Granularity) -> List[Optional[int]]:
+        return self.model.resolve_granularity(granularity)
+
+    def set_granularity(self, granularity: Granularity) -> None:
+        self.model.set_granularity(granularity)
+
+    @contextmanager
+    def granularity(self, granularity: Granularity) -> Iterator["MatMambaFeatures"]:
+        with self.model.granularity(granularity):
+            yield self
+
+    @torch.no_grad()
+    def forward_many(self, x: torch.Tensor, granularities: Sequence[Granularity]) -> Iterator[Tuple[int, Any]]:
+        """Yield ``(index, features)`` for each configuration (what ``set_granularity`` takes; all checked first),
+        each ``features`` equal to ``self(x)`` at that granularity (one pass per configuration)."""
+        checked = []
+        for i, g in enumerate(granularities):
+            try:
+                checked.append(self.resolve_granularity(g))
+            except ValueError as e:
+                raise ValueError(f"granularities[{i}]: {e}") from None
+        for i, dims in enumerate(checked):
+            with self.granularity(dims):
+                yield i, self(x)
+
+
 def _source_grid(tokens: int, model: MatMambaVision) -> Tuple[int, int]:
     """The patch grid of a checkpoint's ``tokens`` position embeddings: from the model args it was saved with
     (timm passes them for ``local-dir:``/hub folders), else square."""
@@ -438,7 +568,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> MatMambaVision:
     return build_model_with_cfg(
         MatMambaVision, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        feature_cfg=dict(out_indices=out_indices, feature_cls=MatMambaFeatures),
         **kwargs,
     )
 
@@ -461,6 +591,10 @@ default_cfgs = generate_default_cfgs({
         hf_hub_id="scaledfoundations/MatMamba-Vision-135M-ImageNet", hf_hub_filename="pytorch_model.bin",
     ),
     "matmamba_vision_tiny_patch4_28.fmnist": _cfg(
+        num_classes=10, input_size=(1, 28, 28), crop_pct=1.0, interpolation="bilinear",
+        mean=(0.2860,), std=(0.3530,),
+    ),
+    "matmamba_vision_tiny_patch7_28.fmnist": _cfg(
         num_classes=10, input_size=(1, 28, 28), crop_pct=1.0, interpolation="bilinear",
         mean=(0.2860,), std=(0.3530,),
     ),
@@ -487,3 +621,12 @@ def matmamba_vision_tiny_patch4_28(pretrained: bool = False, **kwargs) -> MatMam
     args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=6, d_state=32,
                 headdim=16)
     return _create("matmamba_vision_tiny_patch4_28", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def matmamba_vision_tiny_patch7_28(pretrained: bool = False, **kwargs) -> MatMambaVision:
+    """The demo's model (``python train.py`` / ``make demo``): 28x28 grey images at patch 7 (16 tokens), D 128,
+    depth 4, d_state 16, 10 classes; trains about 2x faster than the patch-4 model on two CPU cores."""
+    args = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=128, depth=4, d_state=16,
+                headdim=16)
+    return _create("matmamba_vision_tiny_patch7_28", pretrained, **dict(args, **kwargs))

@@ -2,7 +2,8 @@
 (optimiser, a plateau scheduler's metric history, scaler, EMA, epoch, step, RNG states, args; every other
 schedule is a function of the step, rebuilt from the flags at resume), each written atomically with
 :mod:`matmamba_vision.weights`; the state file is written last and is the commit point. The last N are
-kept; ``model_best.safetensors`` (and ``model_best_ema.safetensors``) track the best validation top-1.
+kept; ``model_best.safetensors`` (and ``model_best_ema.safetensors``) track the best validation top-1, and the
+folder ``model_best/`` holds the same weights with their config for timm (``local-dir:RUN/model_best``).
 
 Before training starts, :func:`matmamba_vision.runtime.check_output_dir` and :func:`check_free_space` report an
 output folder that cannot be written or has too little room, and :func:`check_resume_matches` refuses to resume a
@@ -21,17 +22,19 @@ import numpy as np
 import torch
 
 from ..weights import (
-    CheckpointError, load_checkpoint, load_torch, load_weights, read_weights_metadata, save_torch, save_weights,
+    CheckpointError, atomic_write, load_checkpoint, load_torch, load_weights, read_weights_metadata, save_model_dir,
+    save_torch, save_weights,
 )
 
 __all__ = ["rng_state", "set_rng_state", "CheckpointManager", "resolve_resume", "load_training_state",
            "read_training_state", "check_resume_matches", "latest_state_file", "check_free_space",
-           "reconcile_best", "REGULARISATION_ARGS"]
+           "reconcile_best", "REGULARISATION_ARGS", "BEST_DIR"]
 
 # model_args a resumed run may change: regularisation and the SSD kernel choice, not the architecture
 REGULARISATION_ARGS = ("drop_rate", "proj_drop_rate", "drop_path_rate", "ssd_backend")
 
 _logger = logging.getLogger("train")
+BEST_DIR = "model_best"  # the best model as a timm folder: config.json + model.safetensors
 _STATE_RE = re.compile(r"checkpoint-(\d+)\.state\.pt$")
 
 
@@ -135,7 +138,7 @@ def checkpoint_bytes(model: torch.nn.Module, keep: int, ema: bool) -> int:
     (the new one is written before the oldest goes) of weights + state (optimiser moments ~2x the weights,
     EMA), plus the best model (and its EMA) and its temporary copy, plus 1 MiB for logs and plots."""
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    copies = (max(keep, 1) + 1) * (3 + int(ema)) + 2 * (1 + int(ema))
+    copies = (max(keep, 1) + 1) * (3 + int(ema)) + 2 * (1 + int(ema)) + 2  # + model_best/ and its temporary
     return weights * copies + (1 << 20)
 
 
@@ -143,8 +146,8 @@ def check_free_space(directory: Path, model: torch.nn.Module, keep: int, ema: bo
     """ValueError when ``directory``'s file system (its own, or its nearest existing parent's) has less free
     space than :func:`checkpoint_bytes` (less the checkpoints already there, which a resumed run replaces)."""
     directory = Path(directory)
-    existing = sum(p.stat().st_size for pattern in ("checkpoint-*", "model_best*") for p in directory.glob(pattern)
-                   if p.is_file())
+    existing = sum(p.stat().st_size for pattern in ("checkpoint-*", "model_best*", "model_best/*")
+                   for p in directory.glob(pattern) if p.is_file())
     need = max(checkpoint_bytes(model, keep, ema) - existing, 1 << 20)
     on_disk = next(d for d in (directory, *directory.parents) if d.exists())  # the folder may not exist yet
     free = shutil.disk_usage(on_disk).free
@@ -156,6 +159,30 @@ def check_free_space(directory: Path, model: torch.nn.Module, keep: int, ema: bo
 
 
 def reconcile_best(source: Path, directory: Path, best: Dict[str, Any]) -> Dict[str, Any]:
+    """As :func:`_reconcile_best_files`, then the ``model_best/`` folder made to match ``model_best.safetensors``
+    (its weights replaced, or the folder removed when there is no best)."""
+    best = _reconcile_best_files(source, directory, best)
+    config = Path(source) / BEST_DIR / "config.json"
+    target = Path(directory) / BEST_DIR / "config.json"
+    if config.is_file() and not target.is_file():  # resumed into another folder: the config comes along
+        data = config.read_bytes()
+        atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
+    _sync_best_dir(Path(directory))
+    return best
+
+
+def _sync_best_dir(directory: Path) -> None:
+    folder, weights = directory / BEST_DIR, directory / "model_best.safetensors"
+    if not (folder / "config.json").is_file():
+        return
+    if not weights.is_file():
+        shutil.rmtree(folder)
+        _logger.warning("%s removed: no best model yet", folder)
+        return
+    save_weights(load_weights(weights), folder / "model.safetensors")  # config.json is the run's: unchanged
+
+
+def _reconcile_best_files(source: Path, directory: Path, best: Dict[str, Any]) -> Dict[str, Any]:
     """On resume from a checkpoint in ``source`` into the run folder ``directory``: make ``model_best`` there the
     resumed run's best. One written by epochs after the checkpoint (epochs this run replays) is moved aside as
     ``model_best[_ema]-epochE.abandoned.safetensors``. The resumed best is taken from ``source``'s model_best or,
@@ -177,7 +204,7 @@ def reconcile_best(source: Path, directory: Path, best: Dict[str, Any]) -> Dict[
         for name in ("model_best", "model_best_ema"):
             if (directory / f"{name}.safetensors").is_file():
                 os.replace(directory / f"{name}.safetensors", directory / f"{name}-epoch{here}.abandoned.safetensors")
-        _logger.warning("model_best of epoch index %d is not the resumed run's: moved aside as "
+        _logger.warning("model_best of epoch %d is not the resumed run's: moved aside as "
                         "model_best-epoch%d.abandoned.safetensors", here, here)
     if written(source) == epoch:  # resumed into another folder: the run's best comes along
         for name in ("model_best", "model_best_ema"):
@@ -192,10 +219,10 @@ def reconcile_best(source: Path, directory: Path, best: Dict[str, Any]) -> Dict[
         ema = load_torch(state).get("ema")
         if ema is not None:
             save_weights(ema, directory / "model_best_ema.safetensors", metadata=meta)
-        _logger.info("model_best: the resumed run's best (epoch %d) restored from %s", epoch + 1, weights.name)
+        _logger.info("model_best: the resumed run's best (epoch %d) restored from %s", epoch, weights.name)
         return best
     _logger.warning("the resumed run's best (epoch %d) is no longer kept; the next validation starts a new best",
-                    epoch + 1)
+                    epoch)
     return {"top1": -1.0, "epoch": -1}
 
 
@@ -225,12 +252,16 @@ class CheckpointManager:
         self._prune()
         return path
 
-    def save_best(self, model: torch.nn.Module, ema: Optional[torch.nn.Module], metadata: Dict[str, Any]) -> None:
+    def save_best(self, model: torch.nn.Module, ema: Optional[torch.nn.Module], metadata: Dict[str, Any],
+                  data_config: Optional[Dict[str, Any]] = None) -> None:
+        """``model_best.safetensors`` (and ``_ema``) with ``metadata``; then ``model_best/`` (config.json with the
+        model's args and ``data_config``, model.safetensors) for timm's ``local-dir:`` loader."""
         if not self.enabled:
             return
         save_weights(model.state_dict(), self.directory / "model_best.safetensors", metadata=metadata)
         if ema is not None:
             save_weights(ema.state_dict(), self.directory / "model_best_ema.safetensors", metadata=metadata)
+        save_model_dir(model, self.directory / BEST_DIR, data_config)
 
     def _prune(self) -> None:
         for epoch, path in _state_files(self.directory)[: -self.keep]:

@@ -1,7 +1,7 @@
 """Command-line flags of train.py (timm's names wherever timm's train.py has one) and ``-c/--config`` YAML.
 
 The defaults are the embedded Fashion-MNIST recipe: ``python train.py`` trains
-``matmamba_vision_tiny_patch4_28`` on the CPU. A YAML file sets defaults by flag name (dashes or
+``matmamba_vision_tiny_patch7_28`` (the demo's model, registered under that name) on the CPU. A YAML file sets defaults by flag name (dashes or
 underscores); flags given on the command line win, as in timm.
 """
 from __future__ import annotations
@@ -11,19 +11,14 @@ from typing import List, Optional, Tuple
 
 import yaml
 
+from ..argformat import DefaultsHelpFormatter
 from ..flags import (
     ModelKwargs, compile_backend, drop_prob, nonneg_float, nonneg_int, not_nan_float, optimizer_name,
     parse_flags, parse_model_kwargs, positive_float, positive_fraction, positive_int, prob, seed_int,
 )
+from ..models.matmamba_vision import DEFAULT_MODEL
 
-__all__ = ["build_parser", "parse_args", "check_args", "schedule_flags", "DEFAULT_MODEL", "DEFAULT_MODEL_KWARGS",
-           "SCHEDULERS"]
-
-DEFAULT_MODEL = "matmamba_vision_tiny_patch4_28"
-# The embedded CPU recipe's model: the tiny model at patch 7 (16 tokens), which trains ~2x faster than at
-# patch 4 on 2 cores; applied only to DEFAULT_MODEL when --model-kwargs is not given. Checkpoints record
-# the kwargs, so validate.py / retrieval.py rebuild the same model.
-DEFAULT_MODEL_KWARGS = dict(patch_size=7, embed_dim=128, depth=4, d_state=16, headdim=16)
+__all__ = ["build_parser", "parse_args", "check_args", "schedule_flags", "DEFAULT_MODEL", "SCHEDULERS"]
 
 
 SCHEDULE_GROUP = "learning-rate schedule"
@@ -41,7 +36,7 @@ def _ints(text: str) -> List[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Matryoshka training of MatMamba-Vision models (timm-style flags).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("-c", "--config", default="", help="YAML file of defaults (keys are flag names)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="", help="'' (Fashion-MNIST without --data-dir, folder with it), "
@@ -52,20 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-j", "--workers", type=nonneg_int, default=0, help="data loader processes per rank")
     d.add_argument("--skip-corrupt", action="store_true", help="skip (and log) images that fail to decode")
     m = p.add_argument_group("model")
-    m.add_argument("--model", default=DEFAULT_MODEL)
+    m.add_argument("--model", default=DEFAULT_MODEL, help="timm model name")
     m.add_argument("--pretrained", action="store_true", help="start from the model's published weights")
     m.add_argument("--initial-checkpoint", default="", help="weights to start from (ours or official)")
     m.add_argument("--resume", default="", help="state file, weights file or experiment folder to continue")
     m.add_argument("--num-classes", type=positive_int, default=None, help="default: the number of class folders")
-    m.add_argument("--img-size", type=positive_int, default=None)
-    m.add_argument("--in-chans", type=positive_int, default=None)
+    m.add_argument("--img-size", type=positive_int, default=None, help="input image size (default: the model's)")
+    m.add_argument("--in-chans", type=positive_int, default=None, help="input channels (default: the model's)")
     m.add_argument("--drop", type=drop_prob, default=0.0, help="dropout before the head")
     m.add_argument("--proj-drop", type=drop_prob, default=0.0, help="dropout on the mixers' in/out projections")
     m.add_argument("--drop-path", type=drop_prob, default=0.0, help="stochastic depth (linear over depth)")
     m.add_argument("--head-init-bias", type=float, default=None, help="initial value of the head's bias")
     m.add_argument("--model-kwargs", nargs="*", default=None, action=ModelKwargs, metavar="KEY=VALUE",
-                   help=f"extra create_model kwargs, timm's depth=2 embed_dim=64 or a YAML mapping '{{depth: 2}}' "
-                   f"(default for {DEFAULT_MODEL}: {DEFAULT_MODEL_KWARGS}; none for other models)")
+                   help="extra create_model kwargs, timm's depth=2 embed_dim=64 or a YAML mapping '{depth: 2}'")
     t = p.add_argument_group("Matryoshka")
     t.add_argument("--granularities", type=_ints, nargs="+", default=None,
                    help="trained g values, e.g. 128 64 or 128,64; default D, D/2, D/4, D/8")
@@ -245,6 +239,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.granularities is not None:  # '128 64', '128,64' or a YAML list: one flat list
         args.granularities = [g for v in args.granularities for g in (v if isinstance(v, list) else [v])]
     if args.model_kwargs is None:
-        args.model_kwargs = dict(DEFAULT_MODEL_KWARGS) if args.model == DEFAULT_MODEL else {}
+        args.model_kwargs = {}
     check_args(args)
     return args

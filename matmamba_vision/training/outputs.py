@@ -95,7 +95,7 @@ class Summary:
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
 
-        epochs = [int(r["epoch"]) + 1 for r in self.rows]
+        epochs = [int(r["epoch"]) for r in self.rows]
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
         for g in self.granularities:
             for ax, key in ((ax_loss, f"train_loss_g{g}"), (ax_acc, f"eval_top1_g{g}")):

@@ -14,6 +14,7 @@ from timm.utils import ModelEmaV3, random_seed
 from tqdm import tqdm
 
 from ..data import create_eval_loader, dataset_classes, create_mixup, create_train_loader, model_data_config
+from ..data.match import data_channels, data_mismatch_warnings
 from ..flags import parse_model_kwargs
 from ..runtime import check_output_dir
 from ..weights import build_model, load_checkpoint
@@ -230,6 +231,10 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         attach_log_file(out_dir / "log.txt")
+        # the images' channels and statistics against the model's config: one line each, in log.txt too
+        channels = data_channels(args.dataset, args.data_dir, args.train_split)
+        for line in data_mismatch_warnings(model, data_config, channels, args.train_split):
+            log.warning("data: %s", line)
         # args.yaml keeps the flags the run was started with; a resume records its own beside them
         resumed_here = resume_state is not None and (out_dir / "args.yaml").is_file()
         write_args(out_dir / (f"args.resumed-epoch{start_epoch}.yaml" if resumed_here else "args.yaml"), vars(args))
@@ -254,7 +259,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         train_loader.set_epoch(epoch)
         sums = {g: 0.0 for g in granularities}
         count = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not info.is_main or args.no_progress,
+        bar = tqdm(train_loader, desc=f"epoch {epoch} (0..{num_epochs - 1})", disable=not info.is_main or args.no_progress,
                    dynamic_ncols=True, mininterval=2.0)
         for i, (images, targets) in enumerate(bar):
             images, targets = images.to(info.device, non_blocking=True), targets.to(info.device, non_blocking=True)
@@ -262,7 +267,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
                 losses = step(images, targets)
             except NonFiniteLossError as e:
                 kept = latest_state_file(out_dir)
-                raise TrainingError(f"{e} (epoch {epoch + 1}, step {i + 1}); training stopped, last good checkpoint: "
+                raise TrainingError(f"{e} (epoch {epoch}, step {i + 1}); training stopped, last good checkpoint: "
                                     f"{kept or 'none written yet'}") from None
             num_updates += 1
             if ema is not None:
@@ -277,7 +282,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
                 lr = optimizer.param_groups[0]["lr"]
                 bar.set_postfix_str(f"loss {shown} lr {lr:.2e}")
                 if bar.disable:
-                    log.info("epoch %d step %d/%d: loss %s lr %.2e", epoch + 1, i + 1, len(train_loader), shown, lr)
+                    log.info("epoch %d step %d/%d: loss %s lr %.2e", epoch, i + 1, len(train_loader), shown, lr)
         bar.close()
         train_loss = {g: s / max(count, 1) for g, s in sums.items()}
         metrics = validate(model, eval_loader, granularities, info.device, amp_dtype)
@@ -285,7 +290,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         if scheduler is not None:
             scheduler.step(epoch + 1, metrics[best_g]["top1"])
         if info.distributed and not replicas_identical(model):
-            raise TrainingError(f"epoch {epoch + 1}: DDP replicas diverged (weights differ between ranks)")
+            raise TrainingError(f"epoch {epoch}: DDP replicas diverged (weights differ between ranks)")
 
         lr = optimizer.param_groups[0]["lr"]
         row: Dict[str, float] = {"epoch": epoch, "lr": lr,
@@ -314,17 +319,17 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
             # the best model before the state that names it: a kill in between leaves a state file whose "best"
             # is on disk (resuming replays this epoch and rewrites the same best)
             if is_best:
-                saver.save_best(model, ema.module if ema else None, dict(meta, epoch=epoch))
+                saver.save_best(model, ema.module if ema else None, dict(meta, epoch=epoch), data_config)
             saver.save(epoch, model, state, meta)
             summary.add(row)
-            log.info("epoch %d/%d (%.0fs): train loss %s | val top-1 %s | top-5 %s%s", epoch + 1, num_epochs,
+            log.info("epoch %d (0..%d, %.0fs): train loss %s | val top-1 %s | top-5 %s%s", epoch, num_epochs - 1,
                      row["epoch_time"], _fmt(train_loss, "{:.3f}"), _fmt({g: m["top1"] for g, m in metrics.items()}),
                      _fmt({g: m["top5"] for g, m in metrics.items()}), " (best)" if is_best else "")
         barrier()
     if info.distributed:
         log.info("DDP: replicas identical after training (%d ranks)", info.world_size)
     log.info("done: best val top-1 %.2f%% at g=%s (epoch %d); outputs in %s", best["top1"], best_g,
-             best["epoch"] + 1, out_dir)
+             best["epoch"], out_dir)
     return metrics
 
 

@@ -76,13 +76,14 @@ def pause():
     marker.write_text(str(os.getpid()))
     time.sleep(600)
 if where == "mid-pass":  # after two batches' rows are written
-    original, calls = emb.forward_many, [0]
+    from matmamba_vision import MatMambaVision
+    original, calls = MatMambaVision.forward_many, [0]
     def forward_many(*a, **k):
         calls[0] += 1
         if calls[0] == 3:
             pause()
         return original(*a, **k)
-    emb.forward_many = forward_many
+    MatMambaVision.forward_many = forward_many
 else:  # every file of the entry written, meta.json saying complete, not yet renamed into place
     rename = os.rename
     def paused_rename(src, dst):
