@@ -35,7 +35,7 @@ import torch.nn.functional as F
 __all__ = ["SSD_BACKENDS", "ssd_scan", "ssd_scan_torch", "choose_chunk_len", "check_ssd_backend", "mamba_ssm_available",
            "reference_paths", "using_reference_paths"]
 
-SSD_BACKENDS = ("auto", "torch", "mamba_ssm")
+SSD_BACKENDS = ("auto", "torch", "mamba_ssm", "triton")
 
 
 # The factorised path runs where every |c - a| of a chunk is at most this many nats: exp(+-40) keeps both
@@ -498,10 +498,15 @@ def ssd_scan(
 ):
     """SSD scan with the chosen backend (arguments and result as in :func:`ssd_scan_torch`).
 
-    ``auto`` takes mamba_ssm's Triton kernel for CUDA tensors when it imports, else the torch path.
+    ``auto`` takes the project's Triton kernels (:mod:`matmamba_vision.ops.triton`) for CUDA tensors when
+    ``triton`` imports, else the torch path; ``mamba_ssm`` runs only when asked for by name.
     """
     check_ssd_backend(backend)
-    if (backend == "mamba_ssm" or (backend == "auto" and x.is_cuda)) and not using_reference_paths():
+    # --- issue 14 hook: backend "triton" (ops/triton/ssd.py), and "auto"'s choice on CUDA ---
+    if not using_reference_paths() and (backend == "triton" or (backend == "auto" and x.is_cuda and _triton_ok())):
+        return _triton_ssd(x, dt, A, B, C, chunk_size, initial_state, return_final_state)
+    # --- end of the issue 14 hook ---
+    if backend == "mamba_ssm" and not using_reference_paths():
         kernel = _mamba_ssm_kernel()
         if kernel is not None and x.is_cuda:
             out = kernel(x.contiguous(), dt.contiguous(), A.float(), B.contiguous(), C.contiguous(), chunk_size,
@@ -516,3 +521,20 @@ def ssd_scan(
             )
     return ssd_scan_torch(x, dt, A, B, C, chunk_size, initial_state=initial_state,
                           return_final_state=return_final_state)
+
+
+# --- issue 14 hook: the Triton backend, imported on first use ---
+def _triton_ok() -> bool:
+    from .triton import triton_available
+    return triton_available()
+
+
+def _triton_ssd(x, dt, A, B, C, chunk_size, initial_state, return_final_state):
+    if not _triton_ok():
+        raise RuntimeError("ssd_backend='triton' needs the triton package (it ships with torch's CUDA wheels); "
+                           "use ssd_backend='torch' or 'auto'")
+    from .triton.ssd import DEFAULT_CHUNK, ssd
+    chunk = 16
+    while chunk < min(chunk_size, DEFAULT_CHUNK):  # a power of two from 16 up to the kernels' default
+        chunk *= 2
+    return ssd(x, dt, A, B, C, initial_state=initial_state, return_final_state=return_final_state, chunk_size=chunk)
