@@ -27,7 +27,7 @@ def _conv_fwd_kernel(
     sxb, sxl, sxc, swc, swk, syb, syl, syc,
     K: tl.constexpr, SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_l, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_l, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)  # int64 offsets
     t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < CH
@@ -53,7 +53,7 @@ def _conv_bwd_kernel(
     K: tl.constexpr, SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """grad x for the rows of this tile; this tile's partial sums of grad weight (K, CH) and grad bias."""
-    pid_l, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_l, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)  # int64 offsets
     t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < CH

@@ -21,7 +21,7 @@ def _norm_fwd_kernel(
     Y, Z, W, O, RSTD, M, D, sym, szm, som, eps,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # int64: rows x width > 2^31
     cols = tl.arange(0, BLOCK_D)
     rmask = rows < M
     m = rmask[:, None] & (cols < D)[None, :]
@@ -39,7 +39,7 @@ def _norm_bwd_kernel(
     Y, Z, W, RSTD, GO, GY, GZ, GW, M, D, sym, szm, sgm, sgym, sgzm,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     rmask = rows < M

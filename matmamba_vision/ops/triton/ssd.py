@@ -34,8 +34,8 @@ def _chunk_state_kernel(
     sxb, sxl, sxh, sxp, sdb, sdl, sdh, sbb, sbl, sbg, sbn,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
 ):
-    pid_c, pid_bh, pid_p = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bi, hi = pid_bh // H, pid_bh % H
+    pid_c, pid_bh, pid_p = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)  # int64: offsets
+    bi, hi = pid_bh // H, pid_bh % H  # of 2048 px batches pass 2^31 elements
     gi = hi // (H // G)
     q = tl.arange(0, Q)
     t = pid_c * Q + q
@@ -66,7 +66,7 @@ def _state_pass_kernel(
     Q: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Overwrites each chunk's own state in ST with the state entering that chunk."""
-    pid_bh, pid_s = tl.program_id(0), tl.program_id(1)
+    pid_bh, pid_s = tl.program_id(0).to(tl.int64), tl.program_id(1)
     offs = pid_s * BLOCK + tl.arange(0, BLOCK)
     m = offs < PN
     if HAS_H0:
@@ -87,8 +87,8 @@ def _chunk_scan_kernel(
     sxb, sxl, sxh, sxp, sdb, sdl, sdh, sbb, sbl, sbg, sbn, scb, scl, scg, scn, syb, syl, syh, syp,
     Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, PREC: tl.constexpr,
 ):
-    pid_c, pid_bh, pid_p = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bi, hi = pid_bh // H, pid_bh % H
+    pid_c, pid_bh, pid_p = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)  # int64: offsets
+    bi, hi = pid_bh // H, pid_bh % H  # of 2048 px batches pass 2^31 elements
     gi = hi // (H // G)
     q = tl.arange(0, Q)
     t = pid_c * Q + q
