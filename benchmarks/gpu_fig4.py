@@ -270,8 +270,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--png", default=None)
     args = ap.parse_args()
-    if args.quick:
-        args.iters, args.warmup = 2, 1
+    if args.quick:  # every code path, however slow the machine: no time budget
+        args.iters, args.warmup, args.budget_s = 2, 1, float("inf")
         args.sizes, args.batches, args.big_batch, args.big_batch_px = [32, 64], [1, 2], 4, 32
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
