@@ -4,7 +4,8 @@
 - :mod:`.ssd_fast`: the factorised SSD for CPUs; :mod:`.ssd_mamba_ssm`: mamba_ssm's Triton SSD (optional);
 - :mod:`.causal_conv`: the causal depthwise conv (+ SiLU): reference, own backward, oneDNN fusion;
 - :mod:`.gated_norm`: the gated RMSNorm, and fused with the output projection;
-- :mod:`.dispatch`: the backends (``'torch'``, ``'reference'``, ``'mamba_ssm'``) and each call's route.
+- :mod:`.triton`: the project's Triton kernels for the whole mixer (``ssd_backend='triton'``);
+- :mod:`.dispatch`: the backends (``'torch'``, ``'reference'``, ``'triton'``, ``'mamba_ssm'``) and each call's route.
 """
 from .causal_conv import causal_conv1d_silu_ref, causal_depthwise_conv1d
 from .dispatch import BACKENDS, SSD_BACKENDS, Backend, check_ssd_backend, resolve_backend, ssd_scan, ssd_scan_torch

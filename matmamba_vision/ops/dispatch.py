@@ -10,7 +10,10 @@ first of ``AUTO_ORDER`` that runs on them). Registered:
 - ``'reference'``: routes whose work depends on the shapes only: the exact chunked SSD
   (:func:`.ssd_ref.ssd_scan_ref`) and the unfused conv then SiLU. :func:`matmamba_vision.count_flops` runs
   the model on it (:func:`matmamba_vision.layers.use_backend`), so a configuration has one FLOP figure.
-- ``'mamba_ssm'``: mamba_ssm's Triton SSD kernel (CUDA tensors; imported on first use); the conv as torch's.
+- ``'triton'``: the project's Triton kernels (:mod:`.triton`: conv with SiLU, SSD, gated norm; CUDA tensors,
+  or CPU tensors under ``TRITON_INTERPRET=1``; imported on first use). ``'auto'`` picks it on CUDA.
+- ``'mamba_ssm'``: mamba_ssm's Triton SSD kernel (CUDA tensors; imported on first use), only when named; the
+  conv as torch's.
 
 Adding a backend is one entry in ``BACKENDS`` (the kernels it leaves out are the torch backend's), plus its
 name in ``AUTO_ORDER`` where ``'auto'`` should pick it.
@@ -67,6 +70,32 @@ def _anywhere(x: torch.Tensor) -> bool:
     return True
 
 
+def _triton_runs_on(x: torch.Tensor) -> bool:
+    from .triton import triton_available
+    from .triton._launch import interpreter_active
+    return (x.is_cuda or interpreter_active()) and triton_available()
+
+
+def _triton_ssd(x, dt, A, B, C, chunk_size=256, initial_state=None, return_final_state=False):
+    """:func:`.triton.ssd.ssd` with chunks of a power of two from 16 up to ``chunk_size`` (at most the kernels'
+    default)."""
+    from .triton.ssd import DEFAULT_CHUNK, ssd
+    chunk = 16
+    while chunk < min(chunk_size, DEFAULT_CHUNK):
+        chunk *= 2
+    return ssd(x, dt, A, B, C, initial_state=initial_state, return_final_state=return_final_state, chunk_size=chunk)
+
+
+def _triton_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    from .triton.causal_conv import causal_conv1d
+    return causal_conv1d(x, weight, bias, silu=True)
+
+
+def _triton_gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    from .triton.gated_norm import gated_rms_norm
+    return gated_rms_norm(y, z, weight, eps)
+
+
 @dataclass(frozen=True)
 class Backend:
     """The kernels of one backend.
@@ -91,8 +120,10 @@ BACKENDS: Dict[str, Backend] = {
     "torch": Backend(),
     "mamba_ssm": Backend(ssd=ssd_scan_mamba_ssm, runs_on=mamba_ssm_runs_on, needs=MAMBA_SSM_NEEDS),
     "reference": Backend(ssd=_reference_ssd, conv1d_silu=_unfused_conv1d_silu),
+    "triton": Backend(ssd=_triton_ssd, conv1d_silu=_triton_conv1d_silu, gated_rms_norm=_triton_gated_rms_norm,
+                      runs_on=_triton_runs_on, needs="CUDA tensors (or TRITON_INTERPRET=1) and the triton package"),
 }
-AUTO_ORDER = ("mamba_ssm", "torch")  # 'auto' takes the first that runs on the tensors
+AUTO_ORDER = ("triton", "torch")  # 'auto' on CUDA takes the first that runs there; mamba_ssm only by name
 SSD_BACKENDS = ("auto", *BACKENDS)  # the names registered at import
 
 
@@ -106,8 +137,8 @@ def check_ssd_backend(name: str) -> str:
 def resolve_backend(name: str, x: torch.Tensor) -> Backend:
     """The backend that runs for ``ssd_backend=name`` on tensors like ``x``; RuntimeError where the named
     backend cannot run on them."""
-    if name == "auto":
-        for candidate in AUTO_ORDER:
+    if name == "auto":  # on CUDA the first of AUTO_ORDER that runs; elsewhere the torch backend
+        for candidate in AUTO_ORDER if x.is_cuda else ():
             if BACKENDS[candidate].runs_on(x):
                 return BACKENDS[candidate]
         return BACKENDS["torch"]
@@ -130,7 +161,7 @@ def ssd_scan(
 ):
     """SSD scan with the chosen backend (arguments and result as in :func:`.ssd_ref.ssd_scan_ref`).
 
-    ``auto`` takes mamba_ssm's Triton kernel for CUDA tensors when it imports, else the torch path.
+    ``auto`` takes the project's Triton kernels for CUDA tensors when triton imports, else the torch path.
     """
     kernel = resolve_backend(check_ssd_backend(backend), x).ssd
     return kernel(x, dt, A, B, C, chunk_size, initial_state, return_final_state)

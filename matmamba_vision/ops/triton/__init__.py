@@ -1,0 +1,20 @@
+"""The project's Triton kernels for the mixer (``ssd_backend="triton"``), each beside its plain-torch reference.
+
+Importing this package needs ``triton``; :func:`triton_available` tells whether it imports.
+"""
+from __future__ import annotations
+
+import functools
+
+__all__ = ["triton_available"]
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """Whether ``triton`` (shipped with torch's CUDA wheels) imports here."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a broken install raising at import
+        return False
+    return True

@@ -1,0 +1,120 @@
+"""The chunked SSD scan in Triton against the float64 recurrence (tests/ssd_reference.py): forward with D,
+initial and final states, and the gradients of every input, through the interpreter."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from matmamba_vision.ops.triton.ssd import ssd, ssd_ref
+from ssd_reference import recurrence
+
+# Max error relative to the largest reference value. fp32: chunked vs sequential summation; fp16: x, B, C
+# and y rounded to fp16 (states and sums stay fp32).
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3}
+
+
+def max_rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-12)).item()
+
+
+def make(b, seqlen, h, p, g, n, dtype, fast_decay=False):
+    x = torch.randn(b, seqlen, h, p).to(dtype)
+    dt = F.softplus(torch.randn(b, seqlen, h) + (2.0 if fast_decay else -1.0))
+    A = -torch.empty(h).uniform_(1.0, 16.0 if fast_decay else 2.0)
+    B, C = torch.randn(b, seqlen, g, n).to(dtype), torch.randn(b, seqlen, g, n).to(dtype)
+    return x, dt, A, B, C
+
+
+def reference(x, dt, A, B, C, D, h0):
+    y, final = recurrence(x, dt, A, B, C, h0 if h0 is not None else x.new_zeros(
+        x.shape[0], x.shape[2], x.shape[3], B.shape[-1]))
+    return y + x.double() * D.double()[:, None], final
+
+
+# (batch, seqlen, heads, headdim, groups, d_state, chunk): several chunks with a ragged end, one token,
+# headdim 4 and 6 (not a power of two), two groups, d_state 32 (two blocks of the kernels' N loop at 16...).
+SHAPES = [(1, 37, 4, 4, 2, 16, 16), (1, 1, 2, 6, 1, 16, 16), (1, 20, 3, 8, 1, 32, 16)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_ssd_forward_matches_recurrence(shape, dtype):
+    b, seqlen, h, p, g, n, q = shape
+    x, dt, A, B, C = make(b, seqlen, h, p, g, n, dtype)
+    D, h0 = torch.randn(h), torch.randn(b, h, p, n)
+    y, final = ssd(x, dt, A, B, C, D=D, initial_state=h0, return_final_state=True, chunk_size=q)
+    assert y.dtype == dtype and final.dtype == torch.float32
+    y_ref, final_ref = reference(x, dt, A, B, C, D, h0)
+    assert max_rel(y, y_ref) <= TOL[dtype]
+    assert max_rel(final, final_ref) <= TOL[torch.float32]
+    # without D and initial state
+    assert max_rel(ssd(x, dt, A, B, C, chunk_size=q), recurrence(x, dt, A, B, C)) <= TOL[dtype]
+
+
+def test_ssd_fast_decay_stays_finite_and_exact():
+    x, dt, A, B, C = make(1, 40, 2, 4, 1, 16, torch.float32, fast_decay=True)  # decay ranges of hundreds of nats
+    y = ssd(x, dt, A, B, C, chunk_size=32)
+    assert torch.isfinite(y).all()
+    assert max_rel(y, recurrence(x, dt, A, B, C)) <= TOL[torch.float32]
+
+
+def test_ssd_pieces_continue_with_states():
+    x, dt, A, B, C = make(1, 30, 2, 4, 1, 16, torch.float32)
+    y_all, f_all = ssd(x, dt, A, B, C, return_final_state=True, chunk_size=16)
+    y1, f1 = ssd(x[:, :13], dt[:, :13], A, B[:, :13], C[:, :13], return_final_state=True, chunk_size=16)
+    y2, f2 = ssd(x[:, 13:], dt[:, 13:], A, B[:, 13:], C[:, 13:], initial_state=f1, return_final_state=True,
+                 chunk_size=16)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y_all, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(f2, f_all, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_ssd_gradients_match_recurrence(dtype):
+    b, seqlen, h, p, g, n = 1, 21, 4, 4, 2, 16
+    x, dt, A, B, C = make(b, seqlen, h, p, g, n, dtype)
+    D, h0 = torch.randn(h), torch.randn(b, h, p, n)
+    inputs = [t.clone().requires_grad_() for t in (x, dt, A, B, C, D, h0)]
+    y, final = ssd(*inputs[:5], D=inputs[5], initial_state=inputs[6], return_final_state=True, chunk_size=16)
+    gy, gf = torch.randn_like(y), torch.randn_like(final)
+    got = torch.autograd.grad((y, final), inputs, (gy, gf))
+    ref_in = [t.detach().double().requires_grad_() for t in (x, dt, A, B, C, D, h0)]
+    y_ref, final_ref = reference(*ref_in)
+    want = torch.autograd.grad((y_ref, final_ref), ref_in, (gy.double(), gf.double()))
+    tol = 1e-4 if dtype == torch.float32 else 5e-3  # fp16: the fp16 rounding of y feeds the grads
+    for name, a, w, t in zip(("x", "dt", "A", "B", "C", "D", "h0"), got, want, inputs):
+        assert a.dtype == t.dtype and a.shape == t.shape, name
+        assert max_rel(a, w) <= tol, name
+
+
+def test_ssd_reference_matches_recurrence():
+    x, dt, A, B, C = make(2, 37, 4, 4, 2, 16, torch.float32)
+    D, h0 = torch.randn(4), torch.randn(2, 4, 4, 16)
+    y, final = ssd_ref(x, dt, A, B, C, D, h0, chunk_size=16)
+    y_ref, final_ref = reference(x, dt, A, B, C, D, h0)
+    assert max_rel(y, y_ref) <= TOL[torch.float32] and max_rel(final, final_ref) <= TOL[torch.float32]
+
+
+def test_ssd_compiles_to_one_graph():
+    x, dt, A, B, C = make(1, 20, 2, 4, 1, 16, torch.float32)
+    inputs = [t.clone().requires_grad_() for t in (x, dt, A, B, C)]
+
+    def f(x, dt, A, B, C):
+        y, final = ssd(x, dt, A, B, C, D=torch.ones_like(A), return_final_state=True, chunk_size=16)
+        return y.square().sum() + final.sum()
+
+    eager = torch.autograd.grad(f(*inputs), inputs)
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(*inputs), inputs)
+    for a, b in zip(got, eager):
+        torch.testing.assert_close(a, b)
+
+
+def test_ssd_rejects_bad_arguments():
+    x, dt, A, B, C = make(1, 8, 3, 4, 2, 16, torch.float32)
+    with pytest.raises(ValueError, match="multiple of groups"):
+        ssd(x, dt, A, B, C)
+    x, dt, A, B, C = make(1, 8, 2, 4, 1, 16, torch.float32)
+    with pytest.raises(ValueError, match="chunk_size"):
+        ssd(x, dt, A, B, C, chunk_size=24)
+    with pytest.raises(ValueError, match="initial_state"):
+        ssd(x, dt, A, B, C, initial_state=torch.zeros(1, 2, 4, 8))
