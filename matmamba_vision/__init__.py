@@ -8,11 +8,12 @@ Importing this package registers the models with timm::
         logits = model(images)
 """
 from .elastic import count_flops, count_params, extract_submodel
+from .export import export_model
 from .models import MatMambaVision, checkpoint_filter_fn, convert_official_state_dict
 from .ops import SSD_BACKENDS, ssd_scan
 
 __version__ = "0.1.0"
 __all__ = [
     "MatMambaVision", "checkpoint_filter_fn", "convert_official_state_dict",
-    "extract_submodel", "count_params", "count_flops", "SSD_BACKENDS", "ssd_scan",
+    "extract_submodel", "count_params", "count_flops", "export_model", "SSD_BACKENDS", "ssd_scan",
 ]
