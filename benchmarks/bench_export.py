@@ -9,6 +9,7 @@ img/s, and the ratio lines for the issue's goals (random weights: speed does not
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -40,43 +41,49 @@ def main() -> None:
     args = ap.parse_args()
     setup(args.threads)
     header(f"ONNX Runtime {ort.__version__} ({args.threads} intra-op threads) vs PyTorch eager, exported submodels")
-    tmp = tempfile.mkdtemp(prefix="bench_export_")
-    for key in args.models:
-        name, kwargs = MODELS[key]
-        model = timm.create_model(name, **kwargs).eval()
-        c, h, w = model.in_chans, *model.patch_embed.img_size
-        print(f"\n## {key}: {name} {kwargs or ''} ({h}x{w} px)")
-        print(f"{'g':>5s} {'params':>9s} {'ONNX MB':>8s} {'max rel err':>11s} {'batch':>5s} "
-              f"{'ORT img/s best/median':>22s} {'eager img/s best/median':>24s}")
-        times = {}
-        for g in model.matryoshka_levels:
-            path = os.path.join(tmp, f"{key}_g{g}.onnx")
-            export_model(model, path, granularity=g, sidecar=True, metadata={"bench": key})
-            info = __import__("json").loads(open(path + ".json").read())
-            sub = matmamba_vision.extract_submodel(model, g).eval()
-            session = _session(path, args.threads)
-            for b in args.batches:
-                x = torch.randn(b, c, h, w)
-                feed = {"input": x.numpy()}
-                with torch.inference_mode():
-                    t = interleaved({"ort": lambda: session.run(None, feed), "eager": lambda: sub(x)}, args.rounds)
-                times[(g, b)] = t
-                so, se = stats(t["ort"]), stats(t["eager"])
-                print(f"{g:5d} {info['params']:9d} {info['bytes'] / 1e6:8.2f} "
-                      f"{info['verification']['max_relative_error']:11.1e} {b:5d} "
-                      f"{b / so['min']:10.1f} /{b / so['median']:9.1f}  {b / se['min']:11.1f} /{b / se['median']:10.1f}",
-                      flush=True)
-            del session
-        levels = model.matryoshka_levels
+    with tempfile.TemporaryDirectory(prefix="bench_export_") as tmp:
+        for key in args.models:
+            run_model(key, tmp, args)
+
+
+def run_model(key: str, tmp: str, args) -> None:
+    """Export each trained level of one model, time ORT against eager, print the rows and the ratio lines."""
+    name, kwargs = MODELS[key]
+    model = timm.create_model(name, **kwargs).eval()
+    c, h, w = model.in_chans, *model.patch_embed.img_size
+    print(f"\n## {key}: {name} {kwargs or ''} ({h}x{w} px)")
+    print(f"{'g':>5s} {'params':>9s} {'ONNX MB':>8s} {'max rel err':>11s} {'batch':>5s} "
+          f"{'ORT img/s best/median':>22s} {'eager img/s best/median':>24s}")
+    times = {}
+    for g in model.matryoshka_levels:
+        path = os.path.join(tmp, f"{key}_g{g}.onnx")
+        export_model(model, path, granularity=g, sidecar=True, metadata={"bench": key})
+        with open(path + ".json") as f:
+            info = json.load(f)
+        sub = matmamba_vision.extract_submodel(model, g).eval()
+        session = _session(path, args.threads)
         for b in args.batches:
-            for g in levels:
-                print(ratio_line(f"{key} b{b} g={g}: ORT speed vs eager", times[(g, b)]["ort"],
-                                 times[(g, b)]["eager"], ">= 0.8x (ORT within 1.25x of eager)"))
-            print(ratio_line(f"{key} b{b}: ORT g={levels[-1]} speed-up over g={levels[0]}",
-                             times[(levels[-1], b)]["ort"], times[(levels[0], b)]["ort"],
-                             ">= 4x" if key == "35m" else "(none)"))
-            print(ratio_line(f"{key} b{b}: eager g={levels[-1]} speed-up over g={levels[0]}",
-                             times[(levels[-1], b)]["eager"], times[(levels[0], b)]["eager"], "(reference)"))
+            x = torch.randn(b, c, h, w)
+            feed = {"input": x.numpy()}
+            with torch.inference_mode():
+                t = interleaved({"ort": lambda: session.run(None, feed), "eager": lambda: sub(x)}, args.rounds)
+            times[(g, b)] = t
+            so, se = stats(t["ort"]), stats(t["eager"])
+            print(f"{g:5d} {info['params']:9d} {info['bytes'] / 1e6:8.2f} "
+                  f"{info['verification']['max_relative_error']:11.1e} {b:5d} "
+                  f"{b / so['min']:10.2f} /{b / so['median']:9.2f}  {b / se['min']:11.2f} /{b / se['median']:10.2f}",
+                  flush=True)
+        del session
+    levels = model.matryoshka_levels
+    for b in args.batches:
+        for g in levels:
+            print(ratio_line(f"{key} b{b} g={g}: ORT speed vs eager", times[(g, b)]["ort"],
+                             times[(g, b)]["eager"], ">= 0.8x (ORT within 1.25x of eager)"))
+        print(ratio_line(f"{key} b{b}: ORT g={levels[-1]} speed-up over g={levels[0]}",
+                         times[(levels[-1], b)]["ort"], times[(levels[0], b)]["ort"],
+                         ">= 4x" if key == "35m" else "(none)"))
+        print(ratio_line(f"{key} b{b}: eager g={levels[-1]} speed-up over g={levels[0]}",
+                         times[(levels[-1], b)]["eager"], times[(levels[0], b)]["eager"], "(reference)"))
 
 
 if __name__ == "__main__":
