@@ -73,7 +73,6 @@ def run_model(key: str, tmp: str, args) -> None:
                   f"{info['verification']['max_relative_error']:11.1e} {b:5d} "
                   f"{b / so['min']:10.2f} /{b / so['median']:9.2f}  {b / se['min']:11.2f} /{b / se['median']:10.2f}",
                   flush=True)
-        del session
     levels = model.matryoshka_levels
     for b in args.batches:
         for g in levels:
