@@ -8,6 +8,7 @@ Importing this package registers the models with timm::
         logits = model(images)
 """
 from .elastic import count_flops, count_params, extract_submodel
+from .export import export_model
 from .layers import use_backend
 from .models import MatMambaVision, checkpoint_filter_fn, convert_official_state_dict
 from .ops import SSD_BACKENDS, ssd_scan
@@ -15,5 +16,5 @@ from .ops import SSD_BACKENDS, ssd_scan
 __version__ = "0.1.0"
 __all__ = [
     "MatMambaVision", "checkpoint_filter_fn", "convert_official_state_dict",
-    "extract_submodel", "count_params", "count_flops", "SSD_BACKENDS", "ssd_scan", "use_backend",
+    "extract_submodel", "count_params", "count_flops", "export_model", "use_backend", "SSD_BACKENDS", "ssd_scan",
 ]

@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 __all__ = ["gated_rms_norm_ref", "gated_rms_norm_linear", "rms_norm_linear"]
 
@@ -46,10 +47,10 @@ def rms_norm_linear(
     scale = torch.rsqrt(ms + eps)
     if weight is None:
         lin = F.linear(gated, out_weight)
-    elif gated.numel() >= out_weight.numel():
-        lin = F.linear(gated, out_weight * weight.to(out_weight.dtype))
-    else:
+    elif statically_known_true(gated.numel() < out_weight.numel()):
         lin = F.linear(gated * weight.to(gated.dtype), out_weight)
+    else:  # also where the size is symbolic (torch.export with a dynamic batch): no guard on the batch
+        lin = F.linear(gated, out_weight * weight.to(out_weight.dtype))
     if out is not None:
         return torch.mul(lin, scale.to(lin.dtype), out=out)
     return lin.mul_(scale.to(lin.dtype)) if not torch.is_grad_enabled() else lin * scale.to(lin.dtype)
