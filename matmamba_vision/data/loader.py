@@ -10,6 +10,7 @@ Both return an object that iterates over ``(images float tensor, targets long te
 """
 from __future__ import annotations
 
+import itertools
 from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
@@ -21,6 +22,7 @@ from .folder import create_folder_dataset
 from .transforms import TensorAugment, create_eval_transform, create_train_transform, image_mode, to_channels
 
 __all__ = ["DATASETS", "resolve_dataset", "dataset_classes", "EvalLoader", "TrainLoader", "TensorTrainLoader", "ShardSampler",
+           "ResumableDistributedSampler",
            "create_eval_loader", "create_train_loader", "fmnist_data_config", "error_line"]
 
 DATASETS = ("", "fmnist", "folder", "ffcv")
@@ -97,22 +99,58 @@ class EvalLoader:
         return len(self.loader)
 
 
+class ResumableDistributedSampler(DistributedSampler):
+    """torch's DistributedSampler that can start its epoch after ``start`` indices (a resumed epoch)."""
+
+    start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
 class TrainLoader(EvalLoader):
     """Shuffled training batches (each rank's share of the global batch); call :meth:`set_epoch` before
     each epoch: the order depends only on ``seed`` and the epoch, so a resumed run replays it. The workers'
-    augmentation streams depend on ``seed``, the epoch and ``rank`` (ranks draw independently)."""
+    augmentation streams depend on ``seed``, the epoch and ``rank`` (ranks draw independently).
+
+    ``set_epoch(epoch, start)`` begins that epoch after its first ``start`` batches (resuming an in-epoch
+    checkpoint): the sampler skips their indices, or, for a loader without one (ffcv), they are read and dropped.
+    With ``workers`` > 0 the rest of the epoch has the same images but the workers' augmentation streams start
+    afresh; with 0 they come from the main process's RNG, which the checkpoint restores."""
 
     def __init__(self, loader, classes, num_samples, dataset=None, sampler=None, seed: int = 0, rank: int = 0):
         super().__init__(loader, classes, num_samples, dataset)
         self.sampler, self.seed, self.rank = sampler, seed, rank
+        self._drop = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0, state: Optional[dict] = None) -> None:
+        self._drop = 0
+        if isinstance(self.sampler, ResumableDistributedSampler):
+            self.sampler.start = start * self.loader.batch_size
+        elif start:
+            self._drop = start
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
         if getattr(self.loader, "generator", None) is not None:
             self.loader.generator.manual_seed((self.seed * 1000003 + epoch) * 7919 + self.rank)
         if hasattr(self.loader, "next_epoch"):  # ffcv's Loader
             self.loader.next_epoch = epoch
+
+    def state_dict(self) -> dict:
+        """What an in-epoch checkpoint needs beyond the batch count and the global RNGs (nothing here)."""
+        return {}
+
+    def __iter__(self) -> Iterator[Batch]:
+        batches = super().__iter__()
+        for _ in itertools.islice(batches, self._drop):
+            pass
+        return batches
+
+    def __len__(self) -> int:
+        return len(self.loader) - self._drop
 
 
 class TensorTrainLoader:
@@ -125,10 +163,18 @@ class TensorTrainLoader:
         self.batch_size, self.augment, self.seed, self.rank, self.world = batch_size, augment, seed, rank, world
         self.num_samples = len(targets)
         self.generator = torch.Generator()
-        self.epoch = 0
+        self.epoch, self.start, self._resume_generator = 0, 0, None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0, state: Optional[dict] = None) -> None:
+        """``start`` > 0 with ``state`` (:meth:`state_dict` saved after that many batches): resume inside the epoch."""
+        if start and (state or {}).get("generator") is None:
+            raise ValueError("TensorTrainLoader.set_epoch: resuming inside an epoch needs the state saved with it")
+        self.epoch, self.start = epoch, start
+        self._resume_generator = state["generator"] if start else None
+
+    def state_dict(self) -> dict:
+        """The augmentation generator's state (call after a batch: the next batch continues from it)."""
+        return {"generator": self.generator.get_state()}
 
     def __len__(self) -> int:
         return self.num_samples // (self.batch_size * self.world)
@@ -137,7 +183,10 @@ class TensorTrainLoader:
         self.generator.manual_seed(self.seed * 1000003 + self.epoch)
         order = torch.randperm(self.num_samples, generator=self.generator)
         step = self.batch_size * self.world
-        for i in range(len(self)):  # augment the global batch, then take this rank's share: any world size
+        first, self.start = self.start, 0
+        if first:
+            self.generator.set_state(self._resume_generator)
+        for i in range(first, len(self)):  # augment the global batch, then take this rank's share: any world size
             idx = order[i * step:(i + 1) * step]  # sees the same images, shifts and flips (random erasing draws
             # from each rank's own stream)
             images = self.augment(self.images[idx], self.generator)
@@ -244,7 +293,7 @@ def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split
     ds = _folder_or_fmnist_dataset(kind, data_dir, split, transform, in_chans, skip_corrupt)
     if len(ds) < batch_size * world:
         raise ValueError(f"batch size {batch_size * world} exceeds the {len(ds)} images of {data_dir or kind}/{split}")
-    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler = ResumableDistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
                         persistent_workers=False, pin_memory=torch.cuda.is_available(),
                         generator=torch.Generator().manual_seed(seed))

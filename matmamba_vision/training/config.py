@@ -11,6 +11,9 @@ from typing import List, Optional
 
 import yaml
 
+from .midepoch import non_negative_int, non_negative_minutes
+from .preemption import positive_seconds, signal_name
+
 __all__ = ["build_parser", "parse_args", "DEFAULT_MODEL", "DEFAULT_MODEL_KWARGS", "SCHEDULERS"]
 
 DEFAULT_MODEL = "matmamba_vision_tiny_patch4_28"
@@ -47,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default=DEFAULT_MODEL)
     m.add_argument("--pretrained", action="store_true", help="start from the model's published weights")
     m.add_argument("--initial-checkpoint", default="", help="weights to start from (ours or official)")
-    m.add_argument("--resume", default="", help="state file, weights file or experiment folder to continue")
+    m.add_argument("--resume", default="", help="state file, weights file or experiment folder to continue; 'auto': "
+                   "the newest checkpoint in --output/--experiment if there is one (else start fresh)")
     m.add_argument("--num-classes", type=int, default=None, help="default: the number of class folders")
     m.add_argument("--img-size", type=int, default=None)
     m.add_argument("--in-chans", type=int, default=None)
@@ -125,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", default="output/train")
     r.add_argument("--experiment", default="")
     r.add_argument("--checkpoint-hist", type=int, default=2)
+    r.add_argument("--checkpoint-interval-steps", type=non_negative_int, default=0,
+                   help="also checkpoint inside epochs every N optimiser steps (0: only at epoch ends)")
+    r.add_argument("--checkpoint-interval-minutes", type=non_negative_minutes, default=0.0,
+                   help="also checkpoint inside epochs when this many minutes passed since the last one (0: off)")
+    r.add_argument("--preempt-signal", type=signal_name, nargs="*", default=[],
+                   help="signals handled like SIGTERM (checkpoint, then exit 75), e.g. SIGUSR1")
+    r.add_argument("--preempt-deadline", type=positive_seconds, default=25.0,
+                   help="seconds from a preemption signal to exit; past it the previous checkpoint is kept (exit 76)")
     r.add_argument("--log-interval", type=int, default=50)
     r.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return p
