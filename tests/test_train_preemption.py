@@ -94,7 +94,7 @@ def _stderr(pause_dir: Path) -> str:
 
 def _torchrun(max_restarts: int):
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts",
-            str(max_restarts), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"]
+            str(max_restarts), "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
 
 
 def _same_ending(a: Path, b: Path, last: int = 1) -> None:

@@ -50,7 +50,16 @@ def init_distributed(device: Optional[str] = None) -> DistInfo:
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if restart != "0":  # torchrun restarted the ranks: keys of the dead attempt may still be in the store
+            # (seen with torchrun's default static rendezvous: a rank dialled a dead rank's address), so this
+            # attempt's process group uses keys of its own
+            store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world))
+            store = dist.PrefixStore(f"/matmamba_vision/restart_{restart}", store)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend)
     return DistInfo(dev, rank, world, local)
 
 
