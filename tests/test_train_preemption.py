@@ -179,7 +179,7 @@ def test_two_ranks_sigkill_under_torchrun_restart_then_sigterm(tmp_path, data):
     (exit 75; no restarts left, so torchrun stops too); the same command again finishes the run. It ends
     bit-identical to an uninterrupted 2-rank run."""
     base = [*FLAGS, "--data-dir", str(data), "--output", str(tmp_path), "--resume", "auto",
-            "--preempt-deadline", "10"]
+            "--preempt-deadline", "10", "--epochs", "1"]
     env = subprocess_env()
     whole = subprocess.run([*_torchrun(0), str(REPO / "train.py"), *base, "--experiment", "whole"], env=env,
                            capture_output=True, text=True, timeout=300)
@@ -217,7 +217,7 @@ def test_two_ranks_sigkill_under_torchrun_restart_then_sigterm(tmp_path, data):
     again = subprocess.run([*_torchrun(1), *cmd], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]
     assert "continuing at epoch 0, step 5 (batch 6 of 6)" in again.stderr
-    _same_ending(tmp_path / "whole", run)
+    _same_ending(tmp_path / "whole", run, last=0)
 
 
 @pytest.mark.parametrize("second", [False, True], ids=["deadline", "sigterm-twice"])
@@ -303,3 +303,36 @@ def test_resume_auto_needs_an_experiment_name(tmp_path, data):
     with pytest.raises(ValueError, match="--resume auto needs --experiment"):
         main([*TINY_MODEL, "--data-dir", str(data), "--output", str(tmp_path), "--resume", "auto"])
     assert not list(tmp_path.iterdir())
+
+
+def test_newest_checkpoint_order_and_pruning(tmp_path):
+    from matmamba_vision.training.midepoch import newest_checkpoint, prune_mid_epoch
+    for stem in ("checkpoint-0", "checkpoint-0-5", "checkpoint-1-3", "checkpoint-1-12"):
+        for ext in (".safetensors", ".state.pt"):
+            (tmp_path / f"{stem}{ext}").touch()
+    (tmp_path / "checkpoint-2-1.safetensors").touch()  # weights without a state file: an unfinished checkpoint
+    assert newest_checkpoint(tmp_path) == tmp_path / "checkpoint-1-12.state.pt"  # batches ordered as numbers
+    prune_mid_epoch(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.state.pt")) == ["checkpoint-0.state.pt", "checkpoint-1-12.state.pt"]
+    (tmp_path / "checkpoint-1.state.pt").touch()  # the end of epoch 1 supersedes its in-epoch checkpoint
+    prune_mid_epoch(tmp_path)
+    assert newest_checkpoint(tmp_path) == tmp_path / "checkpoint-1.state.pt"
+    assert not (tmp_path / "checkpoint-1-12.safetensors").exists()
+
+
+def test_checkpoint_trigger_intervals(monkeypatch):
+    from matmamba_vision.training import midepoch
+    now = [0.0]
+    monkeypatch.setattr(midepoch.time, "monotonic", lambda: now[0])
+    trigger = midepoch.CheckpointTrigger(every_steps=3, every_minutes=0.5)
+    assert trigger.poll(1) == (False, False) and trigger.poll(3) == (True, False)
+    assert trigger.poll(6, last=True) == (False, False)  # the end-of-epoch checkpoint follows anyway
+    now[0] = 31.0
+    assert trigger.poll(7) == (True, False)
+    trigger.written()
+    assert trigger.poll(8) == (False, False)
+
+    class Signalled:
+        requested = True
+    trigger.preemption = Signalled()
+    assert trigger.poll(8, last=True) == (True, True)
