@@ -136,7 +136,8 @@ def test_sigterm_mid_epoch_single_process_resumes_bit_identical(tmp_path, data):
         proc.kill()
     stderr = _stderr(tmp_path)
     assert proc.returncode == EXIT_PREEMPTED, stderr[-3000:]
-    print(f"\nsingle process: SIGTERM to exit {took:.2f} s")
+    written = re.search(r"written ([\d.]+) s after the signal", stderr)
+    print(f"\nsingle process: SIGTERM to checkpoint {written and written.group(1)} s, to exit {took:.2f} s")
     assert took < 25
     assert "SIGTERM: stopping after this optimiser step" in stderr and "checkpoint-0-3.state.pt written" in stderr
     # the stop checkpoint is at the step the signal came in, and replaced the older in-epoch one
@@ -207,7 +208,8 @@ def test_two_ranks_sigkill_under_torchrun_restart_then_sigterm(tmp_path, data):
     finally:
         proc.kill()
     log = _stderr(tmp_path)
-    print(f"\n2 ranks: SIGTERM (to rank 1) to torchrun's exit {took:.2f} s")
+    written = re.findall(r"written ([\d.]+) s after the signal", log)
+    print(f"\n2 ranks: SIGTERM (to rank 1) to checkpoint {written} s, to torchrun's exit {took:.2f} s")
     assert proc.returncode != 0 and re.search(r"exitcode\s*:\s*75", log), log[-4000:]
     assert "continuing at epoch 0, step 2 (batch 3 of 6)" in log
     assert sorted(p.name for p in run.glob("checkpoint-*.state.pt")) == ["checkpoint-0-5.state.pt"]

@@ -181,8 +181,12 @@ class Preemption:
 
     def exit(self, path: Optional[Path]) -> None:
         """Raise SystemExit(:data:`EXIT_PREEMPTED`) after logging how long the stop took."""
-        took = time.monotonic() - (self.requested_at or time.monotonic())
-        _logger.warning("preempted (%s): checkpoint %s written %.2f s after the signal; continue with the same "
-                        "command and --resume auto (exit code %d)", self.signal.name if self.signal else "signal",
-                        path.name if path else "(on rank 0)", took, EXIT_PREEMPTED)
+        name = path.name if path else "(on rank 0)"
+        if self.requested_at is None:  # another rank was signalled
+            _logger.warning("preempted (another rank's signal): checkpoint %s written; exit code %d", name,
+                            EXIT_PREEMPTED)
+        else:
+            _logger.warning("preempted (%s): checkpoint %s written %.2f s after the signal; continue with the same "
+                            "command and --resume auto (exit code %d)", self.signal.name, name,
+                            time.monotonic() - self.requested_at, EXIT_PREEMPTED)
         raise SystemExit(EXIT_PREEMPTED)
