@@ -338,3 +338,39 @@ def test_checkpoint_trigger_intervals(monkeypatch):
         requested = True
     trigger.preemption = Signalled()
     assert trigger.poll(8, last=True) == (True, True)
+
+
+def _batches(loader, epoch, start=0, state=None, rng=None):
+    from matmamba_vision.training.checkpointing import set_rng_state
+    if rng is not None:
+        set_rng_state(rng)
+    loader.set_epoch(epoch, start, state)
+    return list(loader)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "folder"])
+def test_loaders_resume_inside_an_epoch(tmp_path, kind):
+    """A loader set to start an epoch after k batches (with the loader state and RNGs of that moment) yields
+    exactly the rest of the uninterrupted epoch: the preloaded tensor path (Fashion-MNIST) and the folder path."""
+    from matmamba_vision.data import TensorAugment, TensorTrainLoader, create_train_loader
+    from matmamba_vision.training.checkpointing import rng_state
+    if kind == "tensor":
+        images = torch.randint(0, 255, (40, 1, 28, 28), dtype=torch.uint8)
+        augment = TensorAugment((0.5,), (0.5,), pad=2, hflip=0.5, re_prob=0.5)
+        make = lambda: TensorTrainLoader(images, torch.arange(40) % 3, ["a", "b", "c"], 4, augment, seed=3)  # noqa: E731
+    else:
+        data = make_image_folder(tmp_path, per_class=4)
+        config = dict(input_size=(3, 28, 28), interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3,
+                      crop_pct=1.0, crop_mode="center")
+        make = lambda: create_train_loader("folder", str(data), "train", config, 2, 0, seed=3, re_prob=0.5)  # noqa
+    torch.manual_seed(0)
+    whole, loader = [], make()
+    loader.set_epoch(1)
+    for i, batch in enumerate(loader):
+        whole.append(batch)
+        if i + 1 == 2:
+            saved, rng = loader.state_dict(), rng_state()
+    rest = _batches(make(), 1, 2, saved, rng)
+    assert len(rest) == len(whole) - 2
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(rest, whole[2:]))
+    assert len(_batches(make(), 2)) == len(whole)  # the next epoch starts at its beginning again
