@@ -113,7 +113,9 @@ class Preemption:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if self._timer is not None and exc_type is None:  # the run ended normally (e.g. signalled in its last
+            self._timer.cancel()                           # validation, after the final checkpoint)
         if self._pipe is None:
             return
         signal.set_wakeup_fd(self._previous_fd)
@@ -125,7 +127,7 @@ class Preemption:
         self._thread.join(timeout=5)
         os.close(r)
         os.close(w)
-        # once a stop was asked for, the deadline keeps bounding the exit (e.g. a process group's teardown)
+        # after a stop (SystemExit) or an error the deadline keeps bounding the exit (e.g. a process group's teardown)
 
     def _python_handler(self, signum, frame) -> None:
         """Python needs a handler for the wakeup fd to be written; the watcher thread does the work."""

@@ -228,12 +228,12 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def _on_main(info: DistInfo, fn: Callable[[], object]) -> None:
-    """Run ``fn`` on rank 0 only; a ValueError it raises is raised on every rank."""
+    """Run ``fn`` on rank 0 only; a ValueError (or OSError) it raises is raised on every rank as a ValueError."""
     error = None
     if info.is_main:
         try:
             fn()
-        except ValueError as e:
+        except (ValueError, OSError) as e:
             error = str(e)
     error = from_main(error)
     if error:
