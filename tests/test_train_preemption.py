@@ -374,3 +374,20 @@ def test_loaders_resume_inside_an_epoch(tmp_path, kind):
     assert len(rest) == len(whole) - 2
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(rest, whole[2:]))
     assert len(_batches(make(), 2)) == len(whole)  # the next epoch starts at its beginning again
+
+
+def test_loader_workers_survive_a_scheduler_sigterm(tmp_path):
+    """A scheduler signals every process of the job: a DataLoader worker must not die of it (the main process
+    would fail at once instead of checkpointing)."""
+    from matmamba_vision.data import create_train_loader
+    data = make_image_folder(tmp_path, per_class=4)
+    config = dict(input_size=(3, 28, 28), interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3,
+                  crop_pct=1.0, crop_mode="center")
+    loader = create_train_loader("folder", str(data), "train", config, 2, 1, seed=3)
+    loader.set_epoch(0)
+    it = iter(loader.loader)
+    next(it)
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        os.kill(it._workers[0].pid, sig)
+    time.sleep(0.5)
+    assert len(list(it)) == len(loader) - 1

@@ -11,6 +11,7 @@ Both return an object that iterates over ``(images float tensor, targets long te
 from __future__ import annotations
 
 import itertools
+import signal
 from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
@@ -97,6 +98,14 @@ class EvalLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+
+def ignore_preemption_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGTERM, SIGUSR1 and SIGUSR2. A scheduler signals every
+    process of the job; a worker killed by it would make the main process fail at once (torch's SIGCHLD check)
+    instead of finishing its step and checkpointing. Workers still end with the main process."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class ResumableDistributedSampler(DistributedSampler):
@@ -244,7 +253,8 @@ def create_eval_loader(dataset: str = "", data_dir: Optional[str] = None, split:
                                    skip_corrupt)
     sampler = ShardSampler(len(ds), rank, world, max_samples)
     loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+                        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                        worker_init_fn=ignore_preemption_signals)
     classes = ds.classes
     return EvalLoader(loader, classes, len(ds), ds)
 
@@ -296,6 +306,7 @@ def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split
     sampler = ResumableDistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
                         persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                        worker_init_fn=ignore_preemption_signals,
                         generator=torch.Generator().manual_seed(seed))
     return TrainLoader(loader, ds.classes, len(ds), ds, sampler=sampler, seed=seed, rank=rank)
 
