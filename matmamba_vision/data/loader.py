@@ -15,15 +15,18 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
-from .batches import EvalLoader, ShardSampler, TensorTrainLoader, TrainLoader
+from .batches import (
+    EvalLoader, ResumableDistributedSampler, ShardSampler, TensorTrainLoader, TrainLoader, ignore_preemption_signals,
+)
 from .ffcv_pipeline import beton_path, create_ffcv_loader, ffcv_meta_path
 from .fmnist import FashionMNIST, load_fmnist, FMNIST_CLASSES
 from .folder import create_folder_dataset
 from .transforms import TensorAugment, create_eval_transform, create_train_transform, image_mode, to_channels
 
 __all__ = ["DATASETS", "resolve_dataset", "dataset_classes", "EvalLoader", "TrainLoader", "TensorTrainLoader", "ShardSampler",
+           "ResumableDistributedSampler",
            "create_eval_loader", "create_train_loader", "fmnist_data_config", "error_line"]
 
 DATASETS = ("", "fmnist", "folder", "ffcv")
@@ -116,7 +119,8 @@ def create_eval_loader(dataset: str = "", data_dir: Optional[str] = None, split:
                                    skip_corrupt)
     sampler = ShardSampler(len(ds), rank, world, max_samples)
     loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+                        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                        worker_init_fn=ignore_preemption_signals)
     classes = ds.classes
     return EvalLoader(loader, classes, len(ds), ds)
 
@@ -164,9 +168,10 @@ def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split
     ds = _folder_or_fmnist_dataset(kind, data_dir, split, transform, in_chans, skip_corrupt)
     if len(ds) < batch_size * world:
         raise ValueError(f"batch size {batch_size * world} exceeds the {len(ds)} images of {data_dir or kind}/{split}")
-    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler = ResumableDistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
                         persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                        worker_init_fn=ignore_preemption_signals,
                         generator=torch.Generator().manual_seed(seed))
     return TrainLoader(loader, ds.classes, len(ds), ds, sampler=sampler, seed=seed, rank=rank)
 

@@ -25,6 +25,7 @@ from ..weights import (
     CheckpointError, atomic_write, load_checkpoint, load_torch, load_weights, read_weights_metadata, save_model_dir,
     save_torch, save_weights,
 )
+from .midepoch import mid_epoch_name, newest_checkpoint, prune_mid_epoch
 
 __all__ = ["rng_state", "set_rng_state", "CheckpointManager", "resolve_resume", "load_training_state",
            "read_training_state", "check_resume_matches", "latest_state_file", "check_free_space",
@@ -65,19 +66,18 @@ def _state_files(directory: Path) -> List[Tuple[int, Path]]:
 
 
 def latest_state_file(directory: Path) -> Optional[Path]:
-    """The newest complete checkpoint state file in ``directory``, or None."""
-    states = _state_files(Path(directory)) if Path(directory).is_dir() else []
-    return states[-1][1] if states else None
+    """The newest complete checkpoint state file in ``directory`` (end-of-epoch or in-epoch), or None."""
+    return newest_checkpoint(Path(directory))
 
 
 def resolve_resume(path: str) -> Path:
     """The state file to resume from: given directly, beside a weights file, or the newest in a folder."""
     p = Path(path)
     if p.is_dir():
-        states = _state_files(p)
-        if not states:
+        newest = newest_checkpoint(p)
+        if newest is None:
             raise ValueError(f"--resume: no checkpoint-*.state.pt in {p}")
-        return states[-1][1]
+        return newest
     if p.name.endswith(".safetensors"):
         state = p.with_name(p.name[: -len(".safetensors")] + ".state.pt")
         if p.is_file() and not state.is_file():  # e.g. model_best: weights only
@@ -250,6 +250,21 @@ class CheckpointManager:
         save_weights(model.state_dict(), weights, metadata=dict(metadata, epoch=epoch))
         path = save_torch(dict(state, epoch=epoch, weights=weights.name), self.directory / f"checkpoint-{epoch}.state.pt")
         self._prune()
+        prune_mid_epoch(self.directory)
+        return path
+
+    def save_mid_epoch(self, epoch: int, batches: int, model: torch.nn.Module, state: Dict[str, Any],
+                       metadata: Dict[str, Any]) -> Optional[Path]:
+        """An in-epoch checkpoint after ``batches`` batches of ``epoch`` (see :mod:`.midepoch`); older in-epoch
+        ones are removed once it is complete."""
+        if not self.enabled:
+            return None
+        stem = mid_epoch_name(epoch, batches)
+        weights = self.directory / f"{stem}.safetensors"
+        save_weights(model.state_dict(), weights, metadata=dict(metadata, epoch=epoch, batch=batches))
+        path = save_torch(dict(state, epoch=epoch, batch=batches, weights=weights.name),
+                          self.directory / f"{stem}.state.pt")
+        prune_mid_epoch(self.directory)
         return path
 
     def save_best(self, model: torch.nn.Module, ema: Optional[torch.nn.Module], metadata: Dict[str, Any],

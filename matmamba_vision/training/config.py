@@ -17,6 +17,7 @@ from ..flags import (
     parse_flags, parse_model_kwargs, positive_float, positive_fraction, positive_int, prob, seed_int,
 )
 from ..models.matmamba_vision import DEFAULT_MODEL
+from .preemption import signal_name
 
 __all__ = ["build_parser", "parse_args", "check_args", "schedule_flags", "DEFAULT_MODEL", "SCHEDULERS"]
 
@@ -50,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default=DEFAULT_MODEL, help="timm model name")
     m.add_argument("--pretrained", action="store_true", help="start from the model's published weights")
     m.add_argument("--initial-checkpoint", default="", help="weights to start from (ours or official)")
-    m.add_argument("--resume", default="", help="state file, weights file or experiment folder to continue")
+    m.add_argument("--resume", default="", help="state file, weights file or experiment folder to continue; 'auto': "
+                   "the newest checkpoint in --output/--experiment if there is one (else start fresh)")
     m.add_argument("--num-classes", type=positive_int, default=None, help="default: the number of class folders")
     m.add_argument("--img-size", type=positive_int, default=None, help="input image size (default: the model's)")
     m.add_argument("--in-chans", type=positive_int, default=None, help="input channels (default: the model's)")
@@ -132,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", default="output/train")
     r.add_argument("--experiment", default="")
     r.add_argument("--checkpoint-hist", type=positive_int, default=2)
+    r.add_argument("--checkpoint-interval-steps", type=nonneg_int, default=0,
+                   help="also checkpoint inside epochs every N optimiser steps (0: only at epoch ends)")
+    r.add_argument("--checkpoint-interval-minutes", type=nonneg_float, default=0.0,
+                   help="also checkpoint inside epochs when this many minutes passed since the last one (0: off)")
+    r.add_argument("--preempt-signal", type=signal_name, nargs="*", default=[],
+                   help="signals handled like SIGTERM (checkpoint, then exit 75), e.g. SIGUSR1")
+    r.add_argument("--preempt-deadline", type=positive_float, default=25.0,
+                   help="seconds from a preemption signal to exit; past it the previous checkpoint is kept (exit 76)")
     r.add_argument("--log-interval", type=positive_int, default=50)
     r.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return p

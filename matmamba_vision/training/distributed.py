@@ -34,8 +34,25 @@ def init_distributed(device: Optional[str] = None) -> DistInfo:
     """timm's ``init_distributed_device_so`` on a checked ``--device``: a process group when torchrun (or SLURM)
     starts several processes (NCCL for CUDA, else gloo), each CUDA rank on its local GPU."""
     dev = resolve_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart != "0" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        return _init_restarted_attempt(dev, restart)
     found = init_distributed_device_so(device=str(dev))
     return DistInfo(torch.device(found["device"]), found["global_rank"], found["world_size"], found["local_rank"])
+
+
+def _init_restarted_attempt(dev: torch.device, restart: str) -> DistInfo:
+    """The process group of an attempt torchrun restarted: keys of the dead attempt may still be in the store
+    (seen with torchrun's default static rendezvous: a rank dialled a dead rank's address), so this attempt's
+    group uses keys of its own."""
+    world, rank, local = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world))
+    store = dist.PrefixStore(f"/matmamba_vision/restart_{restart}", store)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", store=store, rank=rank, world_size=world)
+    return DistInfo(dev, rank, world, local)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

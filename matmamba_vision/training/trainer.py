@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from typing import Dict, List, Optional
+from contextlib import ExitStack
+from typing import Callable, Dict, List, Optional
 
 import torch
 from timm.optim import create_optimizer_v2, optimizer_kwargs
@@ -20,10 +21,13 @@ from ..runtime import check_output_dir
 from ..weights import build_model, load_checkpoint
 from .checkpointing import (
     CheckpointManager, check_free_space, check_resume_matches, latest_state_file,
-    read_training_state, reconcile_best, resolve_resume, set_rng_state,
+    read_training_state, reconcile_best, resolve_resume, rng_state, set_rng_state,
 )
 from .config import parse_args, schedule_flags
 from .distributed import DistInfo, all_rng_states, barrier, from_main, init_distributed, replicas_identical
+from .midepoch import CheckpointTrigger, gather_rank_states, resolve_auto_resume, resume_position
+from .preemption import Preemption
+from .run_lock import RunLock
 from .matryoshka import MatryoshkaStep, NonFiniteLossError, build_criterion, micro_batch_size
 from .outputs import Summary, attach_log_file, experiment_dir, setup_logging, write_args
 from .validation import validate
@@ -121,20 +125,39 @@ def main(argv: Optional[List[str]] = None) -> Dict[int, Dict[str, float]]:
     args = parse_args(argv)
     info = init_distributed(args.device)
     try:
-        return _train(args, info)
+        with ExitStack() as guards:  # the run folder's lock and the preemption handlers, released in any case
+            return _train(args, info, guards)
     finally:
         if info.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, float]]:
+def _on_main(info: DistInfo, fn: Callable[[], object]) -> None:
+    """Run ``fn`` on rank 0 only; a ValueError (or OSError) it raises is raised on every rank as a ValueError."""
+    error = None
+    if info.is_main:
+        try:
+            fn()
+        except (ValueError, OSError) as e:
+            error = str(e)
+    error = from_main(error)
+    if error:
+        raise ValueError(error)
+
+
+def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[int, Dict[str, float]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
-    resume_state = resolve_resume(args.resume) if args.resume else None
+    if args.resume == "auto":  # the newest checkpoint of this run folder, or a fresh start
+        resume_state = from_main(resolve_auto_resume(args.output, args.experiment))
+    else:
+        resume_state = resolve_resume(args.resume) if args.resume else None
     # rank 0's folder on every rank: a default name holds the time, which ranks may read a second apart
     out_dir = from_main(experiment_dir(args.output, args.experiment, args.model, resume_state))
+    lock = RunLock(out_dir)
+    _on_main(info, lock.check)  # a live run there is named (taken below, once every check passed)
     held = latest_state_file(out_dir) or next(iter(sorted(out_dir.glob("model_best*.safetensors"))), None)
     if resume_state is None and held is not None:  # a new run there would prune and overwrite that run's files
         raise ValueError(f"--output/--experiment: {out_dir} already holds a run ({held.name}); continue it with "
@@ -181,6 +204,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         raise ValueError("data: class lists of the train and val splits differ")
     if len(train_loader) == 0:
         raise ValueError(f"--batch-size {args.batch_size}: larger than the training set")
+    _on_main(info, lambda: guards.enter_context(lock))
 
     # ---- optimisation
     model.to(info.device)
@@ -191,7 +215,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
     scaler = torch.amp.GradScaler(info.device.type) if amp_dtype == torch.float16 else None
     ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
 
-    start_epoch, num_updates, best = 0, 0, {"top1": -1.0, "epoch": -1}
+    start_epoch, start_batch, num_updates, best = 0, 0, 0, {"top1": -1.0, "epoch": -1}
     if resume_state is not None:
         state = resumed
         load_checkpoint(model, resume_state.parent / state["weights"])
@@ -207,16 +231,17 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
             ema.module.load_state_dict(state["ema"])
         elif ema is not None:  # --model-ema added on resume: the average starts from the resumed weights
             ema.set(model)
-        start_epoch, num_updates, best = state["epoch"] + 1, state["step"], state.get("best", best)
+        (start_epoch, start_batch), num_updates, best = resume_position(state), state["step"], state.get("best", best)
         if info.is_main:  # model_best must be this run's: not one from epochs after the checkpoint
             out_dir.mkdir(parents=True, exist_ok=True)
             best = reconcile_best(resume_state.parent, out_dir, best)
         best = from_main(best)
         if scheduler is not None and args.sched_on_updates:
-            scheduler.step_update(start_epoch * updates_per_epoch)
+            scheduler.step_update(start_epoch * updates_per_epoch + start_batch)
         elif scheduler is not None:
             scheduler.step(start_epoch)
-        log.info("resumed from %s: continuing at epoch %d, step %d", resume_state, start_epoch, num_updates)
+        log.info("resumed from %s: continuing at epoch %d, step %d%s", resume_state, start_epoch, num_updates,
+                 f" (batch {start_batch + 1} of {updates_per_epoch})" if start_batch else "")
 
     train_model = model
     if info.distributed:
@@ -239,29 +264,63 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         resumed_here = resume_state is not None and (out_dir / "args.yaml").is_file()
         write_args(out_dir / (f"args.resumed-epoch{start_epoch}.yaml" if resumed_here else "args.yaml"), vars(args))
     saver = CheckpointManager(out_dir, args.checkpoint_hist, enabled=info.is_main)
-    summary = Summary(out_dir, granularities, state.get("summary") if start_epoch else None)
+    summary = Summary(out_dir, granularities, resumed.get("summary") if resumed is not None else None)
     log.info("model %s: %.2fM params, granularities %s (%s mode), global batch %d = %d ranks x %d micro-batch%s, "
              "%d steps/epoch, output %s", args.model, sum(p.numel() for p in model.parameters()) / 1e6,
              granularities, args.matryoshka_mode, args.batch_size, info.world_size, micro,
              f" x {args.grad_accum_steps} accum" if args.grad_accum_steps > 1 else "", updates_per_epoch, out_dir)
-    if start_epoch > 0:
-        rngs = state["rng"]
+    partial = (resumed or {}).get("partial")  # an in-epoch checkpoint: the epoch's loss sums and loader states
+    loader_state = partial["loader"][min(info.rank, len(partial["loader"]) - 1)] if partial else None
+    if resumed is not None:
+        rngs = resumed["rng"]
         if len(rngs) == info.world_size:
             set_rng_state(rngs[info.rank])
         else:  # resumed on another number of ranks: fresh per-rank streams (not bit-exact)
             log.warning("resumed on %d ranks, saved on %d: RNG streams reseeded", info.world_size, len(rngs))
-            random_seed(args.seed + 1000 * start_epoch, info.rank)
+            random_seed(args.seed + 1000 * start_epoch + start_batch, info.rank)
+        if start_batch and args.workers > 0:
+            log.warning("resumed inside an epoch with --workers %d: the rest of the epoch has the same images, but "
+                        "the workers' augmentation draws start afresh (bit-exact only with -j 0)", args.workers)
+    # SIGTERM (and --preempt-signal): checkpoint at the end of the step and exit 75 (see preemption.py)
+    preempt = guards.enter_context(Preemption(args.preempt_signal, args.preempt_deadline,
+                                              out_dir if info.is_main else None))
+    trigger = CheckpointTrigger(args.checkpoint_interval_steps, args.checkpoint_interval_minutes, preempt, info.device)
+    meta = {"model": args.model, "granularities": granularities,
+            "model_kwargs": dict(_model_kwargs(args), num_classes=num_classes)}
+
+    def training_state(rows: List[Dict]) -> Dict:
+        """Everything a resume needs but the RNGs and the position in the epoch."""
+        return {"step": num_updates, "optimizer": optimizer.state_dict(), "scheduler": _scheduler_progress(scheduler),
+                "updates_per_epoch": updates_per_epoch,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "ema": ema.module.state_dict() if ema is not None else None,
+                "args": _plain(vars(args)), "best": best, "granularities": granularities,
+                "model": args.model, "model_args": _plain(model.model_args), "summary": rows}
+
+    def save_in_epoch(epoch: int, batches: int, sums: Dict[int, float], count: int):
+        ranks = gather_rank_states({"rng": rng_state(), "loader": train_loader.state_dict()})
+        state = dict(training_state(summary.rows), rng=[r["rng"] for r in ranks],
+                     partial={"sums": sums, "count": count, "loader": [r["loader"] for r in ranks]})
+        path = saver.save_mid_epoch(epoch, batches, model, state, meta)
+        barrier()  # complete on disk before any rank goes on (or exits)
+        trigger.written()
+        if info.is_main:
+            log.info("checkpoint %s (epoch %d, batch %d of %d)", path.name, epoch, batches, updates_per_epoch)
+        return path
 
     metrics: Dict[int, Dict[str, float]] = {}
     for epoch in range(start_epoch, num_epochs):
         t0 = time.time()
         train_model.train()
-        train_loader.set_epoch(epoch)
+        first = start_batch if epoch == start_epoch else 0
+        train_loader.set_epoch(epoch, first, loader_state if first else None)
         sums = {g: 0.0 for g in granularities}
         count = 0
+        if first:
+            sums, count = {int(g): v for g, v in partial["sums"].items()}, partial["count"]
         bar = tqdm(train_loader, desc=f"epoch {epoch} (0..{num_epochs - 1})", disable=not info.is_main or args.no_progress,
-                   dynamic_ncols=True, mininterval=2.0)
-        for i, (images, targets) in enumerate(bar):
+                   dynamic_ncols=True, mininterval=2.0, initial=first, total=updates_per_epoch)
+        for i, (images, targets) in enumerate(bar, start=first):
             images, targets = images.to(info.device, non_blocking=True), targets.to(info.device, non_blocking=True)
             try:
                 losses = step(images, targets)
@@ -277,12 +336,19 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
             for g, v in losses.items():
                 sums[g] += v
             count += 1
-            if info.is_main and ((i + 1) % args.log_interval == 0 or i + 1 == len(train_loader)):
+            if info.is_main and ((i + 1) % args.log_interval == 0 or i + 1 == updates_per_epoch):
                 shown = " ".join(f"g{g}={v:.3f}" for g, v in losses.items())
                 lr = optimizer.param_groups[0]["lr"]
                 bar.set_postfix_str(f"loss {shown} lr {lr:.2e}")
                 if bar.disable:
-                    log.info("epoch %d step %d/%d: loss %s lr %.2e", epoch, i + 1, len(train_loader), shown, lr)
+                    log.info("epoch %d step %d/%d: loss %s lr %.2e", epoch, i + 1, updates_per_epoch, shown, lr)
+            write, stop = trigger.poll(num_updates, last=i + 1 == updates_per_epoch)
+            if write:
+                path = save_in_epoch(epoch, i + 1, sums, count)
+                if stop or trigger.stop_requested():  # a signal during the write: this checkpoint serves
+                    preempt.checkpoint_written()
+                    preempt.exit(path)
+            lock.refresh()
         bar.close()
         train_loss = {g: s / max(count, 1) for g, s in sums.items()}
         metrics = validate(model, eval_loader, granularities, info.device, amp_dtype)
@@ -306,26 +372,24 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         if is_best:
             best = {"top1": metrics[best_g]["top1"], "epoch": epoch, "granularity": best_g}
         # the head's size too when it came from the data (validate.py / retrieval.py rebuild the model from this)
-        meta = {"model": args.model, "granularities": granularities, "metrics": metrics,
-                "model_kwargs": dict(_model_kwargs(args), num_classes=num_classes)}
-        state = {"step": num_updates, "optimizer": optimizer.state_dict(), "scheduler": _scheduler_progress(scheduler),
-                 "updates_per_epoch": updates_per_epoch,
-                 "scaler": scaler.state_dict() if scaler is not None else None,
-                 "ema": ema.module.state_dict() if ema is not None else None, "rng": all_rng_states(),
-                 "args": _plain(vars(args)), "best": best, "granularities": granularities,
-                 "model": args.model, "model_args": _plain(model.model_args),
-                 "summary": summary.rows + [row]}
+        epoch_meta = dict(meta, metrics=metrics)
+        state = dict(training_state(summary.rows + [row]), rng=all_rng_states())
+        path = None
         if info.is_main:
             # the best model before the state that names it: a kill in between leaves a state file whose "best"
             # is on disk (resuming replays this epoch and rewrites the same best)
             if is_best:
-                saver.save_best(model, ema.module if ema else None, dict(meta, epoch=epoch), data_config)
-            saver.save(epoch, model, state, meta)
+                saver.save_best(model, ema.module if ema else None, dict(epoch_meta, epoch=epoch), data_config)
+            path = saver.save(epoch, model, state, epoch_meta)
             summary.add(row)
             log.info("epoch %d (0..%d, %.0fs): train loss %s | val top-1 %s | top-5 %s%s", epoch, num_epochs - 1,
                      row["epoch_time"], _fmt(train_loss, "{:.3f}"), _fmt({g: m["top1"] for g, m in metrics.items()}),
                      _fmt({g: m["top5"] for g, m in metrics.items()}), " (best)" if is_best else "")
         barrier()
+        trigger.written()
+        if epoch + 1 < num_epochs and trigger.stop_requested():  # a signal during validation or the write
+            preempt.checkpoint_written()
+            preempt.exit(path)
     if info.distributed:
         log.info("DDP: replicas identical after training (%d ranks)", info.world_size)
     log.info("done: best val top-1 %.2f%% at g=%s (epoch %d); outputs in %s", best["top1"], best_g,
