@@ -103,12 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--mixup-switch-prob", type=float, default=0.5)
     a.add_argument("--mixup-mode", default="batch", choices=("batch", "pair", "elem"))
     a.add_argument("--smoothing", type=float, default=0.1)
-    a.add_argument("--aa", default=None, help="RandAugment policy, e.g. rand-m9-n2-mstd0.5-inc1")
+    a.add_argument("--aa", default=None, help="RandAugment: a timm policy, e.g. rand-m9-n2-mstd0.5-inc1, or "
+                   "'official' (the official run's: 2 ops, magnitude 9, its quirks kept; folder and ffcv) or "
+                   "'official-fixed' (TranslateY and Equalize corrected)")
     a.add_argument("--color-jitter", type=float, default=0.0)
     a.add_argument("--color-jitter-prob", type=float, default=None)
     a.add_argument("--reprob", type=float, default=0.0)
     a.add_argument("--remode", default="pixel", choices=("pixel", "rand", "const"))
     a.add_argument("--recount", type=int, default=1)
+    a.add_argument("--re-max-area", type=float, default=1 / 3,
+                   help="random erasing: largest box as a fraction of the image (official run: 0.3)")
     a.add_argument("--scale", type=float, nargs=2, default=None)
     a.add_argument("--ratio", type=float, nargs=2, default=None)
     a.add_argument("--hflip", type=float, default=0.5)

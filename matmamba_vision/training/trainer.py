@@ -27,6 +27,7 @@ from .distributed import DistInfo, all_rng_states, barrier, from_main, init_dist
 from .evaluate import validate
 from .matryoshka import MatryoshkaStep, NonFiniteLossError, build_criterion, micro_batch_size
 from .outputs import Summary, attach_log_file, experiment_dir, setup_logging, write_args
+from .recipe import recipe_card
 
 __all__ = ["main", "TrainingError"]
 
@@ -84,6 +85,17 @@ def _granularities(args: argparse.Namespace, model) -> List[int]:
         except ValueError as e:
             raise ValueError(f"--granularities: {g} is not valid for {args.model}: {e}") from None
     return sorted(gs, reverse=True)
+
+
+def _create_optimizer(args: argparse.Namespace, model) -> torch.optim.Optimizer:
+    """timm's optimiser from the flags: weight decay on every parameter of two or more dimensions (the patch,
+    position and [CLS] embeddings included), none on 1-D ones or the SSM's A_log, D, dt_bias."""
+    if args.opt.lower().split("_")[-1] not in list_optimizers():  # timm's names, e.g. lookahead_adamw
+        raise ValueError(f"--opt must be one of timm's optimizers (timm.optim.list_optimizers(), e.g. adamw, sgd, "
+                         f"lamb), got {args.opt!r}")
+    return create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                               momentum=args.momentum, **({"eps": args.opt_eps} if args.opt_eps else {}),
+                               **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
 
 
 def _create_scheduler(args: argparse.Namespace, optimizer, updates_per_epoch: int):
@@ -206,6 +218,7 @@ def _check_flags(args: argparse.Namespace) -> None:
         ("--mixup-switch-prob", args.mixup_switch_prob, unit(args.mixup_switch_prob), "in [0, 1]"),
         ("--reprob", args.reprob, unit(args.reprob), "in [0, 1]"),
         ("--recount", args.recount, args.recount >= 1, "at least 1"),
+        ("--re-max-area", args.re_max_area, 0.02 <= args.re_max_area <= 1, "in [0.02, 1] (the box is 2 % or more)"),
         ("--hflip", args.hflip, unit(args.hflip), "in [0, 1]"),
         ("--color-jitter", args.color_jitter, args.color_jitter >= 0, "0 (off) or more"),
         ("--color-jitter-prob", args.color_jitter_prob, args.color_jitter_prob is None or unit(args.color_jitter_prob),
@@ -269,7 +282,8 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         args.dataset, args.data_dir, args.train_split, data_config, per_rank, args.workers, info.distributed,
         seed=args.seed, auto_augment=args.aa, color_jitter=args.color_jitter, color_jitter_prob=args.color_jitter_prob,
         re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, scale=args.scale, ratio=args.ratio,
-        hflip=args.hflip, translate=args.translate, skip_corrupt=args.skip_corrupt, device=info.device)
+        hflip=args.hflip, translate=args.translate, skip_corrupt=args.skip_corrupt, device=info.device,
+        re_max_area=args.re_max_area)
     eval_loader = create_eval_loader(args.dataset, args.data_dir, args.val_split, data_config,
                                      args.validation_batch_size or 2 * per_rank, args.workers, info.distributed,
                                      skip_corrupt=args.skip_corrupt)
@@ -280,12 +294,7 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
 
     # ---- optimisation
     model.to(info.device)
-    if args.opt.lower().split("_")[-1] not in list_optimizers():  # timm's names, e.g. lookahead_adamw
-        raise ValueError(f"--opt must be one of timm's optimizers (timm.optim.list_optimizers(), e.g. adamw, sgd, "
-                         f"lamb), got {args.opt!r}")
-    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                    momentum=args.momentum, **({"eps": args.opt_eps} if args.opt_eps else {}),
-                                    **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
+    optimizer = _create_optimizer(args, model)
     updates_per_epoch = len(train_loader)
     scheduler, num_epochs = _create_scheduler(args, optimizer, updates_per_epoch)
     amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
@@ -334,7 +343,12 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         attach_log_file(out_dir / "log.txt")
         # args.yaml keeps the flags the run was started with; a resume records its own beside them
         resumed_here = resume_state is not None and (out_dir / "args.yaml").is_file()
-        write_args(out_dir / (f"args.resumed-epoch{start_epoch}.yaml" if resumed_here else "args.yaml"), vars(args))
+        card = recipe_card(args, model, optimizer, scheduler, granularities, info.world_size, micro,
+                           updates_per_epoch, num_epochs)
+        for line in card:
+            log.info("recipe: %s", line)
+        write_args(out_dir / (f"args.resumed-epoch{start_epoch}.yaml" if resumed_here else "args.yaml"), vars(args),
+                   header=["recipe card:", *card])
     saver = CheckpointManager(out_dir, args.checkpoint_hist, enabled=info.is_main)
     summary = Summary(out_dir, granularities, state.get("summary") if start_epoch else None)
     log.info("model %s: %.2fM params, granularities %s (%s mode), global batch %d = %d ranks x %d micro-batch%s, "
