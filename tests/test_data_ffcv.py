@@ -45,12 +45,21 @@ def test_ffcv_round_trip_and_training_step(tmp_path):
     plain = create_train_loader("ffcv", str(out), "train", cfg, batch_size=12, workers=1)
     plain.set_epoch(0)
     assert erased.std(dim=(1, 2, 3)).mean() > 1.5 * next(iter(plain))[0].std(dim=(1, 2, 3)).mean()
+    # the official RandAugment runs in ffcv's compiled pipeline (our Operation, after the flip)
+    official = create_train_loader("ffcv", str(out), "train", cfg, batch_size=12, workers=1, hflip=0.0,
+                                   auto_augment="official")
+    official.set_epoch(0)
+    augmented, _ = next(iter(official))
+    assert augmented.shape == (12, 3, 28, 28) and torch.isfinite(augmented).all()
+    plain = create_train_loader("ffcv", str(out), "train", cfg, batch_size=12, workers=1, hflip=0.0)
+    plain.set_epoch(0)
+    assert not torch.allclose(augmented, next(iter(plain))[0])
     for flags in (dict(auto_augment="rand-m9-n2"), dict(color_jitter=0.4)):
         with pytest.raises(ValueError, match="not available with --dataset ffcv"):
             create_train_loader("ffcv", str(out), "train", cfg, batch_size=12, workers=1, **flags)
     # Run numba's failing finalisers now, inside this test's warning filter: left to a later garbage
     # collection they can fire inside ast.parse (pytest's assertion rewriting) and trip CPython 3.11.
-    del val
+    del val, train, plain, official
     gc.collect()
 
 

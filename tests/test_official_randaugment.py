@@ -1,5 +1,6 @@
 """The official RandAugment (--aa official): each op against a plain numpy reference of the official semantics
 on fixed images, the magnitude of each op, the draws, the PIL transform and the ffcv Operation."""
+import gc
 import random
 
 import numpy as np
@@ -184,3 +185,5 @@ def test_ffcv_operation_compiled():
     with pytest.raises(ValueError, match="after the image decoder"):
         op.declare_state_and_memory(State(jit_mode=False, device=torch.device("cpu"), shape=(17, 19, 3),
                                             dtype=np.dtype("uint8")))
+    del code  # numba's finalisers run here, inside this test's warning filter (see test_data_ffcv.py)
+    gc.collect()

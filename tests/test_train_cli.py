@@ -94,6 +94,8 @@ def test_cycle_mode_and_yaml_config(tmp_path, data):
     (["--checkpoint-hist", "0"], "--checkpoint-hist must be at least 1"),
     (["--clip-grad", "nan"], "--clip-grad must be a number"),
     (["--reprob", "2"], r"--reprob must be in \[0, 1\]"),
+    (["--re-max-area", "0.01"], r"--re-max-area must be in \[0.02, 1\]"),
+    (["--aa", "official-m9"], "--aa must be 'official'"),
     (["--opt", "bogus"], "--opt must be one of timm's optimizers"),
     (["--torchcompile", "bogus"], "--torchcompile must be one of"),
     (["--model-kwargs", "{embed_dim: 32"], "--model-kwargs is not valid YAML"),

@@ -51,7 +51,8 @@ def _decay_split(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> st
 
 
 def _augmentation(args: argparse.Namespace) -> str:
-    crop = f"RandomResizedCrop {args.img_size or 'model size'} + flip {args.hflip:g}"
+    size = args.img_size or "(the model's input size)"
+    crop = f"RandomResizedCrop {size} + flip {args.hflip:g}"
     aa = {"official": "official RandAugment (2 ops, magnitude 9, TranslateY/Equalize as the official run)",
           "official-fixed": "official RandAugment (2 ops, magnitude 9, TranslateY/Equalize corrected)"}.get(
         args.aa or "", f"timm RandAugment {args.aa}" if args.aa else "no RandAugment")
