@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # torch and torchvision are pinned as a pair that installs together here (the pair this platform's pip offers).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= test,faiss,export
+EXTRAS ?= test,faiss,export,augment
 # The ffcv extra builds from source against these Debian packages (installed when root); a failed build
 # leaves the rest installed and the FFCV test skips with its reason.
 OPTIONAL_EXTRAS ?= ffcv

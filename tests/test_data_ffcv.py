@@ -20,7 +20,9 @@ from train_utils import TINY_MODEL, make_image_folder  # noqa: E402
 def test_ffcv_round_trip_and_training_step(tmp_path):
     root = make_image_folder(tmp_path / "data", per_class=4, size=(40, 40))
     out = tmp_path / "ffcv"
-    write_main(["--data-dir", str(root), "--output", str(out), "--max-resolution", "32", "-j", "1"])
+    # JPEG here: raw images bring ffcv's raw decoder, whose numba finalisers crash pytest's exit (test below)
+    write_main(["--data-dir", str(root), "--output", str(out), "--max-resolution", "32", "-j", "1",
+                "--write-mode", "jpg"])
     meta = json.loads((out / "val.json").read_text())
     assert meta == {"classes": ["ankle", "bag", "coat"], "num_samples": 12}
 
@@ -45,12 +47,21 @@ def test_ffcv_round_trip_and_training_step(tmp_path):
     plain = create_train_loader("ffcv", str(out), "train", cfg, batch_size=12, workers=1)
     plain.set_epoch(0)
     assert erased.std(dim=(1, 2, 3)).mean() > 1.5 * next(iter(plain))[0].std(dim=(1, 2, 3)).mean()
+    # the official RandAugment runs in ffcv's compiled pipeline (our Operation, after the flip)
+    official = create_train_loader("ffcv", str(out), "train", cfg, batch_size=12, workers=1, hflip=0.0,
+                                   auto_augment="official")
+    official.set_epoch(0)
+    augmented, _ = next(iter(official))
+    assert augmented.shape == (12, 3, 28, 28) and torch.isfinite(augmented).all()
+    plain = create_train_loader("ffcv", str(out), "train", cfg, batch_size=12, workers=1, hflip=0.0)
+    plain.set_epoch(0)
+    assert not torch.allclose(augmented, next(iter(plain))[0])
     for flags in (dict(auto_augment="rand-m9-n2"), dict(color_jitter=0.4)):
         with pytest.raises(ValueError, match="not available with --dataset ffcv"):
             create_train_loader("ffcv", str(out), "train", cfg, batch_size=12, workers=1, **flags)
     # Run numba's failing finalisers now, inside this test's warning filter: left to a later garbage
     # collection they can fire inside ast.parse (pytest's assertion rewriting) and trip CPython 3.11.
-    del val
+    del val, train, plain, official
     gc.collect()
 
 
@@ -86,3 +97,21 @@ def test_ffcv_writer_refuses_bad_flags_before_writing(tmp_path, capsys, flags, m
         write_main(["--data-dir", str(root), "--output", str(tmp_path / "out"), *flags])
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+
+
+
+def test_writer_defaults_are_the_official_files(tmp_path, monkeypatch):
+    """The official train_500_0.0_100 files: raw pixels (compression probability 0, quality 100), longest side
+    500 (ffcv's writer resizes with INTER_AREA); the function and the command line agree."""
+    import inspect
+
+    import matmamba_vision.data.ffcv_writer as writer
+
+    defaults = {k: v.default for k, v in inspect.signature(writer.write_beton).parameters.items()}
+    assert (defaults["write_mode"], defaults["max_resolution"], defaults["jpeg_quality"]) == ("raw", 500, 100)
+    calls = []
+    monkeypatch.setattr(writer, "write_beton", lambda ds, classes, out, *rest: calls.append(rest) or out)
+    root = make_image_folder(tmp_path / "data", per_class=1, size=(8, 8), splits=("val",))
+    writer.main(["--data-dir", str(root), "--output", str(tmp_path / "out"), "--splits", "val"])
+    max_resolution, jpeg_quality, write_mode, _ = calls[0]
+    assert (write_mode, max_resolution, jpeg_quality) == ("raw", 500, 100)

@@ -1,5 +1,6 @@
 """train.py end to end on a tiny folder: outputs, checkpoints, and every bad input of issue 3."""
 import csv
+import math
 import hashlib
 import re
 
@@ -118,6 +119,8 @@ def test_cycle_mode_and_yaml_config(tmp_path, data):
     (["--checkpoint-hist", "0"], "--checkpoint-hist must be at least 1"),
     (["--clip-grad", "nan"], "--clip-grad must be a number"),
     (["--reprob", "2"], r"--reprob must be in \[0, 1\]"),
+    (["--re-max-area", "0.01"], r"--re-max-area must be in \[0.02, 1\]"),
+    (["--aa", "official-m9"], "--aa must be 'official'"),
     (["--opt", "bogus"], "--opt must be one of timm's optimizers"),
     (["--torchcompile", "bogus"], "--torchcompile must be one of"),
     (["--model-kwargs", "{embed_dim: 32"], "--model-kwargs is not valid YAML"),
@@ -224,7 +227,8 @@ def test_ema_added_on_resume_starts_from_the_resumed_weights(tmp_path, data):
         assert ((ema[k] - resumed[k]).norm() / resumed[k].norm()).item() < 0.01, k
 
 
-@pytest.mark.parametrize("name, batch, steps", [("imagenet_35m", 8192, 124_800), ("imagenet_135m", 4096, 249_600)])
+# batch and steps per optimiser update: 4 official micro-steps (one per granularity) make one update (issue 16)
+@pytest.mark.parametrize("name, batch, steps", [("imagenet_35m", 32768, 31_200), ("imagenet_135m", 16384, 62_400)])
 def test_official_recipe_configs(name, batch, steps):
     from matmamba_vision.training import parse_args
     from train_utils import REPO
@@ -234,8 +238,8 @@ def test_official_recipe_configs(name, batch, steps):
     assert (args.mixup, args.cutmix, args.smoothing, args.reprob, args.head_init_bias) == (0.8, 1.0, 0.1, 0.25, -6.9)
     per_epoch = 1_281_167 // batch  # ImageNet-1K train images, last partial batch dropped
     total_epochs = args.epochs + args.warmup_epochs  # warmup_prefix: timm adds the warm-up epochs
-    assert args.warmup_prefix and total_epochs * per_epoch == steps
-    assert abs(args.warmup_epochs * per_epoch - 10_000) < per_epoch
+    assert args.warmup_prefix and math.ceil(total_epochs) * per_epoch == steps
+    assert args.warmup_epochs * per_epoch == pytest.approx(2_500)  # 10,000 official micro-steps
     assert parse_args(["-c", str(REPO / "configs" / "fmnist.yaml")]).model_kwargs == parse_args([]).model_kwargs
 
 

@@ -85,7 +85,9 @@ def test_more_epochs_at_resume_rebuild_the_schedule(tmp_path, data, caplog, step
     assert len(extended) == 4 and extended[2:] == pytest.approx(long[2:], rel=1e-9)
     assert extended[2] > 1e-4  # mid-schedule, not min_lr
     assert "rebuilt from this run's flags (--epochs: 2 -> 4)" in caplog.text
-    started = yaml.safe_load((tmp_path / "short" / "args.yaml").read_text())
+    text = (tmp_path / "short" / "args.yaml").read_text()
+    assert text.startswith("# recipe card:\n# per update: ")  # the card as comments: still a -c config
+    started = yaml.safe_load(text)
     resumed = yaml.safe_load((tmp_path / "short" / "args.resumed-epoch2.yaml").read_text())
     assert started["epochs"] == 2 and resumed["epochs"] == 4  # args.yaml keeps the flags the run started with
 

@@ -1,7 +1,8 @@
 """FFCV ``.beton`` reading: the official recipe's pipelines (random-resized-crop + flip for training, then
 timm's random erasing on each batch; centre crop by ``crop_pct`` for evaluation), ffcv imported lazily (an
-optional extra). RandAugment and colour jitter are PIL transforms with no place in ffcv's compiled pipeline:
-asking for them with ffcv is an error rather than a silent omission.
+optional extra). The official RandAugment (``--aa official``) runs after the flip as our own compiled
+Operation (:mod:`.ffcv_ops`); timm's RandAugment and colour jitter are PIL transforms with no place in ffcv's
+compiled pipeline: asking for them with ffcv is an error rather than a silent omission.
 
 On a CPU, ffcv's Loader never returns when a numba-compiled stage follows a non-compiled one, so there the
 image pipeline is ``decoder, [flip], NormalizeImage, ToTensor, ToTorchImage``; on a GPU the usual
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from .batches import EvalLoader, ShardSampler, TrainLoader
+from .transforms import official_aa, official_randaugment
 
 __all__ = ["require_ffcv", "beton_path", "ffcv_meta_path", "ffcv_pipelines", "create_ffcv_loader"]
 
@@ -48,7 +50,7 @@ def ffcv_meta_path(beton: Path) -> Path:
 
 def ffcv_pipelines(data_config: dict, is_training: bool, device: Optional[torch.device] = None,
                    scale: Optional[Sequence[float]] = None, ratio: Optional[Sequence[float]] = None,
-                   hflip: float = 0.5) -> dict:
+                   hflip: float = 0.5, auto_augment: Optional[str] = None) -> dict:
     """ffcv pipelines for the ``image`` and ``label`` fields (see the module note on stage order)."""
     require_ffcv()
     from ffcv.fields.basics import IntDecoder
@@ -65,6 +67,12 @@ def ffcv_pipelines(data_config: dict, is_training: bool, device: Optional[torch.
                                                   ratio=tuple(ratio or (3 / 4, 4 / 3)))]
         if hflip > 0:
             image.append(RandomHorizontalFlip(flip_prob=hflip))
+        fixed = official_aa(auto_augment)
+        if fixed is not None:
+            image.append(official_randaugment(fixed, ffcv=True))
+        elif auto_augment:
+            raise ValueError(f"--aa {auto_augment!r}: only the official RandAugment (official, official-fixed) "
+                             "runs in the ffcv pipeline")
     else:
         image = [CenterCropRGBImageDecoder(size, ratio=float(data_config.get("crop_pct") or 0.875))]
     normalize = NormalizeImage(mean, std, np.float32)
@@ -106,10 +114,12 @@ def create_ffcv_loader(data_dir: str, split: str, data_config: dict, batch_size:
                        is_training: bool, rank: int = 0, world: int = 1, seed: int = 0,
                        scale: Optional[Sequence[float]] = None, ratio: Optional[Sequence[float]] = None,
                        hflip: float = 0.5, device: Optional[torch.device] = None, re_prob: float = 0.0,
-                       re_mode: str = "pixel", re_count: int = 1, max_samples: Optional[int] = None):
+                       re_mode: str = "pixel", re_count: int = 1, max_samples: Optional[int] = None,
+                       auto_augment: Optional[str] = None, re_max_area: float = 1 / 3):
     """A :class:`TrainLoader` (shuffled, drop-last) or :class:`EvalLoader` (in order) over ``DATA_DIR/SPLIT.beton``.
 
-    Training batches get timm's random erasing (``re_prob``, ``re_mode``, ``re_count``) per image; each rank
+    Training batches get timm's random erasing (``re_prob``, ``re_mode``, ``re_count``, box of 2 % to
+    ``re_max_area`` of the image) per image, and ``auto_augment`` ('official' or 'official-fixed'); each rank
     draws its own crops (the loader's seed includes the rank). Evaluation with ``max_samples`` reads that many
     images spread evenly over the split."""
     require_ffcv()
@@ -123,7 +133,8 @@ def create_ffcv_loader(data_dir: str, split: str, data_config: dict, batch_size:
     if not meta_file.is_file():
         raise ValueError(f"data_dir: {meta_file} (class names of {beton.name}) is missing")
     meta = json.loads(meta_file.read_text())
-    pipelines = ffcv_pipelines(data_config, is_training, device, scale, ratio, hflip)
+    pipelines = ffcv_pipelines(data_config, is_training, device, scale, ratio, hflip,
+                               auto_augment if is_training else None)
     n = int(meta["num_samples"])
     if is_training:
         indices = None if world == 1 else list(range(rank, n - n % world, world))
@@ -137,7 +148,7 @@ def create_ffcv_loader(data_dir: str, split: str, data_config: dict, batch_size:
     if is_training and re_prob > 0:
         from timm.data.random_erasing import RandomErasing
 
-        erasing = RandomErasing(re_prob, mode=re_mode, max_count=re_count,
+        erasing = RandomErasing(re_prob, max_area=re_max_area, mode=re_mode, max_count=re_count,
                                 device=str(device) if device is not None else "cpu")
     batches = _FFCVBatches(loader, int(data_config["input_size"][0]), erasing)
     if is_training:

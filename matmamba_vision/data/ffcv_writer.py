@@ -2,8 +2,10 @@
 
     python -m matmamba_vision.data.ffcv_writer --data-dir /data/imagenet --output /data/imagenet-ffcv
 
-writes ``OUTPUT/train.beton`` and ``OUTPUT/val.beton`` (JPEG, longest side at most 500 px as in the official
-setup) plus ``OUTPUT/{split}.json`` with class names and sample counts. Needs the optional ffcv extra.
+writes ``OUTPUT/train.beton`` and ``OUTPUT/val.beton`` as the official run's files (``train_500_0.0_100``: raw
+pixels, longest side at most 500 px, resized with OpenCV's INTER_AREA, which ffcv's writer uses) plus
+``OUTPUT/{split}.json`` with class names and sample counts. ``--write-mode jpg`` stores JPEG instead (about a
+fifth of the size; quality ``--jpeg-quality``). Needs the optional ffcv extra.
 """
 from __future__ import annotations
 
@@ -41,8 +43,8 @@ class _RGBArrays(Dataset):
         return np.asarray(img.convert("RGB"), dtype=np.uint8), int(target)
 
 
-def write_beton(dataset, classes: Sequence[str], output: Path, max_resolution: int = 500, jpeg_quality: int = 90,
-                write_mode: str = "jpg", workers: int = 2) -> Path:
+def write_beton(dataset, classes: Sequence[str], output: Path, max_resolution: int = 500, jpeg_quality: int = 100,
+                write_mode: str = "raw", workers: int = 2) -> Path:
     """Write ``dataset`` (PIL image, label) to ``output`` (.beton) and its class list beside it."""
     require_ffcv()
     from ffcv.fields import IntField, RGBImageField
@@ -73,9 +75,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--output", required=True, help="folder for {split}.beton and {split}.json")
     p.add_argument("--splits", nargs="+", default=["train", "val"], choices=("train", "val"))
     p.add_argument("--max-resolution", type=positive_int, default=500, help="longest side stored (official: 500)")
-    p.add_argument("--jpeg-quality", type=JPEG_QUALITY, default=90)
-    p.add_argument("--write-mode", default="jpg", choices=("jpg", "raw", "smart", "proportion"),
-                   help="ffcv RGBImageField mode")
+    p.add_argument("--jpeg-quality", type=JPEG_QUALITY, default=100, help="for jpg, smart, proportion (official: 100)")
+    p.add_argument("--write-mode", default="raw", choices=("jpg", "raw", "smart", "proportion"),
+                   help="ffcv RGBImageField mode (official: raw pixels)")
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (logged) instead of stopping")
     p.add_argument("-j", "--workers", type=nonneg_int, default=4)
     try:  # checked before writing: ffcv's writer workers fail on bad values and the main process waits forever

@@ -23,7 +23,8 @@ from .batches import (
 from .ffcv_pipeline import beton_path, create_ffcv_loader, ffcv_meta_path
 from .fmnist import FashionMNIST, load_fmnist, FMNIST_CLASSES
 from .folder import create_folder_dataset
-from .transforms import TensorAugment, create_eval_transform, create_train_transform, image_mode, to_channels
+from .transforms import (TensorAugment, create_eval_transform, create_train_transform, image_mode, official_aa,
+                         to_channels)
 
 __all__ = ["DATASETS", "resolve_dataset", "dataset_classes", "EvalLoader", "TrainLoader", "TensorTrainLoader", "ShardSampler",
            "ResumableDistributedSampler",
@@ -132,7 +133,7 @@ def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split
                         re_prob: float = 0.0, re_mode: str = "pixel", re_count: int = 1,
                         scale: Optional[Sequence[float]] = None, ratio: Optional[Sequence[float]] = None,
                         hflip: float = 0.5, translate: int = 0, skip_corrupt: bool = False, fast_fmnist: bool = True,
-                        device: Optional[torch.device] = None) -> TrainLoader:
+                        device: Optional[torch.device] = None, re_max_area: float = 1 / 3) -> TrainLoader:
     """A shuffled training loader; ``batch_size`` is this rank's batch per optimiser step (the global batch
     divided by the world size), and the last partial batch is dropped.
 
@@ -147,24 +148,26 @@ def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split
     in_chans = _in_chans(data_config)
     rank, world = _rank_world(distributed)
     if kind == "ffcv":
-        if auto_augment or color_jitter:
-            raise ValueError("--aa and --color-jitter are not available with --dataset ffcv (they are PIL transforms; "
-                             "ffcv's pipeline decodes, crops and flips in compiled code): train from the image "
-                             "folder, or turn them off with --aa '' --color-jitter 0")
+        if (auto_augment and official_aa(auto_augment) is None) or color_jitter:
+            raise ValueError("--aa (timm's policies) and --color-jitter are not available with --dataset ffcv (they "
+                             "are PIL transforms; ffcv's pipeline runs compiled code): use --aa official (or "
+                             "official-fixed), train from the image folder, or turn them off with --aa '' "
+                             "--color-jitter 0")
         return create_ffcv_loader(data_dir, split, data_config, batch_size, workers, is_training=True,
                                   rank=rank, world=world, seed=seed, scale=scale, ratio=ratio, hflip=hflip,
-                                  device=device, re_prob=re_prob, re_mode=re_mode, re_count=re_count)
+                                  device=device, re_prob=re_prob, re_mode=re_mode, re_count=re_count,
+                                  auto_augment=auto_augment, re_max_area=re_max_area)
     if (kind == "fmnist" and fast_fmnist and not auto_augment and not color_jitter
             and tuple(data_config["input_size"][1:]) == (28, 28)):  # other sizes: timm's transforms (resize)
         images, targets = load_fmnist(split, data_dir)
         images = to_channels(images.unsqueeze(1), in_chans)
         augment = TensorAugment(data_config["mean"], data_config["std"], pad=translate, hflip=hflip, re_prob=re_prob,
-                                re_mode=re_mode, re_count=re_count)
+                                re_mode=re_mode, re_count=re_count, re_max_area=re_max_area)
         if len(targets) < batch_size * world:
             raise ValueError(f"batch size {batch_size * world} exceeds the {len(targets)} training images")
         return TensorTrainLoader(images, targets, FMNIST_CLASSES, batch_size, augment, seed, rank, world)
     transform = create_train_transform(data_config, auto_augment, color_jitter, color_jitter_prob, re_prob,
-                                       re_mode, re_count, scale, ratio, hflip)
+                                       re_mode, re_count, scale, ratio, hflip, re_max_area)
     ds = _folder_or_fmnist_dataset(kind, data_dir, split, transform, in_chans, skip_corrupt)
     if len(ds) < batch_size * world:
         raise ValueError(f"batch size {batch_size * world} exceeds the {len(ds)} images of {data_dir or kind}/{split}")

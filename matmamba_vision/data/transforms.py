@@ -9,9 +9,38 @@ import torch.nn.functional as F
 from timm.data import Mixup, create_transform, resolve_data_config
 from timm.data.transforms_factory import transforms_imagenet_train
 from timm.data.random_erasing import RandomErasing
+from torchvision.transforms import RandomHorizontalFlip
 
-__all__ = ["image_mode", "model_data_config", "create_eval_transform", "create_train_transform", "create_mixup", "TensorAugment",
+__all__ = ["AA_OFFICIAL", "official_aa", "image_mode", "model_data_config", "create_eval_transform", "create_train_transform", "create_mixup", "TensorAugment",
            "normalize_uint8", "split_batch", "to_channels"]
+
+
+# our --aa values for the official run's RandAugment (data/official_randaugment.py): quirks kept / corrected
+AA_OFFICIAL = ("official", "official-fixed")
+
+
+def official_aa(aa: Optional[str]) -> Optional[bool]:
+    """``--aa`` -> None (not the official RandAugment), False (``official``) or True (``official-fixed``)."""
+    if not aa or not aa.startswith("official"):
+        return None
+    if aa not in AA_OFFICIAL:
+        raise ValueError(f"--aa must be {AA_OFFICIAL[0]!r} (the official RandAugment, its quirks kept), "
+                         f"{AA_OFFICIAL[1]!r} (TranslateY and Equalize corrected) or a timm policy, got {aa!r}")
+    return aa == "official-fixed"
+
+
+def official_randaugment(fixed: bool, ffcv: bool = False):
+    """The official RandAugment (2 ops, magnitude 9) as a PIL transform or (``ffcv``) an ffcv Operation;
+    ValueError when numba (or ffcv) is missing."""
+    try:
+        if ffcv:
+            from .ffcv_ops import OfficialRandAugmentOp
+            return OfficialRandAugmentOp(fixed=fixed)
+        from .official_randaugment import OfficialRandAugment
+        return OfficialRandAugment(fixed=fixed)
+    except ImportError as e:
+        raise ValueError(f"--aa {AA_OFFICIAL[int(fixed)]} needs numba: pip install 'matmamba-vision[augment]' ({e})") \
+            from e
 
 
 def image_mode(in_chans: int) -> str:
@@ -66,19 +95,29 @@ def create_train_transform(
     scale: Optional[Sequence[float]] = None,
     ratio: Optional[Sequence[float]] = None,
     hflip: float = 0.5,
+    re_max_area: float = 1 / 3,
 ):
-    """timm's training transform: RandomResizedCrop + flip, RandAugment (e.g. ``'rand-m9-n2-mstd0.5-inc1'``),
-    colour jitter (applied with ``color_jitter_prob``; kept beside RandAugment, which timm would otherwise drop
-    it for), normalise, random erasing."""
+    """timm's training transform: RandomResizedCrop + flip, RandAugment (a timm policy such as
+    ``'rand-m9-n2-mstd0.5-inc1'``, or ``'official'`` / ``'official-fixed'``: the official run's, after the
+    flip), colour jitter (applied with ``color_jitter_prob``; kept beside RandAugment, which timm would otherwise
+    drop it for), normalise, random erasing of 2 % to ``re_max_area`` of the image."""
     cfg = _eval_keys(data_config)
+    fixed = official_aa(auto_augment)
     # timm's train pipeline itself: create_transform does not pass force_color_jitter on
-    return transforms_imagenet_train(
+    pipeline = transforms_imagenet_train(
         tuple(cfg["input_size"][-2:]), interpolation=cfg.get("interpolation", "bilinear"), mean=cfg["mean"],
-        std=cfg["std"], auto_augment=auto_augment or None, color_jitter=color_jitter,
+        std=cfg["std"], auto_augment=(auto_augment or None) if fixed is None else None, color_jitter=color_jitter,
         color_jitter_prob=color_jitter_prob, force_color_jitter=bool(color_jitter), re_prob=re_prob,
         re_mode=re_mode, re_count=re_count,
         scale=tuple(scale) if scale else None, ratio=tuple(ratio) if ratio else None, hflip=hflip,
     )
+    steps = pipeline.transforms
+    if fixed is not None:  # after the crop and flip, as the official pipeline
+        steps.insert(1 + any(isinstance(t, RandomHorizontalFlip) for t in steps), official_randaugment(fixed))
+    for i, t in enumerate(steps):
+        if isinstance(t, RandomErasing):
+            steps[i] = RandomErasing(re_prob, max_area=re_max_area, mode=re_mode, max_count=re_count, device="cpu")
+    return pipeline
 
 
 def create_mixup(mixup: float = 0.0, cutmix: float = 0.0, smoothing: float = 0.0, num_classes: int = 1000,
@@ -104,10 +143,10 @@ class TensorAugment:
     runs replay."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], pad: int = 2, hflip: float = 0.5,
-                 re_prob: float = 0.0, re_mode: str = "pixel", re_count: int = 1):
+                 re_prob: float = 0.0, re_mode: str = "pixel", re_count: int = 1, re_max_area: float = 1 / 3):
         self.mean, self.std, self.pad, self.hflip = tuple(mean), tuple(std), pad, hflip
-        self.erase = (RandomErasing(re_prob, mode=re_mode, max_count=re_count, device="cpu") if re_prob > 0
-                      else None)
+        self.erase = (RandomErasing(re_prob, max_area=re_max_area, mode=re_mode, max_count=re_count, device="cpu")
+                      if re_prob > 0 else None)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, _, h, w = images.shape

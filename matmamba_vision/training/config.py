@@ -13,7 +13,7 @@ import yaml
 
 from ..argformat import DefaultsHelpFormatter
 from ..flags import (
-    ModelKwargs, compile_backend, drop_prob, nonneg_float, nonneg_int, not_nan_float, optimizer_name,
+    FlagType, ModelKwargs, compile_backend, drop_prob, nonneg_float, nonneg_int, not_nan_float, optimizer_name,
     parse_flags, parse_model_kwargs, positive_float, positive_fraction, positive_int, prob, seed_int,
 )
 from ..models.matmamba_vision import DEFAULT_MODEL
@@ -23,6 +23,7 @@ __all__ = ["build_parser", "parse_args", "check_args", "schedule_flags", "DEFAUL
 
 
 SCHEDULE_GROUP = "learning-rate schedule"
+RE_MAX_AREA = FlagType("re_max_area", float, lambda v: 0.02 <= v <= 1, "in [0.02, 1] (the box is 2 % or more)")
 
 # timm's create_scheduler_v2 names (an unknown name there silently means no schedule), and none for that
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "constant", "wsd", "rsqrt", "none")
@@ -111,12 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--mixup-switch-prob", type=prob, default=0.5)
     a.add_argument("--mixup-mode", default="batch", choices=("batch", "pair", "elem"))
     a.add_argument("--smoothing", type=drop_prob, default=0.1)
-    a.add_argument("--aa", default=None, help="RandAugment policy, e.g. rand-m9-n2-mstd0.5-inc1")
+    a.add_argument("--aa", default=None, help="RandAugment: a timm policy, e.g. rand-m9-n2-mstd0.5-inc1, or "
+                   "'official' (the official run's: 2 ops, magnitude 9, its quirks kept; folder and ffcv) or "
+                   "'official-fixed' (TranslateY and Equalize corrected)")
     a.add_argument("--color-jitter", type=nonneg_float, default=0.0)
     a.add_argument("--color-jitter-prob", type=prob, default=None)
     a.add_argument("--reprob", type=prob, default=0.0)
     a.add_argument("--remode", default="pixel", choices=("pixel", "rand", "const"))
     a.add_argument("--recount", type=positive_int, default=1)
+    a.add_argument("--re-max-area", type=RE_MAX_AREA, default=1 / 3,
+                   help="random erasing: largest box as a fraction of the image (official run: 0.3)")
     a.add_argument("--scale", type=positive_fraction, nargs=2, default=None, help="RandomResizedCrop area range")
     a.add_argument("--ratio", type=positive_float, nargs=2, default=None, help="RandomResizedCrop aspect range")
     a.add_argument("--hflip", type=prob, default=0.5)

@@ -9,7 +9,7 @@ import logging.handlers
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import yaml
 
@@ -60,8 +60,9 @@ def attach_log_file(log_file: Path) -> None:
             h.flush()
 
 
-def write_args(path: Path, args: Dict) -> None:
-    text = yaml.safe_dump(args, sort_keys=False)
+def write_args(path: Path, args: Dict, header: Sequence[str] = ()) -> None:
+    """``args`` as YAML (usable as ``-c``), after ``header`` lines written as comments."""
+    text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(args, sort_keys=False)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 

@@ -31,6 +31,7 @@ from .run_lock import RunLock
 from .matryoshka import MatryoshkaStep, NonFiniteLossError, build_criterion, micro_batch_size
 from .outputs import Summary, attach_log_file, experiment_dir, setup_logging, write_args
 from .validation import validate
+from .recipe import recipe_card
 
 __all__ = ["main", "TrainingError"]
 
@@ -76,6 +77,12 @@ def _granularities(args: argparse.Namespace, model) -> List[int]:
         except ValueError as e:
             raise ValueError(f"--granularities: {g} is not valid for {args.model}: {e}") from None
     return sorted(gs, reverse=True)
+
+
+def _create_optimizer(args: argparse.Namespace, model) -> torch.optim.Optimizer:
+    """timm's optimiser from the flags: weight decay on every parameter of two or more dimensions (the patch,
+    position and [CLS] embeddings included), none on 1-D ones or the SSM's A_log, D, dt_bias."""
+    return create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
 
 
 def _create_scheduler(args: argparse.Namespace, optimizer, updates_per_epoch: int):
@@ -196,7 +203,8 @@ def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[
         args.dataset, args.data_dir, args.train_split, data_config, per_rank, args.workers, info.distributed,
         seed=args.seed, auto_augment=args.aa, color_jitter=args.color_jitter, color_jitter_prob=args.color_jitter_prob,
         re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, scale=args.scale, ratio=args.ratio,
-        hflip=args.hflip, translate=args.translate, skip_corrupt=args.skip_corrupt, device=info.device)
+        hflip=args.hflip, translate=args.translate, skip_corrupt=args.skip_corrupt, device=info.device,
+        re_max_area=args.re_max_area)
     eval_loader = create_eval_loader(args.dataset, args.data_dir, args.val_split, data_config,
                                      args.validation_batch_size or 2 * per_rank, args.workers, info.distributed,
                                      skip_corrupt=args.skip_corrupt)
@@ -208,7 +216,7 @@ def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[
 
     # ---- optimisation
     model.to(info.device)
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
+    optimizer = _create_optimizer(args, model)
     updates_per_epoch = len(train_loader)
     scheduler, num_epochs = _create_scheduler(args, optimizer, updates_per_epoch)
     amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
@@ -262,7 +270,12 @@ def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[
             log.warning("data: %s", line)
         # args.yaml keeps the flags the run was started with; a resume records its own beside them
         resumed_here = resume_state is not None and (out_dir / "args.yaml").is_file()
-        write_args(out_dir / (f"args.resumed-epoch{start_epoch}.yaml" if resumed_here else "args.yaml"), vars(args))
+        card = recipe_card(args, model, optimizer, scheduler, granularities, info.world_size, micro,
+                           updates_per_epoch, num_epochs)
+        for line in card:
+            log.info("recipe: %s", line)
+        write_args(out_dir / (f"args.resumed-epoch{start_epoch}.yaml" if resumed_here else "args.yaml"), vars(args),
+                   header=["recipe card:", *card])
     saver = CheckpointManager(out_dir, args.checkpoint_hist, enabled=info.is_main)
     summary = Summary(out_dir, granularities, resumed.get("summary") if resumed is not None else None)
     log.info("model %s: %.2fM params, granularities %s (%s mode), global batch %d = %d ranks x %d micro-batch%s, "
