@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from matmamba_vision.checkpoint import load_torch, load_weights
+from matmamba_vision.weights import load_torch, load_weights
 from matmamba_vision.training import main
 from matmamba_vision.training.checkpointing import latest_state_file
 from matmamba_vision.training.preemption import EXIT_DEADLINE, EXIT_PREEMPTED, EXIT_SECOND_SIGNAL
