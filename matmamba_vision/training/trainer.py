@@ -25,7 +25,7 @@ from .checkpointing import (
 from .config import parse_args
 from .distributed import DistInfo, all_rng_states, barrier, from_main, init_distributed, replicas_identical
 from .evaluate import validate
-from .matryoshka import MatryoshkaStep, NonFiniteLossError, build_criterion, micro_batch_size
+from .matryoshka import MatryoshkaStep, NonFiniteLossError, build_criterion, micro_batch_size, untrained_widths
 from .outputs import Summary, attach_log_file, experiment_dir, setup_logging, write_args
 
 __all__ = ["main", "TrainingError"]
@@ -327,7 +327,10 @@ def _train(args: argparse.Namespace, info: DistInfo) -> Dict[int, Dict[str, floa
         train_model = torch.compile(train_model, backend=args.torchcompile)
     step = MatryoshkaStep(train_model, model, optimizer, build_criterion(mixup_fn is not None, args.smoothing),
                           granularities, args.matryoshka_mode, args.grad_accum_steps, args.clip_grad,
-                          args.clip_mode, amp_dtype, scaler, mixup_fn, info.device.type)
+                          args.clip_mode, amp_dtype, scaler, mixup_fn, info.device.type,
+                          distill_weight=args.distill_weight if args.distill else 0.0,
+                          distill_temperature=args.distill_temperature,
+                          sample_pool=untrained_widths(model, granularities), num_sampled=args.sample_granularities)
 
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
