@@ -84,12 +84,34 @@ def test_sampled_widths_join_the_mean():
     assert_same_weights(model, ref)
 
 
+def test_cycle_mode_variants_match_a_reference():
+    """Cycle mode: a narrower micro-batch's teacher is an extra no-grad full-width forward of that micro-batch; the
+    step's draws ride on micro-batches 0..N-1; every width's loss weighs 1 / (K + N)."""
+    model, ref = tiny(), tiny()
+    gs, w = [32, 8], 0.6
+    pool = untrained_widths(model, gs)
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    torch.manual_seed(7)
+    drawn = [pool[i] for i in torch.randperm(len(pool))[:1].tolist()]
+    terms = []
+    for g, xs, ys, extra in zip(gs, x.chunk(2), y.chunk(2), (drawn, [])):
+        with torch.no_grad(), ref.granularity(32):
+            teacher = ref(xs)
+        for h in [g, *extra]:
+            with ref.granularity(h):
+                out = ref(xs)
+            ce = F.cross_entropy(out, ys)
+            terms.append(ce if h == 32 else (1 - w) * ce + w * distill_loss(out, teacher))
+    sgd_step(ref, torch.stack(terms).sum() / 3)
+    torch.manual_seed(7)
+    make_step(model, gs, mode="cycle", distill_weight=w, sample_pool=pool, num_sampled=1)(x, y)
+    assert_same_weights(model, ref)
+
+
 def test_bad_variant_settings_are_refused():
     model = tiny()
     with pytest.raises(ValueError, match="--sample-granularities must be in"):
         make_step(model, [32, 16], sample_pool=untrained_widths(model, [32, 16]), num_sampled=8)
-    with pytest.raises(ValueError, match="need --matryoshka-mode sum"):
-        make_step(model, mode="cycle", distill_weight=0.5)
     with pytest.raises(ValueError, match="--distill-weight"):
         make_step(model, distill_weight=1.5)
     for flags in (["--distill-weight", "2"], ["--distill-temperature", "0"], ["--sample-granularities", "-1"],
@@ -101,7 +123,7 @@ def test_bad_variant_settings_are_refused():
 def test_train_py_with_both_variants(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=4)
     metrics = main([*TINY_MODEL, "--data-dir", str(data), "-b", "4", "--epochs", "1", "--output", str(tmp_path),
-                    "--experiment", "v", "--no-progress", "--distill", "--distill-weight", "0.8",
+                    "--experiment", "v", "--no-progress", "--matryoshka-mode", "sum", "--distill", "--distill-weight", "0.8",
                     "--distill-temperature", "2", "--sample-granularities", "2"])
     assert sorted(metrics) == [4, 8, 16, 32]
     args = (tmp_path / "v" / "args.yaml").read_text()

@@ -78,13 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--matryoshka-mode", choices=("sum", "cycle"), default="sum",
                    help="sum: every g on each batch, averaged; cycle: one g per micro-batch, one step per cycle")
     t.add_argument("--distill", action="store_true",
-                   help="in-place distillation (sum mode): the widest trained g's logits teach the narrower ones")
+                   help="in-place distillation: the widest trained g's logits teach the narrower ones")
     t.add_argument("--distill-weight", type=_checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
                    default=0.5, help="--distill: loss = (1 - w) label CE + w KD for every narrower width")
     t.add_argument("--distill-temperature", type=_checked(float, lambda v: 0 < v < float("inf"), "a positive number"),
                    default=1.0, help="--distill: softmax temperature of teacher and student (KD scaled by T^2)")
     t.add_argument("--sample-granularities", type=_checked(int, lambda v: v >= 0, "an integer >= 0"), default=0,
-                   metavar="N", help="sum mode: each step also trains N random untrained valid widths between the "
+                   metavar="N", help="each step also trains N random untrained valid widths between the "
                    "smallest and largest trained g")
     t.add_argument("--best-granularity", type=int, default=None, help="g whose val top-1 picks the best model")
     o = p.add_argument_group("optimisation")

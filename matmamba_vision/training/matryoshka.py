@@ -5,12 +5,14 @@
 - ``cycle`` (official schedule): the batch is cut into one micro-batch per granularity (times the
   accumulation steps); micro-step ``i`` runs granularity ``i mod K``; one optimiser step per cycle.
 
-Two additions beyond the paper, ``sum`` mode only:
+Two additions beyond the paper:
 
 - in-place distillation (``distill_weight > 0``, as slimmable networks train): the widest trained
-  granularity's logits, detached, teach every narrower width on the same micro-batch;
+  granularity's logits, detached, teach every narrower width on the same micro-batch (in cycle mode they come
+  from an extra forward without gradients on that micro-batch);
 - sampled widths (``sample_pool`` + ``num_sampled``): each step also trains ``num_sampled`` widths drawn
-  without replacement from ``sample_pool`` (torch's global RNG, so a resumed run draws as the original did).
+  without replacement from ``sample_pool`` (torch's global RNG, so a resumed run draws as the original did);
+  sum mode draws per micro-batch, cycle mode once per step and runs draw n on micro-batch n.
 """
 from __future__ import annotations
 
@@ -120,9 +122,6 @@ class MatryoshkaStep:
         if self.num_sampled < 0 or self.num_sampled > len(self.sample_pool):
             raise ValueError(f"--sample-granularities must be in [0, {len(self.sample_pool)}] (the untrained valid "
                              f"widths between the trained ones: {list(self.sample_pool)}), got {self.num_sampled}")
-        if self.mode != "sum" and (self.distill_weight > 0 or self.num_sampled > 0):
-            raise ValueError("--distill and --sample-granularities need --matryoshka-mode sum (every width on the "
-                             "same micro-batch)")
         self._params = [p for p in self.model.parameters() if p.requires_grad]
 
     def _autocast(self):
@@ -134,16 +133,23 @@ class MatryoshkaStep:
     def _backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def _sum_losses(self, x: torch.Tensor, y: torch.Tensor) -> List[torch.Tensor]:
-        """One loss per trained granularity (in order), then one per sampled width."""
-        widths = list(self.granularities)
-        if self.num_sampled:
-            pick = torch.randperm(len(self.sample_pool))[: self.num_sampled].tolist()
-            widths += [self.sample_pool[i] for i in pick]
+    def _draw(self) -> List[int]:
+        """``num_sampled`` widths from the pool, without replacement (torch's global RNG)."""
+        if not self.num_sampled:
+            return []
+        return [self.sample_pool[i] for i in torch.randperm(len(self.sample_pool))[: self.num_sampled].tolist()]
+
+    def _losses(self, x: torch.Tensor, y: torch.Tensor, widths: Sequence[int]) -> List[torch.Tensor]:
+        """One loss per width of ``widths`` on the same micro-batch (in that order). With distillation the widest
+        trained granularity is the teacher: its logits come from this pass when it is among ``widths``, else
+        from an extra forward without gradients."""
         teacher_g = max(self.granularities)
         teacher = None
-        out = []
         with self._autocast():
+            if self.distill_weight > 0 and teacher_g not in widths:
+                with torch.no_grad(), self.core.granularity(teacher_g):
+                    teacher = self.model(x).detach()
+            by_g = {}
             for g in sorted(widths, reverse=True):  # the teacher runs first
                 with self.core.granularity(g):
                     logits = self.model(x)
@@ -154,8 +160,7 @@ class MatryoshkaStep:
                     else:
                         kd = distill_loss(logits, teacher, self.distill_temperature)
                         loss = (1 - self.distill_weight) * loss.float() + self.distill_weight * kd
-                out.append((g, loss))
-        by_g = dict(out)
+                by_g[g] = loss.float()
         return [by_g[g] for g in widths]
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> Dict[int, float]:
@@ -164,21 +169,26 @@ class MatryoshkaStep:
         micro = list(zip(images.chunk(parts), targets.chunk(parts)))
         losses: List[List[torch.Tensor]] = [[] for _ in range(k)]
         sampled_ok = True  # the sampled widths' losses (not reported per width) were finite
+        # cycle mode: the step's draws ride on its micro-batches, draw n on micro-batch n mod parts; every width's
+        # loss weighs 1 / (accum (K + N)), so the step's loss stays the mean over the widths trained
+        drawn = self._draw() if self.mode == "cycle" else []
         for i, (x, y) in enumerate(micro):
             if self.mixup_fn is not None:
                 x, y = self.mixup_fn(x, y)
             with self._no_sync(i == parts - 1):
                 if self.mode == "sum":
-                    per_g = self._sum_losses(x, y)
-                    loss = torch.stack([l.float() for l in per_g]).mean()
+                    per_g = self._losses(x, y, [*self.granularities, *self._draw()])
+                    loss = torch.stack(per_g).mean()
                     for j, l in enumerate(per_g[:k]):
-                        losses[j].append(l.detach().float())
-                    sampled_ok = sampled_ok and (len(per_g) == k or bool(torch.isfinite(loss.detach())))
+                        losses[j].append(l.detach())
                 else:
                     j = i % k
-                    with self._autocast(), self.core.granularity(self.granularities[j]):
-                        loss = self.criterion(self.model(x), y).float()
-                    losses[j].append(loss.detach())
+                    per_g = self._losses(x, y, [self.granularities[j]] +
+                                         [g for n, g in enumerate(drawn) if n % parts == i])
+                    loss = torch.stack(per_g).sum() * (k / (k + len(drawn)))
+                    losses[j].append(per_g[0].detach())
+                if len(per_g) > (k if self.mode == "sum" else 1):
+                    sampled_ok = sampled_ok and bool(torch.isfinite(loss.detach()))
                 self._backward(loss / parts)
         per_g = torch.stack([torch.stack(l).mean() for l in losses])
         finite = all_reduce_sum((torch.isfinite(per_g).all() & sampled_ok).float().view(1))
