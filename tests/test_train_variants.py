@@ -121,10 +121,11 @@ def test_bad_variant_settings_are_refused():
 
 
 def test_train_py_with_both_variants(tmp_path):
+    """Sum mode here (the default cycle mode is covered by the step-level test above)."""
     data = make_image_folder(tmp_path / "data", per_class=4)
     metrics = main([*TINY_MODEL, "--data-dir", str(data), "-b", "4", "--epochs", "1", "--output", str(tmp_path),
-                    "--experiment", "v", "--no-progress", "--matryoshka-mode", "sum", "--distill", "--distill-weight", "0.8",
-                    "--distill-temperature", "2", "--sample-granularities", "2"])
+                    "--experiment", "v", "--no-progress", "--matryoshka-mode", "sum", "--distill",
+                    "--distill-weight", "0.8", "--distill-temperature", "2", "--sample-granularities", "2"])
     assert sorted(metrics) == [4, 8, 16, 32]
     args = (tmp_path / "v" / "args.yaml").read_text()
     assert "distill: true" in args and "sample_granularities: 2" in args
