@@ -12,7 +12,7 @@ import os
 import platform
 import statistics
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 
@@ -162,9 +162,9 @@ def write_report(plan, seeds: Sequence[int], close: Sequence[int], variants: boo
     num_classes = int(meta.get("model_args", {}).get("num_classes") or 10)
     chance = 100.0 / num_classes
 
-    fig3 = _fig3(out / "fig3_accuracy.png", nested_rows, widths_by_variant, base, levels,
+    _fig3(out / "fig3_accuracy.png", nested_rows, widths_by_variant, base, levels,
                  f"Fig. 3 (small scale): top-1 vs size, seed {s0}")
-    fig5 = _fig5(out / "fig5_retrieval.png", retrieval_by_variant, levels, chance,
+    _fig5(out / "fig5_retrieval.png", retrieval_by_variant, levels, chance,
                  f"Fig. 5 (small scale): queries vs the full model's database, seed {s0}")
 
     # ---- tables
