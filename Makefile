@@ -15,7 +15,12 @@ DEMO_RUN ?= output/train/demo
 DEMO_CKPT ?= $(DEMO_RUN)/model_best.safetensors
 DEMO_EVAL_SAMPLES ?= 2000
 
-.PHONY: demo demo-eval test setup clean
+# `make reproduce`: the paper's vision claims at small scale (reproduce.py; REPRODUCTION.md + PNGs in $(REPRO_RUN));
+# run it again to continue an interrupted run. REPRO_ARGS adds flags, e.g. REPRO_ARGS=--variants.
+REPRO_RUN ?= output/reproduce
+REPRO_ARGS ?=
+
+.PHONY: demo demo-eval reproduce test setup clean
 
 setup: $(STAMP)
 
@@ -42,6 +47,9 @@ demo-eval: $(STAMP)
 	$(PY) validate.py --checkpoint $(DEMO_CKPT) --mixnmatch official --max-samples $(DEMO_EVAL_SAMPLES) --output $(DEMO_RUN)
 	$(PY) retrieval.py --checkpoint $(DEMO_CKPT) --max-samples $(DEMO_EVAL_SAMPLES) --output $(DEMO_RUN) \
 		--cache-dir $(DEMO_RUN)/embedding_cache
+
+reproduce: $(STAMP)
+	$(PY) reproduce.py --output $(REPRO_RUN) $(REPRO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests

@@ -24,7 +24,8 @@ def run(tmp_path, data, *extra, experiment="run"):
 
 
 def test_outputs_checkpoints_and_best(tmp_path, data):
-    metrics = run(tmp_path, data, "--checkpoint-hist", "1", "--model-ema", "--grad-accum-steps", "2",
+    metrics = run(tmp_path, data, "--matryoshka-mode", "sum", "--checkpoint-hist", "1", "--model-ema",
+                  "--grad-accum-steps", "2",
                   "--amp", "--amp-dtype", "bfloat16", "--drop-path", "0.1", "--proj-drop", "0.1",
                   "--head-init-bias", "-2.3", "--best-granularity", "8")
     out = tmp_path / "run"

@@ -28,7 +28,7 @@ from .distributed import DistInfo, all_rng_states, barrier, from_main, init_dist
 from .midepoch import CheckpointTrigger, gather_rank_states, resolve_auto_resume, resume_position
 from .preemption import Preemption
 from .run_lock import RunLock
-from .matryoshka import MatryoshkaStep, NonFiniteLossError, build_criterion, micro_batch_size
+from .matryoshka import MatryoshkaStep, NonFiniteLossError, build_criterion, micro_batch_size, untrained_widths
 from .outputs import Summary, attach_log_file, experiment_dir, setup_logging, write_args
 from .validation import validate
 from .recipe import recipe_card
@@ -259,7 +259,10 @@ def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[
         train_model = torch.compile(train_model, backend=args.torchcompile)
     step = MatryoshkaStep(train_model, model, optimizer, build_criterion(mixup_fn is not None, args.smoothing),
                           granularities, args.matryoshka_mode, args.grad_accum_steps, args.clip_grad,
-                          args.clip_mode, amp_dtype, scaler, mixup_fn, info.device.type)
+                          args.clip_mode, amp_dtype, scaler, mixup_fn, info.device.type,
+                          distill_weight=args.distill_weight if args.distill else 0.0,
+                          distill_temperature=args.distill_temperature,
+                          sample_pool=untrained_widths(model, granularities), num_sampled=args.sample_granularities)
 
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
