@@ -16,7 +16,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from ..checkpoint import atomic_write
+from ..weights import atomic_write
 from ..evaluation.report import format_table
 
 __all__ = ["write_report", "mean_spread"]

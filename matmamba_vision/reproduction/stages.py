@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import timm
 import yaml
 
-from ..checkpoint import atomic_write
+from ..weights import atomic_write
 from ..training.checkpointing import latest_state_file
 from ..training.config import parse_args as parse_train_args
 
