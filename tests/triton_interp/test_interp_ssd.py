@@ -1,11 +1,16 @@
-"""The chunked SSD scan in Triton against the float64 recurrence (tests/ssd_reference.py): forward with D,
+"""The chunked SSD scan in Triton against the float64 recurrence (matmamba_vision.ops.ssd_recurrence_ref): forward with D,
 initial and final states, and the gradients of every input, through the interpreter."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from matmamba_vision.ops.triton.ssd import ssd, ssd_ref
-from ssd_reference import recurrence
+from matmamba_vision.ops import ssd_recurrence_ref
+
+
+def recurrence(x, dt, A, B, C, h0=None):
+    """The float64 recurrence; (y, final state) when ``h0`` is given."""
+    return ssd_recurrence_ref(x, dt, A, B, C, initial_state=h0, return_final_state=h0 is not None)
 
 # Max error relative to the largest reference value. fp32: chunked vs sequential summation; fp16: x, B, C
 # and y rounded to fp16 (states and sums stay fp32).
