@@ -1,6 +1,7 @@
 """torchrun DDP set-up (NCCL on GPU, gloo on CPU) and the few collectives training needs."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
