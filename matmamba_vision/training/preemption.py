@@ -78,7 +78,8 @@ class Preemption:
         self.requested_at: Optional[float] = None
         self.signal: Optional[signal.Signals] = None
         self._written = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the main thread's handler may run inside itself
+        self._seen = 0  # signals the watcher has read
         self._previous = {}
         self._previous_fd = -1
         self._pipe = None
@@ -121,7 +122,9 @@ class Preemption:
         # after a stop (SystemExit) or an error the deadline keeps bounding the exit (e.g. a process group's teardown)
 
     def _python_handler(self, signum, frame) -> None:
-        """Python needs a handler for the wakeup fd to be written; the watcher thread does the work."""
+        """Marks the request in the main thread as soon as it runs Python code, so the step under way is the
+        one the run stops after; the watcher thread counts signals (a second one) and keeps the deadline."""
+        self._request(signal.Signals(signum))
 
     # ---- the watcher thread
     def _watch(self) -> None:
@@ -135,21 +138,25 @@ class Preemption:
                 if signum == 0:
                     return
                 if signum in self.signals:
-                    self._on_signal(signal.Signals(signum))
+                    self._seen += 1
+                    sig = signal.Signals(signum)
+                    if self._seen == 1:
+                        self._request(sig)
+                    elif time.monotonic() - self.requested_at > DUPLICATE_WINDOW_S:
+                        self._hard_exit(EXIT_SECOND_SIGNAL, f"second {sig.name}: exiting at once")
 
-    def _on_signal(self, sig: signal.Signals) -> None:
+    def _request(self, sig: signal.Signals) -> None:
+        """The first signal (from the main thread's handler or the watcher, whichever runs first)."""
         with self._lock:
-            now = time.monotonic()
-            if self.requested_at is None:
-                self.requested_at, self.signal = now, sig
-                _logger.warning("%s: stopping after this optimiser step to write a checkpoint (within %.0f s; a "
-                                "second signal exits at once)", sig.name, self.deadline)
-                margin = min(1.0, 0.2 * self.deadline)  # the rest of the exit fits in the deadline
-                self._timer = threading.Timer(self.deadline - margin, self._deadline_passed)
-                self._timer.daemon = True
-                self._timer.start()
-            elif now - self.requested_at > DUPLICATE_WINDOW_S:
-                self._hard_exit(EXIT_SECOND_SIGNAL, f"second {sig.name}: exiting at once")
+            if self.requested_at is not None:
+                return
+            self.requested_at, self.signal = time.monotonic(), sig
+            margin = min(1.0, 0.2 * self.deadline)  # the rest of the exit fits in the deadline
+            self._timer = threading.Timer(self.deadline - margin, self._deadline_passed)
+            self._timer.daemon = True
+            self._timer.start()
+        _logger.warning("%s: stopping after this optimiser step to write a checkpoint (within %.0f s; a second "
+                        "signal exits at once)", sig.name, self.deadline)
 
     def _deadline_passed(self) -> None:
         if self._written.is_set():
