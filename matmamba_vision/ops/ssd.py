@@ -524,6 +524,7 @@ def ssd_scan(
 
 
 # --- issue 14 hook: the Triton backend, imported on first use ---
+@torch.compiler.assume_constant_result  # compiled code takes the answer as a constant (no trace of the import)
 def _triton_ok() -> bool:
     from .triton import triton_available
     return triton_available()
