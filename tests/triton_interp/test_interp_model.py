@@ -4,9 +4,9 @@ backend's."""
 import timm
 import torch
 import torch.nn.functional as F
+from test_golden import RTOL, load_golden, model_kwargs, rel_err
 
 import matmamba_vision as mv
-from test_golden import RTOL, load_golden, model_kwargs, rel_err
 
 
 def test_golden_parity_through_triton_backend():

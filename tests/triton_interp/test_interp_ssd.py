@@ -3,9 +3,9 @@ initial and final states, and the gradients of every input, through the interpre
 import pytest
 import torch
 import torch.nn.functional as F
+from ssd_reference import recurrence
 
 from matmamba_vision.ops.triton.ssd import ssd, ssd_ref
-from ssd_reference import recurrence
 
 # Max error relative to the largest reference value. fp32: chunked vs sequential summation; fp16: x, B, C
 # and y rounded to fp16 (states and sums stay fp32).
