@@ -24,8 +24,13 @@ from typing import Dict, List, Optional
 import timm
 import torch
 import torch.nn.functional as F
-
-from gpu_suite import ceilings, flops_per_image, peak_mib, reset_peak, timed  # benchmarks/ is the script's dir
+from gpu_suite import (  # benchmarks/ is the script's dir
+    ceilings,
+    flops_per_image,
+    peak_mib,
+    reset_peak,
+    timed,
+)
 
 import matmamba_vision  # noqa: F401
 from matmamba_vision.ops import mamba_ssm_available
@@ -36,8 +41,8 @@ TODAY_TRAIN_IMG_S = 647.0  # full-width training at 224 px batch 128 on one H200
 
 def triton_backend(device: torch.device) -> str:
     """'triton' where its kernels can run (CUDA, or the CPU under TRITON_INTERPRET=1), else 'torch'."""
-    from matmamba_vision.ops.triton._launch import interpreter_active
     from matmamba_vision.ops.triton import triton_available
+    from matmamba_vision.ops.triton._launch import interpreter_active
     if triton_available() and (device.type == "cuda" or interpreter_active()):
         return "triton"
     return "torch"

@@ -4,9 +4,9 @@ backend's."""
 import timm
 import torch
 import torch.nn.functional as F
+from test_golden import RTOL, load_golden, model_kwargs, rel_err
 
 import matmamba_vision as mv
-from test_golden import RTOL, load_golden, model_kwargs, rel_err
 
 
 def test_golden_parity_through_triton_backend():
@@ -44,3 +44,21 @@ def test_matryoshka_step_gradients_match_torch_backend():
     assert grads["torch"].keys() == grads["triton"].keys() and grads["torch"]
     for k, g in grads["torch"].items():
         assert rel_err(grads["triton"][k], g) <= 1e-4, k
+
+
+def test_model_through_triton_backend_compiles_to_one_graph():
+    torch.manual_seed(0)
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", img_size=16, embed_dim=32, depth=1, d_state=16,
+                              headdim=4, chunk_size=16, ssd_backend="triton")
+    x = torch.randn(1, 1, 16, 16)
+    out = model(x)
+    out.sum().backward()
+    eager = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # fullgraph: a graph break raises
+    out_c = compiled(x)
+    out_c.sum().backward()
+    torch.testing.assert_close(out_c, out)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, eager[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -13,7 +13,7 @@ __all__ = ["triton_available"]
 def triton_available() -> bool:
     """Whether ``triton`` (shipped with torch's CUDA wheels) imports here."""
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
     except Exception:  # ImportError, or a broken install raising at import
         return False
