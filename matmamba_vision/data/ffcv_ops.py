@@ -30,7 +30,9 @@ class OfficialRandAugmentOp(Operation):
 
     def generate_code(self) -> Callable:
         my_range = Compiler.get_iterator()
-        mags, signed, num_ops, fixed, n_ops = self.magnitudes, SIGNED, self.num_ops, self.fixed, len(OP_NAMES)
+        mags, signed, num_ops, n_ops = self.magnitudes, SIGNED, self.num_ops, len(OP_NAMES)
+        # read from an array, not a frozen constant: a literal bool would compile apply_op a second time
+        fixed_flag = np.array([self.fixed])
         apply = apply_op
 
         def randaugment(images, mem):
@@ -43,7 +45,7 @@ class OfficialRandAugmentOp(Operation):
                     if np.random.random() < 0.5 and signed[idx]:
                         mag = -mag
                     out = dst[i] if (num_ops - n) % 2 == 1 else tmp[i]  # the last op writes dst
-                    apply(src, out, idx, mag, fixed)
+                    apply(src, out, idx, mag, fixed_flag[0])
                     src = out
             return dst
 
