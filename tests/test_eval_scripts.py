@@ -13,8 +13,11 @@ from eval_synthetic import SyntheticLoader, tiny_model
 from matmamba_vision.weights import CheckpointError, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model-kwargs", "embed_dim=32", "depth=2", "d_state=16", "-j", "0", "-b", "16"]
-TINY_YAML = ["--model-kwargs", "{embed_dim: 32, depth: 2, d_state: 16}", "-j", "0", "-b", "16"]
+# the model of eval_synthetic.tiny_model, named: the scripts' default is the demo's (patch-7) model
+TINY = ["--model", "matmamba_vision_tiny_patch4_28", "--model-kwargs", "embed_dim=32", "depth=2", "d_state=16",
+        "-j", "0", "-b", "16"]
+TINY_YAML = ["--model", "matmamba_vision_tiny_patch4_28", "--model-kwargs", "{embed_dim: 32, depth: 2, d_state: 16}",
+             "-j", "0", "-b", "16"]
 
 
 def _script(name):
@@ -195,7 +198,7 @@ def test_granularity_lists_take_commas_or_spaces(scripts, checkpoint, tmp_path):
 
 @pytest.mark.parametrize("flags, match", [
     (["--mean", "0.5", "0.5"], r"--mean needs 1 value \(one per input channel\), got 2"),
-    (["--pretrained"], "matmamba_vision_tiny_patch7_28 has no published weights"),
+    (["--pretrained"], "matmamba_vision_tiny_patch4_28 has no published weights"),
 ])
 def test_eval_flags_refused_with_a_clear_message(scripts, tmp_path, flags, match):
     validate, _ = scripts
@@ -254,10 +257,10 @@ def test_a_non_square_model_is_costed_at_its_own_size(scripts, tmp_path):
     rows = validate.main(["--data-dir", str(_folder(tmp_path / "data")), "--model-kwargs",
                           "{embed_dim: 32, depth: 2, d_state: 16, img_size: [28, 56]}", "--num-classes", "4",
                           "-j", "0", "-b", "16", "--output", str(tmp_path / "o")])
+    from matmamba_vision.models.matmamba_vision import DEFAULT_MODEL  # validate.py's model without --model
     from matmamba_vision.weights import build_model
 
-    model = build_model("matmamba_vision_tiny_patch4_28", embed_dim=32, depth=2, d_state=16, img_size=(28, 56),
-                           num_classes=4)
+    model = build_model(DEFAULT_MODEL, embed_dim=32, depth=2, d_state=16, img_size=(28, 56), num_classes=4)
     assert rows[0]["name"] == "g=32" and rows[0]["gflops"] == pytest.approx(mv.count_flops(model) / 1e9)
 
 

@@ -17,7 +17,8 @@ from eval_synthetic import tiny_model
 from matmamba_vision.weights import load_weights, save_weights
 from train_utils import REPO, make_image_folder, subprocess_env
 
-TINY = ["--model-kwargs", "embed_dim=32", "depth=2", "d_state=16", "-j", "0", "-b", "4", "--knn-backend", "torch"]
+TINY = ["--model", "matmamba_vision_tiny_patch4_28", "--model-kwargs", "embed_dim=32", "depth=2", "d_state=16",
+        "-j", "0", "-b", "4", "--knn-backend", "torch"]  # eval_synthetic.tiny_model, named (default: the demo's)
 METRICS = ("query", "db_granularity", "top1", "map10", "recall1", "recall5", "recall10")
 
 
