@@ -5,8 +5,9 @@
 "before" is the recipe up to issue 17 (sum mode, batch 128, 8 epochs, the model below); "after" is train.py's
 embedded default now (``parse_args([])``), or that plus the train.py flags given in ``--after``. Each step is
 train.py's own ``MatryoshkaStep`` (AdamW, label smoothing 0.1, clipping 1.0) on random 28 x 28 images.
-Printed: seconds per step, milliseconds per image, and the training time of a whole run (steps per epoch x epochs x step time) with the ratio before / after, from the min and
-from the median; validation and data loading are left out (the full `make demo` wall time is measured apart).
+Printed: seconds per step, milliseconds per image, and the training time of a whole run (steps per epoch x
+epochs x step time) with the ratio before / after, from the min and from the median; validation and data
+loading are left out (the full `make demo` wall time is measured apart).
 """
 from __future__ import annotations
 
