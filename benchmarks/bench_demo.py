@@ -3,13 +3,15 @@
     PYTHONPATH=. python benchmarks/bench_demo.py [--rounds 5] [--threads 2] [--baselines]
 
 "before" is the recipe up to issue 17 (sum mode, batch 128, 8 epochs, the model below); "after" is train.py's
-embedded default now (``parse_args([])``). Each step is train.py's own ``MatryoshkaStep`` (AdamW, label smoothing 0.1,
-clipping 1.0) on random 28 x 28 images. Printed: seconds per step, milliseconds per image, and the training
-time of a whole run (steps per epoch x epochs x step time) with the ratio before / after, from the min and
-from the median; validation and data loading are left out (the full `make demo` wall time is measured apart).
+embedded default now (``parse_args([])``), or that plus the train.py flags given in ``--after``. Each step is
+train.py's own ``MatryoshkaStep`` (AdamW, label smoothing 0.1, clipping 1.0) on random 28 x 28 images.
+Printed: seconds per step, milliseconds per image, and the training time of a whole run (steps per epoch x
+epochs x step time) with the ratio before / after, from the min and from the median; validation and data
+loading are left out (the full `make demo` wall time is measured apart).
 """
 from __future__ import annotations
 
+import shlex
 from typing import Optional
 
 
@@ -42,12 +44,14 @@ def make_step(model_name: str, model_kwargs: str, mode: str, batch: int, lr: flo
 
 def main() -> None:
     ap = arg_parser(__doc__, rounds=5)
+    ap.add_argument("--after", default="", help="train.py flags of the 'after' recipe (default: none, i.e. train.py's "
+                    "embedded default), e.g. '--matryoshka-mode cycle -b 512 --lr 4e-3'")
     ap.add_argument("--baselines", action="store_true",
                     help="also time reproduce.py's baselines (one per trained width, the new recipe)")
     args = ap.parse_args()
     setup(args.threads)
     header("make demo's training step: recipe before issue 17 vs now (4 granularities)")
-    now = parse_args([])
+    now = parse_args(shlex.split(args.after))
     recipes = {"before": dict(BEFORE, model=now.model),
                "after": dict(mode=now.matryoshka_mode, batch_size=now.batch_size, epochs=now.epochs, lr=now.lr,
                              model=now.model, model_kwargs=now.model_kwargs)}
