@@ -36,5 +36,5 @@ def test_every_flag_shows_its_default(name, capsys, monkeypatch):
                if not b.lstrip().startswith("-h, --help") and "default" not in b.split("\n\n")[0].lower()]
     assert not missing, f"{name}.py --help shows no default for {missing}"
     if name == "train":
-        assert re.search(r"--epochs EPOCHS\s+default: 8", text) and re.search(r"--lr LR\s+default: 0.004", text)
+        assert re.search(r"--epochs EPOCHS\s+default: 8", text) and re.search(r"--lr LR\s+default: 0.002", text)
         assert "(default: '')" in text  # an empty default is shown as such, not as nothing

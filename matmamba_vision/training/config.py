@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("Matryoshka")
     t.add_argument("--granularities", type=_ints, nargs="+", default=None,
                    help="trained g values, e.g. 128 64 or 128,64; default D, D/2, D/4, D/8")
-    t.add_argument("--matryoshka-mode", choices=("sum", "cycle"), default="cycle",
+    t.add_argument("--matryoshka-mode", choices=("sum", "cycle"), default="sum",
                    help="sum: every g on each batch, averaged; cycle: one g per micro-batch, one step per cycle")
     t.add_argument("--distill", action="store_true",
                    help="in-place distillation: the widest trained g's logits teach the narrower ones")
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "smallest and largest trained g")
     t.add_argument("--best-granularity", type=int, default=None, help="g whose val top-1 picks the best model")
     o = p.add_argument_group("optimisation")
-    o.add_argument("-b", "--batch-size", type=positive_int, default=512,
+    o.add_argument("-b", "--batch-size", type=positive_int, default=128,
                    help="GLOBAL batch per optimiser step, split over ranks and --grad-accum-steps")
     o.add_argument("-vb", "--validation-batch-size", type=positive_int, default=None,
                    help="per rank; default 2x per-rank batch")
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     # the schedule's flags: timm's scheduler_kwargs reads them; a resume reports those that changed
     s = p.add_argument_group(SCHEDULE_GROUP)
     s.add_argument("--epochs", type=positive_int, default=8)
-    s.add_argument("--lr", type=positive_float, default=4e-3)
+    s.add_argument("--lr", type=positive_float, default=2e-3)
     s.add_argument("--sched", default="cosine", choices=SCHEDULERS, help="timm's schedulers; none: constant --lr")
     s.add_argument("--sched-on-updates", action=argparse.BooleanOptionalAction, default=True,
                    help="step the schedule every optimiser update (not once per epoch)")
