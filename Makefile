@@ -52,6 +52,8 @@ reproduce: $(STAMP)
 	$(PY) reproduce.py --output $(REPRO_RUN) $(REPRO_ARGS)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -n 2 tests
 
 clean:

@@ -9,6 +9,7 @@ Writes the file and ``FILE.json`` beside it (model args, granularity, input size
 the file's SHA-256, the verification figure). The export always runs the file (ONNX Runtime on the CPU, or the
 loaded program) and compares it with PyTorch; above a relative error of 1e-4 it fails and writes nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,31 +19,51 @@ from typing import List, Optional, Union
 
 import matmamba_vision  # noqa: F401  (registers the models with timm)
 from matmamba_vision.data import error_line
-from matmamba_vision.flags import ModelKwargs, positive_fraction
 from matmamba_vision.evaluation.cli import data_config_from_args, model_from_args, read_checkpoint_from_args
 from matmamba_vision.export import (
-    DEFAULT_OPSET, EXPORT_FORMATS, MIN_OPSET, ExportVerificationError, check_output, export_model, sidecar_path,
+    DEFAULT_OPSET,
+    EXPORT_FORMATS,
+    MIN_OPSET,
+    ExportVerificationError,
+    check_output,
+    export_model,
+    sidecar_path,
 )
+from matmamba_vision.flags import ModelKwargs, positive_fraction
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", "-m", default=None, help="timm model name (default: the one recorded in a train.py "
-                   "checkpoint)")
-    p.add_argument("--model-kwargs", nargs="*", default={}, action=ModelKwargs, metavar="KEY=VALUE",
-                   help="extra timm.create_model kwargs: embed_dim=64 depth=4, or '{embed_dim: 64, depth: 4}'")
+    p.add_argument(
+        "--model", "-m", default=None, help="timm model name (default: the one recorded in a train.py checkpoint)"
+    )
+    p.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        default={},
+        action=ModelKwargs,
+        metavar="KEY=VALUE",
+        help="extra timm.create_model kwargs: embed_dim=64 depth=4, or '{embed_dim: 64, depth: 4}'",
+    )
     weights = p.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", default="", help="our safetensors checkpoint or an official pytorch_model.bin")
     weights.add_argument("--pretrained", action="store_true", help="the official weights from the hub")
     p.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: the model's)")
     p.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's)")
     p.add_argument("--img-size", type=int, default=None, help="input size fixed in the graph (default: the model's)")
-    p.add_argument("--granularity", nargs="+", default=None, metavar="G",
-                   help="one g for every block, or one per block (space- or comma-separated); default full width")
+    p.add_argument(
+        "--granularity",
+        nargs="+",
+        default=None,
+        metavar="G",
+        help="one g for every block, or one per block (space- or comma-separated); default full width",
+    )
     p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS, help="default: %(default)s")
     p.add_argument("--output", "-o", required=True, help="the file to write (and FILE.json beside it)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= {MIN_OPSET} (default: %(default)s)")
+    p.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= {MIN_OPSET} (default: %(default)s)"
+    )
     d = p.add_argument_group("preprocessing recorded in the JSON (default: the model's pretrained config)")
     d.add_argument("--mean", type=float, nargs="+", default=None)
     d.add_argument("--std", type=float, nargs="+", default=None)
@@ -79,12 +100,24 @@ def main(argv=None) -> Path:
         raise ValueError(f"--granularity: {e}") from None
     data_config = data_config_from_args(args, model)
     metadata = dict(
-        model=args.model, checkpoint=args.checkpoint or None, pretrained=args.pretrained,
-        preprocessing={k: data_config.get(k) for k in ("input_size", "mean", "std", "interpolation", "crop_pct",
-                                                       "crop_mode")},
+        model=args.model,
+        checkpoint=args.checkpoint or None,
+        pretrained=args.pretrained,
+        preprocessing={
+            k: data_config.get(k) for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+        },
     )
-    path = export_model(model, output, granularity=granularity, format=args.format, verify=True,
-                        overwrite=args.force, opset=args.opset, sidecar=True, metadata=metadata)
+    path = export_model(
+        model,
+        output,
+        granularity=granularity,
+        format=args.format,
+        verify=True,
+        overwrite=args.force,
+        opset=args.opset,
+        sidecar=True,
+        metadata=metadata,
+    )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) and {sidecar_path(path)}")
     return path
 

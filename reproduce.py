@@ -11,6 +11,7 @@ recipe and optimiser steps), evaluates them with validate.py and retrieval.py, a
 folder. Run it again with the same flags to continue an interrupted run: finished stages (``stages.json``) are
 skipped and an interrupted training resumes from its last epoch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,8 @@ import retrieval
 import validate
 from matmamba_vision.data import error_line
 from matmamba_vision.reproduction import Plan, Runners, reproduce
-from matmamba_vision.training import TrainingError, main as train_main
+from matmamba_vision.training import TrainingError
+from matmamba_vision.training import main as train_main
 
 
 def _seeds(text: str):
@@ -50,30 +52,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", default="", help="as train.py's --dataset ('' = Fashion-MNIST without --data-dir)")
     p.add_argument("--data-dir", default=None, help="a folder dataset with train/ and val/ (default: Fashion-MNIST)")
     p.add_argument("--variants", action="store_true", help="also train with --distill and with --sample-granularities")
-    p.add_argument("--sample-granularities", type=_nonneg_int, default=2, metavar="N",
-                   help="N of the --sample-granularities variant (default: %(default)s)")
-    p.add_argument("--seeds", type=_seeds, default=[0, 1, 2],
-                   help="seeds; the first trains everything, the others where nested and baseline are close "
-                   "(default: 0,1,2)")
-    p.add_argument("--close", type=float, default=0.5,
-                   help="points under which nested and baseline count as close (default: %(default)s)")
+    p.add_argument(
+        "--sample-granularities",
+        type=_nonneg_int,
+        default=2,
+        metavar="N",
+        help="N of the --sample-granularities variant (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=[0, 1, 2],
+        help="seeds; the first trains everything, the others where nested and baseline are close (default: 0,1,2)",
+    )
+    p.add_argument(
+        "--close",
+        type=float,
+        default=0.5,
+        help="points under which nested and baseline count as close (default: %(default)s)",
+    )
     p.add_argument("--train-args", default="", help="extra train.py flags for every model, e.g. '--epochs 1'")
-    p.add_argument("--max-samples", type=int, default=None,
-                   help="evaluate on N images of each split (default: all)")
+    p.add_argument("--max-samples", type=int, default=None, help="evaluate on N images of each split (default: all)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    data = (["--dataset", args.dataset] if args.dataset else []) + \
-        (["--data-dir", args.data_dir] if args.data_dir else [])
-    plan = Plan(args.output, train_args=shlex.split(args.train_args), data_args=data,
-                eval_args=["--max-samples", str(args.max_samples)] if args.max_samples else [],
-                sample_n=args.sample_granularities)
+    data = (["--dataset", args.dataset] if args.dataset else []) + (
+        ["--data-dir", args.data_dir] if args.data_dir else []
+    )
+    plan = Plan(
+        args.output,
+        train_args=shlex.split(args.train_args),
+        data_args=data,
+        eval_args=["--max-samples", str(args.max_samples)] if args.max_samples else [],
+        sample_n=args.sample_granularities,
+    )
     runners = Runners(train=train_main, validate=validate.main, retrieval=retrieval.main)
     command = " ".join(["python reproduce.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
-    return reproduce(plan, runners, seeds=args.seeds, variants=args.variants, threshold=args.close,
-                     command=command)
+    return reproduce(plan, runners, seeds=args.seeds, variants=args.variants, threshold=args.close, command=command)
 
 
 if __name__ == "__main__":

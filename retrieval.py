@@ -10,6 +10,7 @@ Reports 1-NN top-1, mAP@10 and recall@1/5/10 per (query, database) granularity p
 ``--cache-dir`` (keyed by model, checkpoint SHA-256, granularity, split, a fingerprint of its files, transform,
 ``--max-samples``, precision and device type).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,17 +21,34 @@ from pathlib import Path
 import matmamba_vision  # noqa: F401  (registers the models with timm)
 from matmamba_vision.argformat import DefaultsHelpFormatter
 from matmamba_vision.data import error_line
-from matmamba_vision.flags import parse_flags
 from matmamba_vision.evaluation import (
-    KNN_BACKENDS, Baseline, EmbeddingCache, parse_granularities, resolve_backend,
-    retrieval_table, run_retrieval, state_dict_sha256, uniform_configs, write_retrieval_outputs,
+    KNN_BACKENDS,
+    Baseline,
+    EmbeddingCache,
+    parse_granularities,
+    resolve_backend,
+    retrieval_table,
+    run_retrieval,
+    state_dict_sha256,
+    uniform_configs,
+    write_retrieval_outputs,
 )
 from matmamba_vision.evaluation.cli import (
-    add_common_args, amp_dtype_from_args, build_baseline, data_config_from_args, data_identity, loader_from_args,
-    check_outputs, model_from_args, read_checkpoint_from_args, resolve_device, trained_levels,
+    add_common_args,
+    amp_dtype_from_args,
+    build_baseline,
+    check_outputs,
+    data_config_from_args,
+    data_identity,
+    loader_from_args,
+    model_from_args,
+    read_checkpoint_from_args,
+    resolve_device,
+    trained_levels,
 )
 from matmamba_vision.evaluation.report import write_results_file
 from matmamba_vision.evaluation.retrieval import CSV_COLUMNS
+from matmamba_vision.flags import parse_flags
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,27 +56,54 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_args(p)
     p.add_argument("--db-split", default="train", help="database split (default: %(default)s)")
     p.add_argument("--query-split", default="val", help="query split (default: %(default)s)")
-    p.add_argument("--db-granularities", nargs="*", default=None,
-                   help="database granularities (default: full width); several give the full matrix")
-    p.add_argument("--query-granularities", "--granularities", nargs="*", default=None,
-                   help="query granularities (default: the trained levels)")
-    p.add_argument("--cache-dir", default="output/embedding_cache",
-                   help="embedding cache folder ('' disables the cache; default: %(default)s)")
-    p.add_argument("--knn-backend", default="auto", choices=KNN_BACKENDS,
-                   help="exact search with faiss or torch ('auto': faiss when installed)")
-    p.add_argument("--knn-index", default="Flat", help="'Flat' = exact (default); any faiss index_factory string "
-                   "(e.g. HNSW32, IVF1024,Flat) for approximate search")
-    p.add_argument("--baseline-checkpoints", nargs="*", default=[], metavar="[LABEL=]PATH",
-                   help="separately trained models (weights file for --model, or a save_model_dir folder) "
-                   "embedding queries against the full model's database")
+    p.add_argument(
+        "--db-granularities",
+        nargs="*",
+        default=None,
+        help="database granularities (default: full width); several give the full matrix",
+    )
+    p.add_argument(
+        "--query-granularities",
+        "--granularities",
+        nargs="*",
+        default=None,
+        help="query granularities (default: the trained levels)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default="output/embedding_cache",
+        help="embedding cache folder ('' disables the cache; default: %(default)s)",
+    )
+    p.add_argument(
+        "--knn-backend",
+        default="auto",
+        choices=KNN_BACKENDS,
+        help="exact search with faiss or torch ('auto': faiss when installed)",
+    )
+    p.add_argument(
+        "--knn-index",
+        default="Flat",
+        help="'Flat' = exact (default); any faiss index_factory string "
+        "(e.g. HNSW32, IVF1024,Flat) for approximate search",
+    )
+    p.add_argument(
+        "--baseline-checkpoints",
+        nargs="*",
+        default=[],
+        metavar="[LABEL=]PATH",
+        help="separately trained models (weights file for --model, or a save_model_dir folder) "
+        "embedding queries against the full model's database",
+    )
     return parse_flags(p, argv)
 
 
 def main(argv=None) -> list:
     args = parse_args(argv)
     if args.db_split == args.query_split:
-        raise ValueError(f"--db-split and --query-split are both {args.db_split!r}: every query would retrieve itself; "
-                         "name two different splits")
+        raise ValueError(
+            f"--db-split and --query-split are both {args.db_split!r}: every query would retrieve itself; "
+            "name two different splits"
+        )
     start = time.perf_counter()
     device = resolve_device(args.device)
     backend = resolve_backend(args.knn_backend)
@@ -70,8 +115,9 @@ def main(argv=None) -> list:
         try:
             faiss.index_factory(8, args.knn_index, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as e:
-            raise ValueError(f"--knn-index {args.knn_index!r} is not a faiss index_factory string "
-                             f"({str(e).splitlines()[0][:200]})") from None
+            raise ValueError(
+                f"--knn-index {args.knn_index!r} is not a faiss index_factory string ({str(e).splitlines()[0][:200]})"
+            ) from None
     if args.max_samples is not None and args.max_samples < 10:
         raise ValueError(f"--max-samples must be at least 10 for retrieval (mAP@10 and R@10), got {args.max_samples}")
     checkpoint = read_checkpoint_from_args(args)  # the one read of --checkpoint
@@ -80,9 +126,13 @@ def main(argv=None) -> list:
     data_config = data_config_from_args(args, model)
     full = [int(blk.mixer.max_granularity) for blk in model.layers]
     levels = trained_levels(checkpoint, model)
-    db_configs = (parse_granularities(model, args.db_granularities, levels, "--db-granularities")
-                  if args.db_granularities
-                  else uniform_configs(model, [full[0]], levels) if len(set(full)) == 1 else None)
+    db_configs = (
+        parse_granularities(model, args.db_granularities, levels, "--db-granularities")
+        if args.db_granularities
+        else uniform_configs(model, [full[0]], levels)
+        if len(set(full)) == 1
+        else None
+    )
     if db_configs is None:
         raise ValueError("--db-granularities: the model's blocks differ in width; name the database granularity")
     query_configs = parse_granularities(model, args.query_granularities, levels, "--query-granularities")
@@ -95,27 +145,55 @@ def main(argv=None) -> list:
     db_loader = loader_from_args(args, args.db_split, data_config)
     query_loader = loader_from_args(args, args.query_split, data_config)
     limit = "" if args.max_samples is None else f", {args.max_samples} of each, spread"
-    print(f"{args.model}: database {args.db_split} ({getattr(db_loader, 'num_samples', '?')} images) at "
-          f"{[c.name for c in db_configs]}, queries {args.query_split} "
-          f"({getattr(query_loader, 'num_samples', '?')}) at {[c.name for c in query_configs]}{limit}; "
-          f"kNN {backend} {args.knn_index}", flush=True)
+    print(
+        f"{args.model}: database {args.db_split} ({getattr(db_loader, 'num_samples', '?')} images) at "
+        f"{[c.name for c in db_configs]}, queries {args.query_split} "
+        f"({getattr(query_loader, 'num_samples', '?')}) at {[c.name for c in query_configs]}{limit}; "
+        f"kNN {backend} {args.knn_index}",
+        flush=True,
+    )
     rows = run_retrieval(
-        model, db_loader, query_loader, db_configs, query_configs, model_identity,
-        data_identity(args, args.db_split, data_config), data_identity(args, args.query_split, data_config),
-        EmbeddingCache(args.cache_dir or None), baselines=baselines, backend=backend, device=str(device),
-        amp_dtype=amp_dtype_from_args(args), max_samples=args.max_samples, index=args.knn_index,
-        share_prefix=not args.no_prefix_sharing, img_size=tuple(data_config["input_size"][1:]),
+        model,
+        db_loader,
+        query_loader,
+        db_configs,
+        query_configs,
+        model_identity,
+        data_identity(args, args.db_split, data_config),
+        data_identity(args, args.query_split, data_config),
+        EmbeddingCache(args.cache_dir or None),
+        baselines=baselines,
+        backend=backend,
+        device=str(device),
+        amp_dtype=amp_dtype_from_args(args),
+        max_samples=args.max_samples,
+        index=args.knn_index,
+        share_prefix=not args.no_prefix_sharing,
+        img_size=tuple(data_config["input_size"][1:]),
     )
     seconds = time.perf_counter() - start
-    meta = dict(model=args.model, checkpoint=args.checkpoint or None, checkpoint_sha256=weights if args.checkpoint
-                else None, pretrained=args.pretrained, dataset=args.dataset, data_dir=args.data_dir,
-                db_split=args.db_split, query_split=args.query_split, data_config=data_config, knn_backend=backend,
-                knn_index=args.knn_index, max_samples=args.max_samples, seconds=seconds, device=str(device),
-                cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else None)
+    meta = dict(
+        model=args.model,
+        checkpoint=args.checkpoint or None,
+        checkpoint_sha256=weights if args.checkpoint else None,
+        pretrained=args.pretrained,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        db_split=args.db_split,
+        query_split=args.query_split,
+        data_config=data_config,
+        knn_backend=backend,
+        knn_index=args.knn_index,
+        max_samples=args.max_samples,
+        seconds=seconds,
+        device=str(device),
+        cache_dir=str(Path(args.cache_dir).resolve()) if args.cache_dir else None,
+    )
     print()
     print(retrieval_table(rows), flush=True)  # shown before the files are written
-    paths = write_retrieval_outputs(rows, out_dir, meta,
-                                    title=f"{args.model}: {args.query_split} queries vs {args.db_split} database")
+    paths = write_retrieval_outputs(
+        rows, out_dir, meta, title=f"{args.model}: {args.query_split} queries vs {args.db_split} database"
+    )
     if args.results_file:
         write_results_file(args.results_file, rows, meta, CSV_COLUMNS)
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}  ({seconds:.1f} s)")

@@ -6,6 +6,7 @@
     torchrun --nproc_per_node 8 train.py -c configs/imagenet_35m.yaml --dataset ffcv --data-dir /data/ffcv \
         --aa '' --color-jitter 0                      # ffcv: no PIL transforms (RandAugment, colour jitter)
 """
+
 import sys
 
 from matmamba_vision.data import error_line

@@ -7,36 +7,53 @@
 
 Writes ``validate.csv``, ``validate.json`` and ``validate.png`` to ``--output`` and prints the tables.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import time
 
-
 import matmamba_vision  # noqa: F401  (registers the models with timm)
 from matmamba_vision.argformat import DefaultsHelpFormatter
 from matmamba_vision.data import error_line
-from matmamba_vision.flags import parse_flags
 from matmamba_vision.evaluation import dedupe_configs, parse_granularities, parse_mixnmatch
+from matmamba_vision.evaluation.classification import (
+    CSV_COLUMNS,
+    validate_configs,
+    validation_tables,
+    write_validation_outputs,
+)
 from matmamba_vision.evaluation.cli import (
-    add_common_args, amp_dtype_from_args, check_outputs, data_config_from_args, loader_from_args, model_from_args,
-    read_checkpoint_from_args, resolve_device, trained_levels,
+    add_common_args,
+    amp_dtype_from_args,
+    check_outputs,
+    data_config_from_args,
+    loader_from_args,
+    model_from_args,
+    read_checkpoint_from_args,
+    resolve_device,
+    trained_levels,
 )
 from matmamba_vision.evaluation.report import write_results_file
-from matmamba_vision.evaluation.classification import (
-    CSV_COLUMNS, validate_configs, validation_tables, write_validation_outputs,
-)
+from matmamba_vision.flags import parse_flags
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     add_common_args(p)
     p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
-    p.add_argument("--granularities", nargs="*", default=None,
-                   help="uniform granularities g to evaluate (default: the trained levels D, D/2, D/4, D/8)")
-    p.add_argument("--mixnmatch", default="", help="'official' (the paper's mix'n'match sweep), 'random:N', or a "
-                   "JSON/CSV file of per-layer lists")
+    p.add_argument(
+        "--granularities",
+        nargs="*",
+        default=None,
+        help="uniform granularities g to evaluate (default: the trained levels D, D/2, D/4, D/8)",
+    )
+    p.add_argument(
+        "--mixnmatch",
+        default="",
+        help="'official' (the paper's mix'n'match sweep), 'random:N', or a JSON/CSV file of per-layer lists",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of random:N")
     return parse_flags(p, argv)
 
@@ -50,20 +67,43 @@ def main(argv=None) -> list:
     out_dir = check_outputs(args)  # before the evaluation, not after it
     data_config = data_config_from_args(args, model)
     levels = trained_levels(checkpoint, model)
-    configs = dedupe_configs(parse_granularities(model, args.granularities, levels)
-                             + parse_mixnmatch(model, args.mixnmatch, args.seed, levels))
+    configs = dedupe_configs(
+        parse_granularities(model, args.granularities, levels)
+        + parse_mixnmatch(model, args.mixnmatch, args.seed, levels)
+    )
     loader = loader_from_args(args, args.split, data_config)
     limit = "" if args.max_samples is None else f", {args.max_samples} spread over it"
-    print(f"{args.model}: {len(configs)} configurations on {args.split} "
-          f"({getattr(loader, 'num_samples', '?')} images{limit})", flush=True)
-    rows = validate_configs(model, loader, configs, img_size=tuple(data_config["input_size"][1:]), device=str(device),
-                            amp_dtype=amp_dtype_from_args(args), max_samples=args.max_samples,
-                            share_prefix=not args.no_prefix_sharing, log_freq=args.log_freq)
+    print(
+        f"{args.model}: {len(configs)} configurations on {args.split} "
+        f"({getattr(loader, 'num_samples', '?')} images{limit})",
+        flush=True,
+    )
+    rows = validate_configs(
+        model,
+        loader,
+        configs,
+        img_size=tuple(data_config["input_size"][1:]),
+        device=str(device),
+        amp_dtype=amp_dtype_from_args(args),
+        max_samples=args.max_samples,
+        share_prefix=not args.no_prefix_sharing,
+        log_freq=args.log_freq,
+    )
     seconds = time.perf_counter() - start
-    meta = dict(model=args.model, checkpoint=args.checkpoint or None, pretrained=args.pretrained,
-                dataset=args.dataset, data_dir=args.data_dir, split=args.split, data_config=data_config,
-                mixnmatch=args.mixnmatch or None, trained_levels=levels, model_args=model.model_args,
-                seconds=seconds, device=str(device))
+    meta = dict(
+        model=args.model,
+        checkpoint=args.checkpoint or None,
+        pretrained=args.pretrained,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        split=args.split,
+        data_config=data_config,
+        mixnmatch=args.mixnmatch or None,
+        trained_levels=levels,
+        model_args=model.model_args,
+        seconds=seconds,
+        device=str(device),
+    )
     print()
     print(validation_tables(rows), flush=True)  # shown before the files are written
     paths = write_validation_outputs(rows, out_dir, meta, title=f"{args.model} ({args.split})")

@@ -1,4 +1,5 @@
 """Shared helpers for the CPU benchmarks: fixed threads, interleaved timing, a header naming the run."""
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,10 @@ def header(title: str) -> None:
     cmd = " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], *sys.argv])
     print(f"# {title}")
     print(f"# command: {cmd}")
-    print(f"# machine: {cpu_name()}, {os.cpu_count()} cores visible, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, fp32")
+    print(
+        f"# machine: {cpu_name()}, {os.cpu_count()} cores visible, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, fp32"
+    )
     print(f"# date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
 
 
@@ -77,8 +80,13 @@ def ratio_line(label: str, num: List[float], den: List[float], goal: str) -> str
     return f"{label}: {r_min:.2f}x (min) / {r_med:.2f}x (median)   goal {goal}"
 
 
-_GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
-          torch.ops.aten.baddbmm.default, torch.ops.aten.baddbmm_.default}
+_GEMMS = {
+    torch.ops.aten.mm.default,
+    torch.ops.aten.addmm.default,
+    torch.ops.aten.bmm.default,
+    torch.ops.aten.baddbmm.default,
+    torch.ops.aten.baddbmm_.default,
+}
 
 
 def _spec(x: object) -> object:
@@ -147,15 +155,20 @@ def gemm_floor(fn: Callable[[], object], reps: int = 5) -> Tuple[float, float]:
     return total, gflop
 
 
-def gemm_floor_report(fns: Dict[str, Callable[[], object]], times: Dict[str, List[float]], ours: str, ref: str,
-                      goal: str) -> None:
+def gemm_floor_report(
+    fns: Dict[str, Callable[[], object]], times: Dict[str, List[float]], ours: str, ref: str, goal: str
+) -> None:
     """Print each model's :func:`gemm_floor` beside its measured time, then the best ratio ``ours`` could reach
     against ``ref``'s measured time if all of its own non-GEMM work were free."""
     floors = {}
     for name, fn in fns.items():
         sec, gflop = gemm_floor(fn)
         floors[name] = sec
-        print(f"# {name}: its matrix products alone {sec:.3f} s ({gflop:.1f} GFLOP at {gflop / sec:.0f} GFLOP/s), "
-              f"{sec / min(times[name]):.0%} of its measured {min(times[name]):.3f} s")
-    print(f"{ours} / {ref} throughput if {ours}'s non-GEMM work were free: "
-          f"{min(times[ref]) / floors[ours]:.2f}x (ceiling)   goal {goal}")
+        print(
+            f"# {name}: its matrix products alone {sec:.3f} s ({gflop:.1f} GFLOP at {gflop / sec:.0f} GFLOP/s), "
+            f"{sec / min(times[name]):.0%} of its measured {min(times[name]):.3f} s"
+        )
+    print(
+        f"{ours} / {ref} throughput if {ours}'s non-GEMM work were free: "
+        f"{min(times[ref]) / floors[ours]:.2f}x (ceiling)   goal {goal}"
+    )

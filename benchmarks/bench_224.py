@@ -8,15 +8,16 @@ the compiled models are timed as in eager. Figures from this mode are "with torc
 ``--gemm-floor``: also each model's matrix products timed one by one (``_common.gemm_floor``), and the ratio
 35M would reach if the rest of its work were free: the ceiling for this goal on this machine.
 """
+
 from __future__ import annotations
 
 import time
 
 import timm
 import torch
+from _common import arg_parser, gemm_floor_report, header, interleaved, ratio_line, setup, stats
 
 import matmamba_vision  # noqa: F401  (registers the models)
-from _common import arg_parser, gemm_floor_report, header, interleaved, ratio_line, setup, stats
 
 
 def main() -> None:
@@ -25,7 +26,9 @@ def main() -> None:
     ap.add_argument("--gemm-floor", action="store_true", help="also time each model's matrix products alone")
     args = ap.parse_args()
     setup(args.threads)
-    header("224 px throughput: MatMamba-Vision-35M vs ViT-S/16" + (" (both with torch.compile)" if args.compile else ""))
+    header(
+        "224 px throughput: MatMamba-Vision-35M vs ViT-S/16" + (" (both with torch.compile)" if args.compile else "")
+    )
     models = {
         "matmamba_vision_35m": timm.create_model("matmamba_vision_35m_patch16_224").eval(),
         "vit_small_patch16_224": timm.create_model("vit_small_patch16_224").eval(),
@@ -44,7 +47,10 @@ def main() -> None:
     print(f"{'model':24s} {'img/s (best)':>12s} {'img/s (median)':>14s} {'s/batch min':>11s} {'median':>8s}")
     for k, ts in times.items():
         s = stats(ts)
-        print(f"{k:24s} {args.batch / s['min']:12.2f} {args.batch / s['median']:14.2f} {s['min']:11.3f} {s['median']:8.3f}")
+        print(
+            f"{k:24s} {args.batch / s['min']:12.2f} {args.batch / s['median']:14.2f} "
+            f"{s['min']:11.3f} {s['median']:8.3f}"
+        )
     print(ratio_line("35M / ViT-S throughput", times["matmamba_vision_35m"], times["vit_small_patch16_224"], ">= 0.6x"))
     if args.gemm_floor and not args.compile:
         gemm_floor_report(fns, times, "matmamba_vision_35m", "vit_small_patch16_224", ">= 0.6x")

@@ -7,6 +7,7 @@ Images per second per core, median (and best) of ``--rounds`` interleaved rounds
 warm-up call (numba's compilation is not timed). The images are smooth random colour fields (the ops' cost does
 not depend on the content). numba and torch run one thread.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,10 @@ def main() -> None:
     pils = [Image.fromarray(a) for a in batch]
     ours_pil = OfficialRandAugment()
     timm_ra = rand_augment_transform("rand-m9-n2", {"translate_const": 100, "img_mean": (124, 116, 104)})
-    cases = {"official RA, PIL (folder path)": lambda: [ours_pil(im) for im in pils],
-             "timm rand-m9-n2, PIL (folder path)": lambda: [timm_ra(im) for im in pils]}
+    cases = {
+        "official RA, PIL (folder path)": lambda: [ours_pil(im) for im in pils],
+        "timm rand-m9-n2, PIL (folder path)": lambda: [timm_ra(im) for im in pils],
+    }
     try:
         from ffcv.pipeline.compiler import Compiler
 
@@ -67,8 +70,7 @@ def main() -> None:
     base = statistics.median(times["timm rand-m9-n2, PIL (folder path)"])
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:42s} {args.batch / med:8.1f} img/s (best {args.batch / min(ts):8.1f}), "
-              f"{base / med:5.2f}x timm's")
+        print(f"{name:42s} {args.batch / med:8.1f} img/s (best {args.batch / min(ts):8.1f}), {base / med:5.2f}x timm's")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ img/s, and the ratio lines for the issue's goals (random weights: speed does not
 
     python benchmarks/bench_export.py [--rounds 5] [--models demo 35m]
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,10 @@ import tempfile
 import onnxruntime as ort
 import timm
 import torch
+from _common import arg_parser, header, interleaved, ratio_line, setup, stats
 
 import matmamba_vision
 from matmamba_vision.export import export_model
-from _common import arg_parser, header, interleaved, ratio_line, setup, stats
 
 MODELS = {
     "demo": ("matmamba_vision_tiny_patch4_28", dict(patch_size=7, embed_dim=128, depth=4, d_state=16, headdim=16)),
@@ -52,8 +53,10 @@ def run_model(key: str, tmp: str, args) -> None:
     model = timm.create_model(name, **kwargs).eval()
     c, h, w = model.in_chans, *model.patch_embed.img_size
     print(f"\n## {key}: {name} {kwargs or ''} ({h}x{w} px)")
-    print(f"{'g':>5s} {'params':>9s} {'ONNX MB':>8s} {'max rel err':>11s} {'batch':>5s} "
-          f"{'ORT img/s best/median':>22s} {'eager img/s best/median':>24s}")
+    print(
+        f"{'g':>5s} {'params':>9s} {'ONNX MB':>8s} {'max rel err':>11s} {'batch':>5s} "
+        f"{'ORT img/s best/median':>22s} {'eager img/s best/median':>24s}"
+    )
     times = {}
     for g in model.matryoshka_levels:
         path = os.path.join(tmp, f"{key}_g{g}.onnx")
@@ -69,20 +72,39 @@ def run_model(key: str, tmp: str, args) -> None:
                 t = interleaved({"ort": lambda: session.run(None, feed), "eager": lambda: sub(x)}, args.rounds)
             times[(g, b)] = t
             so, se = stats(t["ort"]), stats(t["eager"])
-            print(f"{g:5d} {info['params']:9d} {info['bytes'] / 1e6:8.2f} "
-                  f"{info['verification']['max_relative_error']:11.1e} {b:5d} "
-                  f"{b / so['min']:10.2f} /{b / so['median']:9.2f}  {b / se['min']:11.2f} /{b / se['median']:10.2f}",
-                  flush=True)
+            print(
+                f"{g:5d} {info['params']:9d} {info['bytes'] / 1e6:8.2f} "
+                f"{info['verification']['max_relative_error']:11.1e} {b:5d} "
+                f"{b / so['min']:10.2f} /{b / so['median']:9.2f}  {b / se['min']:11.2f} /{b / se['median']:10.2f}",
+                flush=True,
+            )
     levels = model.matryoshka_levels
     for b in args.batches:
         for g in levels:
-            print(ratio_line(f"{key} b{b} g={g}: ORT speed vs eager", times[(g, b)]["ort"],
-                             times[(g, b)]["eager"], ">= 0.8x (ORT within 1.25x of eager)"))
-        print(ratio_line(f"{key} b{b}: ORT g={levels[-1]} speed-up over g={levels[0]}",
-                         times[(levels[-1], b)]["ort"], times[(levels[0], b)]["ort"],
-                         ">= 4x" if key == "35m" else "(none)"))
-        print(ratio_line(f"{key} b{b}: eager g={levels[-1]} speed-up over g={levels[0]}",
-                         times[(levels[-1], b)]["eager"], times[(levels[0], b)]["eager"], "(reference)"))
+            print(
+                ratio_line(
+                    f"{key} b{b} g={g}: ORT speed vs eager",
+                    times[(g, b)]["ort"],
+                    times[(g, b)]["eager"],
+                    ">= 0.8x (ORT within 1.25x of eager)",
+                )
+            )
+        print(
+            ratio_line(
+                f"{key} b{b}: ORT g={levels[-1]} speed-up over g={levels[0]}",
+                times[(levels[-1], b)]["ort"],
+                times[(levels[0], b)]["ort"],
+                ">= 4x" if key == "35m" else "(none)",
+            )
+        )
+        print(
+            ratio_line(
+                f"{key} b{b}: eager g={levels[-1]} speed-up over g={levels[0]}",
+                times[(levels[-1], b)]["eager"],
+                times[(levels[0], b)]["eager"],
+                "(reference)",
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ the least of ``--mem-runs`` processes is reported.
 ``--gemm-floor``: after the table, at the largest size, each model's matrix products timed one by one
 (``_common.gemm_floor``) and the ratio 35M would reach if the rest of its work were free.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,9 @@ import sys
 
 import timm
 import torch
+from _common import arg_parser, gemm_floor_report, header, interleaved, setup, stats
 
 import matmamba_vision  # noqa: F401
-from _common import arg_parser, gemm_floor_report, header, interleaved, setup, stats
 
 MODELS = {"matmamba_vision_35m": "matmamba_vision_35m_patch16_224", "vit_small": "vit_small_patch16_224"}
 
@@ -60,8 +61,12 @@ def measure_memory(name: str, size: int, threads: int) -> float:
 
 
 def _child_memory(name: str, size: int, threads: int) -> float:
-    out = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--child", name, str(size)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--threads", str(threads), "--child", name, str(size)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -77,8 +82,10 @@ def main() -> None:
         return
     setup(args.threads)
     header("High resolution, batch 1: MatMamba-Vision-35M vs ViT-S/16")
-    print(f"{'px':>5s} {'tokens':>6s} | {'35M img/s best/med':>18s} {'ViT-S img/s best/med':>20s} | "
-          f"{'ratio min/med':>13s} | {'35M peak MiB':>12s} {'ViT-S peak MiB':>14s}")
+    print(
+        f"{'px':>5s} {'tokens':>6s} | {'35M img/s best/med':>18s} {'ViT-S img/s best/med':>20s} | "
+        f"{'ratio min/med':>13s} | {'35M peak MiB':>12s} {'ViT-S peak MiB':>14s}"
+    )
     rows = []
     for size in args.sizes:
         models = {k: build(k, size) for k in MODELS}
@@ -95,12 +102,17 @@ def main() -> None:
         a, v = stats(t["matmamba_vision_35m"]), stats(t["vit_small"])
         r_min, r_med = v["min"] / a["min"], v["median"] / a["median"]
         rows.append((size, r_min, r_med, mem))
-        print(f"{size:5d} {(size // 16) ** 2 + 1:6d} | {1 / a['min']:8.3f} {1 / a['median']:8.3f} "
-              f"{1 / v['min']:10.3f} {1 / v['median']:8.3f} | {r_min:5.2f} {r_med:6.2f} | "
-              f"{mem['matmamba_vision_35m']:12.0f} {mem['vit_small']:14.0f}", flush=True)
+        print(
+            f"{size:5d} {(size // 16) ** 2 + 1:6d} | {1 / a['min']:8.3f} {1 / a['median']:8.3f} "
+            f"{1 / v['min']:10.3f} {1 / v['median']:8.3f} | {r_min:5.2f} {r_med:6.2f} | "
+            f"{mem['matmamba_vision_35m']:12.0f} {mem['vit_small']:14.0f}",
+            flush=True,
+        )
     size, r_min, r_med, mem = rows[-1]
-    print(f"at {size} px: 35M / ViT-S throughput {r_min:.2f}x (min) / {r_med:.2f}x (median), goal >= 1.3x; "
-          f"peak memory {mem['matmamba_vision_35m']:.0f} vs {mem['vit_small']:.0f} MiB, goal lower")
+    print(
+        f"at {size} px: 35M / ViT-S throughput {r_min:.2f}x (min) / {r_med:.2f}x (median), goal >= 1.3x; "
+        f"peak memory {mem['matmamba_vision_35m']:.0f} vs {mem['vit_small']:.0f} MiB, goal lower"
+    )
     if args.gemm_floor:
         gemm_floor_report(*floor, "matmamba_vision_35m", "vit_small", ">= 1.3x")
 

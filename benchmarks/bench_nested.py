@@ -3,14 +3,14 @@
 
     python benchmarks/bench_nested.py [--rounds 7]
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import timm
 import torch
+from _common import arg_parser, header, interleaved, ratio_line, setup, stats
 
 import matmamba_vision
-from _common import arg_parser, header, interleaved, ratio_line, setup, stats
 
 
 def main() -> None:
@@ -27,7 +27,11 @@ def main() -> None:
     x = torch.randn(args.batch, 3, 224, 224)
     with torch.inference_mode():
         err = ((nested(x) - small(x)).norm() / small(x).norm()).item()
-        fns = {"full (g=512)": lambda: full(x), f"nested g={g}": lambda: nested(x), f"extracted g={g}": lambda: small(x)}
+        fns = {
+            "full (g=512)": lambda: full(x),
+            f"nested g={g}": lambda: nested(x),
+            f"extracted g={g}": lambda: small(x),
+        }
         t = interleaved(fns, args.rounds)
     print(f"nested vs extracted logits: relative difference {err:.1e}")
     print(f"{'variant':18s} {'img/s (best)':>12s} {'img/s (median)':>14s}")

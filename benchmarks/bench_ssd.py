@@ -9,15 +9,16 @@ timed at two block lengths and compared at its faster one.
 
     python benchmarks/bench_ssd.py [--rounds 5]
 """
+
 from __future__ import annotations
 
 from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
+from _common import arg_parser, header, interleaved, ratio_line, setup, stats
 
 from matmamba_vision.ops import ssd_scan_torch
-from _common import arg_parser, header, interleaved, ratio_line, setup, stats
 
 
 def segsum(x: torch.Tensor) -> torch.Tensor:
@@ -80,12 +81,16 @@ def main() -> None:
 
             def run(fn):
                 if grad:
+
                     def step():
                         (fn(*ins) * w).sum().backward()
+
                     return step
+
                 def fwd():
                     with torch.no_grad():
                         fn(*ins)
+
                 return fwd
 
             fns = {"ssd_scan_torch": run(ssd_scan_torch)}

@@ -9,17 +9,17 @@ of the forward and backward, counted by ``torch.utils.flop_counter``). The arith
 sum step's floor for this architecture: the B and C rows of the input projection, the ``C B^T`` products,
 the patch embedding and the head do not shrink with the width.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import timm
 import torch
 import torch.nn.functional as F
+from _common import arg_parser, header, interleaved, ratio_line, setup, stats
 from torch.utils.flop_counter import FlopCounterMode
 
 import matmamba_vision  # noqa: F401
 from matmamba_vision import use_backend
-from _common import arg_parser, header, interleaved, ratio_line, setup, stats
 
 
 def main() -> None:
@@ -74,6 +74,7 @@ def per_granularity(model, x, y, levels, rounds: int) -> None:
         def run():
             with model.granularity(g):
                 F.cross_entropy(model(x), y).backward()
+
         return run
 
     t = interleaved({g: fwd_bwd(g) for g in levels}, rounds)

@@ -13,6 +13,7 @@
     python benchmarks/gpu_fig4.py --json fig4.json --png fig4.png           # on a GPU
     python benchmarks/gpu_fig4.py --device cpu --quick   # smoke run of the script (torch backend on the CPU)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ def triton_backend(device: torch.device) -> str:
     """'triton' where its kernels can run (CUDA, or the CPU under TRITON_INTERPRET=1), else 'torch'."""
     from matmamba_vision.ops.triton import triton_available
     from matmamba_vision.ops.triton._launch import interpreter_active
+
     if triton_available() and (device.type == "cuda" or interpreter_active()):
         return "triton"
     return "torch"
@@ -60,8 +62,7 @@ def variants(args, device: torch.device) -> Dict[str, tuple]:
     if device.type == "cuda" and mamba_ssm_available():
         out["35m D mamba_ssm"] = ("matmamba_vision_35m_patch16_224", dict(ssd_backend="mamba_ssm"), 1, None)
     if device.type == "cuda":
-        out[f"35m D {tb} cudagraph"] = ("matmamba_vision_35m_patch16_224", dict(ssd_backend=tb), 1,
-                                        "reduce-overhead")
+        out[f"35m D {tb} cudagraph"] = ("matmamba_vision_35m_patch16_224", dict(ssd_backend=tb), 1, "reduce-overhead")
     out["vit_s16"] = ("vit_small_patch16_224", {}, None, None)
     out["vit_b16"] = ("vit_base_patch16_224", {}, None, None)
     return out
@@ -69,8 +70,10 @@ def variants(args, device: torch.device) -> Dict[str, tuple]:
 
 def run_inference(args, device: torch.device, report: Dict) -> None:
     extra = dict(depth=2) if args.quick else {}
-    print(f"\n{'model':26s} {'px':>5s} {'batch':>5s} {'img/s best':>10s} {'median':>8s} {'peak MiB':>9s} "
-          f"{'TFLOP/s':>8s} {'% peak':>7s}")
+    print(
+        f"\n{'model':26s} {'px':>5s} {'batch':>5s} {'img/s best':>10s} {'median':>8s} {'peak MiB':>9s} "
+        f"{'TFLOP/s':>8s} {'% peak':>7s}"
+    )
     fpis: Dict = {}
     for size in args.sizes:  # the most telling sizes first, in case the budget runs out
         for name, (arch, kw, div, mode) in variants(args, device).items():
@@ -111,12 +114,19 @@ def run_inference(args, device: torch.device, report: Dict) -> None:
                     ts = timed(fwd, device, args.iters, args.warmup + (3 if mode else 0))
                     best, med = batch / min(ts), batch / sorted(ts)[len(ts) // 2]
                     tflops = fpis[key] * best / 1e12
-                    row.update(img_s=best, img_s_median=med, peak_mib=peak_mib(device), tflops=tflops,
-                               pct_peak=100 * tflops / args.peak_tflops)
+                    row.update(
+                        img_s=best,
+                        img_s_median=med,
+                        peak_mib=peak_mib(device),
+                        tflops=tflops,
+                        pct_peak=100 * tflops / args.peak_tflops,
+                    )
                     mem = row["peak_mib"]
-                    print(f"{name:26s} {size:5d} {batch:5d} {best:10.1f} {med:8.1f} "
-                          f"{mem if mem is not None else float('nan'):9.0f} {tflops:8.2f} {row['pct_peak']:6.1f}%",
-                          flush=True)
+                    print(
+                        f"{name:26s} {size:5d} {batch:5d} {best:10.1f} {med:8.1f} "
+                        f"{mem if mem is not None else float('nan'):9.0f} {tflops:8.2f} {row['pct_peak']:6.1f}%",
+                        flush=True,
+                    )
                 except torch.cuda.OutOfMemoryError:
                     row.update(error="out of memory")
                     print(f"{name:26s} {size:5d} {batch:5d}  out of memory", flush=True)
@@ -169,11 +179,20 @@ def run_training(args, device: torch.device, report: Dict) -> None:
 
             reset_peak(device)
             ts = timed(step, device, max(args.iters, 4), args.warmup)  # >= 4: cycle visits every level
-            row = dict(mode=name, batch=batch, img_s=batch / min(ts), img_s_median=batch / sorted(ts)[len(ts) // 2],
-                       step_s_median=sorted(ts)[len(ts) // 2], peak_mib=peak_mib(device))
+            row = dict(
+                mode=name,
+                batch=batch,
+                img_s=batch / min(ts),
+                img_s_median=batch / sorted(ts)[len(ts) // 2],
+                step_s_median=sorted(ts)[len(ts) // 2],
+                peak_mib=peak_mib(device),
+            )
             mem = row["peak_mib"]
-            print(f"{name:30s} {batch:5d} {row['img_s']:10.1f} {row['img_s_median']:8.1f} "
-                  f"{mem if mem is not None else float('nan'):9.0f}", flush=True)
+            print(
+                f"{name:30s} {batch:5d} {row['img_s']:10.1f} {row['img_s_median']:8.1f} "
+                f"{mem if mem is not None else float('nan'):9.0f}",
+                flush=True,
+            )
         except Exception as e:  # report and go on
             row = dict(mode=name, batch=batch, error=repr(e)[:500])
             print(f"{name}: failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
@@ -208,39 +227,64 @@ def targets(args, device: torch.device, report: Dict) -> None:
         a, b = _find(inf, model=mm, px=px, batch=1), _find(inf, model="vit_s16", px=px, batch=1)
         ratio(f"35M / ViT-S/16 img/s, batch 1, {px} px", a, b, "img_s", goal)
         ratio(f"35M / ViT-S/16 peak memory, batch 1, {px} px", a, b, "peak_mib", 1.0, higher=False)
-    ratio(f"35M / ViT-S/16 img/s, {args.big_batch_px} px, batch {args.big_batch}",
-          _find(inf, model=mm, px=args.big_batch_px, batch=args.big_batch),
-          _find(inf, model="vit_s16", px=args.big_batch_px, batch=args.big_batch), "img_s", 0.5)
+    ratio(
+        f"35M / ViT-S/16 img/s, {args.big_batch_px} px, batch {args.big_batch}",
+        _find(inf, model=mm, px=args.big_batch_px, batch=args.big_batch),
+        _find(inf, model="vit_s16", px=args.big_batch_px, batch=args.big_batch),
+        "img_s",
+        0.5,
+    )
     r = _find(inf, model=mm, px=hi, batch=max(args.batches))
-    lines.append(dict(target=f"35M % of measured bf16 matmul rate, {hi} px, batch {max(args.batches)}",
-                      value=r["pct_peak"] if r else None, goal=15.0,
-                      verdict="n/a" if r is None else ("PASS" if r["pct_peak"] >= 15.0 else "MISS")))
+    lines.append(
+        dict(
+            target=f"35M % of measured bf16 matmul rate, {hi} px, batch {max(args.batches)}",
+            value=r["pct_peak"] if r else None,
+            goal=15.0,
+            verdict="n/a" if r is None else ("PASS" if r["pct_peak"] >= 15.0 else "MISS"),
+        )
+    )
     full, summ = _find(tr, mode=f"full {tb}"), _find(tr, mode=f"sum {tb}")
-    lines.append(dict(target="training full width img/s / today's 647 (224 px, batch 128)",
-                      value=full["img_s"] / TODAY_TRAIN_IMG_S if full else None, goal=1.5,
-                      verdict="n/a" if full is None or args.quick else
-                      ("PASS" if full["img_s"] / TODAY_TRAIN_IMG_S >= 1.5 else "MISS")))
+    lines.append(
+        dict(
+            target="training full width img/s / today's 647 (224 px, batch 128)",
+            value=full["img_s"] / TODAY_TRAIN_IMG_S if full else None,
+            goal=1.5,
+            verdict="n/a"
+            if full is None or args.quick
+            else ("PASS" if full["img_s"] / TODAY_TRAIN_IMG_S >= 1.5 else "MISS"),
+        )
+    )
     ratio("Matryoshka sum step time / full step time", summ, full, "step_s_median", 2.2, higher=False)
     for px, batch in dict.fromkeys(((hi, 1), (hi, max(args.batches)), (args.big_batch_px, max(args.batches)))):
-        ratio(f"triton / mamba_ssm img/s, 35M, {px} px, batch {batch}", _find(inf, model=mm, px=px, batch=batch),
-              _find(inf, model="35m D mamba_ssm", px=px, batch=batch), "img_s", 1.0)
+        ratio(
+            f"triton / mamba_ssm img/s, 35M, {px} px, batch {batch}",
+            _find(inf, model=mm, px=px, batch=batch),
+            _find(inf, model="35m D mamba_ssm", px=px, batch=batch),
+            "img_s",
+            1.0,
+        )
     print("\ntargets (issue 14)")
     for ln in lines:
         v = "n/a" if ln["value"] is None else f"{ln['value']:.2f}"
-        print(f"  {ln['verdict']:4s} {ln['target']:62s} {v:>8s}  (goal {'>=' if 'memory' not in ln['target'] and 'step time' not in ln['target'] else '<='} {ln['goal']})")
+        at_most = "memory" in ln["target"] or "step time" in ln["target"]
+        print(f"  {ln['verdict']:4s} {ln['target']:62s} {v:>8s}  (goal {'<=' if at_most else '>='} {ln['goal']})")
     report["targets"] = lines
 
 
 def plot(args, report: Dict) -> None:
     """Speed and peak memory against resolution at batch 1, one line per model."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     names = sorted({r["model"] for r in report["inference"]})
     for name in names:
-        rows = sorted((r for r in report["inference"] if r["model"] == name and r["batch"] == 1 and "error" not in r),
-                      key=lambda r: r["px"])
+        rows = sorted(
+            (r for r in report["inference"] if r["model"] == name and r["batch"] == 1 and "error" not in r),
+            key=lambda r: r["px"],
+        )
         if len(rows) < 2:
             continue
         ax1.plot([r["px"] for r in rows], [r["img_s"] for r in rows], marker="o", label=name)
@@ -260,8 +304,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (any device)")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 224, 512, 1536],
-                    help="image sizes, run in this order (the targets' sizes first, in case the budget runs out)")
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[1024, 2048, 224, 512, 1536],
+        help="image sizes, run in this order (the targets' sizes first, in case the budget runs out)",
+    )
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--big-batch", type=int, default=256, help="batch of the throughput target")
     ap.add_argument("--big-batch-px", type=int, default=224, help="image size of the throughput target")
@@ -270,8 +319,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--budget-s", type=float, default=450.0, help="skip remaining work after this many seconds")
     ap.add_argument("--train-reserve-s", type=float, default=90.0, help="of the budget, kept for training")
-    ap.add_argument("--peak-tflops", type=float, default=989.0,
-                    help="bf16 matmul ceiling for the %% column (replaced by the measured one on CUDA)")
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="bf16 matmul ceiling for the %% column (replaced by the measured one on CUDA)",
+    )
     ap.add_argument("--json", default=None)
     ap.add_argument("--png", default=None)
     args = ap.parse_args()
@@ -280,8 +333,10 @@ def main() -> None:
         args.sizes, args.batches, args.big_batch, args.big_batch_px = [32, 64], [1, 2], 4, 32
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"# gpu_fig4 on {name}, torch {torch.__version__}, SSD backend {triton_backend(device)}, mamba_ssm "
-          f"available: {mamba_ssm_available()}, {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(
+        f"# gpu_fig4 on {name}, torch {torch.__version__}, SSD backend {triton_backend(device)}, mamba_ssm "
+        f"available: {mamba_ssm_available()}, {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}"
+    )
     report: Dict = dict(device=name, torch=torch.__version__, quick=args.quick, inference=[], training=[])
     for section in (ceilings, run_inference, run_training, targets):
         section(args, device, report)

@@ -14,6 +14,7 @@
     python benchmarks/gpu_suite.py [--device cuda] [--budget-s 270] [--json out.json]
     python benchmarks/gpu_suite.py --device cpu --quick        # smoke test of every code path
 """
+
 from __future__ import annotations
 
 import argparse
@@ -127,10 +128,21 @@ def ssd_kernels(args, device: torch.device, report: Dict) -> None:
                 print(f"{name:28s} {seqlen:5d} {batch:5d} failed: {type(e).__name__}: {str(e)[:200]}")
                 report["ssd"].append(dict(impl=name, L=seqlen, batch=batch, error=repr(e)[:500]))
                 continue
-            report["ssd"].append(dict(impl=name, L=seqlen, batch=batch, rel_err=err, ms=1e3 * min(ts),
-                                      ms_median=1e3 * sorted(ts)[len(ts) // 2]))
-            print(f"{name:28s} {seqlen:5d} {batch:5d} {err:9.1e} {1e3 * min(ts):8.2f} {1e3 * sorted(ts)[len(ts) // 2]:8.2f}",
-                  flush=True)
+            report["ssd"].append(
+                dict(
+                    impl=name,
+                    L=seqlen,
+                    batch=batch,
+                    rel_err=err,
+                    ms=1e3 * min(ts),
+                    ms_median=1e3 * sorted(ts)[len(ts) // 2],
+                )
+            )
+            print(
+                f"{name:28s} {seqlen:5d} {batch:5d} {err:9.1e} {1e3 * min(ts):8.2f} "
+                f"{1e3 * sorted(ts)[len(ts) // 2]:8.2f}",
+                flush=True,
+            )
 
 
 def check_correctness(args, device: torch.device, report: Dict) -> None:
@@ -168,8 +180,11 @@ def _compare_backends(backends, kw, cpu, x, ref, device, report) -> None:
             err = ((out - ref).norm() / ref.norm()).item()
             report["correctness"][key] = err
             limit = 5e-2 if amp else 1e-3
-            print(f"correctness {key:20s} rel. error vs CPU fp32 {err:.2e}  ({'ok' if err < limit else 'FAIL'} < {limit})",
-                  flush=True)
+            print(
+                f"correctness {key:20s} rel. error vs CPU fp32 {err:.2e}  "
+                f"({'ok' if err < limit else 'FAIL'} < {limit})",
+                flush=True,
+            )
 
 
 def inference(args, device: torch.device, report: Dict) -> None:
@@ -183,8 +198,10 @@ def inference(args, device: torch.device, report: Dict) -> None:
     variants["vit_s16"] = ("vit_small_patch16_224", {}, False)
     variants["vit_b16"] = ("vit_base_patch16_224", {}, False)
     extra = dict(depth=4) if args.quick else {}
-    print(f"\n{'model':24s} {'px':>5s} {'batch':>5s} {'img/s best':>10s} {'median':>8s} {'peak MiB':>9s} "
-          f"{'TFLOP/s':>8s} {'% peak':>7s}")
+    print(
+        f"\n{'model':24s} {'px':>5s} {'batch':>5s} {'img/s best':>10s} {'median':>8s} {'peak MiB':>9s} "
+        f"{'TFLOP/s':>8s} {'% peak':>7s}"
+    )
     fpis: Dict = {}
     for size in sizes:
         for name, (arch, kw, compiled) in variants.items():
@@ -212,12 +229,22 @@ def inference(args, device: torch.device, report: Dict) -> None:
                     best, med = batch / min(ts), batch / sorted(ts)[len(ts) // 2]
                     tflops = fpi * best / 1e12
                     mem = peak_mib(device)
-                    row = dict(model=name, px=size, batch=batch, img_s=best, img_s_median=med, peak_mib=mem,
-                               tflops=tflops, pct_peak=100 * tflops / args.peak_tflops)
+                    row = dict(
+                        model=name,
+                        px=size,
+                        batch=batch,
+                        img_s=best,
+                        img_s_median=med,
+                        peak_mib=mem,
+                        tflops=tflops,
+                        pct_peak=100 * tflops / args.peak_tflops,
+                    )
                     report["inference"].append(row)
-                    print(f"{name:24s} {size:5d} {batch:5d} {best:10.1f} {med:8.1f} "
-                          f"{mem if mem is not None else float('nan'):9.0f} {tflops:8.2f} {row['pct_peak']:6.1f}%",
-                          flush=True)
+                    print(
+                        f"{name:24s} {size:5d} {batch:5d} {best:10.1f} {med:8.1f} "
+                        f"{mem if mem is not None else float('nan'):9.0f} {tflops:8.2f} {row['pct_peak']:6.1f}%",
+                        flush=True,
+                    )
                 model = run_model = None  # free it before the next variant
             except torch.cuda.OutOfMemoryError:
                 print(f"{name:24s} {size:5d}  out of memory")
@@ -265,13 +292,25 @@ def training(args, device: torch.device, report: Dict) -> None:
             ts = timed(step, device, args.iters, args.warmup + (2 if compiled else 0))
             name = f"{step_kind} {backend}{' compile' if compiled else ''}"
             mem = peak_mib(device)
-            report["training"].append(dict(mode=name, batch=batch, img_s=batch / min(ts),
-                                           img_s_median=batch / sorted(ts)[len(ts) // 2], peak_mib=mem))
-            print(f"{name:34s} {batch / min(ts):10.1f} {batch / sorted(ts)[len(ts) // 2]:8.1f} "
-                  f"{mem if mem is not None else float('nan'):9.0f}", flush=True)
+            report["training"].append(
+                dict(
+                    mode=name,
+                    batch=batch,
+                    img_s=batch / min(ts),
+                    img_s_median=batch / sorted(ts)[len(ts) // 2],
+                    peak_mib=mem,
+                )
+            )
+            print(
+                f"{name:34s} {batch / min(ts):10.1f} {batch / sorted(ts)[len(ts) // 2]:8.1f} "
+                f"{mem if mem is not None else float('nan'):9.0f}",
+                flush=True,
+            )
         except Exception as e:  # report and go on
-            print(f"{step_kind} {backend}{' compile' if compiled else ''}: failed: {type(e).__name__}: {str(e)[:200]}",
-                  flush=True)
+            print(
+                f"{step_kind} {backend}{' compile' if compiled else ''}: failed: {type(e).__name__}: {str(e)[:200]}",
+                flush=True,
+            )
             report["training"].append(dict(mode=f"{step_kind} {backend}", compiled=compiled, error=repr(e)[:500]))
 
 
@@ -280,8 +319,13 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (any device)")
     ap.add_argument("--compile", action="store_true", help="with --quick: also exercise torch.compile")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[224, 1024, 512, 768, 384],
-                    help="image sizes, run in this order (the most telling first, in case the budget runs out)")
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[224, 1024, 512, 768, 384],
+        help="image sizes, run in this order (the most telling first, in case the budget runs out)",
+    )
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--compile-sizes", type=int, nargs="+", default=[224, 1024])
     ap.add_argument("--train-batch", type=int, default=128)
@@ -289,18 +333,25 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--budget-s", type=float, default=270.0, help="skip remaining work after this many seconds")
     ap.add_argument("--train-reserve-s", type=float, default=60.0, help="of the budget, kept for the training part")
-    ap.add_argument("--peak-tflops", type=float, default=989.0,
-                    help="bf16 matmul ceiling for the %% column (replaced by the measured one on CUDA)")
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="bf16 matmul ceiling for the %% column (replaced by the measured one on CUDA)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.quick:
         args.iters, args.warmup = 2, 1
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"# gpu_suite on {name}, torch {torch.__version__}, mamba_ssm available: {mamba_ssm_available()}, "
-          f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    report: Dict = dict(device=name, torch=torch.__version__, quick=args.quick, correctness={}, ssd=[],
-                        inference=[], training=[])
+    print(
+        f"# gpu_suite on {name}, torch {torch.__version__}, mamba_ssm available: {mamba_ssm_available()}, "
+        f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}"
+    )
+    report: Dict = dict(
+        device=name, torch=torch.__version__, quick=args.quick, correctness={}, ssd=[], inference=[], training=[]
+    )
     for section in (ceilings, check_correctness, ssd_kernels, inference, training):
         section(args, device, report)
         if args.json:  # after every section, so a run cut short still leaves its figures

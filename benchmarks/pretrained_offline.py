@@ -1,7 +1,8 @@
 """``pretrained=True`` with no network: time to the error, timm's own path vs ``build_model`` (imports excluded).
 
-    python benchmarks/pretrained_offline.py     # on a machine without network; uses an empty HF_HOME
+python benchmarks/pretrained_offline.py     # on a machine without network; uses an empty HF_HOME
 """
+
 import os
 import sys
 import tempfile
@@ -28,5 +29,7 @@ try:
     build_model(NAME, pretrained=True)
     print("build_model(pretrained=True): loaded")
 except ValueError as e:
-    print(f"build_model(pretrained=True): {time.perf_counter() - start:.2f} s, ValueError, "
-          f"{len(str(e).splitlines())} line")
+    print(
+        f"build_model(pretrained=True): {time.perf_counter() - start:.2f} s, ValueError, "
+        f"{len(str(e).splitlines())} line"
+    )

@@ -1,4 +1,5 @@
 """A short tour of the elastic API on the small CPU model: create, choose widths, extract, count."""
+
 import tempfile
 
 import timm
@@ -13,8 +14,10 @@ print(f"model: {model.pretrained_cfg['architecture']}, trained levels {model.mat
 for g in model.matryoshka_levels:
     with torch.no_grad(), model.granularity(g):
         logits = model(images)
-    print(f"g={g:4d}: params {mv.count_params(model, g):>9,d}  MFLOPs {mv.count_flops(model, g) / 1e6:7.1f}"
-          f"  logits {tuple(logits.shape)}")
+    print(
+        f"g={g:4d}: params {mv.count_params(model, g):>9,d}  MFLOPs {mv.count_flops(model, g) / 1e6:7.1f}"
+        f"  logits {tuple(logits.shape)}"
+    )
 mix = [128, 128, 64, 64, 32, 16]
 small = mv.extract_submodel(model, mix)
 with torch.no_grad(), model.granularity(mix):

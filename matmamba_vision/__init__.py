@@ -7,6 +7,7 @@ Importing this package registers the models with timm::
     with model.granularity(128):
         logits = model(images)
 """
+
 from .elastic import count_flops, count_params, extract_submodel
 from .export import export_model
 from .layers import use_backend
@@ -15,6 +16,14 @@ from .ops import SSD_BACKENDS, ssd_scan
 
 __version__ = "0.1.0"
 __all__ = [
-    "MatMambaVision", "checkpoint_filter_fn", "convert_official_state_dict",
-    "extract_submodel", "count_params", "count_flops", "export_model", "use_backend", "SSD_BACKENDS", "ssd_scan",
+    "MatMambaVision",
+    "checkpoint_filter_fn",
+    "convert_official_state_dict",
+    "extract_submodel",
+    "count_params",
+    "count_flops",
+    "export_model",
+    "use_backend",
+    "SSD_BACKENDS",
+    "ssd_scan",
 ]

@@ -1,5 +1,6 @@
 """Classification metrics over batches (timm's ``accuracy`` and ``AverageMeter``): top-k accuracy and
 cross-entropy, shared by training's validation and the evaluation scripts."""
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -13,8 +14,10 @@ __all__ = ["AccuracyMeter", "topk_correct"]
 
 def _check_shapes(logits: torch.Tensor, targets: torch.Tensor) -> None:
     if logits.dim() != 2 or targets.dim() != 1 or logits.shape[0] != targets.shape[0]:
-        raise ValueError(f"logits must be (batch, classes) and targets (batch,), got {tuple(logits.shape)} "
-                         f"and {tuple(targets.shape)}")
+        raise ValueError(
+            f"logits must be (batch, classes) and targets (batch,), got {tuple(logits.shape)} "
+            f"and {tuple(targets.shape)}"
+        )
 
 
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> Dict[int, int]:
@@ -48,8 +51,7 @@ class AccuracyMeter:
 
     def totals(self) -> torch.Tensor:
         """(loss sum, top-k % x samples for each k, samples) in float64, to be summed over ranks."""
-        return torch.tensor([self.loss.sum, *(self.top[k].sum for k in self.ks), self.loss.count],
-                            dtype=torch.float64)
+        return torch.tensor([self.loss.sum, *(self.top[k].sum for k in self.ks), self.loss.count], dtype=torch.float64)
 
     def result(self, totals: Optional[torch.Tensor] = None) -> Dict[str, float]:
         """``{'top1', 'top5', ..., 'loss', 'samples'}`` from this meter's, or from summed ``totals``."""

@@ -1,4 +1,5 @@
 """One ``--help`` format for train.py, validate.py and retrieval.py: every flag shows its default."""
+
 from __future__ import annotations
 
 import argparse

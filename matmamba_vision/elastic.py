@@ -1,4 +1,5 @@
 """Elastic inference: standalone submodels, and parameter and FLOP counts at any granularity."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
@@ -50,21 +51,24 @@ def count_params(model: MatMambaVision, granularity: Granularity = None, exclude
     state = _active_state_dict(model, granularity)
     names = {n for n, _ in model.named_parameters()} | {k for k in state if ".mixer." in k}
     return sum(
-        t.numel() for k, t in state.items()
+        t.numel()
+        for k, t in state.items()
         if k in names and not (exclude_embedding and k.startswith(EMBEDDING_PREFIXES))
     )
 
 
 @torch.no_grad()
-def count_flops(model: MatMambaVision, granularity: Granularity = None,
-                img_size: Optional[Union[int, Tuple[int, int]]] = None) -> int:
+def count_flops(
+    model: MatMambaVision, granularity: Granularity = None, img_size: Optional[Union[int, Tuple[int, int]]] = None
+) -> int:
     """FLOPs (2 per multiply-add) of one image's forward at ``granularity``, by torch's flop counter.
 
     Counts matrix products and convolutions (the patch embedding, projections, the depthwise conv, the SSD's
     products in its exact chunked form, head); elementwise work is not counted. The forward runs the
     ``'reference'`` backend (:func:`~matmamba_vision.layers.use_backend`), so the figure depends on the
-    configuration and the input size only (the fast paths' work varies with the data, and oneDNN's fused conv is invisible to the
-    counter). ``img_size`` (int or (H, W)) defaults to the model's; other sizes need ``dynamic_img_size=True``.
+    configuration and the input size only (the fast paths' work varies with the data, and oneDNN's fused conv
+    is invisible to the counter). ``img_size`` (int or (H, W)) defaults to the model's; other sizes need
+    ``dynamic_img_size=True``.
     """
     size = img_size or model.patch_embed.img_size
     size = (size, size) if isinstance(size, int) else tuple(size)

@@ -4,6 +4,7 @@ The submodel is cut out with :func:`~matmamba_vision.extract_submodel` (only its
 traced through the model's shape-only paths (:func:`exportable_paths`), with a dynamic batch and the image
 size fixed. Before the file appears at its path it is run on a few inputs and compared with PyTorch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,14 +19,21 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 import torch
 
 from .elastic import count_params, extract_submodel
-from .models.matmamba_vision import Granularity, MatMambaVision
 from .layers import use_backend
+from .models.matmamba_vision import Granularity, MatMambaVision
 from .runtime import check_output_dir
 from .weights import atomic_write
 
 __all__ = [
-    "EXPORT_FORMATS", "MIN_OPSET", "DEFAULT_OPSET", "VERIFY_RTOL", "ExportVerificationError", "export_model",
-    "exportable_paths", "sidecar_path", "check_output",
+    "EXPORT_FORMATS",
+    "MIN_OPSET",
+    "DEFAULT_OPSET",
+    "VERIFY_RTOL",
+    "ExportVerificationError",
+    "export_model",
+    "exportable_paths",
+    "sidecar_path",
+    "check_output",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -67,8 +75,16 @@ def _to_aten_ops(program: torch.export.ExportedProgram) -> torch.export.Exported
                 node.args, node.kwargs = own[node.target](*node.args, **node.kwargs)
                 node.target = torch.ops.aten.cumsum.default
         gm.recompile()
-    foreign = sorted({str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"
-                      and isinstance(n.target, torch._ops.OpOverload) and n.target.namespace not in ("aten", "prims")})
+    foreign = sorted(
+        {
+            str(n.target)
+            for gm in graphs
+            for n in gm.graph.nodes
+            if n.op == "call_function"
+            and isinstance(n.target, torch._ops.OpOverload)
+            and n.target.namespace not in ("aten", "prims")
+        }
+    )
     if foreign:
         raise RuntimeError(f"the traced graph holds non-aten ops {foreign}; map them in _to_aten_ops")
     return program
@@ -84,7 +100,7 @@ def check_output(path: PathLike, overwrite: bool = False, sidecar: bool = False,
     """ValueError (naming ``flag``) unless ``path`` (and its sidecar) can be written: not a folder, not an
     existing file unless ``overwrite``, in a folder that takes a probe file (created if missing)."""
     path = Path(path)
-    for target in ([path, sidecar_path(path)] if sidecar else [path]):
+    for target in [path, sidecar_path(path)] if sidecar else [path]:
         if target.is_dir():
             raise ValueError(f"{flag} {target} is a folder; name a file")
         if target.exists() and not overwrite:
@@ -98,8 +114,9 @@ def _require(modules: List[str], what: str) -> None:
         raise ModuleNotFoundError(f"{what} needs {', '.join(missing)}: pip install 'matmamba-vision[export]'")
 
 
-def _deployable_submodel(model: MatMambaVision, dims: List[Optional[int]],
-                         img_size: Optional[Union[int, Tuple[int, int]]]) -> MatMambaVision:
+def _deployable_submodel(
+    model: MatMambaVision, dims: List[Optional[int]], img_size: Optional[Union[int, Tuple[int, int]]]
+) -> MatMambaVision:
     """The submodel at ``dims``, standalone, float32 on the CPU, in eval mode, no grad, at ``img_size``."""
     sub = extract_submodel(model, dims).to(device="cpu", dtype=torch.float32).eval().requires_grad_(False)
     sub.set_grad_checkpointing(False)
@@ -121,8 +138,15 @@ def _trace(sub: MatMambaVision) -> torch.export.ExportedProgram:
 
 
 def _write_onnx(program: torch.export.ExportedProgram, path: str, opset: int) -> None:
-    onnx_program = torch.onnx.export(program, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                     opset_version=opset, dynamo=True, external_data=False, verbose=False)
+    onnx_program = torch.onnx.export(
+        program,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
     onnx_program.save(path, external_data=False)
 
 
@@ -161,7 +185,8 @@ def _verify(path: str, fmt: str, reference: MatMambaVision, name: str, rtol: flo
             runtime = "ONNX Runtime" if fmt == "onnx" else "the loaded ExportedProgram"
             raise ExportVerificationError(
                 f"{name}: {runtime} differs from PyTorch by relative error {err:.3g} > {rtol:g} at batch {batch}; "
-                "nothing was written")
+                "nothing was written"
+            )
         worst = max(worst, err)
     return worst
 
@@ -191,29 +216,49 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _sidecar(path: Path, fmt: str, model: MatMambaVision, sub: MatMambaVision, granularity: Granularity,
-             opset: Optional[int], error: Optional[float], metadata: Dict[str, Any]) -> Dict[str, Any]:
+def _sidecar(
+    path: Path,
+    fmt: str,
+    model: MatMambaVision,
+    sub: MatMambaVision,
+    granularity: Granularity,
+    opset: Optional[int],
+    error: Optional[float],
+    metadata: Dict[str, Any],
+) -> Dict[str, Any]:
     """What a runtime needs beside the file: the input and its preprocessing, the submodel, the file's SHA-256."""
     from .data.transforms import model_data_config
 
     data = model_data_config(sub)
     c, h, w = _input_shape(sub)
     info = {
-        "file": path.name, "format": fmt, "sha256": _file_sha256(path), "bytes": path.stat().st_size,
+        "file": path.name,
+        "format": fmt,
+        "sha256": _file_sha256(path),
+        "bytes": path.stat().st_size,
         "opset": opset,
         "input": {"name": INPUT_NAME, "shape": ["batch", c, h, w], "dtype": "float32", "layout": "NCHW"},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", sub.num_classes or sub.embed_dim],
-                   "kind": "logits" if sub.num_classes else "embedding"},
-        "preprocessing": {k: data.get(k) for k in ("input_size", "mean", "std", "interpolation", "crop_pct",
-                                                   "crop_mode")},
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["batch", sub.num_classes or sub.embed_dim],
+            "kind": "logits" if sub.num_classes else "embedding",
+        },
+        "preprocessing": {
+            k: data.get(k) for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+        },
         "granularity": granularity,
         "granularity_per_layer": list(sub.model_args["mixer_dims"]),
         "params": count_params(sub),
         "model": (getattr(model, "pretrained_cfg", None) or {}).get("architecture"),
         "model_args": sub.model_args,
-        "verification": None if error is None else {
+        "verification": None
+        if error is None
+        else {
             "runtime": "onnxruntime (CPU)" if fmt == "onnx" else "torch.export.load",
-            "max_relative_error": error, "rtol": VERIFY_RTOL, "batch_sizes": list(VERIFY_BATCHES)},
+            "max_relative_error": error,
+            "rtol": VERIFY_RTOL,
+            "batch_sizes": list(VERIFY_BATCHES),
+        },
         "versions": {d: _version(d) for d in ("matmamba-vision", "torch", "timm", "onnx", "onnxscript", "onnxruntime")},
     }
     info.update(metadata)
@@ -280,7 +325,8 @@ def export_model(
 
     atomic_write(path, write)
     if sidecar:
-        info = _sidecar(path, format, model, sub, granularity, opset if format == "onnx" else None, error[0],
-                        dict(metadata or {}))
+        info = _sidecar(
+            path, format, model, sub, granularity, opset if format == "onnx" else None, error[0], dict(metadata or {})
+        )
         atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1) + "\n"))
     return path

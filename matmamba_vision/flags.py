@@ -4,6 +4,7 @@ Each flag's value is checked once, by its argparse ``type=`` (a :class:`FlagType
 config file's values pass through the same functions. ``--model-kwargs`` takes timm's ``KEY=VALUE ...`` or
 one YAML mapping (``'{depth: 2}'``, as recorded runs' ``args.yaml`` hold it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,22 @@ import yaml
 from timm.utils import ParseKwargs
 
 __all__ = [
-    "FlagType", "positive_int", "nonneg_int", "seed_int", "positive_float", "nonneg_float", "prob", "drop_prob",
-    "positive_fraction", "not_nan_float", "optimizer_name", "compile_backend", "ModelKwargs", "parse_model_kwargs",
-    "parse_flags", "flag_name",
+    "FlagType",
+    "positive_int",
+    "nonneg_int",
+    "seed_int",
+    "positive_float",
+    "nonneg_float",
+    "prob",
+    "drop_prob",
+    "positive_fraction",
+    "not_nan_float",
+    "optimizer_name",
+    "compile_backend",
+    "ModelKwargs",
+    "parse_model_kwargs",
+    "parse_flags",
+    "flag_name",
 ]
 
 
@@ -73,10 +87,15 @@ def _compile_backends() -> List[str]:
     return torch._dynamo.list_backends()
 
 
-optimizer_name = FlagType("optimizer_name", str, _timm_optimizer,
-                          "one of timm's optimizers (timm.optim.list_optimizers(), e.g. adamw, sgd, lamb)")
-compile_backend = FlagType("compile_backend", str, lambda v: v in _compile_backends(),
-                           lambda: f"one of {_compile_backends()}")
+optimizer_name = FlagType(
+    "optimizer_name",
+    str,
+    _timm_optimizer,
+    "one of timm's optimizers (timm.optim.list_optimizers(), e.g. adamw, sgd, lamb)",
+)
+compile_backend = FlagType(
+    "compile_backend", str, lambda v: v in _compile_backends(), lambda: f"one of {_compile_backends()}"
+)
 
 
 def parse_model_kwargs(values: Union[None, str, Sequence[str], Dict[str, Any]]) -> Dict[str, Any]:
@@ -93,8 +112,9 @@ def parse_model_kwargs(values: Union[None, str, Sequence[str], Dict[str, Any]]) 
             try:
                 kwargs = yaml.safe_load(values[0])
             except yaml.YAMLError as e:
-                raise ValueError(f"--model-kwargs is not valid YAML ({str(e).splitlines()[0]}): {values[0]!r}") \
-                    from None
+                raise ValueError(
+                    f"--model-kwargs is not valid YAML ({str(e).splitlines()[0]}): {values[0]!r}"
+                ) from None
             if not isinstance(kwargs, dict):
                 raise ValueError(f"--model-kwargs must be KEY=VALUE ... or a YAML mapping, got {values[0]!r}")
         else:
@@ -106,8 +126,10 @@ def parse_model_kwargs(values: Union[None, str, Sequence[str], Dict[str, Any]]) 
             kwargs = namespace.kwargs
     bad = [k for k in kwargs if not (isinstance(k, str) and k.isidentifier())]
     if bad:  # e.g. '{depth:2}', which YAML reads as the key 'depth:2' (timm would drop its None silently)
-        raise ValueError(f"--model-kwargs: {bad} are not argument names; write KEY=VALUE (depth=2) or a YAML "
-                         f"mapping with a space after each colon ('{{depth: 2}}')")
+        raise ValueError(
+            f"--model-kwargs: {bad} are not argument names; write KEY=VALUE (depth=2) or a YAML "
+            f"mapping with a space after each colon ('{{depth: 2}}')"
+        )
     return kwargs
 
 

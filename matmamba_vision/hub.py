@@ -5,6 +5,7 @@ minute and then raises a long ``LocalEntryNotFoundError`` traceback. :func:`reso
 hub reachable (a 2-second probe) -> timm's usual path; not reachable (or ``HF_HUB_OFFLINE=1``) -> the file from
 the local Hugging Face cache when it is there, else a ValueError saying how to load the weights instead.
 """
+
 from __future__ import annotations
 
 import urllib.error
@@ -39,7 +40,7 @@ def _hub_files(model_name: str, overlay: Optional[Dict[str, Any]]) -> Optional[T
     if model_name.startswith("local-dir:"):
         return None
     if model_name.startswith("hf-hub:"):
-        return model_name[len("hf-hub:"):].split("@")[0], ["config.json"]
+        return model_name[len("hf-hub:") :].split("@")[0], ["config.json"]
     cfg = timm.models.get_pretrained_cfg(model_name)
     merged = dict(cfg.to_dict() if cfg is not None else {}, **(overlay or {}))
     if merged.get("state_dict") is not None or merged.get("file") or not merged.get("hf_hub_id"):
@@ -74,4 +75,5 @@ def resolve_hub_weights(model_name: str, overlay: Optional[Dict[str, Any]] = Non
         f"--pretrained: {model_name}'s weights ({repo}/{filename}) are not in the local Hugging Face cache and "
         f"{why}; download them where there is a network (then set HF_HUB_OFFLINE=1 to use the cache), or pass "
         f"the downloaded file with --initial-checkpoint (train.py) / --checkpoint (validate.py, retrieval.py) "
-        f"instead of --pretrained")
+        f"instead of --pretrained"
+    )

@@ -1,5 +1,6 @@
 """What every script checks before it runs, shared by training and evaluation: the ``--device`` it names, and
 an output folder it can write."""
+
 from __future__ import annotations
 
 import os
@@ -41,7 +42,8 @@ def check_output_dir(directory: Path, flag: str = "--output") -> None:
                 os.close(fd)
                 os.unlink(probe)
         except OSError as e:
-            raise ValueError(f"{flag} {directory}: cannot write there ({e.strerror or e}); choose another {flag}")
+            reason = e.strerror or e
+            raise ValueError(f"{flag} {directory}: cannot write there ({reason}); choose another {flag}") from None
     finally:
         for d in created:  # deepest first
             try:

@@ -4,6 +4,7 @@ Weights are safetensors carrying a SHA-256 of their tensors; other state (optimi
 file wrapped with a SHA-256 of its bytes. Anything else (a timm/official ``.bin``/``.pth``) loads with
 ``torch.load(weights_only=True)``, which refuses pickles that would run code.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,18 @@ from .hub import resolve_hub_weights
 from .models import MatMambaVision, checkpoint_filter_fn, unwrap_state_dict
 
 __all__ = [
-    "CheckpointError", "atomic_write", "tensors_sha256", "save_weights", "read_weights_metadata", "save_torch",
-    "load_weights", "load_torch", "CheckpointFile", "read_checkpoint", "load_checkpoint", "build_model",
+    "CheckpointError",
+    "atomic_write",
+    "tensors_sha256",
+    "save_weights",
+    "read_weights_metadata",
+    "save_torch",
+    "load_weights",
+    "load_torch",
+    "CheckpointFile",
+    "read_checkpoint",
+    "load_checkpoint",
+    "build_model",
     "save_model_dir",
 ]
 
@@ -82,7 +93,9 @@ def tensors_sha256(tensors: Dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_weights(state_dict: Dict[str, torch.Tensor], path: PathLike, metadata: Optional[Dict[str, Any]] = None) -> Path:
+def save_weights(
+    state_dict: Dict[str, torch.Tensor], path: PathLike, metadata: Optional[Dict[str, Any]] = None
+) -> Path:
     """Atomically write a state dict as safetensors with its SHA-256 (``metadata`` stored as JSON)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     meta = {"sha256": tensors_sha256(tensors)}
@@ -118,8 +131,10 @@ def _torch_load(source: Any, path: Path, map_location: Union[str, torch.device])
     try:
         return torch.load(source, map_location=map_location, weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError, ...
-        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: "
-                              f"{_load_error_reason(e)}); it is damaged, not a checkpoint, or holds code") from e
+        raise CheckpointError(
+            f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: "
+            f"{_load_error_reason(e)}); it is damaged, not a checkpoint, or holds code"
+        ) from e
 
 
 def _load_error_reason(error: Exception) -> str:
@@ -196,7 +211,7 @@ def _safetensors_metadata(data: bytes) -> Dict[str, str]:
     """The ``__metadata__`` of safetensors bytes (the format: an 8-byte little-endian header length, then a JSON
     header)."""
     size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + size])
+    header = json.loads(data[8 : 8 + size])
     return header.get("__metadata__") or {}
 
 
@@ -221,8 +236,9 @@ def read_checkpoint(path: PathLike) -> CheckpointFile:
     return CheckpointFile(path, tensors, json.loads(meta["meta"]) if "meta" in meta else {}, digest)
 
 
-def load_checkpoint(model: MatMambaVision, path: Union[PathLike, CheckpointFile],
-                    strict: bool = True) -> MatMambaVision:
+def load_checkpoint(
+    model: MatMambaVision, path: Union[PathLike, CheckpointFile], strict: bool = True
+) -> MatMambaVision:
     """Load our or an official checkpoint (a path, or a :class:`CheckpointFile` already read) into ``model``; a
     mismatch names the keys and shapes at fault."""
     if isinstance(path, CheckpointFile):
@@ -235,7 +251,8 @@ def load_checkpoint(model: MatMambaVision, path: Union[PathLike, CheckpointFile]
     unexpected = sorted(set(state) - set(own))
     shapes = sorted(
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state) if state[k].shape != own[k].shape
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
     )
     if shapes or (strict and (missing or unexpected)):
         parts = [f"{path}: does not fit {type(model).__name__}"]
@@ -260,8 +277,10 @@ def build_model(
     if not model_name.startswith(("hf-hub:", "local-dir:")) and base_name not in timm.list_models("matmamba*"):
         raise ValueError(f"unknown model {model_name!r}; MatMamba models: {', '.join(timm.list_models('matmamba*'))}")
     if pretrained and not model_name.startswith(("hf-hub:", "local-dir:")) and not timm.list_pretrained(base_name):
-        raise ValueError(f"{model_name} has no published weights (pretrained=True); models with weights: "
-                         f"{', '.join(timm.list_pretrained('matmamba*'))}")
+        raise ValueError(
+            f"{model_name} has no published weights (pretrained=True); models with weights: "
+            f"{', '.join(timm.list_pretrained('matmamba*'))}"
+        )
     if pretrained:  # no network: one line at once (or the cached file), not a minute of retries
         overlay = resolve_hub_weights(model_name, kwargs.get("pretrained_cfg_overlay"))
         if overlay is not None:
@@ -291,8 +310,11 @@ def save_model_dir(model: MatMambaVision, directory: PathLike, data_config: Opti
     if getattr(model, "pretrained_cfg", None) is None:  # any registered name: model_args rebuild it exactly
         from .models.matmamba_vision import _cfg
 
-        cfg = _cfg(architecture="matmamba_vision_35m_patch16_224", num_classes=model.num_classes,
-                   input_size=(model.in_chans, *model.patch_embed.img_size))
+        cfg = _cfg(
+            architecture="matmamba_vision_35m_patch16_224",
+            num_classes=model.num_classes,
+            input_size=(model.in_chans, *model.patch_embed.img_size),
+        )
         if model.in_chans != len(cfg["mean"]):  # as timm's data config does: the channels' average
             cfg.update(mean=(sum(cfg["mean"]) / 3,) * model.in_chans, std=(sum(cfg["std"]) / 3,) * model.in_chans)
         model.pretrained_cfg = cfg
@@ -300,8 +322,11 @@ def save_model_dir(model: MatMambaVision, directory: PathLike, data_config: Opti
     saved_cfg = model.pretrained_cfg
     data = {k: tuple(v) if isinstance(v, list) else v for k, v in (data_config or {}).items() if k in _DATA_CFG_KEYS}
     model.pretrained_cfg = dict(saved_cfg, **data)
-    model.pretrained_cfg.update(num_classes=model.num_classes, input_size=(model.in_chans, *model.patch_embed.img_size),
-                                fixed_input_size=not model.dynamic_img_size)
+    model.pretrained_cfg.update(
+        num_classes=model.num_classes,
+        input_size=(model.in_chans, *model.patch_embed.img_size),
+        fixed_input_size=not model.dynamic_img_size,
+    )
     try:
         with tempfile.TemporaryDirectory(prefix=f".{directory.name}.", dir=directory.parent) as tmp:
             save_for_hf(model, tmp, model_args=model.model_args, safe_serialization=True)

@@ -1,4 +1,5 @@
 """Shared fixtures: deterministic seeds, two threads (the CI machine has two cores), golden-file paths."""
+
 import os
 from pathlib import Path
 

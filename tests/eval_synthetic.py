@@ -3,6 +3,7 @@
 Class ``c`` of ``n_classes`` is a fixed random 28x28 template; a sample is its template plus small noise, so
 nearest neighbours (in pixels, and in any smooth embedding) are almost always of the same class.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional
@@ -25,8 +26,16 @@ class SyntheticLoader:
     """An iterable of (images, targets) batches with ``classes``, ``num_samples`` and ``len()``, like the
     data module's evaluation loader; counts how many batches it has yielded (``batches_served``)."""
 
-    def __init__(self, n: int, n_classes: int = 4, batch_size: int = 16, noise: float = 0.05, seed: int = 0,
-                 classes: Optional[List[str]] = None, template_seed: int = 1234):
+    def __init__(
+        self,
+        n: int,
+        n_classes: int = 4,
+        batch_size: int = 16,
+        noise: float = 0.05,
+        seed: int = 0,
+        classes: Optional[List[str]] = None,
+        template_seed: int = 1234,
+    ):
         g = torch.Generator().manual_seed(template_seed)
         templates = torch.randn(n_classes, 1, 28, 28, generator=g)
         g = torch.Generator().manual_seed(seed)
@@ -43,4 +52,4 @@ class SyntheticLoader:
     def __iter__(self):
         for a in range(0, self.num_samples, self.batch_size):
             self.batches_served += 1
-            yield self.images[a:a + self.batch_size], self.targets[a:a + self.batch_size]
+            yield self.images[a : a + self.batch_size], self.targets[a : a + self.batch_size]

@@ -1,5 +1,6 @@
 """A plain numpy statement of the official RandAugment's ops (the ffcv fork's semantics, OpenCV's rounding),
 written independently of the numba kernels so tests can compare the two on fixed images and draws."""
+
 import numpy as np
 
 F32 = np.float32
@@ -14,8 +15,12 @@ def warp_nearest(src, m):
     b = -inv @ m[:, 2]
     h, w = src.shape[:2]
     ys, xs = np.mgrid[0:h, 0:w]
-    fx = np.rint((inv[0, 1] * ys + b[0]) * 1024).astype(np.int64) + 512 + np.rint(inv[0, 0] * xs * 1024).astype(np.int64)
-    fy = np.rint((inv[1, 1] * ys + b[1]) * 1024).astype(np.int64) + 512 + np.rint(inv[1, 0] * xs * 1024).astype(np.int64)
+    fx = (
+        np.rint((inv[0, 1] * ys + b[0]) * 1024).astype(np.int64) + 512 + np.rint(inv[0, 0] * xs * 1024).astype(np.int64)
+    )
+    fy = (
+        np.rint((inv[1, 1] * ys + b[1]) * 1024).astype(np.int64) + 512 + np.rint(inv[1, 0] * xs * 1024).astype(np.int64)
+    )
     sx, sy = fx >> 10, fy >> 10
     inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
     out = np.zeros_like(src)
@@ -76,7 +81,7 @@ def sharpness(src, factor):
     acc = np.zeros_like(x[1:-1, 1:-1])
     for dy in range(3):
         for dx in range(3):
-            acc += k[dy, dx] * x[dy:dy + x.shape[0] - 2, dx:dx + x.shape[1] - 2]
+            acc += k[dy, dx] * x[dy : dy + x.shape[0] - 2, dx : dx + x.shape[1] - 2]
     blurred = src.copy()
     blurred[1:-1, 1:-1] = np.clip(np.rint(acc), 0, 255).astype(np.uint8)
     return blend(src, blurred, factor)

@@ -1,4 +1,5 @@
 """The benchmarks' GEMM floor counts every matrix product a call makes, once per call, with its FLOPs."""
+
 from __future__ import annotations
 
 import sys

@@ -1,9 +1,10 @@
 """model_best/ (timm's local-dir folder) stays in step with model_best.safetensors when a run is resumed."""
+
 import timm
 import torch
 
-from matmamba_vision.weights import load_weights, save_model_dir, save_weights
 from matmamba_vision.training.checkpointing import BEST_DIR, reconcile_best
+from matmamba_vision.weights import load_weights, save_model_dir, save_weights
 
 SMALL = dict(embed_dim=32, depth=1, d_state=16)
 

@@ -1,4 +1,5 @@
 """``--help`` of train.py, validate.py and retrieval.py shows every flag's default."""
+
 import importlib.util
 import re
 from pathlib import Path
@@ -28,12 +29,15 @@ def _help_text(name, capsys, monkeypatch):
 @pytest.mark.parametrize("name", ["train", "validate", "retrieval"])
 def test_every_flag_shows_its_default(name, capsys, monkeypatch):
     text = _help_text(name, capsys, monkeypatch)
-    options = text[text.index("\noptions:"):]
+    options = text[text.index("\noptions:") :]
     # one block per flag: a line starting with two spaces and a dash, with its wrapped help lines
     blocks = re.split(r"\n(?=  -)", options)[1:]
     assert len(blocks) > (60 if name == "train" else 20)
-    missing = [b.split("\n")[0].strip() for b in blocks
-               if not b.lstrip().startswith("-h, --help") and "default" not in b.split("\n\n")[0].lower()]
+    missing = [
+        b.split("\n")[0].strip()
+        for b in blocks
+        if not b.lstrip().startswith("-h, --help") and "default" not in b.split("\n\n")[0].lower()
+    ]
     assert not missing, f"{name}.py --help shows no default for {missing}"
     if name == "train":
         assert re.search(r"--epochs EPOCHS\s+default: 8", text) and re.search(r"--lr LR\s+default: 0.002", text)

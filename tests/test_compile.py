@@ -1,4 +1,5 @@
 """torch.compile: the model traces as one graph (no breaks) and computes what eager computes, with gradients."""
+
 from __future__ import annotations
 
 import timm

@@ -1,4 +1,5 @@
 """FFCV round trip: write a small .beton from a folder, read it back, train a step from it."""
+
 import gc
 import json
 import re
@@ -6,13 +7,17 @@ import re
 import pytest
 import torch
 
-pytest.importorskip("ffcv", reason="the optional ffcv extra is not installed (pip install '.[ffcv]' after "
-                    "apt-get install pkg-config libopencv-dev libturbojpeg0-dev)")
+pytest.importorskip(
+    "ffcv",
+    reason="the optional ffcv extra is not installed (pip install '.[ffcv]' after "
+    "apt-get install pkg-config libopencv-dev libturbojpeg0-dev)",
+)
+
+from train_utils import TINY_MODEL, make_image_folder  # noqa: E402
 
 from matmamba_vision.data import create_eval_loader, create_train_loader, fmnist_data_config  # noqa: E402
 from matmamba_vision.data.ffcv_writer import main as write_main  # noqa: E402
 from matmamba_vision.training import main as train_main  # noqa: E402
-from train_utils import TINY_MODEL, make_image_folder  # noqa: E402
 
 
 # numba's finaliser prints a harmless KeyError at exit (see ENVIRONMENT.md)
@@ -21,8 +26,9 @@ def test_ffcv_round_trip_and_training_step(tmp_path):
     root = make_image_folder(tmp_path / "data", per_class=4, size=(40, 40))
     out = tmp_path / "ffcv"
     # JPEG here: raw images bring ffcv's raw decoder, whose numba finalisers crash pytest's exit (test below)
-    write_main(["--data-dir", str(root), "--output", str(out), "--max-resolution", "32", "-j", "1",
-                "--write-mode", "jpg"])
+    write_main(
+        ["--data-dir", str(root), "--output", str(out), "--max-resolution", "32", "-j", "1", "--write-mode", "jpg"]
+    )
     meta = json.loads((out / "val.json").read_text())
     assert meta == {"classes": ["ankle", "bag", "coat"], "num_samples": 12}
 
@@ -35,9 +41,28 @@ def test_ffcv_round_trip_and_training_step(tmp_path):
     assert means[:4].mean() < means[4:8].mean() < means[8:].mean()
 
     # training reads the 1-channel model's input as the luma of the stored RGB images
-    metrics = train_main([*TINY_MODEL, "--dataset", "ffcv", "--data-dir", str(out), "-b", "12", "--epochs", "1",
-                          "-j", "1", "--reprob", "0.5", "--output", str(tmp_path / "runs"), "--experiment", "ffcv",
-                          "--no-progress"])
+    metrics = train_main(
+        [
+            *TINY_MODEL,
+            "--dataset",
+            "ffcv",
+            "--data-dir",
+            str(out),
+            "-b",
+            "12",
+            "--epochs",
+            "1",
+            "-j",
+            "1",
+            "--reprob",
+            "0.5",
+            "--output",
+            str(tmp_path / "runs"),
+            "--experiment",
+            "ffcv",
+            "--no-progress",
+        ]
+    )
     assert sorted(metrics) == [4, 8, 16, 32]
     assert (tmp_path / "runs" / "ffcv" / "checkpoint-0.safetensors").is_file()
     # random erasing is applied to ffcv's batches; RandAugment and colour jitter are refused, not dropped
@@ -48,8 +73,9 @@ def test_ffcv_round_trip_and_training_step(tmp_path):
     plain.set_epoch(0)
     assert erased.std(dim=(1, 2, 3)).mean() > 1.5 * next(iter(plain))[0].std(dim=(1, 2, 3)).mean()
     # the official RandAugment runs in ffcv's compiled pipeline (our Operation, after the flip)
-    official = create_train_loader("ffcv", str(out), "train", cfg, batch_size=12, workers=1, hflip=0.0,
-                                   auto_augment="official")
+    official = create_train_loader(
+        "ffcv", str(out), "train", cfg, batch_size=12, workers=1, hflip=0.0, auto_augment="official"
+    )
     official.set_epoch(0)
     augmented, _ = next(iter(official))
     assert augmented.shape == (12, 3, 28, 28) and torch.isfinite(augmented).all()
@@ -86,18 +112,20 @@ def test_ffcv_max_samples_spread_over_the_split(tmp_path, monkeypatch):
     assert seen["indices"] == [0, 4, 8]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--max-resolution", "0"], "--max-resolution must be at least 1"),  # hung: a worker failed, the writer waited
-    (["--jpeg-quality", "500"], r"--jpeg-quality must be in \[1, 100\]"),
-    (["--write-mode", "bogus"], "invalid choice: 'bogus'"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max-resolution", "0"], "--max-resolution must be at least 1"),  # hung: a worker failed, the writer waited
+        (["--jpeg-quality", "500"], r"--jpeg-quality must be in \[1, 100\]"),
+        (["--write-mode", "bogus"], "invalid choice: 'bogus'"),
+    ],
+)
 def test_ffcv_writer_refuses_bad_flags_before_writing(tmp_path, capsys, flags, message):
     root = make_image_folder(tmp_path / "data", per_class=1)
     with pytest.raises(SystemExit):
         write_main(["--data-dir", str(root), "--output", str(tmp_path / "out"), *flags])
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
-
 
 
 def test_writer_defaults_are_the_official_files(tmp_path, monkeypatch):

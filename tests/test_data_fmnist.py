@@ -1,15 +1,25 @@
 """Fashion-MNIST from Debian's IDX files through the shared data module."""
+
 import gzip
 
 import pytest
 import torch
 
-from matmamba_vision.data import (FashionMNIST, TensorAugment, TensorTrainLoader, create_eval_loader,
-                                  create_train_loader, fmnist_data_config, load_fmnist)
+from matmamba_vision.data import (
+    FashionMNIST,
+    TensorAugment,
+    TensorTrainLoader,
+    create_eval_loader,
+    create_train_loader,
+    fmnist_data_config,
+    load_fmnist,
+)
 from matmamba_vision.data.fmnist import FMNIST_DIR, read_idx
 
-pytestmark = pytest.mark.skipif(not (__import__("pathlib").Path(FMNIST_DIR) / "t10k-labels-idx1-ubyte.gz").is_file(),
-                                reason="Debian's dataset-fashion-mnist is not installed (make setup installs it as root)")
+pytestmark = pytest.mark.skipif(
+    not (__import__("pathlib").Path(FMNIST_DIR) / "t10k-labels-idx1-ubyte.gz").is_file(),
+    reason="Debian's dataset-fashion-mnist is not installed (make setup installs it as root)",
+)
 
 
 def test_eval_loader_default_is_fmnist_test_set():
@@ -36,8 +46,14 @@ def test_pil_dataset_and_tensor_loader_agree_without_augmentation():
     assert img.mode == "L" and img.size == (28, 28) and isinstance(target, int)
     images, targets = load_fmnist("val")
     cfg = fmnist_data_config()
-    loader = TensorTrainLoader(images[:64].unsqueeze(1), targets[:64], ds.classes, 16,
-                               TensorAugment(cfg["mean"], cfg["std"], pad=0, hflip=0.0), seed=0)
+    loader = TensorTrainLoader(
+        images[:64].unsqueeze(1),
+        targets[:64],
+        ds.classes,
+        16,
+        TensorAugment(cfg["mean"], cfg["std"], pad=0, hflip=0.0),
+        seed=0,
+    )
     evaluated = create_eval_loader("fmnist", data_config=cfg, batch_size=64, workers=0)
     reference = next(iter(evaluated))[0]
     batch, labels = next(iter(loader))

@@ -1,11 +1,12 @@
 """ImageNet-style folders through timm's dataset: the pipeline and its bad inputs."""
+
 import logging
 
 import pytest
 import torch
+from train_utils import make_image_folder, truncated_jpeg
 
 from matmamba_vision.data import create_eval_loader, create_train_loader, fmnist_data_config
-from train_utils import make_image_folder, truncated_jpeg
 
 RGB28 = dict(fmnist_data_config(3), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -22,8 +23,16 @@ def test_folder_eval_and_train_pipelines(tmp_path):
     assert means[:4].mean() < means[4:8].mean() < means[8:].mean()  # class colours survive the transforms
     grey = create_eval_loader("folder", str(root), "train", fmnist_data_config(1), batch_size=12, workers=0)
     assert next(iter(grey))[0].shape == (12, 1, 28, 28)
-    train = create_train_loader(data_dir=str(root), data_config=RGB28, batch_size=4, workers=0, seed=1,
-                                auto_augment="rand-m9-n2-mstd0.5", color_jitter=0.4, re_prob=0.25)
+    train = create_train_loader(
+        data_dir=str(root),
+        data_config=RGB28,
+        batch_size=4,
+        workers=0,
+        seed=1,
+        auto_augment="rand-m9-n2-mstd0.5",
+        color_jitter=0.4,
+        re_prob=0.25,
+    )
     train.set_epoch(0)
     shapes = [tuple(x.shape) for x, _ in train]
     assert shapes == [(4, 3, 28, 28)] * 3
@@ -48,6 +57,7 @@ def test_each_rank_draws_its_own_augmentation(tmp_path):
 def test_distributed_eval_shards_without_padding(tmp_path, monkeypatch):
     root = make_image_folder(tmp_path / "data", per_class=3)
     import matmamba_vision.data.loader as loader_mod
+
     seen = []
     for rank in range(2):
         monkeypatch.setattr(loader_mod, "_rank_world", lambda distributed, r=rank: (r, 2))

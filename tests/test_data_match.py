@@ -1,5 +1,6 @@
 """One-line warnings when the data does not fit the model's config: the images' channels, and statistics
 stretched from another channel count."""
+
 import numpy as np
 import pytest
 import timm
@@ -48,6 +49,7 @@ def test_rgb_folder_with_a_grey_model(tmp_path):
 
 def test_validate_flags_warn_once_on_stderr(tmp_path, capsys):
     import argparse
+
     data = _folder(tmp_path, "RGB")
     args = add_common_args(argparse.ArgumentParser()).parse_args(["--data-dir", str(data), "--in-chans", "3"])
     args.split = "val"

@@ -1,4 +1,5 @@
 """Nested granularities: choosing widths, extracting submodels, counting parameters and FLOPs."""
+
 import pytest
 import timm
 import torch
@@ -39,21 +40,24 @@ def test_submodel_gradients_equal_nested_slices(model, images):
     torch.manual_seed(0)
     with model.granularity(spec):
         model(images).square().sum().backward()
-    for i, g in enumerate(spec):
+    for i in range(len(spec)):
         ours = model.layers[i].mixer
         for name, param in sub.layers[i].mixer.named_parameters():
             full = dict(ours.named_parameters())[name].grad
-            view = {"out_proj.weight": lambda t: t[:, : param.shape[1]]}.get(name, lambda t: t[: param.shape[0]])
+            view = {"out_proj.weight": lambda t: t[:, : param.shape[1]]}.get(name, lambda t: t[: param.shape[0]])  # noqa: B023
             torch.testing.assert_close(view(full), param.grad, rtol=1e-4, atol=1e-6, msg=f"layer {i} {name}")
             if name != "out_proj.weight" and full.shape[0] > param.shape[0]:
-                assert not full[param.shape[0]:].any(), f"inactive rows of {name} got gradient"
+                assert not full[param.shape[0] :].any(), f"inactive rows of {name} got gradient"
 
 
 def test_nested_forward_slices_views_not_copies(model):
     mixer = model.layers[0].mixer
     for name, view in mixer.sliced_parameters(8).items():
         full = dict(mixer.named_parameters())[name]
-        assert view.data_ptr() == full.data_ptr() and view.untyped_storage().data_ptr() == full.untyped_storage().data_ptr()
+        assert (
+            view.data_ptr() == full.data_ptr()
+            and view.untyped_storage().data_ptr() == full.untyped_storage().data_ptr()
+        )
     assert mixer.sliced_parameters(8)["xbc_proj.weight"].is_contiguous()
     assert mixer.sliced_parameters(8)["zdt_proj.weight"].is_contiguous()
 
@@ -69,11 +73,20 @@ def test_granularity_context_restores_on_error(model):
     assert model.granularities == [None, None, None]
 
 
-@pytest.mark.parametrize("bad, match", [
-    (0, "multiple of 4 in \\[4, 64\\]"), (-8, "multiple of 4"), (6, "multiple of 4"), (128, "multiple of 4"),
-    (32.0, "None, an int, or a list"), (True, "None, an int, or a list"), ("32", "None, an int, or a list"),
-    ([64, 32], "one entry per block \\(3\\)"), ([64, 32, 30], "layer 2"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (0, "multiple of 4 in \\[4, 64\\]"),
+        (-8, "multiple of 4"),
+        (6, "multiple of 4"),
+        (128, "multiple of 4"),
+        (32.0, "None, an int, or a list"),
+        (True, "None, an int, or a list"),
+        ("32", "None, an int, or a list"),
+        ([64, 32], "one entry per block \\(3\\)"),
+        ([64, 32, 30], "layer 2"),
+    ],
+)
 def test_bad_granularity_raises_value_error(model, bad, match):
     with pytest.raises(ValueError, match=match):
         model.set_granularity(bad)
@@ -175,8 +188,9 @@ def test_model_dir_of_a_class_built_model(tmp_path):
     from matmamba_vision.models import MatMambaVision
 
     torch.manual_seed(0)
-    model = MatMambaVision(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=2,
-                           d_state=16).eval()
+    model = MatMambaVision(
+        img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=2, d_state=16
+    ).eval()
     save_model_dir(model, tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
     again = timm.create_model(f"local-dir:{tmp_path / 'm'}", pretrained=True).eval()

@@ -1,14 +1,20 @@
 """Many configurations per decoded batch: the same results as one pass per configuration; result files."""
+
 import csv
 import json
 
 import pytest
 import torch
-
 from eval_synthetic import SyntheticLoader, tiny_model
+
 from matmamba_vision.evaluation import (
-    evaluate_configs, official_sweep, parse_granularities, random_configs, validate_configs,
-    validation_tables, write_validation_outputs,
+    evaluate_configs,
+    official_sweep,
+    parse_granularities,
+    random_configs,
+    validate_configs,
+    validation_tables,
+    write_validation_outputs,
 )
 
 
@@ -34,7 +40,7 @@ def test_forward_many_bit_identical_and_restores_granularity(model):
     model.set_granularity(None)
     # None means a block's full width, as resolve_granularity has it; invalid lists are ValueErrors
     full = [None] * len(model.layers)
-    (_, got), = model.forward_many(x, [full])
+    ((_, got),) = model.forward_many(x, [full])
     with torch.no_grad():
         assert torch.equal(got, model(x))
     with pytest.raises(ValueError, match="layer 0"):

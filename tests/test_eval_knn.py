@@ -1,4 +1,5 @@
 """Exact kNN search (faiss and torch backends, chunked) against brute force, and retrieval metrics."""
+
 import numpy as np
 import pytest
 

@@ -1,16 +1,25 @@
 """Retrieval end to end on data with known structure; the embedding cache (reuse, invalidation, interruption)."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
-
 from eval_synthetic import SyntheticLoader, tiny_model
-from matmamba_vision.weights import save_weights
+
 from matmamba_vision.evaluation import (
-    Baseline, EmbeddingCache, embed_splits, file_sha256, parse_granularities, retrieval_table, run_retrieval,
-    state_dict_sha256, uniform_configs, write_retrieval_outputs,
+    Baseline,
+    EmbeddingCache,
+    embed_splits,
+    file_sha256,
+    parse_granularities,
+    retrieval_table,
+    run_retrieval,
+    state_dict_sha256,
+    uniform_configs,
+    write_retrieval_outputs,
 )
+from matmamba_vision.weights import save_weights
 
 DB_ID = dict(dataset="synthetic", split="train", transform={"input_size": [1, 28, 28]})
 Q_ID = dict(dataset="synthetic", split="val", transform={"input_size": [1, 28, 28]})
@@ -27,9 +36,18 @@ def _identity(model, weights):
 
 def test_retrieval_finds_the_known_classes(model, tmp_path):
     db, q = SyntheticLoader(64, n_classes=4, seed=1), SyntheticLoader(24, n_classes=4, seed=2)
-    rows = run_retrieval(model, db, q, uniform_configs(model, [32]), parse_granularities(model, None),
-                         _identity(model, state_dict_sha256(model)), DB_ID, Q_ID, EmbeddingCache(tmp_path / "c"),
-                         backend="torch")
+    rows = run_retrieval(
+        model,
+        db,
+        q,
+        uniform_configs(model, [32]),
+        parse_granularities(model, None),
+        _identity(model, state_dict_sha256(model)),
+        DB_ID,
+        Q_ID,
+        EmbeddingCache(tmp_path / "c"),
+        backend="torch",
+    )
     assert [(r["query_granularity"], r["db_granularity"]) for r in rows] == [(32, 32), (16, 32), (8, 32)]
     full = rows[0]
     # same-class images are near copies: the full model retrieves its own class
@@ -45,18 +63,46 @@ def test_retrieval_finds_the_known_classes(model, tmp_path):
 def test_matrix_and_baseline(model, tmp_path):
     db, q = SyntheticLoader(40, n_classes=4, seed=1), SyntheticLoader(12, n_classes=4, seed=2)
     other = tiny_model(seed=7, depth=2, mixer_dims=[16, 16])  # a separately trained, smaller model
-    rows = run_retrieval(model, db, q, parse_granularities(model, ["32", "8"]),
-                         parse_granularities(model, ["32", "16"]), _identity(model, "w0"), DB_ID, Q_ID,
-                         EmbeddingCache(None), baselines=[Baseline("small", other, "b0")], backend="torch")
+    rows = run_retrieval(
+        model,
+        db,
+        q,
+        parse_granularities(model, ["32", "8"]),
+        parse_granularities(model, ["32", "16"]),
+        _identity(model, "w0"),
+        DB_ID,
+        Q_ID,
+        EmbeddingCache(None),
+        baselines=[Baseline("small", other, "b0")],
+        backend="torch",
+    )
     pairs = [(r["query_kind"], r["query_granularity"], r["db_granularity"]) for r in rows]
-    assert pairs == [("granularity", 32, 32), ("granularity", 16, 32), ("baseline", 16, 32),
-                     ("granularity", 32, 8), ("granularity", 16, 8)]
+    assert pairs == [
+        ("granularity", 32, 32),
+        ("granularity", 16, 32),
+        ("baseline", 16, 32),
+        ("granularity", 32, 8),
+        ("granularity", 16, 8),
+    ]
     # the baseline meets the full-width database wherever it is listed
-    rows = run_retrieval(model, db, q, parse_granularities(model, ["8", "32"]), parse_granularities(model, ["16"]),
-                         _identity(model, "w0"), DB_ID, Q_ID, EmbeddingCache(None),
-                         baselines=[Baseline("small", other, "b0")], backend="torch")
+    rows = run_retrieval(
+        model,
+        db,
+        q,
+        parse_granularities(model, ["8", "32"]),
+        parse_granularities(model, ["16"]),
+        _identity(model, "w0"),
+        DB_ID,
+        Q_ID,
+        EmbeddingCache(None),
+        baselines=[Baseline("small", other, "b0")],
+        backend="torch",
+    )
     assert [(r["query_kind"], r["db_granularity"]) for r in rows] == [
-        ("granularity", 8), ("granularity", 32), ("baseline", 32)]
+        ("granularity", 8),
+        ("granularity", 32),
+        ("baseline", 32),
+    ]
     paths = write_retrieval_outputs(rows, tmp_path, {})
     assert paths["png"].stat().st_size > 0
 
@@ -112,8 +158,9 @@ def test_interrupted_pass_is_never_read_as_complete(model, tmp_path):
     assert not list((tmp_path / "cache").rglob("meta.json")), "no entry may look complete"
     assert not list((tmp_path / "cache").rglob("*.f32")), "the temporary files are removed"
     # a directory left by a killed process (no meta.json) is not used either
-    entry = cache.entry_dir(dict(ident, granularity=[32, 32], name="[32, 32]", max_samples=None, precision="float32",
-                                 device_type="cpu"))
+    entry = cache.entry_dir(
+        dict(ident, granularity=[32, 32], name="[32, 32]", max_samples=None, precision="float32", device_type="cpu")
+    )
     entry.mkdir(parents=True)
     (entry / "embeddings.f32").write_bytes(b"\0" * 64)
     loader = SyntheticLoader(40, batch_size=8)
@@ -129,11 +176,31 @@ def test_bad_splits(model, tmp_path):
     with pytest.raises(ValueError, match=r"class lists differ.*only in train: \['class3'\].*only in val: \['shoe'\]"):
         run_retrieval(model, db, q, cfgs, cfgs, ident, DB_ID, Q_ID, EmbeddingCache(None), backend="torch")
     with pytest.raises(ValueError, match=r"query split \(val\) is empty"):
-        run_retrieval(model, db, SyntheticLoader(0, n_classes=4), cfgs, cfgs, ident, DB_ID, Q_ID,
-                      EmbeddingCache(None), backend="torch")
+        run_retrieval(
+            model,
+            db,
+            SyntheticLoader(0, n_classes=4),
+            cfgs,
+            cfgs,
+            ident,
+            DB_ID,
+            Q_ID,
+            EmbeddingCache(None),
+            backend="torch",
+        )
     with pytest.raises(ValueError, match="need at least 10"):
-        run_retrieval(model, SyntheticLoader(6, n_classes=4), q.__class__(4, n_classes=4), cfgs, cfgs, ident,
-                      DB_ID, Q_ID, EmbeddingCache(None), backend="torch")
+        run_retrieval(
+            model,
+            SyntheticLoader(6, n_classes=4),
+            q.__class__(4, n_classes=4),
+            cfgs,
+            cfgs,
+            ident,
+            DB_ID,
+            Q_ID,
+            EmbeddingCache(None),
+            backend="torch",
+        )
     with pytest.raises(ValueError, match="cannot run at 12"):
         parse_granularities(model, ["12"])
     assert torch.is_tensor(db.images)

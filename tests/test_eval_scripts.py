@@ -1,23 +1,42 @@
 """validate.py and retrieval.py end to end: an image folder, the Fashion-MNIST default, bad input."""
+
 import importlib.util
 import json
 import os
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
+from eval_synthetic import SyntheticLoader, tiny_model
 from PIL import Image
 
-from eval_synthetic import SyntheticLoader, tiny_model
 from matmamba_vision.weights import CheckpointError, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 # the model of eval_synthetic.tiny_model, named: the scripts' default is the demo's (patch-7) model
-TINY = ["--model", "matmamba_vision_tiny_patch4_28", "--model-kwargs", "embed_dim=32", "depth=2", "d_state=16",
-        "-j", "0", "-b", "16"]
-TINY_YAML = ["--model", "matmamba_vision_tiny_patch4_28", "--model-kwargs", "{embed_dim: 32, depth: 2, d_state: 16}",
-             "-j", "0", "-b", "16"]
+TINY = [
+    "--model",
+    "matmamba_vision_tiny_patch4_28",
+    "--model-kwargs",
+    "embed_dim=32",
+    "depth=2",
+    "d_state=16",
+    "-j",
+    "0",
+    "-b",
+    "16",
+]
+TINY_YAML = [
+    "--model",
+    "matmamba_vision_tiny_patch4_28",
+    "--model-kwargs",
+    "{embed_dim: 32, depth: 2, d_state: 16}",
+    "-j",
+    "0",
+    "-b",
+    "16",
+]
 
 
 def _script(name):
@@ -55,9 +74,23 @@ def test_validate_on_a_folder(scripts, checkpoint, tmp_path):
     validate, _ = scripts
     data = _folder(tmp_path / "data")
     out = tmp_path / "out"
-    rows = validate.main(["--data-dir", str(data), "--checkpoint", str(checkpoint), "--num-classes", "10",
-                          "--mixnmatch", "official", "--output", str(out), "--results-file",
-                          str(tmp_path / "r.json"), *TINY])
+    rows = validate.main(
+        [
+            "--data-dir",
+            str(data),
+            "--checkpoint",
+            str(checkpoint),
+            "--num-classes",
+            "10",
+            "--mixnmatch",
+            "official",
+            "--output",
+            str(out),
+            "--results-file",
+            str(tmp_path / "r.json"),
+            *TINY,
+        ]
+    )
     assert [r["name"] for r in rows[:3]] == ["g=32", "g=16", "g=8"] and len(rows) == 3 + 3  # 3 pairs x (k = 1)
     assert all(r["samples"] == 12 for r in rows)
     for ext in ("csv", "json", "png"):
@@ -70,8 +103,21 @@ def test_validate_on_a_folder(scripts, checkpoint, tmp_path):
 def test_retrieval_on_a_folder_reuses_its_cache(scripts, checkpoint, tmp_path, capsys):
     _, retrieval = scripts
     data = _folder(tmp_path / "data")
-    args = ["--data-dir", str(data), "--checkpoint", str(checkpoint), "--num-classes", "10", "--output",
-            str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--knn-backend", "torch", *TINY]
+    args = [
+        "--data-dir",
+        str(data),
+        "--checkpoint",
+        str(checkpoint),
+        "--num-classes",
+        "10",
+        "--output",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--knn-backend",
+        "torch",
+        *TINY,
+    ]
     first = retrieval.main(args)
     assert [r["query_granularity"] for r in first] == [32, 16, 8]
     assert not any(r["db_cached"] or r["query_cached"] for r in first)
@@ -84,14 +130,18 @@ def test_retrieval_on_a_folder_reuses_its_cache(scripts, checkpoint, tmp_path, c
     assert "1-NN top-1" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_file()
-                    and not os.environ.get("MATMAMBA_FMNIST_DIR"), reason="Fashion-MNIST is not installed")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_file()
+    and not os.environ.get("MATMAMBA_FMNIST_DIR"),
+    reason="Fashion-MNIST is not installed",
+)
 def test_defaults_run_on_fashion_mnist(scripts, tmp_path):
     validate, retrieval = scripts
     rows = validate.main(["--max-samples", "32", "--granularities", "32", "--output", str(tmp_path), *TINY_YAML])
     assert rows[0]["samples"] == 32
-    rows = retrieval.main(["--max-samples", "32", "--query-granularities", "16", "--output", str(tmp_path),
-                           "--cache-dir", "", *TINY])
+    rows = retrieval.main(
+        ["--max-samples", "32", "--query-granularities", "16", "--output", str(tmp_path), "--cache-dir", "", *TINY]
+    )
     assert rows[0]["queries"] == 32 and rows[0]["db_size"] == 32
 
 
@@ -127,8 +177,11 @@ def test_bad_input(scripts, checkpoint, tmp_path):
     blocker.write_text("")
     for script in (validate, retrieval):
         with pytest.raises(ValueError, match="--output .*a_file"):
-            script.main(["--data-dir", str(data), "--output", str(blocker), "--cache-dir", "", *TINY]
-                        if script is retrieval else ["--data-dir", str(data), "--output", str(blocker), *TINY])
+            script.main(
+                ["--data-dir", str(data), "--output", str(blocker), "--cache-dir", "", *TINY]
+                if script is retrieval
+                else ["--data-dir", str(data), "--output", str(blocker), *TINY]
+            )
     with pytest.raises(ValueError, match="--results-file"):
         validate.main([*common, "--results-file", str(blocker / "r.csv")])
 
@@ -139,11 +192,29 @@ def test_model_and_levels_read_from_a_train_checkpoint(scripts, tmp_path):
     data = _folder(tmp_path / "data")
     ckpt = tmp_path / "model_best.safetensors"
     model = tiny_model(depth=2, embed_dim=64, num_classes=4)
-    save_weights(model.state_dict(), ckpt, metadata={
-        "model": "matmamba_vision_tiny_patch4_28", "granularities": [64, 16],
-        "model_kwargs": {"embed_dim": 64, "depth": 2, "d_state": 16, "num_classes": 4}})
-    rows = validate.main(["--data-dir", str(data), "--checkpoint", str(ckpt), "--mixnmatch", "official",
-                          "--output", str(tmp_path / "o"), "-j", "0"])
+    save_weights(
+        model.state_dict(),
+        ckpt,
+        metadata={
+            "model": "matmamba_vision_tiny_patch4_28",
+            "granularities": [64, 16],
+            "model_kwargs": {"embed_dim": 64, "depth": 2, "d_state": 16, "num_classes": 4},
+        },
+    )
+    rows = validate.main(
+        [
+            "--data-dir",
+            str(data),
+            "--checkpoint",
+            str(ckpt),
+            "--mixnmatch",
+            "official",
+            "--output",
+            str(tmp_path / "o"),
+            "-j",
+            "0",
+        ]
+    )
     assert [(r["name"], r["trained"]) for r in rows] == [("g=64", True), ("g=16", True), ("64x1+16x1", False)]
 
 
@@ -155,11 +226,31 @@ def test_baseline_checkpoint_widths_read_from_its_shapes(scripts, checkpoint, tm
     data = _folder(tmp_path / "data")
     small = tmp_path / "small.safetensors"
     save_weights(extract_submodel(tiny_model(seed=3, depth=2, num_classes=10), 16).state_dict(), small)
-    rows = retrieval.main(["--data-dir", str(data), "--checkpoint", str(checkpoint), "--num-classes", "10",
-                           "--query-granularities", "32", "--baseline-checkpoints", f"small={small}",
-                           "--cache-dir", "", "--knn-backend", "torch", "--output", str(tmp_path / "o"), *TINY])
+    rows = retrieval.main(
+        [
+            "--data-dir",
+            str(data),
+            "--checkpoint",
+            str(checkpoint),
+            "--num-classes",
+            "10",
+            "--query-granularities",
+            "32",
+            "--baseline-checkpoints",
+            f"small={small}",
+            "--cache-dir",
+            "",
+            "--knn-backend",
+            "torch",
+            "--output",
+            str(tmp_path / "o"),
+            *TINY,
+        ]
+    )
     assert [(r["query"], r["query_kind"], r["query_granularity"]) for r in rows] == [
-        ("g=32", "granularity", 32), ("small", "baseline", 16)]
+        ("g=32", "granularity", 32),
+        ("small", "baseline", 16),
+    ]
     assert rows[1]["query_params_non_embedding"] < rows[0]["query_params_non_embedding"]
 
 
@@ -167,17 +258,48 @@ def test_a_checkpoint_trained_at_another_size_with_a_corrupt_image(scripts, tmp_
     """train.py at --img-size 32 on 28 px images, one unreadable val image skipped (--skip-corrupt reached only
     the training split before); validate.py and retrieval.py rebuild the 32 px model from the checkpoint (they
     used the registered 28 px input size) and --model-kwargs adds to the recorded kwargs (it replaced them)."""
-    from matmamba_vision.training import main as train
     from train_utils import TINY_MODEL, truncated_jpeg
+
+    from matmamba_vision.training import main as train
 
     validate, retrieval = scripts
     data = _folder(tmp_path / "data")
     truncated_jpeg(data / "val" / "a" / "broken.jpg")
-    train([*TINY_MODEL, "--img-size", "32", "--data-dir", str(data), "-b", "8", "--epochs", "1", "-j", "0",
-           "--skip-corrupt", "--no-progress", "--output", str(tmp_path), "--experiment", "r32"])
+    train(
+        [
+            *TINY_MODEL,
+            "--img-size",
+            "32",
+            "--data-dir",
+            str(data),
+            "-b",
+            "8",
+            "--epochs",
+            "1",
+            "-j",
+            "0",
+            "--skip-corrupt",
+            "--no-progress",
+            "--output",
+            str(tmp_path),
+            "--experiment",
+            "r32",
+        ]
+    )
     ckpt = str(tmp_path / "r32" / "model_best.safetensors")
-    common = ["--checkpoint", ckpt, "--data-dir", str(data), "--skip-corrupt", "-j", "0", "-b", "8",
-              "--model-kwargs", "ssd_backend=torch"]
+    common = [
+        "--checkpoint",
+        ckpt,
+        "--data-dir",
+        str(data),
+        "--skip-corrupt",
+        "-j",
+        "0",
+        "-b",
+        "8",
+        "--model-kwargs",
+        "ssd_backend=torch",
+    ]
     rows = validate.main([*common, "--output", str(tmp_path / "val")])
     assert [r["name"] for r in rows] == ["g=32", "g=16", "g=8", "g=4"]
     assert json.loads((tmp_path / "val" / "validate.json").read_text())["data_config"]["input_size"] == [1, 32, 32]
@@ -191,15 +313,31 @@ def test_granularity_lists_take_commas_or_spaces(scripts, checkpoint, tmp_path):
     assert parse_args(["--granularities", "32", "16"]).granularities == [32, 16]
     assert parse_args(["--granularities", "32,16", "8"]).granularities == [32, 16, 8]
     validate, _ = scripts
-    rows = validate.main(["--data-dir", str(_folder(tmp_path / "data")), "--checkpoint", str(checkpoint),
-                          "--num-classes", "10", "--granularities", "32,16", "--output", str(tmp_path / "o"), *TINY])
+    rows = validate.main(
+        [
+            "--data-dir",
+            str(_folder(tmp_path / "data")),
+            "--checkpoint",
+            str(checkpoint),
+            "--num-classes",
+            "10",
+            "--granularities",
+            "32,16",
+            "--output",
+            str(tmp_path / "o"),
+            *TINY,
+        ]
+    )
     assert [r["name"] for r in rows] == ["g=32", "g=16"]
 
 
-@pytest.mark.parametrize("flags, match", [
-    (["--mean", "0.5", "0.5"], r"--mean needs 1 value \(one per input channel\), got 2"),
-    (["--pretrained"], "matmamba_vision_tiny_patch4_28 has no published weights"),
-])
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--mean", "0.5", "0.5"], r"--mean needs 1 value \(one per input channel\), got 2"),
+        (["--pretrained"], "matmamba_vision_tiny_patch4_28 has no published weights"),
+    ],
+)
 def test_eval_flags_refused_with_a_clear_message(scripts, tmp_path, flags, match):
     validate, _ = scripts
     with pytest.raises(ValueError, match=match):
@@ -218,8 +356,9 @@ def test_max_samples_spreads_over_a_class_sorted_folder(tmp_path):
     from matmamba_vision.data import create_eval_loader, fmnist_data_config
 
     data = _folder(tmp_path / "data", n_val=40)  # val/{a,b,c,d}, listed class by class
-    loader = create_eval_loader("folder", str(data), "val", fmnist_data_config(), batch_size=4, workers=0,
-                                max_samples=8)
+    loader = create_eval_loader(
+        "folder", str(data), "val", fmnist_data_config(), batch_size=4, workers=0, max_samples=8
+    )
     targets = torch.cat([t for _, t in loader])
     assert len(targets) == 8 and set(targets.tolist()) == {0, 1, 2, 3}
     everything = create_eval_loader("folder", str(data), "val", fmnist_data_config(), batch_size=64, workers=0)
@@ -235,8 +374,9 @@ def test_unwritable_cache_dir_is_refused_before_any_work(scripts, tmp_path):
 
 def test_a_loader_worker_error_is_reported_on_one_line(tmp_path):
     """An unreadable image met in a DataLoader worker (validate.py's default -j 2) came out as ~45 lines."""
-    from matmamba_vision.data import create_eval_loader, error_line, fmnist_data_config
     from train_utils import truncated_jpeg
+
+    from matmamba_vision.data import create_eval_loader, error_line, fmnist_data_config
 
     data = _folder(tmp_path / "data")
     truncated_jpeg(data / "val" / "a" / "0broken.jpg")
@@ -254,9 +394,22 @@ def test_a_non_square_model_is_costed_at_its_own_size(scripts, tmp_path):
     import matmamba_vision as mv
 
     validate, _ = scripts
-    rows = validate.main(["--data-dir", str(_folder(tmp_path / "data")), "--model-kwargs",
-                          "{embed_dim: 32, depth: 2, d_state: 16, img_size: [28, 56]}", "--num-classes", "4",
-                          "-j", "0", "-b", "16", "--output", str(tmp_path / "o")])
+    rows = validate.main(
+        [
+            "--data-dir",
+            str(_folder(tmp_path / "data")),
+            "--model-kwargs",
+            "{embed_dim: 32, depth: 2, d_state: 16, img_size: [28, 56]}",
+            "--num-classes",
+            "4",
+            "-j",
+            "0",
+            "-b",
+            "16",
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
     from matmamba_vision.models.matmamba_vision import DEFAULT_MODEL  # validate.py's model without --model
     from matmamba_vision.weights import build_model
 
@@ -269,9 +422,23 @@ def test_cache_is_not_served_after_the_images_change(scripts, checkpoint, tmp_pa
     embeddings (and query count) were served."""
     _, retrieval = scripts
     data = _folder(tmp_path / "data")
-    args = ["--data-dir", str(data), "--checkpoint", str(checkpoint), "--num-classes", "10", "--output",
-            str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--knn-backend", "torch",
-            "--query-granularities", "32", *TINY]
+    args = [
+        "--data-dir",
+        str(data),
+        "--checkpoint",
+        str(checkpoint),
+        "--num-classes",
+        "10",
+        "--output",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--knn-backend",
+        "torch",
+        "--query-granularities",
+        "32",
+        *TINY,
+    ]
     retrieval.main(args)
     assert all(r["db_cached"] and r["query_cached"] for r in retrieval.main(args))  # unchanged: served
     gone = [sorted(d.glob("*.png"))[0] for d in sorted((data / "val").iterdir())][:3]  # one from each of 3 classes
@@ -284,24 +451,30 @@ def test_cache_is_not_served_after_the_images_change(scripts, checkpoint, tmp_pa
     assert rows[0]["queries"] == 12 - 3
 
 
-@pytest.mark.parametrize("script, flags, match", [
-    ("validate", ["--mean", "nan"], r"--mean must be finite"),  # wrote NaN results with exit 0
-    ("validate", ["--std", "0"], r"--std must be finite and positive"),
-    ("validate", ["--crop-pct", "0"], r"--crop-pct must be in \(0, 1\]"),  # 0 silently meant the default
-    ("validate", ["--results-file", "."], "is a folder"),  # a traceback after the whole evaluation
-    ("retrieval", ["--knn-backend", "torch", "--knn-index", "HNSW32"], "needs --knn-backend faiss"),
-    ("retrieval", ["--max-samples", "5"], "--max-samples must be at least 10 for retrieval"),
-    # the flag types train.py uses: a one-line ValueError at parse time
-    ("validate", ["-b", "0"], "--batch-size must be at least 1, got 0"),
-    ("retrieval", ["--workers", "-1"], "--workers must be 0 or more, got -1"),
-    ("validate", ["--model-kwargs", "depth=2", "bogus"], r"--model-kwargs: \['bogus'\] are not KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "script, flags, match",
+    [
+        ("validate", ["--mean", "nan"], r"--mean must be finite"),  # wrote NaN results with exit 0
+        ("validate", ["--std", "0"], r"--std must be finite and positive"),
+        ("validate", ["--crop-pct", "0"], r"--crop-pct must be in \(0, 1\]"),  # 0 silently meant the default
+        ("validate", ["--results-file", "."], "is a folder"),  # a traceback after the whole evaluation
+        ("retrieval", ["--knn-backend", "torch", "--knn-index", "HNSW32"], "needs --knn-backend faiss"),
+        ("retrieval", ["--max-samples", "5"], "--max-samples must be at least 10 for retrieval"),
+        # the flag types train.py uses: a one-line ValueError at parse time
+        ("validate", ["-b", "0"], "--batch-size must be at least 1, got 0"),
+        ("retrieval", ["--workers", "-1"], "--workers must be 0 or more, got -1"),
+        ("validate", ["--model-kwargs", "depth=2", "bogus"], r"--model-kwargs: \['bogus'\] are not KEY=VALUE"),
+    ],
+)
 def test_eval_flags_checked_before_any_work(scripts, tmp_path, script, flags, match):
     validate, retrieval = scripts
     main = validate.main if script == "validate" else retrieval.main
     with pytest.raises(ValueError, match=match):
-        main(["--output", str(tmp_path / "o"), "--cache-dir", "", *TINY, *flags] if script == "retrieval"
-             else ["--output", str(tmp_path / "o"), *TINY, *flags])
+        main(
+            ["--output", str(tmp_path / "o"), "--cache-dir", "", *TINY, *flags]
+            if script == "retrieval"
+            else ["--output", str(tmp_path / "o"), *TINY, *flags]
+        )
 
 
 def test_each_script_reads_its_checkpoint_once(scripts, tmp_path, monkeypatch):
@@ -315,9 +488,15 @@ def test_each_script_reads_its_checkpoint_once(scripts, tmp_path, monkeypatch):
 
     validate, retrieval = scripts
     path = tmp_path / "ckpt" / "model_best.safetensors"
-    save_weights(tiny_model(depth=2).state_dict(), path, metadata={
-        "model": "matmamba_vision_tiny_patch4_28", "granularities": [32, 16],
-        "model_kwargs": {"embed_dim": 32, "depth": 2, "d_state": 16, "num_classes": 10}})
+    save_weights(
+        tiny_model(depth=2).state_dict(),
+        path,
+        metadata={
+            "model": "matmamba_vision_tiny_patch4_28",
+            "granularities": [32, 16],
+            "model_kwargs": {"embed_dim": 32, "depth": 2, "d_state": 16, "num_classes": 10},
+        },
+    )
     reads = []
 
     def spy(original, arg_of):
@@ -326,6 +505,7 @@ def test_each_script_reads_its_checkpoint_once(scripts, tmp_path, monkeypatch):
             if isinstance(target, (str, os.PathLike)) and Path(target).resolve() == path.resolve():
                 reads.append(original.__name__)
             return original(*args, **kwargs)
+
         return call
 
     monkeypatch.setattr(builtins, "open", spy(builtins.open, lambda a, k: a[0] if a else k.get("file")))
@@ -338,9 +518,21 @@ def test_each_script_reads_its_checkpoint_once(scripts, tmp_path, monkeypatch):
     assert [r["name"] for r in rows] == ["g=32", "g=16"]  # the recorded levels and kwargs were used
     assert len(reads) == 1, reads
     reads.clear()
-    rows = retrieval.main([*common, "--output", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "cache"),
-                           "--knn-backend", "torch", "--query-granularities", "32", "--baseline-checkpoints",
-                           f"base={path}"])
+    rows = retrieval.main(
+        [
+            *common,
+            "--output",
+            str(tmp_path / "r"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--knn-backend",
+            "torch",
+            "--query-granularities",
+            "32",
+            "--baseline-checkpoints",
+            f"base={path}",
+        ]
+    )
     assert len(reads) == 2, reads  # the model's checkpoint, and the same file once more as the baseline
     assert len(rows) == 2 and rows[0]["query_granularity"] == 32  # the submodel's row and the baseline's
     assert hashlib.sha256(path.read_bytes()).hexdigest() == ckpt_mod.read_checkpoint(path).sha256

@@ -1,14 +1,23 @@
 """Configuration generation, Pareto fronts and classification metrics."""
+
 import json
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
-
 from eval_synthetic import tiny_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from matmamba_vision.evaluation import (
-    AccuracyMeter, dims_name, load_config_file, official_sweep, parse_granularities, parse_mixnmatch, pareto_front,
-    random_configs, topk_correct,
+    AccuracyMeter,
+    dims_name,
+    load_config_file,
+    official_sweep,
+    pareto_front,
+    parse_granularities,
+    parse_mixnmatch,
+    random_configs,
+    topk_correct,
 )
 
 
@@ -25,7 +34,7 @@ def test_official_sweep_structure(model):
     assert len(dims) == len(set(dims))
     expected = set()
     for i, g1 in enumerate(levels):
-        for g2 in levels[i + 1:]:
+        for g2 in levels[i + 1 :]:
             for k in range(1, 5):
                 expected.add(tuple([g1] * (4 - k) + [g2] * k))
     assert set(dims) == expected
@@ -39,7 +48,7 @@ def test_random_configs_seeded_distinct(model):
     assert [x.dims for x in a] == [x.dims for x in b] and [x.dims for x in a] != [x.dims for x in c]
     assert len({x.dims for x in a}) == 20
     assert all(set(x.dims) <= {32, 16, 8} for x in a)
-    assert len(random_configs(model, 500)) == 3 ** 4  # no more than exist
+    assert len(random_configs(model, 500)) == 3**4  # no more than exist
     assert len(parse_mixnmatch(model, "random:5")) == 5
     with pytest.raises(ValueError, match="random:N"):
         parse_mixnmatch(model, "random:x")
@@ -82,8 +91,12 @@ def test_granularity_the_model_cannot_take(model):
 def test_pareto_front_matches_brute_force(points):
     costs, scores = [p[0] for p in points], [p[1] for p in points]
     front = pareto_front(costs, scores)
-    dominated = {i for i in range(len(points)) for j in range(len(points))
-                 if costs[j] <= costs[i] and scores[j] >= scores[i] and (costs[j], scores[j]) != (costs[i], scores[i])}
+    dominated = {
+        i
+        for i in range(len(points))
+        for j in range(len(points))
+        if costs[j] <= costs[i] and scores[j] >= scores[i] and (costs[j], scores[j]) != (costs[i], scores[i])
+    }
     first = {}
     for i, p in enumerate(points):
         first.setdefault(p, i)

@@ -1,4 +1,5 @@
 """export_model and export.py: ONNX (run in ONNX Runtime) and torch.export programs of any submodel."""
+
 import hashlib
 import importlib.util
 import json
@@ -8,11 +9,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from test_golden import load_golden, model_kwargs, rel_err
 
 import matmamba_vision as mv
 from matmamba_vision import export as mv_export
 from matmamba_vision.export import ExportVerificationError, export_model, sidecar_path
-from test_golden import load_golden, model_kwargs, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("_script_export", ROOT / "export.py")
@@ -43,8 +44,11 @@ def tiny():
 def exported(tiny, tmp_path_factory):
     """Each case in each format, written once (with its JSON) and shared by the tests."""
     folder = tmp_path_factory.mktemp("exported")
-    return {(case, fmt): export_model(tiny, folder / f"{case}{SUFFIX[fmt]}", granularity=g, format=fmt, sidecar=True)
-            for case, g in CASES.items() for fmt in SUFFIX}
+    return {
+        (case, fmt): export_model(tiny, folder / f"{case}{SUFFIX[fmt]}", granularity=g, format=fmt, sidecar=True)
+        for case, g in CASES.items()
+        for fmt in SUFFIX
+    }
 
 
 def run_exported(path: Path, fmt: str, x: torch.Tensor) -> torch.Tensor:
@@ -82,8 +86,11 @@ def test_exported_program_matches_nested_model_and_holds_only_its_weights(export
     assert rel_err(program.module()(x), want) <= 1e-4
     sub = {k: tuple(v.shape) for k, v in mv.extract_submodel(tiny, CASES[case]).state_dict().items()}
     assert {k: tuple(v.shape) for k, v in program.state_dict.items()} == sub
-    assert all(n.target.namespace in ("aten", "prims") for n in program.graph.nodes  # loads without this package
-               if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload))
+    assert all(
+        n.target.namespace in ("aten", "prims")
+        for n in program.graph.nodes  # loads without this package
+        if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
+    )
 
 
 def test_onnx_file_holds_only_the_submodels_weights(exported, tiny):
@@ -103,13 +110,16 @@ def test_sidecar_describes_the_file(exported, tiny):
     assert 0 <= info["verification"]["max_relative_error"] <= 1e-4 and info["opset"] >= 17
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(granularity=6), "granularity must be a multiple of 4"),
-    (dict(granularity=[32]), "one entry per block"),
-    (dict(format="tflite"), "format must be one of"),
-    (dict(opset=13), "opset must be an integer >= 17"),
-    (dict(img_size=30), "img_size .* multiple of patch_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(granularity=6), "granularity must be a multiple of 4"),
+        (dict(granularity=[32]), "one entry per block"),
+        (dict(format="tflite"), "format must be one of"),
+        (dict(opset=13), "opset must be an integer >= 17"),
+        (dict(img_size=30), "img_size .* multiple of patch_size"),
+    ],
+)
 def test_bad_arguments_fail_before_writing(tiny, tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         export_model(tiny, tmp_path / "m.onnx", **kwargs)
@@ -134,8 +144,11 @@ def test_failed_verification_raises_with_the_figure_and_leaves_nothing(tiny, tmp
     monkeypatch.setattr(torch.export, "save", lambda program, f: f.write(b"program"))
     reference = mv.extract_submodel(tiny, 8).eval()
     monkeypatch.setattr(mv_export, "_program_runner", lambda path: lambda x: reference(x) * 1.001)
-    with pytest.raises(ExportVerificationError, match=r"m\.pt2: the loaded ExportedProgram differs from PyTorch by "
-                       r"relative error 0\.001 > 0\.0001 at batch 1; nothing was written"):
+    with pytest.raises(
+        ExportVerificationError,
+        match=r"m\.pt2: the loaded ExportedProgram differs from PyTorch by "
+        r"relative error 0\.001 > 0\.0001 at batch 1; nothing was written",
+    ):
         export_model(tiny, tmp_path / "m.pt2", granularity=8, format="exported-program", sidecar=True)
     assert not list(tmp_path.iterdir())
 
@@ -156,9 +169,24 @@ def test_cli_exports_an_official_checkpoint_that_matches_the_golden_logits(tmp_p
     case = "mixnmatch1"
     dims = meta["cases"][case]["dims_per_layer"]
     out = tmp_path / "official.onnx"
-    export_cli.main(["--model", "matmamba_vision_35m_patch16_224", "--model-kwargs", *kwargs_flag(meta),
-                     "--checkpoint", str(ckpt),
-                     "--granularity", ",".join(map(str, dims)), "--output", str(out), "--mean", "0.5", "--std", "0.25"])
+    export_cli.main(
+        [
+            "--model",
+            "matmamba_vision_35m_patch16_224",
+            "--model-kwargs",
+            *kwargs_flag(meta),
+            "--checkpoint",
+            str(ckpt),
+            "--granularity",
+            ",".join(map(str, dims)),
+            "--output",
+            str(out),
+            "--mean",
+            "0.5",
+            "--std",
+            "0.25",
+        ]
+    )
     assert rel_err(run_exported(out, "onnx", tensors["input"]), tensors[f"logits.{case}"]) <= 1e-4
     info = json.loads(sidecar_path(out).read_text())
     assert info["model"] == "matmamba_vision_35m_patch16_224" and info["checkpoint"] == str(ckpt)
@@ -168,7 +196,14 @@ def test_cli_exports_an_official_checkpoint_that_matches_the_golden_logits(tmp_p
 
 def test_cli_refuses_bad_input_on_one_line_before_any_work(tmp_path):
     _, meta, ckpt = official_checkpoint(tmp_path)
-    base = ["--model", "matmamba_vision_35m_patch16_224", "--model-kwargs", *kwargs_flag(meta), "--checkpoint", str(ckpt)]
+    base = [
+        "--model",
+        "matmamba_vision_35m_patch16_224",
+        "--model-kwargs",
+        *kwargs_flag(meta),
+        "--checkpoint",
+        str(ckpt),
+    ]
     (tmp_path / "old.onnx").write_bytes(b"old")
     with pytest.raises(ValueError, match="old.onnx exists; replace it with overwrite=True \\(--force\\)"):
         export_cli.main(base + ["--output", str(tmp_path / "old.onnx")])
@@ -177,8 +212,16 @@ def test_cli_refuses_bad_input_on_one_line_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="--granularity: 'x' is not a list of integers"):
         export_cli.main(base + ["--granularity", "x", "--output", str(tmp_path / "m.onnx")])
     with pytest.raises(ValueError, match="pytorch_model.bin: does not fit MatMambaVision; .*shape mismatches"):
-        export_cli.main(["--model", "matmamba_vision_tiny_patch4_28", "--checkpoint", str(ckpt),
-                         "--output", str(tmp_path / "m.onnx")])
+        export_cli.main(
+            [
+                "--model",
+                "matmamba_vision_tiny_patch4_28",
+                "--checkpoint",
+                str(ckpt),
+                "--output",
+                str(tmp_path / "m.onnx"),
+            ]
+        )
     with pytest.raises(SystemExit):  # argparse: a format it does not know
         export_cli.main(base + ["--format", "tflite", "--output", str(tmp_path / "m.onnx")])
     assert sorted(os.listdir(tmp_path)) == ["old.onnx", "pytorch_model.bin"]

@@ -1,13 +1,14 @@
 """Official checkpoints, proven: the official code's logits and features, every level and mix'n'match case."""
+
 import json
 
 import pytest
 import timm
 import torch
+from conftest import DATA_DIR, SHARED_GOLDEN
 from safetensors.torch import load_file
 
 import matmamba_vision as mv
-from conftest import DATA_DIR, SHARED_GOLDEN
 
 GOLDEN = {"official_tiny": DATA_DIR, "official_width512": SHARED_GOLDEN}
 RTOL = 1e-4
@@ -19,14 +20,24 @@ def load_golden(name):
         pytest.skip(f"{name} golden file not found in {folder}")
     tensors = load_file(str(folder / f"{name}.safetensors"))
     meta = json.loads((folder / f"{name}.json").read_text())
-    state = {k[len("state_dict."):]: v for k, v in tensors.items() if k.startswith("state_dict.")}
+    state = {k[len("state_dict.") :]: v for k, v in tensors.items() if k.startswith("state_dict.")}
     return tensors, meta, state
 
 
 def model_kwargs(cfg):
-    return dict(img_size=cfg["image_size"], patch_size=cfg["patch_size"], num_classes=cfg["num_classes"],
-                embed_dim=cfg["d_model"], depth=cfg["n_layer"], d_state=cfg["d_state"], headdim=cfg["headdim"],
-                expand=cfg["expand"], ngroups=cfg["ngroups"], d_conv=cfg["d_conv"], norm_eps=cfg["norm_epsilon"])
+    return dict(
+        img_size=cfg["image_size"],
+        patch_size=cfg["patch_size"],
+        num_classes=cfg["num_classes"],
+        embed_dim=cfg["d_model"],
+        depth=cfg["n_layer"],
+        d_state=cfg["d_state"],
+        headdim=cfg["headdim"],
+        expand=cfg["expand"],
+        ngroups=cfg["ngroups"],
+        d_conv=cfg["d_conv"],
+        norm_eps=cfg["norm_epsilon"],
+    )
 
 
 def rel_err(a, b):
@@ -59,8 +70,10 @@ def test_timm_pretrained_path_with_local_official_file(name, tmp_path):
     cfg = meta["config"]
     kwargs = model_kwargs(cfg)
     model = timm.create_model(
-        "matmamba_vision_35m_patch16_224", pretrained=True,
-        pretrained_cfg_overlay=dict(file=str(path), num_classes=cfg["num_classes"]), **kwargs,
+        "matmamba_vision_35m_patch16_224",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(path), num_classes=cfg["num_classes"]),
+        **kwargs,
     ).eval()
     check_cases(model, tensors, meta)
 
@@ -91,8 +104,12 @@ def test_official_weights_load_at_another_image_size(tmp_path):
     path = tmp_path / "pytorch_model.bin"
     torch.save(state, path)
     kwargs = dict(model_kwargs(meta["config"]), img_size=48)
-    model = timm.create_model("matmamba_vision_35m_patch16_224", pretrained=True,
-                              pretrained_cfg_overlay=dict(file=str(path), num_classes=10), **kwargs).eval()
+    model = timm.create_model(
+        "matmamba_vision_35m_patch16_224",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(path), num_classes=10),
+        **kwargs,
+    ).eval()
     assert model.pos_embed.shape == (1, 6 * 6 + 1, 64)
     assert torch.equal(model.pos_embed[0, -1], state["pos_embed"][0, -1])  # [CLS] row kept, patches resampled
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """--pretrained without a network (simulated: HF_HUB_OFFLINE and an empty cache; nothing here touches the
 network): one ValueError line at once, or the weights from the local Hugging Face cache."""
+
 import time
 from pathlib import Path
 
@@ -50,10 +51,18 @@ def test_offline_uses_the_cached_file(offline):
 def test_scripts_offline(offline, tmp_path, script):
     if script == "train":
         from matmamba_vision.training import main
-        argv = ["--model", "matmamba_vision_35m_patch16_224", "--pretrained", "--output", str(tmp_path / "out"),
-                "--no-progress"]
+
+        argv = [
+            "--model",
+            "matmamba_vision_35m_patch16_224",
+            "--pretrained",
+            "--output",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
     else:
         import importlib.util
+
         spec = importlib.util.spec_from_file_location("_offline_validate", ROOT / "validate.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)

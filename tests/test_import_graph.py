@@ -1,4 +1,5 @@
 """The package's modules import one another without a circle (lazy imports inside functions included)."""
+
 import ast
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def _imports(path: Path, name: str, modules: set) -> set:
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")
-                anchor = anchor[:len(anchor) - (node.level - 1)]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
             for alias in node.names:
                 target = f"{base}.{alias.name}"
@@ -35,8 +36,11 @@ def _import_graph() -> dict:
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     modules = set(files)
     # a package's __init__ re-exports its modules: only edges between plain modules count as a circle
-    return {name: {m for m in _imports(path, name, modules) if files[m].name != "__init__.py"}
-            for name, path in files.items() if path.name != "__init__.py"}
+    return {
+        name: {m for m in _imports(path, name, modules) if files[m].name != "__init__.py"}
+        for name, path in files.items()
+        if path.name != "__init__.py"
+    }
 
 
 def _find_cycle(graph: dict):
@@ -47,7 +51,7 @@ def _find_cycle(graph: dict):
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:

@@ -1,4 +1,5 @@
 """timm's model-test conventions for every registered model, and clear errors on bad input."""
+
 import pytest
 import timm
 import torch
@@ -11,8 +12,12 @@ SMALL = dict(embed_dim=64, depth=3, d_state=16)  # registered-model variants siz
 
 
 def test_models_registered():
-    assert {"matmamba_vision_35m_patch16_224", "matmamba_vision_135m_patch16_224",
-            "matmamba_vision_tiny_patch4_28", "matmamba_vision_tiny_patch7_28"} <= set(MODELS)
+    assert {
+        "matmamba_vision_35m_patch16_224",
+        "matmamba_vision_135m_patch16_224",
+        "matmamba_vision_tiny_patch4_28",
+        "matmamba_vision_tiny_patch7_28",
+    } <= set(MODELS)
     assert timm.list_models(pretrained=True, filter="matmamba_vision_35m*")
 
 
@@ -66,9 +71,24 @@ def test_unknown_kwarg_raises_type_error():
 
 def test_timm_kwarg_names_are_accepted():
     model = timm.create_model(
-        "matmamba_vision_tiny_patch4_28", num_classes=3, img_size=32, patch_size=8, in_chans=3, embed_dim=32,
-        depth=2, global_pool="avg", drop_rate=0.1, drop_path_rate=0.1, proj_drop_rate=0.1, d_state=8, expand=2,
-        headdim=8, d_conv=3, chunk_size=16, ngroups=2, ssd_backend="torch",
+        "matmamba_vision_tiny_patch4_28",
+        num_classes=3,
+        img_size=32,
+        patch_size=8,
+        in_chans=3,
+        embed_dim=32,
+        depth=2,
+        global_pool="avg",
+        drop_rate=0.1,
+        drop_path_rate=0.1,
+        proj_drop_rate=0.1,
+        d_state=8,
+        expand=2,
+        headdim=8,
+        d_conv=3,
+        chunk_size=16,
+        ngroups=2,
+        ssd_backend="torch",
     )
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
@@ -177,12 +197,15 @@ def test_avg_pool_differs_from_token_pool():
     assert torch.equal(token, feats[:, -1])
 
 
-@pytest.mark.parametrize("bad, match", [
-    (torch.randn(1, 28, 28), "expected images of shape"),
-    (torch.randn(1, 1, 1, 28, 28), "expected images of shape"),
-    (torch.randn(1, 3, 28, 28), "input channels"),
-    (torch.randn(1, 1, 32, 32), "create the model with img_size"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.randn(1, 28, 28), "expected images of shape"),
+        (torch.randn(1, 1, 1, 28, 28), "expected images of shape"),
+        (torch.randn(1, 3, 28, 28), "input channels"),
+        (torch.randn(1, 1, 32, 32), "create the model with img_size"),
+    ],
+)
 def test_bad_input_tensor(bad, match):
     model = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL)
     with pytest.raises(ValueError, match=match):
@@ -195,26 +218,29 @@ def test_dynamic_size_must_fit_patches():
         model(torch.randn(1, 1, 30, 28))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(ssd_backend="cuda"), "ssd_backend must be one of"),
-    (dict(global_pool="max"), "global_pool must be one of"),
-    (dict(headdim=5), "headdim"),
-    (dict(ngroups=3), "ngroups"),
-    (dict(mixer_dims=[64]), "mixer_dims needs one entry per block"),
-    (dict(mixer_dims=[64, 0, 64]), r"mixer_dims entries must be in \[1, embed_dim=64\]"),  # 0 once meant full
-    (dict(mixer_dims=[64, 128, 64]), r"mixer_dims entries must be in \[1, embed_dim=64\]"),
-    (dict(mixer_dims=[64, 32.5, 64]), "mixer_dims entries must be integers"),
-    (dict(expand=0), "expand must be a positive integer, got 0"),  # once built, and gave NaN everywhere
-    (dict(depth=0), "depth must be an integer >= 1"),
-    (dict(ngroups=0), "ngroups must be a positive integer"),
-    (dict(d_conv=0), "d_conv must be a positive integer"),
-    (dict(d_state=-1), "d_state must be a positive integer"),
-    (dict(chunk_size=0), "chunk_size must be a positive integer"),
-    (dict(num_classes=-1), "num_classes must be an integer >= 0"),
-    (dict(img_size=30), "img_size 30 must be a positive multiple of patch_size 4"),
-    # a dynamic model's nominal size too: it was built, then refused its own default input
-    (dict(img_size=30, dynamic_img_size=True), "img_size 30 must be a positive multiple of patch_size 4"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(ssd_backend="cuda"), "ssd_backend must be one of"),
+        (dict(global_pool="max"), "global_pool must be one of"),
+        (dict(headdim=5), "headdim"),
+        (dict(ngroups=3), "ngroups"),
+        (dict(mixer_dims=[64]), "mixer_dims needs one entry per block"),
+        (dict(mixer_dims=[64, 0, 64]), r"mixer_dims entries must be in \[1, embed_dim=64\]"),  # 0 once meant full
+        (dict(mixer_dims=[64, 128, 64]), r"mixer_dims entries must be in \[1, embed_dim=64\]"),
+        (dict(mixer_dims=[64, 32.5, 64]), "mixer_dims entries must be integers"),
+        (dict(expand=0), "expand must be a positive integer, got 0"),  # once built, and gave NaN everywhere
+        (dict(depth=0), "depth must be an integer >= 1"),
+        (dict(ngroups=0), "ngroups must be a positive integer"),
+        (dict(d_conv=0), "d_conv must be a positive integer"),
+        (dict(d_state=-1), "d_state must be a positive integer"),
+        (dict(chunk_size=0), "chunk_size must be a positive integer"),
+        (dict(num_classes=-1), "num_classes must be an integer >= 0"),
+        (dict(img_size=30), "img_size 30 must be a positive multiple of patch_size 4"),
+        # a dynamic model's nominal size too: it was built, then refused its own default input
+        (dict(img_size=30, dynamic_img_size=True), "img_size 30 must be a positive multiple of patch_size 4"),
+    ],
+)
 def test_bad_model_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         timm.create_model("matmamba_vision_tiny_patch4_28", **dict(SMALL, **kwargs))
@@ -260,7 +286,7 @@ def test_streaming_forward_piece_matches_one_pass(granularity):
         whole = mixer(u)
         state, parts, start = None, [], 0
         for n in (1, 2, 1, 0, 5, 16, 3, 0, 12):  # 0: an empty piece passes the state through
-            y, state = mixer.forward_piece(u[:, start:start + n], state)
+            y, state = mixer.forward_piece(u[:, start : start + n], state)
             parts.append(y)
             start += n
     assert ((torch.cat(parts, 1) - whole).norm() / whole.norm()).item() < 1e-5
@@ -280,6 +306,7 @@ def test_pieces_use_every_trained_parameter(monkeypatch):
 def test_pieces_keep_what_dropout_returns(monkeypatch):
     """Each piece writes its rows of the output in place; where the mixer's dropout returns a new tensor (train
     mode under no_grad) that tensor must be the one kept. A deterministic stand-in (x / 2) checks it."""
+
     class Halve(torch.nn.Module):
         def forward(self, t):
             return t / 2
@@ -339,8 +366,7 @@ def test_saved_model_reloads_at_another_size_from_its_recorded_grid(tmp_path, sr
     from matmamba_vision.weights import save_model_dir
 
     torch.manual_seed(0)
-    src = timm.create_model("matmamba_vision_tiny_patch4_28", img_size=src_size, dynamic_img_size=True,
-                            **SMALL).eval()
+    src = timm.create_model("matmamba_vision_tiny_patch4_28", img_size=src_size, dynamic_img_size=True, **SMALL).eval()
     save_model_dir(src, tmp_path / "m")
     dst = timm.create_model(f"local-dir:{tmp_path / 'm'}", pretrained=True, img_size=48).eval()
     x = torch.randn(2, 1, 48, 48)
@@ -354,8 +380,13 @@ def test_pretrained_weights_load_into_another_patch_size(tmp_path):
 
     src = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL)
     save_weights(src.state_dict(), tmp_path / "w.safetensors")
-    dst = timm.create_model("matmamba_vision_tiny_patch4_28", pretrained=True, patch_size=7, **SMALL,
-                            pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")))
+    dst = timm.create_model(
+        "matmamba_vision_tiny_patch4_28",
+        pretrained=True,
+        patch_size=7,
+        **SMALL,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")),
+    )
     assert dst.patch_embed.proj.weight.shape[-2:] == (7, 7) and dst.pos_embed.shape == (1, 17, 64)
     with torch.no_grad():
         assert torch.isfinite(dst(torch.randn(1, 1, 28, 28))).all()
@@ -457,11 +488,14 @@ def test_set_input_size_new_patch_size_rebuilds_from_model_args():
         assert torch.equal(rebuilt(x), model(x))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(img_size=30), r"img_size \(30, 30\) must be a positive multiple of patch_size \(4, 4\)"),
-    (dict(patch_size=0), "patch_size must be a positive integer"),
-    (dict(patch_size=5), r"img_size \(28, 28\) must be a positive multiple of patch_size \(5, 5\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(img_size=30), r"img_size \(30, 30\) must be a positive multiple of patch_size \(4, 4\)"),
+        (dict(patch_size=0), "patch_size must be a positive integer"),
+        (dict(patch_size=5), r"img_size \(28, 28\) must be a positive multiple of patch_size \(5, 5\)"),
+    ],
+)
 def test_set_input_size_refuses_sizes_that_do_not_fit(kwargs, match):
     model = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -1,5 +1,6 @@
 """timm's factory contract: ``device=`` / ``dtype=`` reach every parameter, for every registered model; a meta
 build materialises with ``to_empty`` + ``init_weights``; resizing, new heads and submodels keep both."""
+
 import pytest
 import timm
 import torch
@@ -34,8 +35,9 @@ def test_meta_bf16_build_and_everything_derived_from_it(name):
 def test_issue_example_cpu_float32_and_float64_forward():
     model = timm.create_model("matmamba_vision_35m_patch16_224", device="cpu", dtype=torch.float32, depth=1)
     assert _placement(model) == {("cpu", torch.float32)}
-    model = timm.create_model("matmamba_vision_tiny_patch4_28", dtype=torch.float64, embed_dim=32, depth=2,
-                              d_state=16).eval()
+    model = timm.create_model(
+        "matmamba_vision_tiny_patch4_28", dtype=torch.float64, embed_dim=32, depth=2, d_state=16
+    ).eval()
     assert _placement(model) == {("cpu", torch.float64)}
     x = torch.randn(2, 1, 28, 28, dtype=torch.float64)
     with torch.no_grad():
@@ -121,9 +123,9 @@ def test_elastic_api_on_a_features_only_model():
 
 
 def test_demo_model_registered_and_earlier_demo_checkpoints_load(tmp_path):
-    from matmamba_vision.weights import build_model, save_weights
     from matmamba_vision.evaluation.cli import checkpoint_metadata
     from matmamba_vision.training.config import DEFAULT_MODEL, parse_args
+    from matmamba_vision.weights import build_model, save_weights
 
     assert parse_args([]).model == DEFAULT_MODEL == "matmamba_vision_tiny_patch7_28"
     assert parse_args([]).model_kwargs == ""

@@ -1,5 +1,6 @@
 """The official RandAugment (--aa official): each op against a plain numpy reference of the official semantics
 on fixed images, the magnitude of each op, the draws, the PIL transform and the ffcv Operation."""
+
 import gc
 import random
 
@@ -10,6 +11,7 @@ import torch
 pytest.importorskip("numba", reason="--aa official needs numba (pip install '.[augment]')")
 
 import official_ra_reference as ref  # noqa: E402
+
 from matmamba_vision.data import official_randaugment as ra  # noqa: E402
 
 
@@ -25,10 +27,12 @@ def _image(h, w, seed=0):
 @pytest.fixture(scope="module")
 def run():
     """apply_op into a fresh buffer (numba compiles it once for the module)."""
+
     def go(src, idx, mag, fixed=False):
         dst = np.full_like(src, 77)
         ra.apply_op(src, dst, idx, float(mag), fixed)
         return dst
+
     return go
 
 
@@ -66,7 +70,7 @@ def test_magnitudes_act_as_stated(run):
     assert np.argwhere(moved[..., 0]).tolist() == [[112, 180]]
     assert (run(img, 4, MAGS[4]) == img).all()
     assert np.argwhere(run(img, 4, MAGS[4], fixed=True)[..., 0]).tolist() == [[142, 150]]
-    (y, x), = np.argwhere(run(img, 5, MAGS[5])[..., 0])
+    ((y, x),) = np.argwhere(run(img, 5, MAGS[5])[..., 0])
     angle = np.degrees(np.arctan2(-(y - 111.5), x - 111.5) - np.arctan2(-(112 - 111.5), 150 - 111.5))
     assert abs(angle - 9) < 1.5
     flat = np.full((8, 8, 3), 100, np.uint8)
@@ -161,8 +165,9 @@ def test_ffcv_operation_compiled():
 
     batch = np.ascontiguousarray(np.repeat(_image(17, 19, seed=7)[None], 24, 0))
     op = OfficialRandAugmentOp(num_ops=1)
-    state, (q, q2) = op.declare_state_and_memory(State(jit_mode=True, device=torch.device("cpu"), shape=(17, 19, 3),
-                                                      dtype=np.dtype("uint8")))
+    state, (q, q2) = op.declare_state_and_memory(
+        State(jit_mode=True, device=torch.device("cpu"), shape=(17, 19, 3), dtype=np.dtype("uint8"))
+    )
     assert q.shape == (17, 19, 3) and state.shape == (17, 19, 3)
     code = Compiler.compile(op.generate_code())
     out = code(batch, (np.zeros_like(batch), np.zeros_like(batch)))
@@ -183,7 +188,8 @@ def test_ffcv_operation_compiled():
             want = ref.apply(want, i, mag, fixed=True)
         np.testing.assert_array_equal(img, want)
     with pytest.raises(ValueError, match="after the image decoder"):
-        op.declare_state_and_memory(State(jit_mode=False, device=torch.device("cpu"), shape=(17, 19, 3),
-                                            dtype=np.dtype("uint8")))
+        op.declare_state_and_memory(
+            State(jit_mode=False, device=torch.device("cpu"), shape=(17, 19, 3), dtype=np.dtype("uint8"))
+        )
     del code  # numba's finalisers run here, inside this test's warning filter (see test_data_ffcv.py)
     gc.collect()

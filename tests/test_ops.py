@@ -1,4 +1,5 @@
 """The kernels of ``ops`` against their references, and the backend choice (``ops.dispatch``)."""
+
 from __future__ import annotations
 
 import pytest
@@ -111,6 +112,7 @@ def test_ssd_ref_matches_the_recurrence_with_states():
 
 def test_reference_backend_takes_no_data_dependent_route(monkeypatch):
     """'reference' runs the exact chunked form with the fast path's chunk length; 'auto' on the CPU the fast path."""
+
     def no_fast_path(*args, **kwargs):
         raise AssertionError("fast path taken")
 

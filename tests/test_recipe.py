@@ -1,5 +1,6 @@
 """The ImageNet configs against the official run (train_imagenet.py, DESIGN.md section 2), derived through
 train.py's own optimiser and schedule set-up; and cycle mode against a hand-written loop of the official kind."""
+
 import copy
 
 import numpy as np
@@ -7,13 +8,13 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from train_utils import REPO
 
 import matmamba_vision  # noqa: F401  (registers the models)
 from matmamba_vision.training import parse_args
 from matmamba_vision.training.matryoshka import MatryoshkaStep, micro_batch_size
 from matmamba_vision.training.recipe import official_lr, recipe_card, scheduled_lr
 from matmamba_vision.training.trainer import _create_model, _create_optimizer, _create_scheduler
-from train_utils import REPO
 
 IMAGENET_TRAIN = 1_281_167
 GPUS = 8
@@ -29,8 +30,9 @@ def test_official_lr_formula():
 
 
 # name, images per official micro-step (8 GPUs x per-GPU batch), micro-steps (--num_iterations)
-@pytest.mark.parametrize("name, micro_images, micro_steps", [("imagenet_35m", 8192, 124_800),
-                                                             ("imagenet_135m", 4096, 249_600)])
+@pytest.mark.parametrize(
+    "name, micro_images, micro_steps", [("imagenet_35m", 8192, 124_800), ("imagenet_135m", 4096, 249_600)]
+)
 def test_config_is_the_official_run(name, micro_images, micro_steps):
     args = parse_args(["-c", str(REPO / "configs" / f"{name}.yaml")])
     levels = 4
@@ -73,8 +75,17 @@ def test_config_is_the_official_run(name, micro_images, micro_steps):
     # augmentation: the official RandAugment on both paths, no colour jitter, erasing of 2-30 %
     assert (args.aa, args.color_jitter, args.reprob, args.re_max_area) == ("official", 0.0, 0.25, 0.3)
 
-    card = recipe_card(args, model, optimizer, scheduler, sorted(model.matryoshka_levels, reverse=True), GPUS,
-                       per_rank, updates_per_epoch, epochs)
+    card = recipe_card(
+        args,
+        model,
+        optimizer,
+        scheduler,
+        sorted(model.matryoshka_levels, reverse=True),
+        GPUS,
+        per_rank,
+        updates_per_epoch,
+        epochs,
+    )
     text = "\n".join(card)
     assert f"{args.batch_size} images = 4 granularities" in text and f"x {micro_images} images each" in text
     assert f"= {updates}; warm-up 2500 updates" in text and "0.005 at update 2500" in text
@@ -84,11 +95,13 @@ def test_config_is_the_official_run(name, micro_images, micro_steps):
 @pytest.mark.parametrize("clip", [0.0, 1.0])  # without clipping the loss scale shows in the update itself
 def test_cycle_mode_is_the_official_loop(clip):
     """Two updates of train.py's cycle-mode step against the official loop written out: micro-step s runs level
-    [1, 2, 4, 8][s % 4] (g = D / level) on its own images, loss / 4, gradients accumulate, clip (1.0 there), one optimiser
-    step per four micro-steps (official micro-steps 1-4 and 5-8; its very first update holds micro-step 0 only)."""
+    [1, 2, 4, 8][s % 4] (g = D / level) on its own images, loss / 4, gradients accumulate, clip (1.0 there), one
+    optimiser step per four micro-steps (official micro-steps 1-4 and 5-8; its very first update holds micro-step
+    0 only)."""
     torch.manual_seed(0)
-    ours = timm.create_model("matmamba_vision_tiny_patch4_28", embed_dim=32, depth=2, d_state=8, headdim=4,
-                             num_classes=5)
+    ours = timm.create_model(
+        "matmamba_vision_tiny_patch4_28", embed_dim=32, depth=2, d_state=8, headdim=4, num_classes=5
+    )
     theirs = copy.deepcopy(ours)
     start = {k: v.clone() for k, v in ours.state_dict().items()}
     gs = [32, 16, 8, 4]  # levels 1, 2, 4, 8

@@ -1,4 +1,5 @@
 """The chunked SSD scan against the recurrence's definition, evaluated step by step in float64."""
+
 import pytest
 import torch
 

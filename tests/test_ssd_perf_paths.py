@@ -1,4 +1,5 @@
 """Correctness of the SSD scan's fast paths and their fallbacks (issue 5). Nothing here is timed."""
+
 from __future__ import annotations
 
 import pytest
@@ -166,7 +167,9 @@ def test_scan_stays_float32_under_autocast():
 
 
 @pytest.mark.parametrize("exact", [False, True])
-@pytest.mark.parametrize("L,chunk,g,dt_scale", [(1, 256, 1, 0.1), (70, 16, 1, 0.1), (130, 64, 2, 0.1), (200, 256, 1, 2.0)])
+@pytest.mark.parametrize(
+    "L,chunk,g,dt_scale", [(1, 256, 1, 0.1), (70, 16, 1, 0.1), (130, 64, 2, 0.1), (200, 256, 1, 2.0)]
+)
 def test_initial_and_final_state(L, chunk, g, dt_scale, exact):
     """Scanning from a given state and returning the last one; dt_scale 2.0 sends heads down the fallbacks."""
     x, dt, A, B, C = inputs(L=L, g=g, dt_scale=dt_scale)
@@ -174,8 +177,13 @@ def test_initial_and_final_state(L, chunk, g, dt_scale, exact):
     y_ref, s_ref = recurrence(x, dt, A, B, C, h0, return_final_state=True)
     for grad in (False, True):
         with torch.set_grad_enabled(grad):
-            y, s = ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)), chunk_size=chunk, exact=exact,
-                                      initial_state=h0.float(), return_final_state=True)
+            y, s = ssd_scan_torch(
+                *(t.float() for t in (x, dt, A, B, C)),
+                chunk_size=chunk,
+                exact=exact,
+                initial_state=h0.float(),
+                return_final_state=True,
+            )
         assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
 
 
@@ -184,8 +192,9 @@ def test_pieces_with_carried_state_equal_one_scan():
     whole = ssd_scan_torch(x, dt, A, B, C)
     state, parts = None, []
     for s, e in ((0, 100), (100, 101), (101, 300)):
-        y, state = ssd_scan_torch(x[:, s:e], dt[:, s:e], A, B[:, s:e], C[:, s:e], initial_state=state,
-                                      return_final_state=True)
+        y, state = ssd_scan_torch(
+            x[:, s:e], dt[:, s:e], A, B[:, s:e], C[:, s:e], initial_state=state, return_final_state=True
+        )
         parts.append(y)
     assert rel(torch.cat(parts, 1), whole) < 2e-6
 
@@ -203,8 +212,18 @@ def test_every_new_tensor_follows_the_inputs_device(L, dt_scale):
     (row blocks, chunks, fallbacks, states) by intercepting torch's factory functions."""
     from torch.overrides import TorchFunctionMode
 
-    factories = {torch.arange, torch.zeros, torch.ones, torch.empty, torch.full, torch.tensor, torch.eye,
-                 torch.linspace, torch.randn, torch.rand}
+    factories = {
+        torch.arange,
+        torch.zeros,
+        torch.ones,
+        torch.empty,
+        torch.full,
+        torch.tensor,
+        torch.eye,
+        torch.linspace,
+        torch.randn,
+        torch.rand,
+    }
     missing = []
 
     class FactoryWatch(TorchFunctionMode):

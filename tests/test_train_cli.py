@@ -1,16 +1,17 @@
 """train.py end to end on a tiny folder: outputs, checkpoints, and every bad input of issue 3."""
+
 import csv
-import math
 import hashlib
+import math
 import re
 
 import pytest
 import torch
 import yaml
-
-from matmamba_vision.weights import load_torch, load_weights
-from matmamba_vision.training import TrainingError, main
 from train_utils import TINY_MODEL, make_image_folder, truncated_jpeg
+
+from matmamba_vision.training import TrainingError, main
+from matmamba_vision.weights import load_torch, load_weights
 
 
 @pytest.fixture(scope="module")
@@ -19,15 +20,48 @@ def data(tmp_path_factory):
 
 
 def run(tmp_path, data, *extra, experiment="run"):
-    return main([*TINY_MODEL, "--data-dir", str(data), "-b", "4", "--epochs", "2", "--output", str(tmp_path),
-                 "--experiment", experiment, "--no-progress", *extra])
+    return main(
+        [
+            *TINY_MODEL,
+            "--data-dir",
+            str(data),
+            "-b",
+            "4",
+            "--epochs",
+            "2",
+            "--output",
+            str(tmp_path),
+            "--experiment",
+            experiment,
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_outputs_checkpoints_and_best(tmp_path, data):
-    metrics = run(tmp_path, data, "--matryoshka-mode", "sum", "--checkpoint-hist", "1", "--model-ema",
-                  "--grad-accum-steps", "2",
-                  "--amp", "--amp-dtype", "bfloat16", "--drop-path", "0.1", "--proj-drop", "0.1",
-                  "--head-init-bias", "-2.3", "--best-granularity", "8")
+    metrics = run(
+        tmp_path,
+        data,
+        "--matryoshka-mode",
+        "sum",
+        "--checkpoint-hist",
+        "1",
+        "--model-ema",
+        "--grad-accum-steps",
+        "2",
+        "--amp",
+        "--amp-dtype",
+        "bfloat16",
+        "--drop-path",
+        "0.1",
+        "--proj-drop",
+        "0.1",
+        "--head-init-bias",
+        "-2.3",
+        "--best-granularity",
+        "8",
+    )
     out = tmp_path / "run"
     assert sorted(metrics) == [4, 8, 16, 32] and all(0 <= m["top1"] <= 100 for m in metrics.values())
     args = yaml.safe_load((out / "args.yaml").read_text())
@@ -51,6 +85,7 @@ def test_outputs_checkpoints_and_best(tmp_path, data):
     assert best["head.weight"].shape == (3, 32) and (out / "model_best_ema.safetensors").is_file()
     # the head size came from the data's 3 classes: recorded, so validate.py / retrieval.py rebuild it
     from matmamba_vision.weights import read_weights_metadata
+
     assert read_weights_metadata(out / "model_best.safetensors")["model_kwargs"]["num_classes"] == 3
     assert state["best"]["granularity"] == 8
     best_epoch = read_weights_metadata(out / "model_best.safetensors")["epoch"]
@@ -58,10 +93,19 @@ def test_outputs_checkpoints_and_best(tmp_path, data):
     # model_best/ is a timm folder: create_model and timm's data config need no other flag
     import timm
     from timm.data import resolve_data_config
+
     folder = timm.create_model(f"local-dir:{out / 'model_best'}", pretrained=True).eval()
     from matmamba_vision.weights import build_model
-    ref = build_model("matmamba_vision_tiny_patch4_28", checkpoint=out / "model_best.safetensors", num_classes=3,
-                      embed_dim=32, depth=2, d_state=8, headdim=4).eval()
+
+    ref = build_model(
+        "matmamba_vision_tiny_patch4_28",
+        checkpoint=out / "model_best.safetensors",
+        num_classes=3,
+        embed_dim=32,
+        depth=2,
+        d_state=8,
+        headdim=4,
+    ).eval()
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(folder(x), ref(x))
@@ -71,61 +115,92 @@ def test_outputs_checkpoints_and_best(tmp_path, data):
 
 def test_cycle_mode_and_yaml_config(tmp_path, data):
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"matryoshka-mode": "cycle", "granularities": [32, 8], "epochs": 1,
-                                   "batch_size": 8, "mixup": 0.8, "cutmix": 1.0, "smoothing": 0.1}))
-    metrics = main([*TINY_MODEL, "-c", str(cfg), "--data-dir", str(data), "--output", str(tmp_path),
-                    "--experiment", "cyc", "--no-progress"])
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "matryoshka-mode": "cycle",
+                "granularities": [32, 8],
+                "epochs": 1,
+                "batch_size": 8,
+                "mixup": 0.8,
+                "cutmix": 1.0,
+                "smoothing": 0.1,
+            }
+        )
+    )
+    metrics = main(
+        [
+            *TINY_MODEL,
+            "-c",
+            str(cfg),
+            "--data-dir",
+            str(data),
+            "--output",
+            str(tmp_path),
+            "--experiment",
+            "cyc",
+            "--no-progress",
+        ]
+    )
     assert sorted(metrics) == [8, 32]
     header = open(tmp_path / "cyc" / "summary.csv").readline()
     assert "train_loss_g32" in header and "train_loss_g8" in header and "g16" not in header
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--model", "resnet50"], "unknown model 'resnet50'"),
-    (["--granularities", "32,7"], "--granularities: 7 is not valid"),
-    (["--granularities", "64"], "--granularities: 64 is not valid"),
-    (["--best-granularity", "16", "--granularities", "32,8"], "--best-granularity 16"),
-    (["-b", "6", "--grad-accum-steps", "4"], "does not split into --grad-accum-steps 4"),
-    (["-b", "6", "--matryoshka-mode", "cycle"], "cycle mode"),
-    (["-b", "64"], "exceeds the 12 images"),
-    (["--dataset", "webdataset"], "dataset must be one of"),
-    (["--log-interval", "0"], "--log-interval must be at least 1, got 0"),
-    (["--smoothing", "1.5"], r"--smoothing must be in \[0, 1\), got 1.5"),
-    (["--threads", "-1"], "--threads must be 0"),
-    (["-vb", "-2"], "--validation-batch-size must be at least 1, got -2"),  # one check (positive_int) for all counts
-    (["--warmup-epochs", "-1"], "--warmup-epochs must be 0 or more"),
-    # timm's plateau scheduler asserted (a traceback) on per-update stepping, and never left a fractional warm-up
-    (["--sched", "plateau"], r"--sched-on-updates must be off (--no-sched-on-updates\) with --sched plateau"),
-    (["--sched", "plateau", "--no-sched-on-updates", "--warmup-epochs", "0.3"],
-     "--warmup-epochs must be a whole number with --sched plateau, got 0.3"),
-    (["--model-kwargs", "{depth:2}"], r"--model-kwargs: \['depth:2'\] are not argument names"),
-    (["--drop-path", "1.5"], r"--drop-path must be in \[0, 1\), got 1.5"),  # was a RuntimeError in the first step
-    (["--pretrained"], "matmamba_vision_tiny_patch4_28 has no published weights"),
-    # found by a hostile-input pass: each trained nonsense with exit 0, or failed later with a traceback
-    (["--model-ema-decay", "2"], r"--model-ema-decay must be in \[0, 1\], got 2.0"),
-    (["--warmup-lr", "-1"], "--warmup-lr must be 0 or more"),
-    (["--min-lr", "10"], r"--min-lr must be in \[0, --lr\], got 10.0"),
-    (["--cooldown-epochs", "-5"], "--cooldown-epochs must be 0 or more"),
-    (["--num-classes", "0"], "--num-classes must be at least 1"),
-    (["--num-classes", "2"], "--num-classes 2 is fewer than the 3 classes of the data"),
-    (["--scale", "0.9", "0.1"], "--scale must be two numbers 0 < min <= max <= 1"),
-    (["--ratio", "0", "0"], "--ratio must be positive and finite, got 0.0"),  # each value checked by its type
-    (["--ratio", "2", "1"], "--ratio must be two numbers 0 < min <= max"),  # the order: a cross-value check
-    (["--scale", "0", "1"], r"--scale must be in (0, 1\], got 0.0"),
-    (["--lr", "inf"], "--lr must be positive and finite, got inf"),
-    (["--epochs", "two"], "--epochs must be at least 1, got 'two'"),
-    (["--seed", "-1"], r"--seed must be in \[0, 2\*\*31\), got -1"),
-    (["--model-kwargs", "depth"], "--model-kwargs must be KEY=VALUE ... or a YAML mapping, got 'depth'"),
-    (["--model-kwargs", "depth=2", "bogus"], r"--model-kwargs: \['bogus'\] are not KEY=VALUE"),
-    (["--checkpoint-hist", "0"], "--checkpoint-hist must be at least 1"),
-    (["--clip-grad", "nan"], "--clip-grad must be a number"),
-    (["--reprob", "2"], r"--reprob must be in \[0, 1\]"),
-    (["--re-max-area", "0.01"], r"--re-max-area must be in \[0.02, 1\]"),
-    (["--aa", "official-m9"], "--aa must be 'official'"),
-    (["--opt", "bogus"], "--opt must be one of timm's optimizers"),
-    (["--torchcompile", "bogus"], "--torchcompile must be one of"),
-    (["--model-kwargs", "{embed_dim: 32"], "--model-kwargs is not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model", "resnet50"], "unknown model 'resnet50'"),
+        (["--granularities", "32,7"], "--granularities: 7 is not valid"),
+        (["--granularities", "64"], "--granularities: 64 is not valid"),
+        (["--best-granularity", "16", "--granularities", "32,8"], "--best-granularity 16"),
+        (["-b", "6", "--grad-accum-steps", "4"], "does not split into --grad-accum-steps 4"),
+        (["-b", "6", "--matryoshka-mode", "cycle"], "cycle mode"),
+        (["-b", "64"], "exceeds the 12 images"),
+        (["--dataset", "webdataset"], "dataset must be one of"),
+        (["--log-interval", "0"], "--log-interval must be at least 1, got 0"),
+        (["--smoothing", "1.5"], r"--smoothing must be in \[0, 1\), got 1.5"),
+        (["--threads", "-1"], "--threads must be 0"),
+        (
+            ["-vb", "-2"],
+            "--validation-batch-size must be at least 1, got -2",
+        ),  # one check (positive_int) for all counts
+        (["--warmup-epochs", "-1"], "--warmup-epochs must be 0 or more"),
+        # timm's plateau scheduler asserted (a traceback) on per-update stepping, and never left a fractional warm-up
+        (["--sched", "plateau"], r"--sched-on-updates must be off (--no-sched-on-updates\) with --sched plateau"),
+        (
+            ["--sched", "plateau", "--no-sched-on-updates", "--warmup-epochs", "0.3"],
+            "--warmup-epochs must be a whole number with --sched plateau, got 0.3",
+        ),
+        (["--model-kwargs", "{depth:2}"], r"--model-kwargs: \['depth:2'\] are not argument names"),
+        (["--drop-path", "1.5"], r"--drop-path must be in \[0, 1\), got 1.5"),  # was a RuntimeError in the first step
+        (["--pretrained"], "matmamba_vision_tiny_patch4_28 has no published weights"),
+        # found by a hostile-input pass: each trained nonsense with exit 0, or failed later with a traceback
+        (["--model-ema-decay", "2"], r"--model-ema-decay must be in \[0, 1\], got 2.0"),
+        (["--warmup-lr", "-1"], "--warmup-lr must be 0 or more"),
+        (["--min-lr", "10"], r"--min-lr must be in \[0, --lr\], got 10.0"),
+        (["--cooldown-epochs", "-5"], "--cooldown-epochs must be 0 or more"),
+        (["--num-classes", "0"], "--num-classes must be at least 1"),
+        (["--num-classes", "2"], "--num-classes 2 is fewer than the 3 classes of the data"),
+        (["--scale", "0.9", "0.1"], "--scale must be two numbers 0 < min <= max <= 1"),
+        (["--ratio", "0", "0"], "--ratio must be positive and finite, got 0.0"),  # each value checked by its type
+        (["--ratio", "2", "1"], "--ratio must be two numbers 0 < min <= max"),  # the order: a cross-value check
+        (["--scale", "0", "1"], r"--scale must be in (0, 1\], got 0.0"),
+        (["--lr", "inf"], "--lr must be positive and finite, got inf"),
+        (["--epochs", "two"], "--epochs must be at least 1, got 'two'"),
+        (["--seed", "-1"], r"--seed must be in \[0, 2\*\*31\), got -1"),
+        (["--model-kwargs", "depth"], "--model-kwargs must be KEY=VALUE ... or a YAML mapping, got 'depth'"),
+        (["--model-kwargs", "depth=2", "bogus"], r"--model-kwargs: \['bogus'\] are not KEY=VALUE"),
+        (["--checkpoint-hist", "0"], "--checkpoint-hist must be at least 1"),
+        (["--clip-grad", "nan"], "--clip-grad must be a number"),
+        (["--reprob", "2"], r"--reprob must be in \[0, 1\]"),
+        (["--re-max-area", "0.01"], r"--re-max-area must be in \[0.02, 1\]"),
+        (["--aa", "official-m9"], "--aa must be 'official'"),
+        (["--opt", "bogus"], "--opt must be one of timm's optimizers"),
+        (["--torchcompile", "bogus"], "--torchcompile must be one of"),
+        (["--model-kwargs", "{embed_dim: 32"], "--model-kwargs is not valid YAML"),
+    ],
+)
 def test_bad_flags_stop_before_training(tmp_path, data, flags, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         run(tmp_path, data, *flags)
@@ -190,9 +265,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data, mo
     out = tmp_path / "run"
     digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("checkpoint-*")}
     from matmamba_vision.models.matmamba_vision import MatMambaVision
+
     original = MatMambaVision.forward_head
-    monkeypatch.setattr(MatMambaVision, "forward_head",
-                        lambda self, x, pre_logits=False: original(self, x, pre_logits) * float("inf"))
+    monkeypatch.setattr(
+        MatMambaVision, "forward_head", lambda self, x, pre_logits=False: original(self, x, pre_logits) * float("inf")
+    )
     with pytest.raises(TrainingError, match=r"non-finite training loss.*epoch 1,.*checkpoint-0.state.pt"):
         run(tmp_path, data, "--resume", str(out))
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("checkpoint-*")}
@@ -206,8 +283,9 @@ def test_best_model_is_written_before_the_state_that_names_it(tmp_path, data, mo
     order = []
     save, save_best = CheckpointManager.save, CheckpointManager.save_best
     monkeypatch.setattr(CheckpointManager, "save", lambda self, *a, **k: order.append("state") or save(self, *a, **k))
-    monkeypatch.setattr(CheckpointManager, "save_best",
-                        lambda self, *a, **k: order.append("best") or save_best(self, *a, **k))
+    monkeypatch.setattr(
+        CheckpointManager, "save_best", lambda self, *a, **k: order.append("best") or save_best(self, *a, **k)
+    )
     run(tmp_path, data, "--epochs", "1")  # the first epoch is always the best so far
     assert order == ["best", "state"]
 
@@ -231,8 +309,10 @@ def test_ema_added_on_resume_starts_from_the_resumed_weights(tmp_path, data):
 # batch and steps per optimiser update: 4 official micro-steps (one per granularity) make one update (issue 16)
 @pytest.mark.parametrize("name, batch, steps", [("imagenet_35m", 32768, 31_200), ("imagenet_135m", 16384, 62_400)])
 def test_official_recipe_configs(name, batch, steps):
-    from matmamba_vision.training import parse_args
     from train_utils import REPO
+
+    from matmamba_vision.training import parse_args
+
     args = parse_args(["-c", str(REPO / "configs" / f"{name}.yaml")])
     assert args.batch_size == batch and args.lr == 5e-3 and args.min_lr == pytest.approx(2e-4 * 5e-3)
     assert args.matryoshka_mode == "cycle" and args.weight_decay == 0.1 and args.clip_grad == 1.0
@@ -244,22 +324,25 @@ def test_official_recipe_configs(name, batch, steps):
     assert parse_args(["-c", str(REPO / "configs" / "fmnist.yaml")]).model_kwargs == parse_args([]).model_kwargs
 
 
-@pytest.mark.parametrize("text, message", [
-    ("lr: [1, 2]\n", r"lr takes one value, got \[1, 2\]"),  # were TypeError tracebacks from set_defaults' values
-    ("scale: 0.5\n", "scale takes a list, got 0.5"),
-    ("amp_dtype: float64\n", r"amp_dtype must be one of \['bfloat16', 'float16'\], got 'float64'"),
-    ("clip_mode: bogus\n", "clip_mode must be one of"),
-    ("model_ema: 'no'\n", "model_ema takes true or false, got 'no'"),
-    ("mixup: true\n", "mixup takes float, got True"),
-    ("epochs: 2.5\n", "epochs takes an integer, got 2.5"),
-    # the same type functions as the flags (were checked only after parsing, in a separate table)
-    ("log_interval: 0\n", "log_interval: must be at least 1, got 0"),
-    ("drop_path: 1.5\n", r"drop_path: must be in \[0, 1\), got 1.5"),
-    ("opt: bogus\n", "opt: must be one of timm's optimizers"),
-    ("lr: .nan\n", "lr: must be positive and finite, got nan"),
-    ("min_lr: 10\n", r"--min-lr must be in \[0, --lr\], got 10"),  # cross-value checks apply to files too
-    ("model_kwargs: {'depth:2': null}\n", r"--model-kwargs: \['depth:2'\] are not argument names"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lr: [1, 2]\n", r"lr takes one value, got \[1, 2\]"),  # were TypeError tracebacks from set_defaults' values
+        ("scale: 0.5\n", "scale takes a list, got 0.5"),
+        ("amp_dtype: float64\n", r"amp_dtype must be one of \['bfloat16', 'float16'\], got 'float64'"),
+        ("clip_mode: bogus\n", "clip_mode must be one of"),
+        ("model_ema: 'no'\n", "model_ema takes true or false, got 'no'"),
+        ("mixup: true\n", "mixup takes float, got True"),
+        ("epochs: 2.5\n", "epochs takes an integer, got 2.5"),
+        # the same type functions as the flags (were checked only after parsing, in a separate table)
+        ("log_interval: 0\n", "log_interval: must be at least 1, got 0"),
+        ("drop_path: 1.5\n", r"drop_path: must be in \[0, 1\), got 1.5"),
+        ("opt: bogus\n", "opt: must be one of timm's optimizers"),
+        ("lr: .nan\n", "lr: must be positive and finite, got nan"),
+        ("min_lr: 10\n", r"--min-lr must be in \[0, --lr\], got 10"),  # cross-value checks apply to files too
+        ("model_kwargs: {'depth:2': null}\n", r"--model-kwargs: \['depth:2'\] are not argument names"),
+    ],
+)
 def test_config_values_are_checked_like_flags(tmp_path, data, text, message):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)
@@ -274,8 +357,10 @@ def test_model_kwargs_syntaxes():
     from matmamba_vision.training import parse_args
 
     want = {"embed_dim": 32, "depth": 2, "img_size": (28, 56), "ssd_backend": "torch"}
-    assert parse_args(["--model-kwargs", "embed_dim=32", "depth=2", "img_size=(28, 56)",
-                       "ssd_backend=torch"]).model_kwargs == want
+    assert (
+        parse_args(["--model-kwargs", "embed_dim=32", "depth=2", "img_size=(28, 56)", "ssd_backend=torch"]).model_kwargs
+        == want
+    )
     yaml_form = parse_args(["--model-kwargs", "{embed_dim: 32, depth: 2, img_size: [28, 56], ssd_backend: torch}"])
     assert yaml_form.model_kwargs == dict(want, img_size=[28, 56])
     assert parse_args(["--model", "other"]).model_kwargs == {}

@@ -1,18 +1,42 @@
 """torchrun with 2 processes (gloo, CPU): identical replicas, and the loss of a single-process run on the
 same global batch."""
+
 import csv
 import subprocess
 import sys
 
 import pytest
 import torch
-
-from matmamba_vision.weights import load_weights
 from train_utils import REPO, TINY_MODEL, free_port, make_image_folder, subprocess_env
 
+from matmamba_vision.weights import load_weights
+
 # deterministic inputs: full-image crop, no flip, no dropout, so both runs see exactly the same batches
-FLAGS = ["-b", "8", "--epochs", "1", "--threads", "1", "-j", "0", "--no-progress", "--hflip", "0",
-         "--scale", "1", "1", "--ratio", "1", "1", "--smoothing", "0", "--device", "cpu", "--warmup-epochs", "0"]
+FLAGS = [
+    "-b",
+    "8",
+    "--epochs",
+    "1",
+    "--threads",
+    "1",
+    "-j",
+    "0",
+    "--no-progress",
+    "--hflip",
+    "0",
+    "--scale",
+    "1",
+    "1",
+    "--ratio",
+    "1",
+    "1",
+    "--smoothing",
+    "0",
+    "--device",
+    "cpu",
+    "--warmup-epochs",
+    "0",
+]
 
 
 @pytest.mark.parametrize("mode", ["sum", "cycle"])
@@ -20,14 +44,37 @@ def test_two_process_ddp_matches_single_process(tmp_path, mode):
     data = make_image_folder(tmp_path / "data", per_class=8)
     args = [*TINY_MODEL, *FLAGS, "--matryoshka-mode", mode, "--data-dir", str(data), "--output", str(tmp_path)]
     env = subprocess_env()
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(REPO / "train.py"),
-                          *args, "--experiment", "ddp"], env=env, capture_output=True, text=True, timeout=600)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            str(REPO / "train.py"),
+            *args,
+            "--experiment",
+            "ddp",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert ddp.returncode == 0, ddp.stderr[-4000:]
     assert "global batch 8 = 2 ranks" in ddp.stderr
     assert "replicas identical after training (2 ranks)" in ddp.stderr  # checked bit-exactly every epoch
-    single = subprocess.run([sys.executable, str(REPO / "train.py"), *args, "--experiment", "single"], env=env,
-                            capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args, "--experiment", "single"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-4000:]
 
     rows = {name: list(csv.DictReader(open(tmp_path / name / "summary.csv"))) for name in ("ddp", "single")}

@@ -1,4 +1,5 @@
 """Matryoshka steps: sum and cycle modes reach every granularity's slice; batch splitting; non-finite loss."""
+
 import pytest
 import timm
 import torch
@@ -25,8 +26,11 @@ def exclusive_columns_changed(before, after, granularities):
     changed = {}
     for i, g in enumerate(widths):
         lo = 2 * widths[i - 1] if i else 0
-        changed[g] = all(not torch.equal(before[k][:, lo:2 * g], after[k][:, lo:2 * g])
-                         for k in before if k.endswith("out_proj.weight"))
+        changed[g] = all(
+            not torch.equal(before[k][:, lo : 2 * g], after[k][:, lo : 2 * g])
+            for k in before
+            if k.endswith("out_proj.weight")
+        )
     return changed
 
 

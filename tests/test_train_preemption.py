@@ -5,6 +5,7 @@ and the run folder's lock. Every resumed run must end bit-identical to an uninte
 
 The runs are paused at chosen optimiser steps by a wrapper around train.py (marker files, see _PAUSED), so every
 signal lands at a known step however slow the machine is."""
+
 import csv
 import os
 import re
@@ -16,19 +17,46 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_utils import REPO, TINY_MODEL, free_port, make_image_folder, subprocess_env
 
-from matmamba_vision.weights import load_torch, load_weights
 from matmamba_vision.training import main
 from matmamba_vision.training.checkpointing import latest_state_file
 from matmamba_vision.training.preemption import EXIT_DEADLINE, EXIT_PREEMPTED, EXIT_SECOND_SIGNAL
 from matmamba_vision.training.run_lock import LOCK_NAME, RunLock, _start_time
-from train_utils import REPO, TINY_MODEL, free_port, make_image_folder, subprocess_env
+from matmamba_vision.weights import load_torch, load_weights
 
 # 24 images, 4 per step: 6 steps per epoch, 2 epochs; every source of randomness on (dropout, drop-path, mixup,
 # random erasing, EMA) so that a wrongly restored RNG or data position shows in the weights
-FLAGS = [*TINY_MODEL, "-b", "4", "--epochs", "2", "--deterministic", "--threads", "1", "-j", "0", "--no-progress",
-         "--drop-path", "0.1", "--proj-drop", "0.1", "--reprob", "0.25", "--mixup", "0.2", "--model-ema",
-         "--model-ema-decay", "0.9", "--warmup-epochs", "1", "--device", "cpu", "--checkpoint-interval-steps", "2"]
+FLAGS = [
+    *TINY_MODEL,
+    "-b",
+    "4",
+    "--epochs",
+    "2",
+    "--deterministic",
+    "--threads",
+    "1",
+    "-j",
+    "0",
+    "--no-progress",
+    "--drop-path",
+    "0.1",
+    "--proj-drop",
+    "0.1",
+    "--reprob",
+    "0.25",
+    "--mixup",
+    "0.2",
+    "--model-ema",
+    "--model-ema-decay",
+    "0.9",
+    "--warmup-epochs",
+    "1",
+    "--device",
+    "cpu",
+    "--checkpoint-interval-steps",
+    "2",
+]
 
 # train.py, pausing after the optimiser steps in PAUSE_STEPS (global counts, read from AdamW's state) until
 # PAUSE_DIR/go-STEP exists; PAUSE_DIR/paused-RANK-STEP (holding the pid) says it is waiting. PAUSE_WRITE=NAME
@@ -75,8 +103,9 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.01)
     if not path.exists():
         log = path.parent / "stderr.txt"
-        raise AssertionError(f"{path.name} never appeared (exit {proc.poll()}): "
-                             f"{log.read_text()[-3000:] if log.exists() else ''}")
+        raise AssertionError(
+            f"{path.name} never appeared (exit {proc.poll()}): {log.read_text()[-3000:] if log.exists() else ''}"
+        )
 
 
 def _paused(cmd, env, pause_dir: Path, launcher=(sys.executable,), **pause) -> subprocess.Popen:
@@ -84,8 +113,13 @@ def _paused(cmd, env, pause_dir: Path, launcher=(sys.executable,), **pause) -> s
     script = pause_dir / "paused_train.py"
     script.write_text(_PAUSED)
     env = dict(env, PAUSE_DIR=str(pause_dir), **{f"PAUSE_{k.upper()}": str(v) for k, v in pause.items()})
-    return subprocess.Popen([*launcher, str(script), *cmd], env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(pause_dir / "stderr.txt", "w"), text=True)
+    return subprocess.Popen(
+        [*launcher, str(script), *cmd],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(pause_dir / "stderr.txt", "w"),
+        text=True,
+    )
 
 
 def _stderr(pause_dir: Path) -> str:
@@ -93,8 +127,19 @@ def _stderr(pause_dir: Path) -> str:
 
 
 def _torchrun(max_restarts: int):
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts",
-            str(max_restarts), "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--max-restarts",
+        str(max_restarts),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+    ]
 
 
 def _same_ending(a: Path, b: Path, last: int = 1) -> None:
@@ -104,8 +149,10 @@ def _same_ending(a: Path, b: Path, last: int = 1) -> None:
     sa, sb = (load_torch(d / f"checkpoint-{last}.state.pt") for d in (a, b))
     assert sa["step"] == sb["step"]
     assert all(torch.equal(sa["ema"][k], sb["ema"][k]) for k in sa["ema"])
-    rows = [[{k: v for k, v in r.items() if k != "epoch_time"} for r in csv.DictReader(open(d / "summary.csv"))]
-            for d in (a, b)]
+    rows = [
+        [{k: v for k, v in r.items() if k != "epoch_time"} for r in csv.DictReader(open(d / "summary.csv"))]
+        for d in (a, b)
+    ]
     assert rows[0] == rows[1]
 
 
@@ -114,8 +161,13 @@ def test_sigterm_mid_epoch_single_process_resumes_bit_identical(tmp_path, data):
     --resume auto first starts fresh, then continues from the stop checkpoint."""
     base = [*FLAGS, "--data-dir", str(data), "--output", str(tmp_path), "--resume", "auto"]
     env = subprocess_env()
-    whole = subprocess.run([sys.executable, str(REPO / "train.py"), *base, "--experiment", "whole"], env=env,
-                           capture_output=True, text=True, timeout=300)
+    whole = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *base, "--experiment", "whole"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     run = tmp_path / "run"
@@ -125,8 +177,19 @@ def test_sigterm_mid_epoch_single_process_resumes_bit_identical(tmp_path, data):
         _wait_for(tmp_path / "paused-0-3", proc)
         assert (run / "checkpoint-0-2.state.pt").is_file()  # the interval checkpoint
         with pytest.raises(ValueError, match=rf"in use by a live run, pid {proc.pid} on .*train.py"):
-            main([*TINY_MODEL, "--data-dir", str(data), "--output", str(tmp_path), "--resume", "auto",
-                  "--experiment", "run"])
+            main(
+                [
+                    *TINY_MODEL,
+                    "--data-dir",
+                    str(data),
+                    "--output",
+                    str(tmp_path),
+                    "--resume",
+                    "auto",
+                    "--experiment",
+                    "run",
+                ]
+            )
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         (tmp_path / "go-3").touch()
@@ -141,8 +204,7 @@ def test_sigterm_mid_epoch_single_process_resumes_bit_identical(tmp_path, data):
     assert took < 25
     assert "SIGTERM: stopping after this optimiser step" in stderr and "checkpoint-0-3.state.pt written" in stderr
     # the stop checkpoint is at the step the signal came in, and replaced the older in-epoch one
-    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-0-3.safetensors",
-                                                               "checkpoint-0-3.state.pt"]
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-0-3.safetensors", "checkpoint-0-3.state.pt"]
     assert load_torch(run / "checkpoint-0-3.state.pt")["step"] == 3
     assert not (run / LOCK_NAME).exists()
 
@@ -167,10 +229,20 @@ def _dead_pid() -> int:
 def _plant_lock(folder: Path, pid: int, host=None, ticks=None, cmd="train.py --epochs 2") -> Path:
     import json
     import socket
+
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
-    path.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "since": time.time(),
-                                "start_ticks": ticks if ticks is not None else _start_time(pid), "cmd": cmd}))
+    path.write_text(
+        json.dumps(
+            {
+                "pid": pid,
+                "host": host or socket.gethostname(),
+                "since": time.time(),
+                "start_ticks": ticks if ticks is not None else _start_time(pid),
+                "cmd": cmd,
+            }
+        )
+    )
     return path
 
 
@@ -179,11 +251,27 @@ def test_two_ranks_sigkill_under_torchrun_restart_then_sigterm(tmp_path, data):
     restarted ranks continue from it; then rank 1 alone gets SIGTERM at step 5 and both ranks stop at that step
     (exit 75; no restarts left, so torchrun stops too); the same command again finishes the run. It ends
     bit-identical to an uninterrupted 2-rank run."""
-    base = [*FLAGS, "--data-dir", str(data), "--output", str(tmp_path), "--resume", "auto",
-            "--preempt-deadline", "10", "--epochs", "1"]
+    base = [
+        *FLAGS,
+        "--data-dir",
+        str(data),
+        "--output",
+        str(tmp_path),
+        "--resume",
+        "auto",
+        "--preempt-deadline",
+        "10",
+        "--epochs",
+        "1",
+    ]
     env = subprocess_env()
-    whole = subprocess.run([*_torchrun(0), str(REPO / "train.py"), *base, "--experiment", "whole"], env=env,
-                           capture_output=True, text=True, timeout=300)
+    whole = subprocess.run(
+        [*_torchrun(0), str(REPO / "train.py"), *base, "--experiment", "whole"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert whole.returncode == 0, whole.stderr[-4000:]
 
     run = tmp_path / "run"
@@ -229,8 +317,20 @@ def test_sigterm_inside_a_checkpoint_write(tmp_path, data, second):
     is left, and the previous checkpoint is the newest complete one."""
     run = tmp_path / "run"
     deadline = 10 if second else 3
-    cmd = [str(REPO / "train.py"), *FLAGS, "--data-dir", str(data), "--output", str(tmp_path), "--experiment",
-           "run", "--epochs", "1", "--preempt-deadline", str(deadline)]
+    cmd = [
+        str(REPO / "train.py"),
+        *FLAGS,
+        "--data-dir",
+        str(data),
+        "--output",
+        str(tmp_path),
+        "--experiment",
+        "run",
+        "--epochs",
+        "1",
+        "--preempt-deadline",
+        str(deadline),
+    ]
     proc = _paused(cmd, subprocess_env(), tmp_path, write="checkpoint-0-4.state.pt")
     try:
         _wait_for(tmp_path / "paused-write", proc)
@@ -286,15 +386,19 @@ def test_run_lock_live_stale_recycled_and_remote(tmp_path):
     RunLock(folder).acquire().release()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--preempt-signal", "SIGKILL"], "--preempt-signal"),
-    (["--preempt-signal", "NOPE"], "--preempt-signal"),
-    (["--preempt-deadline", "0"], "--preempt-deadline"),
-    (["--checkpoint-interval-steps", "-1"], "--checkpoint-interval-steps"),
-    (["--checkpoint-interval-minutes", "nan"], "--checkpoint-interval-minutes"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--preempt-signal", "SIGKILL"], "--preempt-signal"),
+        (["--preempt-signal", "NOPE"], "--preempt-signal"),
+        (["--preempt-deadline", "0"], "--preempt-deadline"),
+        (["--checkpoint-interval-steps", "-1"], "--checkpoint-interval-steps"),
+        (["--checkpoint-interval-minutes", "nan"], "--checkpoint-interval-minutes"),
+    ],
+)
 def test_bad_preemption_flags(flags, message, capsys):
     from matmamba_vision.training.config import parse_args
+
     with pytest.raises(SystemExit):
         parse_args(flags)
     assert message in capsys.readouterr().err
@@ -309,6 +413,7 @@ def test_resume_auto_needs_an_experiment_name(tmp_path, data):
 
 def test_newest_checkpoint_order_and_pruning(tmp_path):
     from matmamba_vision.training.midepoch import newest_checkpoint, prune_mid_epoch
+
     for stem in ("checkpoint-0", "checkpoint-0-5", "checkpoint-1-3", "checkpoint-1-12"):
         for ext in (".safetensors", ".state.pt"):
             (tmp_path / f"{stem}{ext}").touch()
@@ -324,6 +429,7 @@ def test_newest_checkpoint_order_and_pruning(tmp_path):
 
 def test_checkpoint_trigger_intervals(monkeypatch):
     from matmamba_vision.training import midepoch
+
     now = [0.0]
     monkeypatch.setattr(midepoch.time, "monotonic", lambda: now[0])
     trigger = midepoch.CheckpointTrigger(every_steps=3, every_minutes=0.5)
@@ -336,12 +442,14 @@ def test_checkpoint_trigger_intervals(monkeypatch):
 
     class Signalled:
         requested = True
+
     trigger.preemption = Signalled()
     assert trigger.poll(8, last=True) == (True, True)
 
 
 def _batches(loader, epoch, start=0, state=None, rng=None):
     from matmamba_vision.training.checkpointing import set_rng_state
+
     if rng is not None:
         set_rng_state(rng)
     loader.set_epoch(epoch, start, state)
@@ -354,14 +462,21 @@ def test_loaders_resume_inside_an_epoch(tmp_path, kind):
     exactly the rest of the uninterrupted epoch: the preloaded tensor path (Fashion-MNIST) and the folder path."""
     from matmamba_vision.data import TensorAugment, TensorTrainLoader, create_train_loader
     from matmamba_vision.training.checkpointing import rng_state
+
     if kind == "tensor":
         images = torch.randint(0, 255, (40, 1, 28, 28), dtype=torch.uint8)
         augment = TensorAugment((0.5,), (0.5,), pad=2, hflip=0.5, re_prob=0.5)
         make = lambda: TensorTrainLoader(images, torch.arange(40) % 3, ["a", "b", "c"], 4, augment, seed=3)  # noqa: E731
     else:
         data = make_image_folder(tmp_path, per_class=4)
-        config = dict(input_size=(3, 28, 28), interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3,
-                      crop_pct=1.0, crop_mode="center")
+        config = dict(
+            input_size=(3, 28, 28),
+            interpolation="bilinear",
+            mean=(0.5,) * 3,
+            std=(0.5,) * 3,
+            crop_pct=1.0,
+            crop_mode="center",
+        )
         make = lambda: create_train_loader("folder", str(data), "train", config, 2, 0, seed=3, re_prob=0.5)  # noqa
     torch.manual_seed(0)
     whole, loader = [], make()
@@ -380,9 +495,16 @@ def test_loader_workers_survive_a_scheduler_sigterm(tmp_path):
     """A scheduler signals every process of the job: a DataLoader worker must not die of it (the main process
     would fail at once instead of checkpointing)."""
     from matmamba_vision.data import create_train_loader
+
     data = make_image_folder(tmp_path, per_class=4)
-    config = dict(input_size=(3, 28, 28), interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3,
-                  crop_pct=1.0, crop_mode="center")
+    config = dict(
+        input_size=(3, 28, 28),
+        interpolation="bilinear",
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        crop_pct=1.0,
+        crop_mode="center",
+    )
     loader = create_train_loader("folder", str(data), "train", config, 2, 1, seed=3)
     loader.set_epoch(0)
     it = iter(loader.loader)

@@ -1,4 +1,5 @@
 """A run killed with SIGKILL after epoch 1 and resumed ends bit-identical to an uninterrupted run."""
+
 import csv
 import os
 import signal
@@ -7,13 +8,37 @@ import time
 
 import pytest
 import torch
-
-from matmamba_vision.weights import load_torch, load_weights
 from train_utils import TINY_MODEL, make_image_folder, subprocess_env, train_cmd
 
-FLAGS = ["-b", "8", "--epochs", "4", "--deterministic", "--threads", "1", "-j", "0", "--no-progress",
-         "--drop-path", "0.1", "--proj-drop", "0.1", "--reprob", "0.25", "--mixup", "0.2", "--model-ema",
-         "--model-ema-decay", "0.9", "--warmup-epochs", "1", "--checkpoint-hist", "4"]
+from matmamba_vision.weights import load_torch, load_weights
+
+FLAGS = [
+    "-b",
+    "8",
+    "--epochs",
+    "4",
+    "--deterministic",
+    "--threads",
+    "1",
+    "-j",
+    "0",
+    "--no-progress",
+    "--drop-path",
+    "0.1",
+    "--proj-drop",
+    "0.1",
+    "--reprob",
+    "0.25",
+    "--mixup",
+    "0.2",
+    "--model-ema",
+    "--model-ema-decay",
+    "0.9",
+    "--warmup-epochs",
+    "1",
+    "--checkpoint-hist",
+    "4",
+]
 
 
 @pytest.mark.parametrize("sched", [[], ["--no-sched-on-updates"]], ids=["per-update", "per-epoch"])
@@ -22,12 +47,14 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, sched):
     data = make_image_folder(tmp_path / "data", per_class=16)
     base = [*TINY_MODEL, *FLAGS, *sched, "--data-dir", str(data), "--output", str(tmp_path)]
     env = subprocess_env()
-    whole = subprocess.run(train_cmd([*base, "--experiment", "whole"]), env=env, capture_output=True, text=True,
-                           timeout=600)
+    whole = subprocess.run(
+        train_cmd([*base, "--experiment", "whole"]), env=env, capture_output=True, text=True, timeout=600
+    )
     assert whole.returncode == 0, whole.stderr[-3000:]
 
-    killed = subprocess.Popen(train_cmd([*base, "--experiment", "killed"]), env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(
+        train_cmd([*base, "--experiment", "killed"]), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     first = tmp_path / "killed" / "checkpoint-0.state.pt"
     deadline = time.time() + 300
     while not first.exists() and killed.poll() is None and time.time() < deadline:
@@ -38,8 +65,9 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, sched):
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "checkpoint-3.state.pt").exists()
 
-    resumed = subprocess.run(train_cmd([*base, "--resume", str(tmp_path / "killed")]), env=env, capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        train_cmd([*base, "--resume", str(tmp_path / "killed")]), env=env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
 

@@ -1,5 +1,6 @@
 """The LR schedule across a resume (rebuilt from the flags, as timm's train.py; plateau keeps its metric history),
 timm's schedule flags, and the best model after resuming from an earlier checkpoint."""
+
 import csv
 import shutil
 
@@ -7,14 +8,26 @@ import pytest
 import torch
 import yaml
 from timm.scheduler import create_scheduler_v2
-
-import matmamba_vision.training.trainer as trainer
-from matmamba_vision.weights import load_weights, read_weights_metadata
-from matmamba_vision.training import main
 from train_utils import TINY_MODEL, make_image_folder
 
-FLAGS = ["-b", "4", "--threads", "1", "-j", "0", "--no-progress", "--deterministic", "--checkpoint-hist", "8",
-         "--lr", "2e-3"]
+import matmamba_vision.training.trainer as trainer
+from matmamba_vision.training import main
+from matmamba_vision.weights import load_weights, read_weights_metadata
+
+FLAGS = [
+    "-b",
+    "4",
+    "--threads",
+    "1",
+    "-j",
+    "0",
+    "--no-progress",
+    "--deterministic",
+    "--checkpoint-hist",
+    "8",
+    "--lr",
+    "2e-3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +48,7 @@ def scripted_validation(monkeypatch, top1_by_epoch, first_epoch=0, calls_per_epo
 
 
 def run(tmp_path, data, name, *extra):
-    return main([*TINY_MODEL, *FLAGS, "--data-dir", str(data), "--output", str(tmp_path), "--experiment", name,
-                 *extra])
+    return main([*TINY_MODEL, *FLAGS, "--data-dir", str(data), "--output", str(tmp_path), "--experiment", name, *extra])
 
 
 def lrs(folder):
@@ -61,8 +73,19 @@ def copy_run_until(src, dst, epoch):
 def test_plateau_resume_keeps_its_patience_count(tmp_path, data, monkeypatch):
     """top-1 50, 40, 40, 40 with patience 1: the LR halves after the second bad epoch (epoch 3). A resume after
     epoch 2 must remember the first bad epoch (timm's plateau state_dict keeps only ``best``)."""
-    flags = ["--epochs", "4", "--sched", "plateau", "--no-sched-on-updates", "--warmup-epochs", "0",
-             "--patience-epochs", "1", "--decay-rate", "0.5"]
+    flags = [
+        "--epochs",
+        "4",
+        "--sched",
+        "plateau",
+        "--no-sched-on-updates",
+        "--warmup-epochs",
+        "0",
+        "--patience-epochs",
+        "1",
+        "--decay-rate",
+        "0.5",
+    ]
     top1 = [50.0, 40.0, 40.0, 40.0]
     scripted_validation(monkeypatch, top1)
     run(tmp_path, data, "whole", *flags)
@@ -93,14 +116,44 @@ def test_more_epochs_at_resume_rebuild_the_schedule(tmp_path, data, caplog, step
 
 
 def test_step_schedule_flags_reach_timm(tmp_path, data):
-    run(tmp_path, data, "step", "--epochs", "3", "--sched", "step", "--decay-epochs", "1", "--decay-rate", "0.5",
-        "--no-sched-on-updates", "--warmup-epochs", "0")
+    run(
+        tmp_path,
+        data,
+        "step",
+        "--epochs",
+        "3",
+        "--sched",
+        "step",
+        "--decay-epochs",
+        "1",
+        "--decay-rate",
+        "0.5",
+        "--no-sched-on-updates",
+        "--warmup-epochs",
+        "0",
+    )
     assert lrs(tmp_path / "step") == pytest.approx([1e-3, 5e-4, 2.5e-4])  # the row's LR is the next epoch's
-    run(tmp_path, data, "multistep", "--epochs", "3", "--sched", "multistep", "--decay-milestones", "2", "3",
-        "--decay-rate", "0.1", "--no-sched-on-updates", "--warmup-epochs", "0")
+    run(
+        tmp_path,
+        data,
+        "multistep",
+        "--epochs",
+        "3",
+        "--sched",
+        "multistep",
+        "--decay-milestones",
+        "2",
+        "3",
+        "--decay-rate",
+        "0.1",
+        "--no-sched-on-updates",
+        "--warmup-epochs",
+        "0",
+    )
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
-    timm_sched, _ = create_scheduler_v2(opt, sched="multistep", num_epochs=3, decay_milestones=[2, 3],
-                                        decay_rate=0.1, warmup_epochs=0)
+    timm_sched, _ = create_scheduler_v2(
+        opt, sched="multistep", num_epochs=3, decay_milestones=[2, 3], decay_rate=0.1, warmup_epochs=0
+    )
     expected = []
     for epoch in range(3):
         timm_sched.step(epoch + 1)
@@ -143,6 +196,9 @@ def test_resume_from_weights_without_a_state_names_the_way_forward(tmp_path, dat
     """--resume model_best.safetensors said it was not a weights file; it is one, without a training state."""
     run(tmp_path, data, "run", "--epochs", "1")
     best = tmp_path / "run" / "model_best.safetensors"
-    with pytest.raises(ValueError, match=r"model_best.safetensors has no training state beside it .*"
-                                         r"--initial-checkpoint"):
+    with pytest.raises(
+        ValueError,
+        match=r"model_best.safetensors has no training state beside it .*"
+        r"--initial-checkpoint",
+    ):
         run(tmp_path, data, "run", "--epochs", "2", "--resume", str(best))

@@ -1,14 +1,15 @@
 """Beyond the paper: in-place distillation (--distill) and sampled untrained widths (--sample-granularities)."""
+
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from train_utils import TINY_MODEL, make_image_folder
 
 import matmamba_vision  # noqa: F401  (registers the models)
 from matmamba_vision.training import MatryoshkaStep, build_criterion, main
 from matmamba_vision.training.config import parse_args
 from matmamba_vision.training.matryoshka import distill_loss, untrained_widths
-from train_utils import TINY_MODEL, make_image_folder
 
 GS = [32, 16, 8, 4]
 
@@ -40,7 +41,7 @@ def test_distill_loss_is_scaled_kl():
     s, t = torch.randn(5, 10), torch.randn(5, 10)
     for temp in (1.0, 4.0):
         kl = (F.softmax(t / temp, -1) * (F.log_softmax(t / temp, -1) - F.log_softmax(s / temp, -1))).sum(-1).mean()
-        assert distill_loss(s, t, temp).item() == pytest.approx(kl.item() * temp ** 2, rel=1e-5)
+        assert distill_loss(s, t, temp).item() == pytest.approx(kl.item() * temp**2, rel=1e-5)
     assert distill_loss(t, t).item() == pytest.approx(0.0, abs=1e-6)
 
 
@@ -114,8 +115,12 @@ def test_bad_variant_settings_are_refused():
         make_step(model, [32, 16], sample_pool=untrained_widths(model, [32, 16]), num_sampled=8)
     with pytest.raises(ValueError, match="--distill-weight"):
         make_step(model, distill_weight=1.5)
-    for flags in (["--distill-weight", "2"], ["--distill-temperature", "0"], ["--sample-granularities", "-1"],
-                  ["--distill-temperature", "nan"]):
+    for flags in (
+        ["--distill-weight", "2"],
+        ["--distill-temperature", "0"],
+        ["--sample-granularities", "-1"],
+        ["--distill-temperature", "nan"],
+    ):
         with pytest.raises(SystemExit):
             parse_args(flags)
 
@@ -123,12 +128,50 @@ def test_bad_variant_settings_are_refused():
 def test_train_py_with_both_variants(tmp_path):
     """Sum mode here (the default cycle mode is covered by the step-level test above)."""
     data = make_image_folder(tmp_path / "data", per_class=4)
-    metrics = main([*TINY_MODEL, "--data-dir", str(data), "-b", "4", "--epochs", "1", "--output", str(tmp_path),
-                    "--experiment", "v", "--no-progress", "--matryoshka-mode", "sum", "--distill",
-                    "--distill-weight", "0.8", "--distill-temperature", "2", "--sample-granularities", "2"])
+    metrics = main(
+        [
+            *TINY_MODEL,
+            "--data-dir",
+            str(data),
+            "-b",
+            "4",
+            "--epochs",
+            "1",
+            "--output",
+            str(tmp_path),
+            "--experiment",
+            "v",
+            "--no-progress",
+            "--matryoshka-mode",
+            "sum",
+            "--distill",
+            "--distill-weight",
+            "0.8",
+            "--distill-temperature",
+            "2",
+            "--sample-granularities",
+            "2",
+        ]
+    )
     assert sorted(metrics) == [4, 8, 16, 32]
     args = (tmp_path / "v" / "args.yaml").read_text()
     assert "distill: true" in args and "sample_granularities: 2" in args
     with pytest.raises(ValueError, match="--sample-granularities"):
-        main([*TINY_MODEL, "--data-dir", str(data), "-b", "4", "--epochs", "1", "--output", str(tmp_path),
-              "--experiment", "bad", "--no-progress", "--sample-granularities", "99"])
+        main(
+            [
+                *TINY_MODEL,
+                "--data-dir",
+                str(data),
+                "-b",
+                "4",
+                "--epochs",
+                "1",
+                "--output",
+                str(tmp_path),
+                "--experiment",
+                "bad",
+                "--no-progress",
+                "--sample-granularities",
+                "99",
+            ]
+        )

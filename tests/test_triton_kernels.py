@@ -3,6 +3,7 @@
 The interpreter is chosen by ``TRITON_INTERPRET=1`` before ``triton`` is imported, so tests/triton_interp runs
 in one subprocess (this worker's ``triton`` is left as it is; one process pays the imports once).
 """
+
 import os
 import subprocess
 import sys
@@ -22,7 +23,11 @@ def test_triton_kernels_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "tests/triton_interp"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
@@ -32,9 +37,11 @@ def test_triton_backend_on_cpu_without_interpreter_says_what_to_do():
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("under the interpreter CPU tensors are accepted")
     from matmamba_vision.ops import ssd_scan
+
     x, dt, B, C = torch.randn(1, 8, 2, 4), torch.rand(1, 8, 2), torch.randn(1, 8, 1, 16), torch.randn(1, 8, 1, 16)
     with pytest.raises(RuntimeError, match="CUDA tensors"):  # the dispatcher's refusal, as for mamba_ssm
         ssd_scan(x, dt, -torch.rand(2), B, C, backend="triton")
     # 'auto' keeps the torch path on the CPU
-    torch.testing.assert_close(ssd_scan(x, dt, -torch.ones(2), B, C, backend="auto"),
-                               ssd_scan(x, dt, -torch.ones(2), B, C, backend="torch"))
+    torch.testing.assert_close(
+        ssd_scan(x, dt, -torch.ones(2), B, C, backend="auto"), ssd_scan(x, dt, -torch.ones(2), B, C, backend="torch")
+    )

@@ -1,4 +1,5 @@
 """Helpers shared by the train/data tests: tiny image folders and tiny-model flags."""
+
 from __future__ import annotations
 
 import os
@@ -11,11 +12,22 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = ["--model", "matmamba_vision_tiny_patch4_28", "--model-kwargs", "{embed_dim: 32, depth: 2, d_state: 8, headdim: 4}"]
+TINY_MODEL = [
+    "--model",
+    "matmamba_vision_tiny_patch4_28",
+    "--model-kwargs",
+    "{embed_dim: 32, depth: 2, d_state: 8, headdim: 4}",
+]
 
 
-def make_image_folder(root: Path, classes: Sequence[str] = ("ankle", "bag", "coat"), per_class: int = 4,
-                      size=(28, 28), splits=("train", "val"), seed: int = 0) -> Path:
+def make_image_folder(
+    root: Path,
+    classes: Sequence[str] = ("ankle", "bag", "coat"),
+    per_class: int = 4,
+    size=(28, 28),
+    splits=("train", "val"),
+    seed: int = 0,
+) -> Path:
     """ROOT/{train,val}/CLASS/*.png|*.jpg with a class-dependent mean colour (learnable), alternating formats."""
     rng = np.random.default_rng(seed)
     for split in splits:

@@ -1,16 +1,53 @@
 """The one data module of train.py, validate.py and retrieval.py: Fashion-MNIST, ImageNet-style folders
 (timm's dataset), FFCV ``.beton`` files, and timm transforms, behind :func:`create_eval_loader` and
 :func:`create_train_loader`."""
+
 from .fmnist import FMNIST_CLASSES, FashionMNIST, load_fmnist
 from .folder import create_folder_dataset
-from .loader import (DATASETS, dataset_classes, EvalLoader, TensorTrainLoader, TrainLoader, create_eval_loader, create_train_loader,
-                     error_line, fmnist_data_config, resolve_dataset)
-from .transforms import (TensorAugment, create_eval_transform, create_mixup, create_train_transform, image_mode,
-                         model_data_config, split_batch, to_channels)
+from .loader import (
+    DATASETS,
+    EvalLoader,
+    TensorTrainLoader,
+    TrainLoader,
+    create_eval_loader,
+    create_train_loader,
+    dataset_classes,
+    error_line,
+    fmnist_data_config,
+    resolve_dataset,
+)
+from .transforms import (
+    TensorAugment,
+    create_eval_transform,
+    create_mixup,
+    create_train_transform,
+    image_mode,
+    model_data_config,
+    split_batch,
+    to_channels,
+)
 
 __all__ = [
-    "FMNIST_CLASSES", "FashionMNIST", "load_fmnist", "create_folder_dataset", "DATASETS", "dataset_classes", "EvalLoader",
-    "TrainLoader", "TensorTrainLoader", "create_eval_loader", "create_train_loader", "error_line", "fmnist_data_config",
-    "resolve_dataset", "TensorAugment", "create_eval_transform", "create_train_transform", "create_mixup",
-    "image_mode", "model_data_config", "split_batch", "to_channels",
+    "FMNIST_CLASSES",
+    "FashionMNIST",
+    "load_fmnist",
+    "create_folder_dataset",
+    "DATASETS",
+    "dataset_classes",
+    "EvalLoader",
+    "TrainLoader",
+    "TensorTrainLoader",
+    "create_eval_loader",
+    "create_train_loader",
+    "error_line",
+    "fmnist_data_config",
+    "resolve_dataset",
+    "TensorAugment",
+    "create_eval_transform",
+    "create_train_transform",
+    "create_mixup",
+    "image_mode",
+    "model_data_config",
+    "split_batch",
+    "to_channels",
 ]

@@ -1,6 +1,7 @@
 """What every data source's loader returns: batches of ``(images float tensor, targets long tensor)`` with
 ``.classes`` and ``.num_samples``; a training loader also has ``set_epoch``. Shared by the folder/Fashion-MNIST
 loaders (:mod:`.loader`) and the FFCV pipeline (:mod:`.ffcv_pipeline`)."""
+
 from __future__ import annotations
 
 import itertools
@@ -12,8 +13,14 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from .transforms import TensorAugment
 
-__all__ = ["ShardSampler", "EvalLoader", "TrainLoader", "TensorTrainLoader", "ResumableDistributedSampler",
-           "ignore_preemption_signals"]
+__all__ = [
+    "ShardSampler",
+    "EvalLoader",
+    "TrainLoader",
+    "TensorTrainLoader",
+    "ResumableDistributedSampler",
+    "ignore_preemption_signals",
+]
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
@@ -23,8 +30,11 @@ class ShardSampler(Sampler):
     with ``limit``, of ``limit`` indices spread evenly over the split (a class-sorted folder keeps every class)."""
 
     def __init__(self, num_samples: int, rank: int = 0, world: int = 1, limit: Optional[int] = None):
-        chosen = range(num_samples) if limit is None or limit >= num_samples else \
-            [i * num_samples // limit for i in range(limit)]
+        chosen = (
+            range(num_samples)
+            if limit is None or limit >= num_samples
+            else [i * num_samples // limit for i in range(limit)]
+        )
         self.indices = list(chosen[rank::world])
 
     def __iter__(self) -> Iterator[int]:
@@ -115,8 +125,17 @@ class TensorTrainLoader:
     """Preloaded uint8 images augmented on the tensor side (:class:`TensorAugment`): the fast path for
     Fashion-MNIST on a CPU, where per-image PIL transforms would cost more than the model."""
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], batch_size: int,
-                 augment: TensorAugment, seed: int = 0, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        classes: Sequence[str],
+        batch_size: int,
+        augment: TensorAugment,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.images, self.targets, self.classes = images, targets, list(classes)
         self.batch_size, self.augment, self.seed, self.rank, self.world = batch_size, augment, seed, rank, world
         self.num_samples = len(targets)
@@ -145,7 +164,7 @@ class TensorTrainLoader:
         if first:
             self.generator.set_state(self._resume_generator)
         for i in range(first, len(self)):  # augment the global batch, then take this rank's share: any world size
-            idx = order[i * step:(i + 1) * step]  # sees the same images, shifts and flips (random erasing draws
+            idx = order[i * step : (i + 1) * step]  # sees the same images, shifts and flips (random erasing draws
             # from each rank's own stream)
             images = self.augment(self.images[idx], self.generator)
-            yield images[self.rank::self.world], self.targets[idx][self.rank::self.world]
+            yield images[self.rank :: self.world], self.targets[idx][self.rank :: self.world]

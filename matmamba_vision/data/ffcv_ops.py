@@ -1,6 +1,7 @@
 """Our own ffcv ``Operation`` for the official RandAugment (PyPI's ffcv 1.0.2 has none): compiled with numba
 in ffcv's pipeline, on the uint8 (H, W, 3) images after the decoder and flip, as the official run had it.
 The kernels are those of :mod:`matmamba_vision.data.official_randaugment`."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -54,7 +55,9 @@ class OfficialRandAugmentOp(Operation):
 
     def declare_state_and_memory(self, previous_state: State) -> Tuple[State, Optional[AllocationQuery]]:
         if not previous_state.jit_mode or previous_state.dtype != np.uint8 or previous_state.shape[-1] != 3:
-            raise ValueError("OfficialRandAugmentOp goes after the image decoder (and flip), on uint8 RGB arrays; "
-                             f"got shape {previous_state.shape}, dtype {previous_state.dtype}")
+            raise ValueError(
+                "OfficialRandAugmentOp goes after the image decoder (and flip), on uint8 RGB arrays; "
+                f"got shape {previous_state.shape}, dtype {previous_state.dtype}"
+            )
         query = AllocationQuery(previous_state.shape, np.dtype("uint8"))
         return replace(previous_state, jit_mode=True), (query, query)

@@ -9,6 +9,7 @@ image pipeline is ``decoder, [flip], NormalizeImage, ToTensor, ToTorchImage``; o
 ``..., ToTensor, ToDevice, ToTorchImage, NormalizeImage`` order runs normalisation on the device.
 Images are stored as RGB; a 1-channel model gets the luma mix of the normalised channels (as PIL's 'L').
 """
+
 from __future__ import annotations
 
 import json
@@ -30,6 +31,7 @@ def require_ffcv():
     """Import ffcv or raise ValueError saying how to install it."""
     try:
         import ffcv  # noqa: F401
+
         return ffcv
     except ImportError as e:
         raise ValueError(
@@ -48,9 +50,15 @@ def ffcv_meta_path(beton: Path) -> Path:
     return Path(beton).with_suffix(".json")
 
 
-def ffcv_pipelines(data_config: dict, is_training: bool, device: Optional[torch.device] = None,
-                   scale: Optional[Sequence[float]] = None, ratio: Optional[Sequence[float]] = None,
-                   hflip: float = 0.5, auto_augment: Optional[str] = None) -> dict:
+def ffcv_pipelines(
+    data_config: dict,
+    is_training: bool,
+    device: Optional[torch.device] = None,
+    scale: Optional[Sequence[float]] = None,
+    ratio: Optional[Sequence[float]] = None,
+    hflip: float = 0.5,
+    auto_augment: Optional[str] = None,
+) -> dict:
     """ffcv pipelines for the ``image`` and ``label`` fields (see the module note on stage order)."""
     require_ffcv()
     from ffcv.fields.basics import IntDecoder
@@ -63,16 +71,21 @@ def ffcv_pipelines(data_config: dict, is_training: bool, device: Optional[torch.
     if mean.size == 1:  # grey model: normalise the (identical-statistics) RGB channels, mixed later
         mean, std = np.repeat(mean, 3), np.repeat(std, 3)
     if is_training:
-        image = [RandomResizedCropRGBImageDecoder(size, scale=tuple(scale or (0.08, 1.0)),
-                                                  ratio=tuple(ratio or (3 / 4, 4 / 3)))]
+        image = [
+            RandomResizedCropRGBImageDecoder(
+                size, scale=tuple(scale or (0.08, 1.0)), ratio=tuple(ratio or (3 / 4, 4 / 3))
+            )
+        ]
         if hflip > 0:
             image.append(RandomHorizontalFlip(flip_prob=hflip))
         fixed = official_aa(auto_augment)
         if fixed is not None:
             image.append(official_randaugment(fixed, ffcv=True))
         elif auto_augment:
-            raise ValueError(f"--aa {auto_augment!r}: only the official RandAugment (official, official-fixed) "
-                             "runs in the ffcv pipeline")
+            raise ValueError(
+                f"--aa {auto_augment!r}: only the official RandAugment (official, official-fixed) "
+                "runs in the ffcv pipeline"
+            )
     else:
         image = [CenterCropRGBImageDecoder(size, ratio=float(data_config.get("crop_pct") or 0.875))]
     normalize = NormalizeImage(mean, std, np.float32)
@@ -110,12 +123,27 @@ class _FFCVBatches:
         self.next_epoch += 1
 
 
-def create_ffcv_loader(data_dir: str, split: str, data_config: dict, batch_size: int, workers: int,
-                       is_training: bool, rank: int = 0, world: int = 1, seed: int = 0,
-                       scale: Optional[Sequence[float]] = None, ratio: Optional[Sequence[float]] = None,
-                       hflip: float = 0.5, device: Optional[torch.device] = None, re_prob: float = 0.0,
-                       re_mode: str = "pixel", re_count: int = 1, max_samples: Optional[int] = None,
-                       auto_augment: Optional[str] = None, re_max_area: float = 1 / 3):
+def create_ffcv_loader(
+    data_dir: str,
+    split: str,
+    data_config: dict,
+    batch_size: int,
+    workers: int,
+    is_training: bool,
+    rank: int = 0,
+    world: int = 1,
+    seed: int = 0,
+    scale: Optional[Sequence[float]] = None,
+    ratio: Optional[Sequence[float]] = None,
+    hflip: float = 0.5,
+    device: Optional[torch.device] = None,
+    re_prob: float = 0.0,
+    re_mode: str = "pixel",
+    re_count: int = 1,
+    max_samples: Optional[int] = None,
+    auto_augment: Optional[str] = None,
+    re_max_area: float = 1 / 3,
+):
     """A :class:`TrainLoader` (shuffled, drop-last) or :class:`EvalLoader` (in order) over ``DATA_DIR/SPLIT.beton``.
 
     Training batches get timm's random erasing (``re_prob``, ``re_mode``, ``re_count``, box of 2 % to
@@ -127,29 +155,42 @@ def create_ffcv_loader(data_dir: str, split: str, data_config: dict, batch_size:
 
     beton = beton_path(data_dir, split)
     if not beton.is_file():
-        raise ValueError(f"data_dir: {beton} does not exist; write it with "
-                         "python -m matmamba_vision.data.ffcv_writer")
+        raise ValueError(f"data_dir: {beton} does not exist; write it with python -m matmamba_vision.data.ffcv_writer")
     meta_file = ffcv_meta_path(beton)
     if not meta_file.is_file():
         raise ValueError(f"data_dir: {meta_file} (class names of {beton.name}) is missing")
     meta = json.loads(meta_file.read_text())
-    pipelines = ffcv_pipelines(data_config, is_training, device, scale, ratio, hflip,
-                               auto_augment if is_training else None)
+    pipelines = ffcv_pipelines(
+        data_config, is_training, device, scale, ratio, hflip, auto_augment if is_training else None
+    )
     n = int(meta["num_samples"])
     if is_training:
         indices = None if world == 1 else list(range(rank, n - n % world, world))
         order = OrderOption.RANDOM
     else:
         indices, order = ShardSampler(n, rank, world, max_samples).indices, OrderOption.SEQUENTIAL
-    loader = Loader(str(beton), batch_size=batch_size, num_workers=max(1, workers), order=order,
-                    seed=seed * 7919 + rank, indices=indices, pipelines=pipelines, drop_last=is_training,
-                    os_cache=True)
+    loader = Loader(
+        str(beton),
+        batch_size=batch_size,
+        num_workers=max(1, workers),
+        order=order,
+        seed=seed * 7919 + rank,
+        indices=indices,
+        pipelines=pipelines,
+        drop_last=is_training,
+        os_cache=True,
+    )
     erasing = None
     if is_training and re_prob > 0:
         from timm.data.random_erasing import RandomErasing
 
-        erasing = RandomErasing(re_prob, max_area=re_max_area, mode=re_mode, max_count=re_count,
-                                device=str(device) if device is not None else "cpu")
+        erasing = RandomErasing(
+            re_prob,
+            max_area=re_max_area,
+            mode=re_mode,
+            max_count=re_count,
+            device=str(device) if device is not None else "cpu",
+        )
     batches = _FFCVBatches(loader, int(data_config["input_size"][0]), erasing)
     if is_training:
         return TrainLoader(batches, meta["classes"], n, seed=seed, rank=rank)

@@ -7,6 +7,7 @@ pixels, longest side at most 500 px, resized with OpenCV's INTER_AREA, which ffc
 ``OUTPUT/{split}.json`` with class names and sample counts. ``--write-mode jpg`` stores JPEG instead (about a
 fifth of the size; quality ``--jpeg-quality``). Needs the optional ffcv extra.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,15 @@ class _RGBArrays(Dataset):
         return np.asarray(img.convert("RGB"), dtype=np.uint8), int(target)
 
 
-def write_beton(dataset, classes: Sequence[str], output: Path, max_resolution: int = 500, jpeg_quality: int = 100,
-                write_mode: str = "raw", workers: int = 2) -> Path:
+def write_beton(
+    dataset,
+    classes: Sequence[str],
+    output: Path,
+    max_resolution: int = 500,
+    jpeg_quality: int = 100,
+    write_mode: str = "raw",
+    workers: int = 2,
+) -> Path:
     """Write ``dataset`` (PIL image, label) to ``output`` (.beton) and its class list beside it."""
     require_ffcv()
     from ffcv.fields import IntField, RGBImageField
@@ -54,8 +62,10 @@ def write_beton(dataset, classes: Sequence[str], output: Path, max_resolution: i
         raise ValueError(f"write_mode must be one of jpg, raw, smart, proportion; got {write_mode!r}")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fields = {"image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality),
-              "label": IntField()}
+    fields = {
+        "image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality),
+        "label": IntField(),
+    }
     tmp = output.with_name(f".{output.name}.tmp")
     try:
         DatasetWriter(str(tmp), fields, num_workers=max(1, workers)).from_indexed_dataset(_RGBArrays(dataset))
@@ -76,8 +86,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--splits", nargs="+", default=["train", "val"], choices=("train", "val"))
     p.add_argument("--max-resolution", type=positive_int, default=500, help="longest side stored (official: 500)")
     p.add_argument("--jpeg-quality", type=JPEG_QUALITY, default=100, help="for jpg, smart, proportion (official: 100)")
-    p.add_argument("--write-mode", default="raw", choices=("jpg", "raw", "smart", "proportion"),
-                   help="ffcv RGBImageField mode (official: raw pixels)")
+    p.add_argument(
+        "--write-mode",
+        default="raw",
+        choices=("jpg", "raw", "smart", "proportion"),
+        help="ffcv RGBImageField mode (official: raw pixels)",
+    )
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (logged) instead of stopping")
     p.add_argument("-j", "--workers", type=nonneg_int, default=4)
     try:  # checked before writing: ffcv's writer workers fail on bad values and the main process waits forever
@@ -95,8 +109,15 @@ def main(argv: Optional[List[str]] = None) -> None:
             ds = FashionMNIST(split, root=args.data_dir)
         else:
             ds = create_folder_dataset(args.data_dir, split, img_mode="RGB", skip_corrupt=args.skip_corrupt)
-        out = write_beton(ds, ds.classes, beton_path(args.output, split), args.max_resolution,
-                          args.jpeg_quality, args.write_mode, args.workers)
+        out = write_beton(
+            ds,
+            ds.classes,
+            beton_path(args.output, split),
+            args.max_resolution,
+            args.jpeg_quality,
+            args.write_mode,
+            args.workers,
+        )
         print(f"wrote {out} ({len(ds)} images, {len(ds.classes)} classes)")
 
 

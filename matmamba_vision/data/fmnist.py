@@ -1,4 +1,5 @@
 """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (gzipped IDX files)."""
+
 from __future__ import annotations
 
 import gzip
@@ -15,7 +16,16 @@ __all__ = ["FMNIST_DIR", "FMNIST_CLASSES", "fmnist_root", "read_idx", "load_fmni
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_CLASSES: List[str] = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 _PREFIX = {"train": "train", "val": "t10k"}
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -45,7 +55,7 @@ def read_idx(path: Path) -> np.ndarray:
     ndim, dtype = data[3], np.dtype(_IDX_DTYPES[data[2]])
     if len(data) < 4 + 4 * ndim or (len(data) - 4 - 4 * ndim) % dtype.itemsize:
         raise ValueError(f"{path}: truncated IDX file ({len(data)} bytes for a {ndim}-d {dtype} array)")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     array = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
         raise ValueError(f"{path}: truncated IDX file ({array.size} values for shape {shape})")
@@ -72,8 +82,13 @@ class FashionMNIST(Dataset):
 
     classes = FMNIST_CLASSES
 
-    def __init__(self, split: str = "train", root: Optional[str] = None, transform: Optional[Callable] = None,
-                 img_mode: str = "L"):
+    def __init__(
+        self,
+        split: str = "train",
+        root: Optional[str] = None,
+        transform: Optional[Callable] = None,
+        img_mode: str = "L",
+    ):
         self.images, self.targets = load_fmnist(split, root)
         self.split, self.transform, self.img_mode = split, transform, img_mode
 

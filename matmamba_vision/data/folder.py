@@ -1,4 +1,5 @@
 """ImageNet-style folders (``ROOT/train/CLASS/*.jpg``, ``ROOT/val/CLASS/*.jpg``) through timm's dataset."""
+
 from __future__ import annotations
 
 import logging
@@ -68,13 +69,19 @@ def check_images(dataset: CheckedImageDataset, max_files: int = 20000, seed: int
         path = dataset.reader.filename(i, absolute=True)
         try:
             with Image.open(path) as im:
-                im.size  # header parsed
+                _ = im.size  # header parsed
         except Exception as e:  # noqa: BLE001 - any failure here means the file cannot be used
             raise ValueError(f"unreadable image {path}: {e}") from e
 
 
-def create_folder_dataset(data_dir: str, split: str, transform: Optional[Callable] = None, img_mode: str = "RGB",
-                          skip_corrupt: bool = False, verify: bool = True) -> CheckedImageDataset:
+def create_folder_dataset(
+    data_dir: str,
+    split: str,
+    transform: Optional[Callable] = None,
+    img_mode: str = "RGB",
+    skip_corrupt: bool = False,
+    verify: bool = True,
+) -> CheckedImageDataset:
     """One split of an ImageNet-style folder; missing or empty folders, class lists that differ between
     ``train`` and ``val``, and (with ``verify`` and no ``skip_corrupt``) unreadable files raise ValueError."""
     if not data_dir or not Path(data_dir).is_dir():
@@ -93,14 +100,19 @@ def create_folder_dataset(data_dir: str, split: str, transform: Optional[Callabl
         parts = [Path(f).relative_to(path).parts for f, _ in reader_ds.reader.samples]
         nested = next((p for p in parts if len(p) != 2), None)
         if nested is not None:  # timm's reader would name the class after the innermost folder
-            raise ValueError(f"data_dir: {path / Path(*nested)} is not directly in a class folder; the layout is "
-                             f"DATA_DIR/{split}/CLASS/IMAGE (no images at the top, no nested folders)")
+            raise ValueError(
+                f"data_dir: {path / Path(*nested)} is not directly in a class folder; the layout is "
+                f"DATA_DIR/{split}/CLASS/IMAGE (no images at the top, no nested folders)"
+            )
         used = {p[0] for p in parts}
-        empty = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in used)
+        empty = sorted(
+            d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in used
+        )
         if empty:
             raise ValueError(f"data_dir: class folders without images in {path}: {empty[:10]}")
-        return CheckedImageDataset(str(path), reader=reader_ds.reader, input_img_mode=img_mode, transform=tf,
-                                   skip_corrupt=skip_corrupt)
+        return CheckedImageDataset(
+            str(path), reader=reader_ds.reader, input_img_mode=img_mode, transform=tf, skip_corrupt=skip_corrupt
+        )
 
     dataset = load(root, transform)
     other_split = "val" if split == "train" else "train"

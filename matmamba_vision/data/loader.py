@@ -8,6 +8,7 @@ Both return an object that iterates over ``(images float tensor, targets long te
 - ``'folder'``: ``data_dir/train/CLASS/*`` and ``data_dir/val/CLASS/*`` through timm's dataset;
 - ``'ffcv'``: ``data_dir/{train,val}.beton`` written by ``python -m matmamba_vision.data.ffcv_writer``.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,17 +19,39 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from .batches import (
-    EvalLoader, ResumableDistributedSampler, ShardSampler, TensorTrainLoader, TrainLoader, ignore_preemption_signals,
+    EvalLoader,
+    ResumableDistributedSampler,
+    ShardSampler,
+    TensorTrainLoader,
+    TrainLoader,
+    ignore_preemption_signals,
 )
 from .ffcv_pipeline import beton_path, create_ffcv_loader, ffcv_meta_path
-from .fmnist import FashionMNIST, load_fmnist, FMNIST_CLASSES
+from .fmnist import FMNIST_CLASSES, FashionMNIST, load_fmnist
 from .folder import create_folder_dataset
-from .transforms import (TensorAugment, create_eval_transform, create_train_transform, image_mode, official_aa,
-                         to_channels)
+from .transforms import (
+    TensorAugment,
+    create_eval_transform,
+    create_train_transform,
+    image_mode,
+    official_aa,
+    to_channels,
+)
 
-__all__ = ["DATASETS", "resolve_dataset", "dataset_classes", "EvalLoader", "TrainLoader", "TensorTrainLoader", "ShardSampler",
-           "ResumableDistributedSampler",
-           "create_eval_loader", "create_train_loader", "fmnist_data_config", "error_line"]
+__all__ = [
+    "DATASETS",
+    "resolve_dataset",
+    "dataset_classes",
+    "EvalLoader",
+    "TrainLoader",
+    "TensorTrainLoader",
+    "ShardSampler",
+    "ResumableDistributedSampler",
+    "create_eval_loader",
+    "create_train_loader",
+    "fmnist_data_config",
+    "error_line",
+]
 
 DATASETS = ("", "fmnist", "folder", "ffcv")
 
@@ -58,8 +81,9 @@ def _in_chans(data_config: dict) -> int:
 def fmnist_data_config(in_chans: int = 1) -> dict:
     """A data config for Fashion-MNIST when no model config is given (28 px, its own mean/std)."""
     mean, std = (0.2860,) * in_chans, (0.3530,) * in_chans
-    return dict(input_size=(in_chans, 28, 28), interpolation="bilinear", mean=mean, std=std, crop_pct=1.0,
-                crop_mode="center")
+    return dict(
+        input_size=(in_chans, 28, 28), interpolation="bilinear", mean=mean, std=std, crop_pct=1.0, crop_mode="center"
+    )
 
 
 def error_line(error: BaseException) -> str:
@@ -72,12 +96,14 @@ def error_line(error: BaseException) -> str:
     return text
 
 
-def _folder_or_fmnist_dataset(kind: str, data_dir: Optional[str], split: str, transform, in_chans: int,
-                              skip_corrupt: bool = False):
+def _folder_or_fmnist_dataset(
+    kind: str, data_dir: Optional[str], split: str, transform, in_chans: int, skip_corrupt: bool = False
+):
     if kind == "fmnist":
         return FashionMNIST(split, root=data_dir, transform=transform, img_mode=image_mode(in_chans))
-    return create_folder_dataset(data_dir, split, transform=transform, img_mode=image_mode(in_chans),
-                                 skip_corrupt=skip_corrupt)
+    return create_folder_dataset(
+        data_dir, split, transform=transform, img_mode=image_mode(in_chans), skip_corrupt=skip_corrupt
+    )
 
 
 def dataset_classes(dataset: str = "", data_dir: Optional[str] = None, split: str = "train") -> list:
@@ -93,10 +119,17 @@ def dataset_classes(dataset: str = "", data_dir: Optional[str] = None, split: st
     return create_folder_dataset(data_dir, split, verify=False).classes
 
 
-def create_eval_loader(dataset: str = "", data_dir: Optional[str] = None, split: str = "val",
-                       data_config: Optional[dict] = None, batch_size: int = 256, workers: int = 2,
-                       distributed: bool = False, skip_corrupt: bool = False,
-                       max_samples: Optional[int] = None) -> EvalLoader:
+def create_eval_loader(
+    dataset: str = "",
+    data_dir: Optional[str] = None,
+    split: str = "val",
+    data_config: Optional[dict] = None,
+    batch_size: int = 256,
+    workers: int = 2,
+    distributed: bool = False,
+    skip_corrupt: bool = False,
+    max_samples: Optional[int] = None,
+) -> EvalLoader:
     """An evaluation loader of ``split`` ('train' or 'val'; Fashion-MNIST's 'val' is its 10k test set) with
     evaluation transforms only (resize, centre crop, normalise), in dataset order; ``max_samples``: only that
     many images, spread evenly over the split.
@@ -114,26 +147,58 @@ def create_eval_loader(dataset: str = "", data_dir: Optional[str] = None, split:
     data_config = dict(data_config or fmnist_data_config())
     rank, world = _rank_world(distributed)
     if kind == "ffcv":
-        return create_ffcv_loader(data_dir, split, data_config, batch_size, workers, is_training=False,
-                                  rank=rank, world=world, max_samples=max_samples)
-    ds = _folder_or_fmnist_dataset(kind, data_dir, split, create_eval_transform(data_config), _in_chans(data_config),
-                                   skip_corrupt)
+        return create_ffcv_loader(
+            data_dir,
+            split,
+            data_config,
+            batch_size,
+            workers,
+            is_training=False,
+            rank=rank,
+            world=world,
+            max_samples=max_samples,
+        )
+    ds = _folder_or_fmnist_dataset(
+        kind, data_dir, split, create_eval_transform(data_config), _in_chans(data_config), skip_corrupt
+    )
     sampler = ShardSampler(len(ds), rank, world, max_samples)
-    loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                        worker_init_fn=ignore_preemption_signals)
+    loader = DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=ignore_preemption_signals,
+    )
     classes = ds.classes
     return EvalLoader(loader, classes, len(ds), ds)
 
 
-def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split: str = "train",
-                        data_config: Optional[dict] = None, batch_size: int = 256, workers: int = 2,
-                        distributed: bool = False, seed: int = 0, auto_augment: Optional[str] = None,
-                        color_jitter: float = 0.0, color_jitter_prob: Optional[float] = None,
-                        re_prob: float = 0.0, re_mode: str = "pixel", re_count: int = 1,
-                        scale: Optional[Sequence[float]] = None, ratio: Optional[Sequence[float]] = None,
-                        hflip: float = 0.5, translate: int = 0, skip_corrupt: bool = False, fast_fmnist: bool = True,
-                        device: Optional[torch.device] = None, re_max_area: float = 1 / 3) -> TrainLoader:
+def create_train_loader(
+    dataset: str = "",
+    data_dir: Optional[str] = None,
+    split: str = "train",
+    data_config: Optional[dict] = None,
+    batch_size: int = 256,
+    workers: int = 2,
+    distributed: bool = False,
+    seed: int = 0,
+    auto_augment: Optional[str] = None,
+    color_jitter: float = 0.0,
+    color_jitter_prob: Optional[float] = None,
+    re_prob: float = 0.0,
+    re_mode: str = "pixel",
+    re_count: int = 1,
+    scale: Optional[Sequence[float]] = None,
+    ratio: Optional[Sequence[float]] = None,
+    hflip: float = 0.5,
+    translate: int = 0,
+    skip_corrupt: bool = False,
+    fast_fmnist: bool = True,
+    device: Optional[torch.device] = None,
+    re_max_area: float = 1 / 3,
+) -> TrainLoader:
     """A shuffled training loader; ``batch_size`` is this rank's batch per optimiser step (the global batch
     divided by the world size), and the last partial batch is dropped.
 
@@ -149,32 +214,80 @@ def create_train_loader(dataset: str = "", data_dir: Optional[str] = None, split
     rank, world = _rank_world(distributed)
     if kind == "ffcv":
         if (auto_augment and official_aa(auto_augment) is None) or color_jitter:
-            raise ValueError("--aa (timm's policies) and --color-jitter are not available with --dataset ffcv (they "
-                             "are PIL transforms; ffcv's pipeline runs compiled code): use --aa official (or "
-                             "official-fixed), train from the image folder, or turn them off with --aa '' "
-                             "--color-jitter 0")
-        return create_ffcv_loader(data_dir, split, data_config, batch_size, workers, is_training=True,
-                                  rank=rank, world=world, seed=seed, scale=scale, ratio=ratio, hflip=hflip,
-                                  device=device, re_prob=re_prob, re_mode=re_mode, re_count=re_count,
-                                  auto_augment=auto_augment, re_max_area=re_max_area)
-    if (kind == "fmnist" and fast_fmnist and not auto_augment and not color_jitter
-            and tuple(data_config["input_size"][1:]) == (28, 28)):  # other sizes: timm's transforms (resize)
+            raise ValueError(
+                "--aa (timm's policies) and --color-jitter are not available with --dataset ffcv (they "
+                "are PIL transforms; ffcv's pipeline runs compiled code): use --aa official (or "
+                "official-fixed), train from the image folder, or turn them off with --aa '' "
+                "--color-jitter 0"
+            )
+        return create_ffcv_loader(
+            data_dir,
+            split,
+            data_config,
+            batch_size,
+            workers,
+            is_training=True,
+            rank=rank,
+            world=world,
+            seed=seed,
+            scale=scale,
+            ratio=ratio,
+            hflip=hflip,
+            device=device,
+            re_prob=re_prob,
+            re_mode=re_mode,
+            re_count=re_count,
+            auto_augment=auto_augment,
+            re_max_area=re_max_area,
+        )
+    if (
+        kind == "fmnist"
+        and fast_fmnist
+        and not auto_augment
+        and not color_jitter
+        and tuple(data_config["input_size"][1:]) == (28, 28)
+    ):  # other sizes: timm's transforms (resize)
         images, targets = load_fmnist(split, data_dir)
         images = to_channels(images.unsqueeze(1), in_chans)
-        augment = TensorAugment(data_config["mean"], data_config["std"], pad=translate, hflip=hflip, re_prob=re_prob,
-                                re_mode=re_mode, re_count=re_count, re_max_area=re_max_area)
+        augment = TensorAugment(
+            data_config["mean"],
+            data_config["std"],
+            pad=translate,
+            hflip=hflip,
+            re_prob=re_prob,
+            re_mode=re_mode,
+            re_count=re_count,
+            re_max_area=re_max_area,
+        )
         if len(targets) < batch_size * world:
             raise ValueError(f"batch size {batch_size * world} exceeds the {len(targets)} training images")
         return TensorTrainLoader(images, targets, FMNIST_CLASSES, batch_size, augment, seed, rank, world)
-    transform = create_train_transform(data_config, auto_augment, color_jitter, color_jitter_prob, re_prob,
-                                       re_mode, re_count, scale, ratio, hflip, re_max_area)
+    transform = create_train_transform(
+        data_config,
+        auto_augment,
+        color_jitter,
+        color_jitter_prob,
+        re_prob,
+        re_mode,
+        re_count,
+        scale,
+        ratio,
+        hflip,
+        re_max_area,
+    )
     ds = _folder_or_fmnist_dataset(kind, data_dir, split, transform, in_chans, skip_corrupt)
     if len(ds) < batch_size * world:
         raise ValueError(f"batch size {batch_size * world} exceeds the {len(ds)} images of {data_dir or kind}/{split}")
     sampler = ResumableDistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
-                        persistent_workers=False, pin_memory=torch.cuda.is_available(),
-                        worker_init_fn=ignore_preemption_signals,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=ignore_preemption_signals,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return TrainLoader(loader, ds.classes, len(ds), ds, sampler=sampler, seed=seed, rank=rank)
-

@@ -1,6 +1,7 @@
 """Does the data fit the model's input config? One-line warnings when the images' channels differ from the
 model's ``in_chans``, or when the normalisation statistics are the model's pretrained ones stretched to another
 channel count (e.g. Fashion-MNIST's grey mean repeated over an RGB folder's three channels)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,7 @@ def _folder_image_channels(root: Path) -> Optional[int]:
                 with Image.open(path) as im:  # the header only
                     return 1 if Image.getmodebase(im.mode) == "L" else 3
             except Exception:  # noqa: BLE001 - not an image: try the next file (unreadable images are reported
-                continue       # by the loader, with --skip-corrupt's choice)
+                continue  # by the loader, with --skip-corrupt's choice)
     return None
 
 
@@ -45,8 +46,9 @@ def _stretched(stats: List[float], in_chans: int) -> List[float]:
     return [sum(stats) / len(stats)] if in_chans == 1 else stats
 
 
-def data_mismatch_warnings(model: Any, data_config: Dict[str, Any], channels: Optional[int],
-                           split: str = "train") -> List[str]:
+def data_mismatch_warnings(
+    model: Any, data_config: Dict[str, Any], channels: Optional[int], split: str = "train"
+) -> List[str]:
     """One line per mismatch between the data and ``model``'s config (empty when they fit): the images'
     ``channels`` (None: unknown) against ``data_config``'s input channels, and mean/std that are the model's
     pretrained statistics for another channel count (not given for this data)."""
@@ -54,17 +56,24 @@ def data_mismatch_warnings(model: Any, data_config: Dict[str, Any], channels: Op
     name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
     lines = []
     if channels is not None and channels != in_chans:
-        lines.append(f"the {split} images have {channels} channel{'s' * (channels > 1)} but {name} takes {in_chans} "
-                     f"(in_chans): they are converted to {'grey' if in_chans == 1 else 'RGB'}; set --in-chans "
-                     f"{channels} to use them as they are")
+        lines.append(
+            f"the {split} images have {channels} channel{'s' * (channels > 1)} but {name} takes {in_chans} "
+            f"(in_chans): they are converted to {'grey' if in_chans == 1 else 'RGB'}; set --in-chans "
+            f"{channels} to use them as they are"
+        )
     cfg = getattr(model, "pretrained_cfg", None) or {}
     own = {k: [float(v) for v in cfg[k]] for k in ("mean", "std") if cfg.get(k) is not None}
     used = {k: [float(v) for v in data_config[k]] for k in ("mean", "std")}
-    if (len(own) == 2 and len(own["mean"]) != in_chans
-            and all(used[k] == _stretched(own[k], in_chans) for k in ("mean", "std"))):
+    if (
+        len(own) == 2
+        and len(own["mean"]) != in_chans
+        and all(used[k] == _stretched(own[k], in_chans) for k in ("mean", "std"))
+    ):
         how = "repeated" if len(own["mean"]) == 1 else "averaged"
-        lines.append(f"the {split} images are normalised with {name}'s {len(own['mean'])}-channel statistics "
-                     f"{how} over {in_chans} (mean {used['mean']}, std {used['std']}), not this data's; give "
-                     f"statistics of this data (--mean/--std, or --model-kwargs "
-                     f"\"{{pretrained_cfg_overlay: {{mean: [...], std: [...]}}}}\")")
+        lines.append(
+            f"the {split} images are normalised with {name}'s {len(own['mean'])}-channel statistics "
+            f"{how} over {in_chans} (mean {used['mean']}, std {used['std']}), not this data's; give "
+            f"statistics of this data (--mean/--std, or --model-kwargs "
+            f'"{{pretrained_cfg_overlay: {{mean: [...], std: [...]}}}}")'
+        )
     return lines

@@ -17,6 +17,7 @@ unwritten). The kernels run on (H, W, 3) uint8 arrays and are compiled with numb
 the image-folder path (:class:`OfficialRandAugment`, a PIL transform) and the FFCV path
 (:mod:`matmamba_vision.data.ffcv_ops`).
 """
+
 from __future__ import annotations
 
 import random
@@ -27,8 +28,23 @@ from numba import njit
 
 __all__ = ["OP_NAMES", "SIGNED", "op_magnitudes", "apply_op", "draw_op", "OfficialRandAugment"]
 
-OP_NAMES = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
-            "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert")
+OP_NAMES = (
+    "Identity",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "Rotate",
+    "Brightness",
+    "Color",
+    "Contrast",
+    "Sharpness",
+    "Posterize",
+    "Solarize",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+)
 # ops whose magnitude is negated with probability 0.5 (the others keep their sign)
 SIGNED = np.array([0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0], dtype=np.bool_)
 NUM_BINS = 31
@@ -44,8 +60,25 @@ def op_magnitudes(magnitude: int = 9, num_bins: int = NUM_BINS) -> np.ndarray:
     lin = lambda top: np.linspace(0.0, top, num_bins)[k]  # noqa: E731
     enhance = lin(0.9)
     bits = 8 - np.round(k / ((num_bins - 1) / 4))
-    return np.array([0.0, lin(0.3), lin(0.3), lin(150.0 / 331.0), lin(150.0 / 331.0), lin(30.0), enhance, enhance,
-                     enhance, enhance, bits, np.linspace(255.0, 0.0, num_bins)[k], 0.0, 0.0, 0.0])
+    return np.array(
+        [
+            0.0,
+            lin(0.3),
+            lin(0.3),
+            lin(150.0 / 331.0),
+            lin(150.0 / 331.0),
+            lin(30.0),
+            enhance,
+            enhance,
+            enhance,
+            enhance,
+            bits,
+            np.linspace(255.0, 0.0, num_bins)[k],
+            0.0,
+            0.0,
+            0.0,
+        ]
+    )
 
 
 @njit(cache=True)
@@ -243,8 +276,6 @@ def apply_op(src, dst, idx, mag, fixed):
         dst[:] = 255 - src
 
 
-
-
 def draw_op(rng: random.Random, magnitudes: np.ndarray) -> Tuple[int, float]:
     """One op and its signed magnitude, drawn as the official loop draws them (op uniform over 15; then
     a uniform number below 0.5 negates the magnitude of a signed op)."""
@@ -279,5 +310,7 @@ class OfficialRandAugment:
         return out if mode == "RGB" else out.convert(mode)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(num_ops={self.num_ops}, magnitude={self.magnitude}, "
-                f"{'official-fixed' if self.fixed else 'official'})")
+        return (
+            f"{type(self).__name__}(num_ops={self.num_ops}, magnitude={self.magnitude}, "
+            f"{'official-fixed' if self.fixed else 'official'})"
+        )

@@ -1,5 +1,6 @@
 """The one place for transforms: timm's train/eval pipelines, mixup/cutmix, and the tensor-side
 augmentation of the preloaded Fashion-MNIST fast path."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -7,12 +8,23 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup, create_transform, resolve_data_config
-from timm.data.transforms_factory import transforms_imagenet_train
 from timm.data.random_erasing import RandomErasing
+from timm.data.transforms_factory import transforms_imagenet_train
 from torchvision.transforms import RandomHorizontalFlip
 
-__all__ = ["AA_OFFICIAL", "official_aa", "image_mode", "model_data_config", "create_eval_transform", "create_train_transform", "create_mixup", "TensorAugment",
-           "normalize_uint8", "split_batch", "to_channels"]
+__all__ = [
+    "AA_OFFICIAL",
+    "official_aa",
+    "image_mode",
+    "model_data_config",
+    "create_eval_transform",
+    "create_train_transform",
+    "create_mixup",
+    "TensorAugment",
+    "normalize_uint8",
+    "split_batch",
+    "to_channels",
+]
 
 
 # our --aa values for the official run's RandAugment (data/official_randaugment.py): quirks kept / corrected
@@ -24,8 +36,10 @@ def official_aa(aa: Optional[str]) -> Optional[bool]:
     if not aa or not aa.startswith("official"):
         return None
     if aa not in AA_OFFICIAL:
-        raise ValueError(f"--aa must be {AA_OFFICIAL[0]!r} (the official RandAugment, its quirks kept), "
-                         f"{AA_OFFICIAL[1]!r} (TranslateY and Equalize corrected) or a timm policy, got {aa!r}")
+        raise ValueError(
+            f"--aa must be {AA_OFFICIAL[0]!r} (the official RandAugment, its quirks kept), "
+            f"{AA_OFFICIAL[1]!r} (TranslateY and Equalize corrected) or a timm policy, got {aa!r}"
+        )
     return aa == "official-fixed"
 
 
@@ -35,12 +49,15 @@ def official_randaugment(fixed: bool, ffcv: bool = False):
     try:
         if ffcv:
             from .ffcv_ops import OfficialRandAugmentOp
+
             return OfficialRandAugmentOp(fixed=fixed)
         from .official_randaugment import OfficialRandAugment
+
         return OfficialRandAugment(fixed=fixed)
     except ImportError as e:
-        raise ValueError(f"--aa {AA_OFFICIAL[int(fixed)]} needs numba: pip install 'matmamba-vision[augment]' ({e})") \
-            from e
+        raise ValueError(
+            f"--aa {AA_OFFICIAL[int(fixed)]} needs numba: pip install 'matmamba-vision[augment]' ({e})"
+        ) from e
 
 
 def image_mode(in_chans: int) -> str:
@@ -105,11 +122,20 @@ def create_train_transform(
     fixed = official_aa(auto_augment)
     # timm's train pipeline itself: create_transform does not pass force_color_jitter on
     pipeline = transforms_imagenet_train(
-        tuple(cfg["input_size"][-2:]), interpolation=cfg.get("interpolation", "bilinear"), mean=cfg["mean"],
-        std=cfg["std"], auto_augment=(auto_augment or None) if fixed is None else None, color_jitter=color_jitter,
-        color_jitter_prob=color_jitter_prob, force_color_jitter=bool(color_jitter), re_prob=re_prob,
-        re_mode=re_mode, re_count=re_count,
-        scale=tuple(scale) if scale else None, ratio=tuple(ratio) if ratio else None, hflip=hflip,
+        tuple(cfg["input_size"][-2:]),
+        interpolation=cfg.get("interpolation", "bilinear"),
+        mean=cfg["mean"],
+        std=cfg["std"],
+        auto_augment=(auto_augment or None) if fixed is None else None,
+        color_jitter=color_jitter,
+        color_jitter_prob=color_jitter_prob,
+        force_color_jitter=bool(color_jitter),
+        re_prob=re_prob,
+        re_mode=re_mode,
+        re_count=re_count,
+        scale=tuple(scale) if scale else None,
+        ratio=tuple(ratio) if ratio else None,
+        hflip=hflip,
     )
     steps = pipeline.transforms
     if fixed is not None:  # after the crop and flip, as the official pipeline
@@ -120,13 +146,27 @@ def create_train_transform(
     return pipeline
 
 
-def create_mixup(mixup: float = 0.0, cutmix: float = 0.0, smoothing: float = 0.0, num_classes: int = 1000,
-                 prob: float = 1.0, switch_prob: float = 0.5, mode: str = "batch") -> Optional[Mixup]:
+def create_mixup(
+    mixup: float = 0.0,
+    cutmix: float = 0.0,
+    smoothing: float = 0.0,
+    num_classes: int = 1000,
+    prob: float = 1.0,
+    switch_prob: float = 0.5,
+    mode: str = "batch",
+) -> Optional[Mixup]:
     """timm's Mixup/CutMix (with label smoothing folded into the soft targets), or None when both are off."""
     if mixup <= 0 and cutmix <= 0:
         return None
-    return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=prob, switch_prob=switch_prob, mode=mode,
-                 label_smoothing=smoothing, num_classes=num_classes)
+    return Mixup(
+        mixup_alpha=mixup,
+        cutmix_alpha=cutmix,
+        prob=prob,
+        switch_prob=switch_prob,
+        mode=mode,
+        label_smoothing=smoothing,
+        num_classes=num_classes,
+    )
 
 
 def normalize_uint8(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -142,18 +182,30 @@ class TensorAugment:
     ``re_count`` boxes). Randomness comes from the given generator (and torch's global RNG for erasing), so
     runs replay."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], pad: int = 2, hflip: float = 0.5,
-                 re_prob: float = 0.0, re_mode: str = "pixel", re_count: int = 1, re_max_area: float = 1 / 3):
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        pad: int = 2,
+        hflip: float = 0.5,
+        re_prob: float = 0.0,
+        re_mode: str = "pixel",
+        re_count: int = 1,
+        re_max_area: float = 1 / 3,
+    ):
         self.mean, self.std, self.pad, self.hflip = tuple(mean), tuple(std), pad, hflip
-        self.erase = (RandomErasing(re_prob, max_area=re_max_area, mode=re_mode, max_count=re_count, device="cpu")
-                      if re_prob > 0 else None)
+        self.erase = (
+            RandomErasing(re_prob, max_area=re_max_area, mode=re_mode, max_count=re_count, device="cpu")
+            if re_prob > 0
+            else None
+        )
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, _, h, w = images.shape
         if self.pad:
             padded = F.pad(images, (self.pad,) * 4)
             shifts = torch.randint(0, 2 * self.pad + 1, (b, 2), generator=generator).tolist()
-            images = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(shifts)])
+            images = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(shifts)])
         if self.hflip > 0:
             flip = torch.rand(b, generator=generator) < self.hflip
             images = torch.where(flip.view(b, 1, 1, 1), images.flip(-1), images)
@@ -177,4 +229,3 @@ def to_channels(images: torch.Tensor, in_chans: int) -> torch.Tensor:
     if images.shape[1] == 1:
         return images.expand(-1, in_chans, -1, -1).contiguous()
     raise ValueError(f"cannot convert {images.shape[1]}-channel images to in_chans={in_chans}")
-

@@ -6,24 +6,74 @@
 - :mod:`.report` result files, tables, Pareto fronts and plots; :mod:`.cli` what validate.py and retrieval.py
   share.
 """
+
 from ..accuracy import AccuracyMeter, topk_correct
-from .classification import config_costs, evaluate_configs, validate_configs, validation_tables, write_validation_outputs
+from .classification import (
+    config_costs,
+    evaluate_configs,
+    validate_configs,
+    validation_tables,
+    write_validation_outputs,
+)
 from .embeddings import EmbeddingCache, EmbeddingSet, embed_splits, file_sha256, state_dict_sha256
 from .report import pareto_front, plot_retrieval, plot_tradeoff
 from .retrieval import (
-    KNN_BACKENDS, Baseline, faiss_available, knn_search, resolve_backend, retrieval_metrics, retrieval_table,
-    run_retrieval, score_pair, write_retrieval_outputs,
+    KNN_BACKENDS,
+    Baseline,
+    faiss_available,
+    knn_search,
+    resolve_backend,
+    retrieval_metrics,
+    retrieval_table,
+    run_retrieval,
+    score_pair,
+    write_retrieval_outputs,
 )
 from .submodels import (
-    SubmodelConfig, dedupe_configs, dims_name, load_config_file, official_sweep, parse_granularities, parse_mixnmatch,
-    random_configs, uniform_configs,
+    SubmodelConfig,
+    dedupe_configs,
+    dims_name,
+    load_config_file,
+    official_sweep,
+    parse_granularities,
+    parse_mixnmatch,
+    random_configs,
+    uniform_configs,
 )
 
 __all__ = [
-    "AccuracyMeter", "topk_correct", "SubmodelConfig", "dedupe_configs", "dims_name", "load_config_file",
-    "official_sweep", "parse_granularities", "parse_mixnmatch", "random_configs", "uniform_configs", "EmbeddingCache",
-    "EmbeddingSet", "embed_splits", "file_sha256", "state_dict_sha256", "KNN_BACKENDS", "faiss_available",
-    "knn_search", "resolve_backend", "pareto_front", "plot_retrieval", "plot_tradeoff",
-    "Baseline", "retrieval_table", "run_retrieval", "score_pair", "write_retrieval_outputs", "retrieval_metrics",
-    "config_costs", "evaluate_configs", "validate_configs", "validation_tables", "write_validation_outputs",
+    "AccuracyMeter",
+    "topk_correct",
+    "SubmodelConfig",
+    "dedupe_configs",
+    "dims_name",
+    "load_config_file",
+    "official_sweep",
+    "parse_granularities",
+    "parse_mixnmatch",
+    "random_configs",
+    "uniform_configs",
+    "EmbeddingCache",
+    "EmbeddingSet",
+    "embed_splits",
+    "file_sha256",
+    "state_dict_sha256",
+    "KNN_BACKENDS",
+    "faiss_available",
+    "knn_search",
+    "resolve_backend",
+    "pareto_front",
+    "plot_retrieval",
+    "plot_tradeoff",
+    "Baseline",
+    "retrieval_table",
+    "run_retrieval",
+    "score_pair",
+    "write_retrieval_outputs",
+    "retrieval_metrics",
+    "config_costs",
+    "evaluate_configs",
+    "validate_configs",
+    "validation_tables",
+    "write_validation_outputs",
 ]

@@ -1,5 +1,6 @@
 """Classification of many submodels in one data pass (each batch decoded once, every submodel run on it):
 top-1, top-5 and loss, parameters and GFLOPs, Pareto membership, and the result files and tables."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,16 @@ from ..models.matmamba_vision import MatMambaVision
 from .report import format_table, pareto_front, plot_tradeoff, write_csv, write_json
 from .submodels import SubmodelConfig
 
-__all__ = ["evaluate_configs", "config_costs", "autocast_context", "iterate_batches", "validate_configs",
-           "write_validation_outputs", "validation_tables", "CSV_COLUMNS"]
+__all__ = [
+    "evaluate_configs",
+    "config_costs",
+    "autocast_context",
+    "iterate_batches",
+    "validate_configs",
+    "write_validation_outputs",
+    "validation_tables",
+    "CSV_COLUMNS",
+]
 
 
 def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
@@ -41,7 +50,7 @@ def iterate_batches(
     bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=1.0)
     for step, (images, targets) in enumerate(loader):
         if max_samples is not None:
-            images, targets = images[:max_samples - seen], targets[:max_samples - seen]
+            images, targets = images[: max_samples - seen], targets[: max_samples - seen]
         seen += targets.shape[0]
         bar.update(targets.shape[0])
         if log_freq and step % log_freq == 0:
@@ -93,7 +102,9 @@ def evaluate_configs(
     return rows
 
 
-def config_costs(model: MatMambaVision, config: SubmodelConfig, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> dict:
+def config_costs(
+    model: MatMambaVision, config: SubmodelConfig, img_size: Optional[Union[int, Tuple[int, int]]] = None
+) -> dict:
     """Parameters (total, non-embedding) and GFLOPs of one image's forward for ``config``."""
     dims = list(config.dims)
     return dict(
@@ -103,8 +114,21 @@ def config_costs(model: MatMambaVision, config: SubmodelConfig, img_size: Option
     )
 
 
-CSV_COLUMNS = ("name", "kind", "trained", "dims", "params", "params_non_embedding", "gflops", "top1", "top5",
-               "loss", "samples", "pareto_params", "pareto_gflops")
+CSV_COLUMNS = (
+    "name",
+    "kind",
+    "trained",
+    "dims",
+    "params",
+    "params_non_embedding",
+    "gflops",
+    "top1",
+    "top5",
+    "loss",
+    "samples",
+    "pareto_params",
+    "pareto_gflops",
+)
 
 
 def validate_configs(
@@ -119,20 +143,33 @@ def validate_configs(
     log_freq: int = 0,
 ) -> List[Dict[str, Any]]:
     """One row per configuration: accuracy (one data pass for all), parameters, GFLOPs, Pareto flags."""
-    rows = evaluate_configs(model, loader, configs, device=device, amp_dtype=amp_dtype, max_samples=max_samples,
-                            share_prefix=share_prefix, log_freq=log_freq, desc="validate")
+    rows = evaluate_configs(
+        model,
+        loader,
+        configs,
+        device=device,
+        amp_dtype=amp_dtype,
+        max_samples=max_samples,
+        share_prefix=share_prefix,
+        log_freq=log_freq,
+        desc="validate",
+    )
     for cfg, row in zip(tqdm(configs, desc="params/FLOPs", unit="cfg", disable=len(configs) < 8), rows):
         row.update(config_costs(model, cfg, img_size))
     for key in ("params", "gflops"):
-        front = set(pareto_front([r["params_non_embedding" if key == "params" else key] for r in rows],
-                                 [r["top1"] for r in rows]))
+        front = set(
+            pareto_front(
+                [r["params_non_embedding" if key == "params" else key] for r in rows], [r["top1"] for r in rows]
+            )
+        )
         for i, r in enumerate(rows):
             r[f"pareto_{key}"] = i in front
     return rows
 
 
-def write_validation_outputs(rows: Sequence[Dict[str, Any]], out_dir: os.PathLike, meta: Dict[str, Any],
-                             stem: str = "validate", title: str = "") -> Dict[str, Path]:
+def write_validation_outputs(
+    rows: Sequence[Dict[str, Any]], out_dir: os.PathLike, meta: Dict[str, Any], stem: str = "validate", title: str = ""
+) -> Dict[str, Path]:
     """``<stem>.csv``, ``<stem>.json`` (meta + rows) and ``<stem>.png`` in ``out_dir``."""
     out_dir = Path(out_dir)
     paths = {
@@ -154,7 +191,8 @@ def validation_tables(rows: Sequence[Dict[str, Any]], markdown: bool = False) ->
         parts.append("Per granularity:" + gap + format_table(uniform, cols, heads, fmt, markdown))
     if len(uniform) < len(rows):
         front = [r for r in sorted(rows, key=lambda r: r["params_non_embedding"]) if r["pareto_params"]]
-        parts.append(f"Mix'n'match Pareto front (top-1 vs non-embedding params), {len(front)} of {len(rows)} "
-                     "configurations:" + gap
-                     + format_table(front, cols, ["configuration"] + heads[1:], fmt, markdown))
+        parts.append(
+            f"Mix'n'match Pareto front (top-1 vs non-embedding params), {len(front)} of {len(rows)} "
+            "configurations:" + gap + format_table(front, cols, ["configuration"] + heads[1:], fmt, markdown)
+        )
     return "\n\n".join(parts)

@@ -1,4 +1,5 @@
 """What validate.py and retrieval.py share: timm-style flags, building the model, data config and loaders."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,50 +20,88 @@ from ..runtime import check_output_dir, resolve_device
 from ..weights import CheckpointFile, build_model, read_checkpoint
 
 __all__ = [
-    "add_common_args", "model_from_args", "data_config_from_args", "loader_from_args", "resolve_device",
-    "amp_dtype_from_args", "output_dir_from_args", "check_outputs", "check_same_classes", "build_baseline", "data_identity",
-    "read_checkpoint_from_args", "trained_levels",
+    "add_common_args",
+    "model_from_args",
+    "data_config_from_args",
+    "loader_from_args",
+    "resolve_device",
+    "amp_dtype_from_args",
+    "output_dir_from_args",
+    "check_outputs",
+    "check_same_classes",
+    "build_baseline",
+    "data_identity",
+    "read_checkpoint_from_args",
+    "trained_levels",
 ]
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags both scripts take, named as in timm's validate.py where timm has one."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model", "-m", default=None, help="timm model name (default: the one recorded in a train.py "
-                   f"checkpoint, else {DEFAULT_MODEL})")
+    g.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help=f"timm model name (default: the one recorded in a train.py checkpoint, else {DEFAULT_MODEL})",
+    )
     g.add_argument("--pretrained", action="store_true", help="load the official weights from the hub")
     g.add_argument("--checkpoint", default="", help="our safetensors checkpoint or an official pytorch_model.bin")
     g.add_argument("--num-classes", type=positive_int, default=None, help="classifier classes (default: the model's)")
     g.add_argument("--img-size", type=positive_int, default=None, help="input image size (default: the model's)")
     g.add_argument("--in-chans", type=positive_int, default=None, help="input channels (default: the model's)")
-    g.add_argument("--model-kwargs", nargs="*", default={}, action=ModelKwargs, metavar="KEY=VALUE",
-                   help="extra timm.create_model kwargs: embed_dim=64 depth=4, or '{embed_dim: 64, depth: 4}' "
-                   "(added to, and overriding, those recorded in a train.py checkpoint of the same model)")
+    g.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        default={},
+        action=ModelKwargs,
+        metavar="KEY=VALUE",
+        help="extra timm.create_model kwargs: embed_dim=64 depth=4, or '{embed_dim: 64, depth: 4}' "
+        "(added to, and overriding, those recorded in a train.py checkpoint of the same model)",
+    )
     d = parser.add_argument_group("data")
-    d.add_argument("--dataset", default="", help="'' (Fashion-MNIST without --data-dir, else an ImageNet-style "
-                   "folder), 'fmnist', 'folder' or 'ffcv'")
+    d.add_argument(
+        "--dataset",
+        default="",
+        help="'' (Fashion-MNIST without --data-dir, else an ImageNet-style folder), 'fmnist', 'folder' or 'ffcv'",
+    )
     d.add_argument("--data-dir", default=None, help="dataset root (default: the Fashion-MNIST package)")
     d.add_argument("--batch-size", "-b", type=positive_int, default=256)
     d.add_argument("--workers", "-j", type=nonneg_int, default=2)
-    d.add_argument("--crop-pct", type=positive_fraction, default=None,
-                   help="centre-crop fraction (default: the model's cfg)")
-    d.add_argument("--interpolation", default="", choices=("", "bilinear", "bicubic", "nearest", "random"),
-                   help="resize interpolation (default: the model's cfg)")
+    d.add_argument(
+        "--crop-pct", type=positive_fraction, default=None, help="centre-crop fraction (default: the model's cfg)"
+    )
+    d.add_argument(
+        "--interpolation",
+        default="",
+        choices=("", "bilinear", "bicubic", "nearest", "random"),
+        help="resize interpolation (default: the model's cfg)",
+    )
     d.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean (default: the model's cfg)")
     d.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std (default: the model's cfg)")
-    d.add_argument("--max-samples", type=positive_int, default=None, help="evaluate only N images of each split, spread evenly over it (every class of a class-sorted "
-                   "folder)")
+    d.add_argument(
+        "--max-samples",
+        type=positive_int,
+        default=None,
+        help="evaluate only N images of each split, spread evenly over it (every class of a class-sorted folder)",
+    )
     d.add_argument("--skip-corrupt", action="store_true", help="skip (and log) images that fail to decode")
     r = parser.add_argument_group("run")
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     r.add_argument("--amp", action="store_true", help="mixed precision (autocast)")
     r.add_argument("--amp-dtype", default="bfloat16", choices=("float16", "bfloat16"))
-    r.add_argument("--output", default="", help="folder for CSV/JSON/PNG (default: the checkpoint's folder, "
-                   "else output/eval/<model>)")
+    r.add_argument(
+        "--output",
+        default="",
+        help="folder for CSV/JSON/PNG (default: the checkpoint's folder, else output/eval/<model>)",
+    )
     r.add_argument("--results-file", default="", help="also write the result rows to this .csv or .json file")
     r.add_argument("--log-freq", type=nonneg_int, default=10, help="batches between progress-bar updates")
-    r.add_argument("--no-prefix-sharing", action="store_true",
-                   help="run every configuration as a full forward instead of sharing common leading blocks")
+    r.add_argument(
+        "--no-prefix-sharing",
+        action="store_true",
+        help="run every configuration as a full forward instead of sharing common leading blocks",
+    )
     return parser
 
 
@@ -106,8 +145,11 @@ def model_from_args(args: argparse.Namespace, checkpoint: Optional[CheckpointFil
     built.
     """
     if checkpoint is None and not args.pretrained:
-        print(f"warning: no --checkpoint or --pretrained: {args.model or 'the model'} has random weights",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: no --checkpoint or --pretrained: {args.model or 'the model'} has random weights",
+            file=sys.stderr,
+            flush=True,
+        )
     meta = checkpoint.metadata if checkpoint is not None else {}
     if not args.model:
         args.model = meta.get("model") or DEFAULT_MODEL
@@ -160,8 +202,14 @@ def data_config_from_args(args: argparse.Namespace, model: MatMambaVision) -> Di
     """timm's data config at the model's own input size (a checkpoint trained at another ``img_size`` builds a
     model of that size), overridden by --crop-pct/--interpolation/--mean/--std when given. A one-line warning
     (stderr) when the evaluated split's images or statistics do not fit the model's config."""
-    overrides = dict(in_chans=model.in_chans, img_size=args.img_size, crop_pct=args.crop_pct,
-                     interpolation=args.interpolation or None, mean=args.mean, std=args.std)
+    overrides = dict(
+        in_chans=model.in_chans,
+        img_size=args.img_size,
+        crop_pct=args.crop_pct,
+        interpolation=args.interpolation or None,
+        mean=args.mean,
+        std=args.std,
+    )
     for flag, values in (("--mean", args.mean), ("--std", args.std)):
         if values is not None and len(values) not in (1, model.in_chans):
             valid = "1 value" if model.in_chans == 1 else f"1 or {model.in_chans} values"
@@ -179,9 +227,16 @@ def loader_from_args(args: argparse.Namespace, split: str, data_config: Dict[str
     """The data module's evaluation loader for ``split`` (an iterable of (images, targets))."""
     from ..data import create_eval_loader
 
-    return create_eval_loader(dataset=args.dataset, data_dir=args.data_dir, split=split, data_config=data_config,
-                              batch_size=args.batch_size, workers=args.workers, skip_corrupt=args.skip_corrupt,
-                              max_samples=args.max_samples)
+    return create_eval_loader(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        split=split,
+        data_config=data_config,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        skip_corrupt=args.skip_corrupt,
+        max_samples=args.max_samples,
+    )
 
 
 def split_fingerprint(dataset: str, data_dir: Optional[str], split: str) -> str:
@@ -213,9 +268,13 @@ def data_identity(args: argparse.Namespace, split: str, data_config: Dict[str, A
     """What identifies a split's images and transform (part of an embedding cache key): the dataset, the folder,
     a fingerprint of its files (an entry is not served after the images changed) and the transform."""
     data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
-    return dict(dataset=args.dataset or ("folder" if data_dir else "fmnist"), data_dir=data_dir, split=split,
-                files=split_fingerprint(args.dataset, data_dir, split),
-                transform={k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data_config.items())})
+    return dict(
+        dataset=args.dataset or ("folder" if data_dir else "fmnist"),
+        data_dir=data_dir,
+        split=split,
+        files=split_fingerprint(args.dataset, data_dir, split),
+        transform={k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data_config.items())},
+    )
 
 
 def amp_dtype_from_args(args: argparse.Namespace) -> Optional[torch.dtype]:
@@ -249,8 +308,9 @@ def check_outputs(args: argparse.Namespace) -> Path:
     return out
 
 
-def check_same_classes(db_classes: Optional[List], query_classes: Optional[List],
-                       db_split: str = "database", query_split: str = "query") -> None:
+def check_same_classes(
+    db_classes: Optional[List], query_classes: Optional[List], db_split: str = "database", query_split: str = "query"
+) -> None:
     """ValueError when the database and query splits disagree on the class list (names the differences)."""
     if db_classes is None or query_classes is None:
         return
@@ -266,5 +326,7 @@ def check_same_classes(db_classes: Optional[List], query_classes: Optional[List]
         detail.append(f"only in {query_split}: {only_q[:8]}{' ...' if len(only_q) > 8 else ''}")
     if not detail:
         detail.append("same classes in a different order, so label ids would not match")
-    raise ValueError(f"class lists differ between the {db_split} split ({len(db_classes)} classes) and the "
-                     f"{query_split} split ({len(query_classes)} classes): " + "; ".join(detail))
+    raise ValueError(
+        f"class lists differ between the {db_split} split ({len(db_classes)} classes) and the "
+        f"{query_split} split ({len(query_classes)} classes): " + "; ".join(detail)
+    )

@@ -2,7 +2,8 @@
 
 An entry is keyed by a SHA-256 of its identity: model name and arguments, the weights' content hash (the
 checkpoint file's SHA-256, or of the state dict when there is no file), per-layer granularity, dataset,
-split, a fingerprint of the split's files, transform config, sample limit, precision and device type. It is written into a temporary directory and renamed into place
+split, a fingerprint of the split's files, transform config, sample limit, precision and device type. It is
+written into a temporary directory and renamed into place
 only after every row, the labels and ``meta.json`` (``"complete": true``) are on disk, so an interrupted pass
 is never read as complete, and a changed checkpoint gets a new key instead of a stale entry. The temporary
 directory's name carries the writer's host and process id; a later pass for the same entry removes those of
@@ -10,6 +11,7 @@ writers on this host that are no longer running (a killed pass leaves up to a wh
 
 Layout: ``<cache_dir>/<model>/<split>/<name>-<key[:16]>/{embeddings.f32, labels.i64, meta.json}``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -131,8 +133,9 @@ class _Writer:
         if self.final is not None:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             self._remove_dead_writers()
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{self.final.name}-{_HOST}-{os.getpid()}-",
-                                             dir=self.final.parent))
+            self.tmp = Path(
+                tempfile.mkdtemp(prefix=f".tmp-{self.final.name}-{_HOST}-{os.getpid()}-", dir=self.final.parent)
+            )
             self._f = open(self.tmp / _EMB, "wb")
         else:
             self.tmp, self._f = None, None
@@ -141,7 +144,7 @@ class _Writer:
         """Temporary directories of this entry left by processes on this host that have ended."""
         prefix = f".tmp-{self.final.name}-"
         for d in self.final.parent.glob(prefix + "*"):
-            parts = d.name[len(prefix):].rsplit("-", 2)  # host, pid, mkdtemp's random part
+            parts = d.name[len(prefix) :].rsplit("-", 2)  # host, pid, mkdtemp's random part
             if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit() or _running(int(parts[1])):
                 continue
             shutil.rmtree(d, ignore_errors=True)
@@ -158,8 +161,15 @@ class _Writer:
 
     def commit(self, extra_meta: Dict[str, Any]) -> EmbeddingSet:
         labels = np.concatenate(self._labels) if self._labels else np.zeros(0, np.int64)
-        meta = dict(extra_meta, identity=self.identity, key=_identity_key(self.identity), rows=self.rows,
-                    dim=self.dim or 0, complete=True, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        meta = dict(
+            extra_meta,
+            identity=self.identity,
+            key=_identity_key(self.identity),
+            rows=self.rows,
+            dim=self.dim or 0,
+            complete=True,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
         if self._f is None:
             emb = np.concatenate(self._chunks) if self._chunks else np.zeros((0, self.dim or 0), np.float32)
             return EmbeddingSet(emb, labels, meta)
@@ -185,8 +195,11 @@ class _Writer:
             os.rename(self.final, stale / "old")
             os.rename(self.tmp, self.final)
             shutil.rmtree(stale, ignore_errors=True)
-        emb = np.memmap(self.final / _EMB, dtype=np.float32, mode="r", shape=(self.rows, self.dim)) if self.rows \
+        emb = (
+            np.memmap(self.final / _EMB, dtype=np.float32, mode="r", shape=(self.rows, self.dim))
+            if self.rows
             else np.zeros((0, self.dim or 0), np.float32)
+        )
         return EmbeddingSet(emb, labels, meta, self.final)
 
     def abort(self) -> None:
@@ -221,9 +234,17 @@ def embed_splits(
     precision = str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "float32"
     # "spread": a limited split is an evenly spaced subset (entries of the earlier first-N subsets do not match)
     limit = {"max_samples": max_samples} if max_samples is None else {"max_samples": max_samples, "subset": "spread"}
-    idents = [dict(identity, granularity=[int(x) for x in g], name=n, precision=precision,
-                   device_type=torch.device(device).type, **limit)
-              for g, n in zip(granularities, names)]
+    idents = [
+        dict(
+            identity,
+            granularity=[int(x) for x in g],
+            name=n,
+            precision=precision,
+            device_type=torch.device(device).type,
+            **limit,
+        )
+        for g, n in zip(granularities, names)
+    ]
     results: List[Optional[EmbeddingSet]] = [cache.load(i) for i in idents]
     todo = [j for j, r in enumerate(results) if r is None]
     if not todo:

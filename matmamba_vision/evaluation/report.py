@@ -1,5 +1,6 @@
 """Result files, console tables and figures: CSV and JSON rows (written atomically), fixed-width text
 tables, Pareto fronts, and plots (matplotlib, Agg backend) of accuracy against cost and of retrieval accuracy."""
+
 from __future__ import annotations
 
 import csv
@@ -11,8 +12,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..weights import atomic_write
 
-__all__ = ["write_csv", "write_json", "format_table", "write_results_file", "pareto_front", "plot_tradeoff",
-           "plot_retrieval"]
+__all__ = [
+    "write_csv",
+    "write_json",
+    "format_table",
+    "write_results_file",
+    "pareto_front",
+    "plot_tradeoff",
+    "plot_retrieval",
+]
 
 
 def _cell(v: Any) -> Any:
@@ -43,16 +51,22 @@ def write_json(obj: Any, path: os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def write_results_file(path: os.PathLike, rows: Sequence[Dict[str, Any]], meta: Dict[str, Any],
-                       columns: Sequence[str]) -> Path:
+def write_results_file(
+    path: os.PathLike, rows: Sequence[Dict[str, Any]], meta: Dict[str, Any], columns: Sequence[str]
+) -> Path:
     """timm's ``--results-file``: JSON (``meta`` plus ``rows``) when the name ends in ``.json``, else CSV."""
     if str(path).lower().endswith(".json"):
         return write_json(dict(meta, rows=list(rows)), path)
     return write_csv(rows, path, columns)
 
 
-def format_table(rows: Sequence[Dict[str, Any]], columns: Sequence[str], headers: Optional[Sequence[str]] = None,
-                 floatfmt: Optional[Dict[str, str]] = None, markdown: bool = False) -> str:
+def format_table(
+    rows: Sequence[Dict[str, Any]],
+    columns: Sequence[str],
+    headers: Optional[Sequence[str]] = None,
+    floatfmt: Optional[Dict[str, str]] = None,
+    markdown: bool = False,
+) -> str:
     """A fixed-width (or Markdown) table of ``columns``; ``floatfmt`` maps a column to a format spec."""
     headers = list(headers or columns)
     floatfmt = floatfmt or {}
@@ -71,8 +85,10 @@ def format_table(rows: Sequence[Dict[str, Any]], columns: Sequence[str], headers
     cells = [[fmt(c, r.get(c)) for c in columns] for r in rows]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
     if markdown:
-        lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
-                 "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        lines = [
+            "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
+            "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+        ]
         lines += ["| " + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |" for row in cells]
     else:
         lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
@@ -131,11 +147,19 @@ def plot_tradeoff(rows: Sequence[Dict], path: os.PathLike, metric: str = "top1",
         mix = [i for i, r in enumerate(rows) if not r.get("trained")]
         trained = [i for i, r in enumerate(rows) if r.get("trained")]
         if mix:
-            ax.scatter([xs[i] for i in mix], [ys[i] for i in mix], s=14, c="tab:blue", alpha=0.6,
-                       label="mix'n'match / other")
+            ax.scatter(
+                [xs[i] for i in mix], [ys[i] for i in mix], s=14, c="tab:blue", alpha=0.6, label="mix'n'match / other"
+            )
         if trained:
-            ax.scatter([xs[i] for i in trained], [ys[i] for i in trained], s=110, marker="*", c="tab:red",
-                       zorder=3, label="trained granularities")
+            ax.scatter(
+                [xs[i] for i in trained],
+                [ys[i] for i in trained],
+                s=110,
+                marker="*",
+                c="tab:red",
+                zorder=3,
+                label="trained granularities",
+            )
             for i in trained:
                 ax.annotate(rows[i]["name"], (xs[i], ys[i]), textcoords="offset points", xytext=(5, -12), fontsize=8)
         front = pareto_front(xs, ys)
@@ -169,8 +193,13 @@ def plot_retrieval(rows: Sequence[Dict], path: os.PathLike, title: str = "") -> 
         ax.plot(x, [r["map10"] for r in sel], "s--", alpha=0.7, label=f"mAP@10, database g={dg}")
     for r in baselines:
         ax.scatter([r["query_granularity"]], [r["top1"]], marker="x", s=80, c="k", zorder=3)
-        ax.annotate(f"baseline {r['query']}", (r["query_granularity"], r["top1"]), textcoords="offset points",
-                    xytext=(5, 5), fontsize=8)
+        ax.annotate(
+            f"baseline {r['query']}",
+            (r["query_granularity"], r["top1"]),
+            textcoords="offset points",
+            xytext=(5, 5),
+            fontsize=8,
+        )
     if q_gs:
         ax.set_xscale("log", base=2)
         ax.set_xticks(q_gs)

@@ -18,6 +18,7 @@ Neighbours are ordered by decreasing score, equal scores by increasing database 
 faiss index (``index="HNSW32"``, ``"IVF1024,Flat"``, any ``faiss.index_factory`` string) is an option,
 never the default; it holds the whole database in memory.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,12 +37,37 @@ from .embeddings import EmbeddingCache, EmbeddingSet, embed_splits
 from .report import format_table, plot_retrieval, write_csv, write_json
 from .submodels import SubmodelConfig
 
-__all__ = ["Baseline", "run_retrieval", "score_pair", "write_retrieval_outputs", "retrieval_table", "CSV_COLUMNS",
-           "knn_search", "resolve_backend", "faiss_available", "KNN_BACKENDS", "retrieval_metrics"]
+__all__ = [
+    "Baseline",
+    "run_retrieval",
+    "score_pair",
+    "write_retrieval_outputs",
+    "retrieval_table",
+    "CSV_COLUMNS",
+    "knn_search",
+    "resolve_backend",
+    "faiss_available",
+    "KNN_BACKENDS",
+    "retrieval_metrics",
+]
 
-CSV_COLUMNS = ("query", "query_kind", "query_granularity", "db_granularity", "top1", "map10", "recall1", "recall5",
-               "recall10", "queries", "db_size", "query_params_non_embedding", "query_gflops", "query_cached",
-               "db_cached")
+CSV_COLUMNS = (
+    "query",
+    "query_kind",
+    "query_granularity",
+    "db_granularity",
+    "top1",
+    "map10",
+    "recall1",
+    "recall5",
+    "recall10",
+    "queries",
+    "db_size",
+    "query_params_non_embedding",
+    "query_gflops",
+    "query_cached",
+    "db_cached",
+)
 K = 10
 
 
@@ -54,17 +80,35 @@ class Baseline:
     weights_id: str
 
 
-def score_pair(query: EmbeddingSet, database: EmbeddingSet, backend: str = "auto", device: str = "cpu",
-               index: str = "Flat", query_chunk: int = 2048, db_chunk: int = 65536) -> Dict[str, float]:
+def score_pair(
+    query: EmbeddingSet,
+    database: EmbeddingSet,
+    backend: str = "auto",
+    device: str = "cpu",
+    index: str = "Flat",
+    query_chunk: int = 2048,
+    db_chunk: int = 65536,
+) -> Dict[str, float]:
     """kNN of ``query`` rows in ``database`` and the retrieval metrics (percent)."""
     if query.embeddings.shape[1] != database.embeddings.shape[1]:
-        raise ValueError(f"query embeddings have width {query.embeddings.shape[1]}, the database "
-                         f"{database.embeddings.shape[1]}: they cannot be compared")
-    _, nn = knn_search(query.embeddings, database.embeddings, k=min(K, database.embeddings.shape[0]),
-                       backend=backend, device=device, index=index, query_chunk=query_chunk, db_chunk=db_chunk)
+        raise ValueError(
+            f"query embeddings have width {query.embeddings.shape[1]}, the database "
+            f"{database.embeddings.shape[1]}: they cannot be compared"
+        )
+    _, nn = knn_search(
+        query.embeddings,
+        database.embeddings,
+        k=min(K, database.embeddings.shape[0]),
+        backend=backend,
+        device=device,
+        index=index,
+        query_chunk=query_chunk,
+        db_chunk=db_chunk,
+    )
     if nn.shape[1] < K:
-        raise ValueError(f"the database has {database.embeddings.shape[0]} images; mAP@10 and recall@10 need "
-                         f"at least {K}")
+        raise ValueError(
+            f"the database has {database.embeddings.shape[0]} images; mAP@10 and recall@10 need at least {K}"
+        )
     out = retrieval_metrics(nn, query.labels, database.labels)
     out["db_size"] = int(database.embeddings.shape[0])
     return out
@@ -98,31 +142,70 @@ def run_retrieval(
     """
     if not db_configs or not query_configs:
         raise ValueError("retrieval needs at least one database and one query granularity")
-    check_same_classes(getattr(db_loader, "classes", None), getattr(query_loader, "classes", None),
-                       db_identity.get("split", "database"), query_identity.get("split", "query"))
+    check_same_classes(
+        getattr(db_loader, "classes", None),
+        getattr(query_loader, "classes", None),
+        db_identity.get("split", "database"),
+        query_identity.get("split", "query"),
+    )
     for name, loader, ident in (("database", db_loader, db_identity), ("query", query_loader, query_identity)):
         if getattr(loader, "num_samples", None) == 0:
             raise ValueError(f"the {name} split ({ident.get('split')}) is empty")
     common = dict(device=device, amp_dtype=amp_dtype, max_samples=max_samples, share_prefix=share_prefix)
-    db_sets = embed_splits(model, db_loader, [c.dims for c in db_configs], dict(model_identity, **db_identity),
-                           cache, names=[c.name for c in db_configs], desc=f"embed {db_identity.get('split', 'db')}",
-                           **common)
-    q_sets = embed_splits(model, query_loader, [c.dims for c in query_configs],
-                          dict(model_identity, **query_identity), cache, names=[c.name for c in query_configs],
-                          desc=f"embed {query_identity.get('split', 'queries')}", **common)
+    db_sets = embed_splits(
+        model,
+        db_loader,
+        [c.dims for c in db_configs],
+        dict(model_identity, **db_identity),
+        cache,
+        names=[c.name for c in db_configs],
+        desc=f"embed {db_identity.get('split', 'db')}",
+        **common,
+    )
+    q_sets = embed_splits(
+        model,
+        query_loader,
+        [c.dims for c in query_configs],
+        dict(model_identity, **query_identity),
+        cache,
+        names=[c.name for c in query_configs],
+        desc=f"embed {query_identity.get('split', 'queries')}",
+        **common,
+    )
     queries = []
     for cfg, qs in zip(query_configs, q_sets):
-        queries.append(dict(query=cfg.name, query_kind="granularity", query_granularity=_granularity_value(cfg.dims),
-                            query_params_non_embedding=count_params(model, list(cfg.dims), exclude_embedding=True),
-                            query_gflops=count_flops(model, list(cfg.dims), img_size) / 1e9, set=qs))
+        queries.append(
+            dict(
+                query=cfg.name,
+                query_kind="granularity",
+                query_granularity=_granularity_value(cfg.dims),
+                query_params_non_embedding=count_params(model, list(cfg.dims), exclude_embedding=True),
+                query_gflops=count_flops(model, list(cfg.dims), img_size) / 1e9,
+                set=qs,
+            )
+        )
     for b in baselines:
         dims = [int(blk.mixer.max_granularity) for blk in b.model.layers]
-        (bs,) = embed_splits(b.model, query_loader, [dims], dict(model="baseline", weights=b.weights_id,
-                             model_args=b.model.model_args, **query_identity), cache, names=[f"baseline-{b.label}"],
-                             desc=f"embed baseline {b.label}", **common)
-        queries.append(dict(query=b.label, query_kind="baseline", query_granularity=_granularity_value(dims),
-                            query_params_non_embedding=count_params(b.model, None, exclude_embedding=True),
-                            query_gflops=count_flops(b.model, None, img_size) / 1e9, set=bs))
+        (bs,) = embed_splits(
+            b.model,
+            query_loader,
+            [dims],
+            dict(model="baseline", weights=b.weights_id, model_args=b.model.model_args, **query_identity),
+            cache,
+            names=[f"baseline-{b.label}"],
+            desc=f"embed baseline {b.label}",
+            **common,
+        )
+        queries.append(
+            dict(
+                query=b.label,
+                query_kind="baseline",
+                query_granularity=_granularity_value(dims),
+                query_params_non_embedding=count_params(b.model, None, exclude_embedding=True),
+                query_gflops=count_flops(b.model, None, img_size) / 1e9,
+                set=bs,
+            )
+        )
     rows = []
     # Baselines are scored against one database: the full-width one, else the widest asked for.
     widest = max(db_configs, key=lambda c: sum(c.dims))
@@ -132,8 +215,12 @@ def run_retrieval(
                 continue
             metrics = score_pair(q["set"], ds, backend=backend, device=str(device), index=index)
             row = {k: v for k, v in q.items() if k != "set"}
-            row.update(db_granularity=_granularity_value(dcfg.dims), **metrics,
-                       query_cached=q["set"].from_cache, db_cached=ds.from_cache)
+            row.update(
+                db_granularity=_granularity_value(dcfg.dims),
+                **metrics,
+                query_cached=q["set"].from_cache,
+                db_cached=ds.from_cache,
+            )
             rows.append(row)
     return rows
 
@@ -145,8 +232,9 @@ def _granularity_value(dims: Sequence[int]):
     return int(dims[0]) if len(set(dims)) == 1 else dims_name(dims)
 
 
-def write_retrieval_outputs(rows: Sequence[Dict[str, Any]], out_dir: os.PathLike, meta: Dict[str, Any],
-                            stem: str = "retrieval", title: str = "") -> Dict[str, Path]:
+def write_retrieval_outputs(
+    rows: Sequence[Dict[str, Any]], out_dir: os.PathLike, meta: Dict[str, Any], stem: str = "retrieval", title: str = ""
+) -> Dict[str, Path]:
     """``<stem>.csv``, ``<stem>.json`` (meta + rows) and ``<stem>.png`` in ``out_dir``."""
     out_dir = Path(out_dir)
     plottable = [r for r in rows if isinstance(r["query_granularity"], int) and isinstance(r["db_granularity"], int)]
@@ -158,10 +246,32 @@ def write_retrieval_outputs(rows: Sequence[Dict[str, Any]], out_dir: os.PathLike
 
 
 def retrieval_table(rows: Sequence[Dict[str, Any]], markdown: bool = False) -> str:
-    cols = ["query", "query_kind", "query_granularity", "db_granularity", "top1", "map10", "recall1", "recall5",
-            "recall10", "queries", "db_size"]
-    heads = ["query", "kind", "query g", "database g", "1-NN top-1 %", "mAP@10 %", "R@1 %", "R@5 %", "R@10 %",
-             "queries", "database"]
+    cols = [
+        "query",
+        "query_kind",
+        "query_granularity",
+        "db_granularity",
+        "top1",
+        "map10",
+        "recall1",
+        "recall5",
+        "recall10",
+        "queries",
+        "db_size",
+    ]
+    heads = [
+        "query",
+        "kind",
+        "query g",
+        "database g",
+        "1-NN top-1 %",
+        "mAP@10 %",
+        "R@1 %",
+        "R@5 %",
+        "R@10 %",
+        "queries",
+        "database",
+    ]
     return format_table(rows, cols, heads, markdown=markdown)
 
 
@@ -183,8 +293,10 @@ def resolve_backend(backend: str) -> str:
     if backend == "auto":
         return "faiss" if faiss_available() else "torch"
     if backend == "faiss" and not faiss_available():
-        raise ValueError("knn backend 'faiss' requested but faiss is not installed (pip install faiss-cpu, "
-                         "or the package's [faiss] extra); use 'torch' or 'auto'")
+        raise ValueError(
+            "knn backend 'faiss' requested but faiss is not installed (pip install faiss-cpu, "
+            "or the package's [faiss] extra); use 'torch' or 'auto'"
+        )
     return backend
 
 
@@ -249,12 +361,13 @@ def knn_search(
     gpu_res = _gpu_faiss() if backend == "faiss" and dev.type == "cuda" else None
     best_s = best_i = None
     starts = range(0, nd, db_chunk)
-    bar = tqdm(starts, desc=f"knn ({backend})", unit="chunk", disable=not progress or len(starts) < 2,
-               dynamic_ncols=True)
+    bar = tqdm(
+        starts, desc=f"knn ({backend})", unit="chunk", disable=not progress or len(starts) < 2, dynamic_ncols=True
+    )
     if backend == "torch":
-        q_all = [torch.from_numpy(_as_f32(queries[a:a + query_chunk])).to(dev) for a in range(0, nq, query_chunk)]
+        q_all = [torch.from_numpy(_as_f32(queries[a : a + query_chunk])).to(dev) for a in range(0, nq, query_chunk)]
     for start in bar:
-        d = _as_f32(database[start:start + db_chunk])
+        d = _as_f32(database[start : start + db_chunk])
         kk = min(k, d.shape[0])
         parts_s, parts_i = [], []
         if backend == "torch":
@@ -267,7 +380,7 @@ def knn_search(
             import faiss
 
             for a in range(0, nq, query_chunk):
-                q = _as_f32(queries[a:a + query_chunk])
+                q = _as_f32(queries[a : a + query_chunk])
                 if gpu_res is not None:
                     s, i = faiss.knn_gpu(gpu_res, q, d, kk, metric=faiss.METRIC_INNER_PRODUCT)
                 else:
@@ -294,13 +407,15 @@ def _approximate(queries, database, k, spec, query_chunk, db_chunk, progress):
             rows = np.sort(rng.choice(database.shape[0], size=n, replace=False))
             idx.train(_as_f32(database[rows]))
         for a in tqdm(range(0, database.shape[0], db_chunk), desc=f"index {spec}", disable=not progress):
-            idx.add(_as_f32(database[a:a + db_chunk]))
+            idx.add(_as_f32(database[a : a + db_chunk]))
     except RuntimeError as e:  # e.g. fewer database rows than an IVF index's clusters
-        raise ValueError(f"knn index {spec!r} cannot be built over {database.shape[0]} database rows ({e}); "
-                         "use 'Flat' (exact) or a smaller index") from None
+        raise ValueError(
+            f"knn index {spec!r} cannot be built over {database.shape[0]} database rows ({e}); "
+            "use 'Flat' (exact) or a smaller index"
+        ) from None
     out_s, out_i = [], []
     for a in range(0, queries.shape[0], query_chunk):
-        s, i = idx.search(_as_f32(queries[a:a + query_chunk]), k)
+        s, i = idx.search(_as_f32(queries[a : a + query_chunk]), k)
         out_s.append(s)
         out_i.append(i.astype(np.int64))
     return np.concatenate(out_s), np.concatenate(out_i)

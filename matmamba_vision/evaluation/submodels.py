@@ -3,6 +3,7 @@
 A configuration is a :class:`SubmodelConfig`: a name and one granularity per block (the model's resolved
 form, so ``None`` never appears: full width is written as the block's width).
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,15 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 from ..models.matmamba_vision import MatMambaVision
 
 __all__ = [
-    "SubmodelConfig", "dims_name", "uniform_configs", "official_sweep", "random_configs",
-    "load_config_file", "parse_granularities", "parse_mixnmatch", "dedupe_configs",
+    "SubmodelConfig",
+    "dims_name",
+    "uniform_configs",
+    "official_sweep",
+    "random_configs",
+    "load_config_file",
+    "parse_granularities",
+    "parse_mixnmatch",
+    "dedupe_configs",
 ]
 
 
@@ -50,19 +58,26 @@ def _full_dims(model: MatMambaVision, granularity) -> Tuple[int, ...]:
     return tuple(int(g) if g is not None else int(blk.mixer.max_granularity) for g, blk in zip(dims, model.layers))
 
 
-def _config(model: MatMambaVision, dims, kind: str = "mixnmatch", levels: Optional[Sequence[int]] = None
-            ) -> SubmodelConfig:
+def _config(
+    model: MatMambaVision, dims, kind: str = "mixnmatch", levels: Optional[Sequence[int]] = None
+) -> SubmodelConfig:
     full = _full_dims(model, list(dims) if not isinstance(dims, int) else dims)
     levels = set(levels or model.matryoshka_levels)
     uniform = len(set(full)) == 1
     return SubmodelConfig(
-        name=dims_name(full), dims=full, kind="uniform" if uniform else kind,
+        name=dims_name(full),
+        dims=full,
+        kind="uniform" if uniform else kind,
         trained=uniform and full[0] in levels,
     )
 
 
-def uniform_configs(model: MatMambaVision, granularities: Iterable[int], levels: Optional[Sequence[int]] = None,
-                    flag: str = "--granularities") -> List[SubmodelConfig]:
+def uniform_configs(
+    model: MatMambaVision,
+    granularities: Iterable[int],
+    levels: Optional[Sequence[int]] = None,
+    flag: str = "--granularities",
+) -> List[SubmodelConfig]:
     """One configuration per granularity (every block at ``g``); ValueError names ``flag`` and a granularity the
     model cannot take.
 
@@ -78,13 +93,14 @@ def uniform_configs(model: MatMambaVision, granularities: Iterable[int], levels:
 
 
 def official_sweep(model: MatMambaVision, levels: Optional[Sequence[int]] = None) -> List[SubmodelConfig]:
-    """The official mix'n'match sweep (MatMamba paper / reference code): for each pair g1 > g2 of trained levels, the last k blocks at g2 and the rest at
-    g1, for k = 1..depth (k = depth is the uniform g2 model). Duplicates are dropped, order kept."""
+    """The official mix'n'match sweep (MatMamba paper / reference code): for each pair g1 > g2 of trained levels,
+    the last k blocks at g2 and the rest at g1, for k = 1..depth (k = depth is the uniform g2 model). Duplicates
+    are dropped, order kept."""
     levels = sorted(set(levels or model.matryoshka_levels), reverse=True)
     depth = len(model.layers)
     configs = []
     for i, g1 in enumerate(levels):
-        for g2 in levels[i + 1:]:
+        for g2 in levels[i + 1 :]:
             for k in range(1, depth + 1):
                 configs.append(_config(model, [g1] * (depth - k) + [g2] * k, levels=levels))
     return dedupe_configs(configs)
@@ -112,8 +128,7 @@ def random_configs(
     return configs
 
 
-def load_config_file(model: MatMambaVision, path: str, levels: Optional[Sequence[int]] = None
-                     ) -> List[SubmodelConfig]:
+def load_config_file(model: MatMambaVision, path: str, levels: Optional[Sequence[int]] = None) -> List[SubmodelConfig]:
     """Per-layer lists from a JSON file (a list of lists, or of ``{"name": ..., "dims": [...]}``) or a CSV
     file (one list per row; a header row and a leading name column are allowed)."""
     p = Path(path)
@@ -162,8 +177,12 @@ def load_config_file(model: MatMambaVision, path: str, levels: Optional[Sequence
     return dedupe_configs(configs)
 
 
-def parse_granularities(model: MatMambaVision, spec: Optional[Sequence], levels: Optional[Sequence[int]] = None,
-                        flag: str = "--granularities") -> List[SubmodelConfig]:
+def parse_granularities(
+    model: MatMambaVision,
+    spec: Optional[Sequence],
+    levels: Optional[Sequence[int]] = None,
+    flag: str = "--granularities",
+) -> List[SubmodelConfig]:
     """A granularities flag (``flag``, named in errors): None/empty = the trained ``levels`` (default
     ``model.matryoshka_levels``); otherwise ints (strings accepted, also comma-separated)."""
     levels = list(levels or model.matryoshka_levels)
@@ -178,8 +197,9 @@ def parse_granularities(model: MatMambaVision, spec: Optional[Sequence], levels:
     return uniform_configs(model, values, levels, flag)
 
 
-def parse_mixnmatch(model: MatMambaVision, spec: Optional[str], seed: int = 0,
-                    levels: Optional[Sequence[int]] = None) -> List[SubmodelConfig]:
+def parse_mixnmatch(
+    model: MatMambaVision, spec: Optional[str], seed: int = 0, levels: Optional[Sequence[int]] = None
+) -> List[SubmodelConfig]:
     """``--mixnmatch``: 'official', 'random:N' (seeded), or a JSON/CSV file of per-layer lists; the sweeps
     draw from the trained ``levels`` (default ``model.matryoshka_levels``)."""
     if not spec:

@@ -1,4 +1,5 @@
 """The gated RMSNorm module of Mamba2 (``norm_before_gate=False``); its functions live in :mod:`..ops.gated_norm`."""
+
 from __future__ import annotations
 
 from typing import Optional

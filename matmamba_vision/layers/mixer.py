@@ -11,6 +11,7 @@ and copies no weight:
 
 :func:`matmamba_vision.models.convert_official_state_dict` maps the official layout onto this one.
 """
+
 from __future__ import annotations
 
 import math
@@ -89,8 +90,14 @@ class MatMamba2Mixer(nn.Module):
     ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        for name, value in (("dim", dim), ("d_state", d_state), ("expand", expand), ("d_conv", d_conv),
-                            ("chunk_size", chunk_size), ("ngroups", ngroups)):
+        for name, value in (
+            ("dim", dim),
+            ("d_state", d_state),
+            ("expand", expand),
+            ("d_conv", d_conv),
+            ("chunk_size", chunk_size),
+            ("ngroups", ngroups),
+        ):
             if not is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.dim = dim
@@ -233,8 +240,14 @@ class MatMamba2Mixer(nn.Module):
         conv's last inputs and the SSD state of the tokens before); returns (out, state for the next piece)."""
         return self._mix(u, self.sliced_parameters(self.active_granularity), state, carry=True)
 
-    def _mix(self, u: torch.Tensor, w: Dict[str, Optional[torch.Tensor]], state: Optional[Tuple] = None,
-             carry: bool = False, out: Optional[torch.Tensor] = None):
+    def _mix(
+        self,
+        u: torch.Tensor,
+        w: Dict[str, Optional[torch.Tensor]],
+        state: Optional[Tuple] = None,
+        carry: bool = False,
+        out: Optional[torch.Tensor] = None,
+    ):
         """The mixer on ``u`` with the parameters ``w`` (:meth:`sliced_parameters`; ``norm.weight`` None when
         folded into ``out_proj.weight``), continuing from ``state`` = (the conv's last ``d_conv - 1`` inputs,
         the SSD state) of the tokens before it; returns (out, the state after ``u`` or None unless ``carry``).
@@ -255,7 +268,7 @@ class MatMamba2Mixer(nn.Module):
             if conv_tail is not None and seqlen > 0:  # those outputs, recomputed with the previous piece's inputs
                 windows = head.unfold(1, k, 1)  # (b, min(seqlen, k-1), channels, k)
                 xbc[:, : k - 1] = F.silu((windows * w["conv.weight"]).sum(-1).add_(w["conv.bias"]))
-            new_tail = (head if seqlen < k - 1 else conv_in)[:, -(k - 1):].clone()
+            new_tail = (head if seqlen < k - 1 else conv_in)[:, -(k - 1) :].clone()
         B, C, x = torch.split(xbc, [gn, gn, h * p], dim=-1)
         x = x.view(b, seqlen, h, p)
         z, dt = zdt[..., :p], zdt[..., p]
@@ -268,10 +281,14 @@ class MatMamba2Mixer(nn.Module):
             z = F.silu(zdt, inplace=True)[..., :p]
         A = -torch.exp(w["A_log"].float())
         y = kernels.ssd(  # positional, as every backend's ssd takes them
-            x, dt, A,
+            x,
+            dt,
+            A,
             B.view(b, seqlen, self.ngroups, self.d_state),
             C.view(b, seqlen, self.ngroups, self.d_state),
-            self.chunk_size, ssd_state, carry,
+            self.chunk_size,
+            ssd_state,
+            carry,
         )
         if carry:
             y, ssd_state = y

@@ -1,4 +1,5 @@
 """Official MatMamba-Vision checkpoints -> this package's nested-prefix layout."""
+
 from __future__ import annotations
 
 import re
@@ -17,7 +18,7 @@ def unwrap_state_dict(checkpoint: Dict) -> Dict[str, torch.Tensor]:
         if isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
             break
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in checkpoint.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in checkpoint.items()}
 
 
 def is_official_layout(state_dict: Dict[str, torch.Tensor]) -> bool:

@@ -1,4 +1,5 @@
 """MatMamba-Vision: a ViT-like trunk of nested-width Mamba2 blocks, as a timm model."""
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,14 @@ from ..layers import MatMamba2Mixer
 from ..layers.mixer import is_integer
 from .convert import convert_official_state_dict
 
-__all__ = ["MatMambaVision", "MatMambaBlock", "MatMambaFeatures", "checkpoint_filter_fn", "Granularity", "DEFAULT_MODEL"]
+__all__ = [
+    "MatMambaVision",
+    "MatMambaBlock",
+    "MatMambaFeatures",
+    "checkpoint_filter_fn",
+    "Granularity",
+    "DEFAULT_MODEL",
+]
 
 # The model the scripts default to (train.py's embedded Fashion-MNIST recipe, and validate.py/retrieval.py
 # without --checkpoint): registered below with its own shape, so its checkpoints carry a name that builds it.
@@ -65,8 +73,9 @@ def _prefix_tree(dims_list: Sequence[Sequence[int]]) -> Dict:
 class MatMambaBlock(nn.Module):
     """``residual = h + residual; h = drop_path(mixer(norm(residual)))`` (add -> norm -> mixer, no MLP)."""
 
-    def __init__(self, dim: int, drop_path: float = 0.0, norm_eps: float = 1e-5, device=None, dtype=None,
-                 **mixer_kwargs):
+    def __init__(
+        self, dim: int, drop_path: float = 0.0, norm_eps: float = 1e-5, device=None, dtype=None, **mixer_kwargs
+    ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.norm = nn.LayerNorm(dim, eps=norm_eps, **dd)
@@ -87,8 +96,11 @@ class MatMambaBlock(nn.Module):
         instead of three, and that much less peak memory)."""
         # The sum in the promoted dtype, as ``hidden + residual`` (under autocast the mixer's output is bfloat16
         # and the residual stream stays float32).
-        total = hidden if residual is None else hidden.new_empty(
-            hidden.shape, dtype=torch.promote_types(hidden.dtype, residual.dtype))
+        total = (
+            hidden
+            if residual is None
+            else hidden.new_empty(hidden.shape, dtype=torch.promote_types(hidden.dtype, residual.dtype))
+        )
 
         def piece_input(start: int, end: int) -> torch.Tensor:
             if residual is not None:
@@ -161,11 +173,26 @@ class MatMambaVision(nn.Module):
         if not all(0 < d <= embed_dim for d in mixer_dims):
             raise ValueError(f"mixer_dims entries must be in [1, embed_dim={embed_dim}], got {mixer_dims}")
         self.model_args: Dict[str, Any] = dict(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-            global_pool=global_pool, embed_dim=embed_dim, depth=depth, d_state=d_state, expand=expand,
-            headdim=headdim, d_conv=d_conv, chunk_size=chunk_size, ngroups=ngroups, mixer_dims=mixer_dims,
-            drop_rate=drop_rate, proj_drop_rate=proj_drop_rate, drop_path_rate=drop_path_rate,
-            norm_eps=norm_eps, dynamic_img_size=dynamic_img_size, ssd_backend=ssd_backend,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            global_pool=global_pool,
+            embed_dim=embed_dim,
+            depth=depth,
+            d_state=d_state,
+            expand=expand,
+            headdim=headdim,
+            d_conv=d_conv,
+            chunk_size=chunk_size,
+            ngroups=ngroups,
+            mixer_dims=mixer_dims,
+            drop_rate=drop_rate,
+            proj_drop_rate=proj_drop_rate,
+            drop_path_rate=drop_path_rate,
+            norm_eps=norm_eps,
+            dynamic_img_size=dynamic_img_size,
+            ssd_backend=ssd_backend,
         )
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -178,8 +205,14 @@ class MatMambaVision(nn.Module):
         self._traits = {"fixed_input_size": not dynamic_img_size}
 
         self.patch_embed = PatchEmbed(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, bias=True,
-            strict_img_size=False, output_fmt="NHWC" if dynamic_img_size else None, **dd,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            bias=True,
+            strict_img_size=False,
+            output_fmt="NHWC" if dynamic_img_size else None,
+            **dd,
         )
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
@@ -188,18 +221,26 @@ class MatMambaVision(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.layers = nn.ModuleList(
             MatMambaBlock(
-                embed_dim, drop_path=dpr[i], norm_eps=norm_eps, max_granularity=mixer_dims[i], d_state=d_state,
-                expand=expand, headdim=headdim, d_conv=d_conv, chunk_size=chunk_size, ngroups=ngroups,
-                proj_drop=proj_drop_rate, ssd_backend=ssd_backend, **dd,
+                embed_dim,
+                drop_path=dpr[i],
+                norm_eps=norm_eps,
+                max_granularity=mixer_dims[i],
+                d_state=d_state,
+                expand=expand,
+                headdim=headdim,
+                d_conv=d_conv,
+                chunk_size=chunk_size,
+                ngroups=ngroups,
+                proj_drop=proj_drop_rate,
+                ssd_backend=ssd_backend,
+                **dd,
             )
             for i in range(depth)
         )
         self.norm_f = nn.LayerNorm(embed_dim, eps=norm_eps, **dd)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        self.feature_info = [
-            dict(module=f"layers.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)
-        ]
+        self.feature_info = [dict(module=f"layers.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
         self.init_weights(needs_reset=False)
 
     @torch.no_grad()
@@ -257,8 +298,11 @@ class MatMambaVision(nn.Module):
         self.head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
     @torch.jit.ignore
-    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None,
-                       patch_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
+    def set_input_size(
+        self,
+        img_size: Optional[Union[int, Tuple[int, int]]] = None,
+        patch_size: Optional[Union[int, Tuple[int, int]]] = None,
+    ) -> None:
         """Change the input resolution and/or patch size in place, as timm's ViT does: the patch position
         embeddings are resampled to the new grid (the [CLS] token's is kept) and a new patch size resamples
         the patch embedding's kernel. ``None`` keeps the current value."""
@@ -394,7 +438,10 @@ class MatMambaVision(nn.Module):
 
     @torch.no_grad()
     def forward_many(
-        self, x: torch.Tensor, granularities: Sequence[Granularity], pre_logits: bool = False,
+        self,
+        x: torch.Tensor,
+        granularities: Sequence[Granularity],
+        pre_logits: bool = False,
         share_prefix: bool = True,
     ) -> Iterator[Tuple[int, torch.Tensor]]:
         """Run several granularity configurations on one batch (inference: no autograd graph).
@@ -435,8 +482,11 @@ class MatMambaVision(nn.Module):
                 hidden, residual = blk(hidden, residual)
                 for idx in node.get(_LEAF, []):
                     yield idx, self.forward_head(self.norm_f(hidden + residual), pre_logits=pre_logits)
-                stack.extend((child, level + 1, hidden, residual, cg)
-                             for cg, child in reversed(list(node.items())) if cg != _LEAF)
+                stack.extend(
+                    (child, level + 1, hidden, residual, cg)
+                    for cg, child in reversed(list(node.items()))
+                    if cg != _LEAF
+                )
         finally:
             for blk, g in zip(self.layers, previous):
                 blk.mixer.active_granularity = g
@@ -478,7 +528,7 @@ class MatMambaVision(nn.Module):
         if intermediates_only:
             return intermediates
         if len(blocks) < len(self.layers):  # stopped early: finish the trunk for the final features
-            for blk in self.layers[len(blocks):]:
+            for blk in self.layers[len(blocks) :]:
                 hidden, residual = self._run_block(blk, hidden, residual)
         return self.norm_f(hidden + residual), intermediates
 
@@ -544,8 +594,10 @@ def _source_grid(tokens: int, model: MatMambaVision) -> Tuple[int, int]:
             return grid
     side = math.isqrt(tokens)
     if side * side != tokens:
-        raise ValueError(f"pos_embed: {tokens} patch positions and no recorded grid (img_size, patch_size) to "
-                         f"resample them from; a square grid is assumed only when the count is a square")
+        raise ValueError(
+            f"pos_embed: {tokens} patch positions and no recorded grid (img_size, patch_size) to "
+            f"resample them from; a square grid is assumed only when the count is a square"
+        )
     return side, side
 
 
@@ -555,8 +607,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MatMambaVis
     state_dict = convert_official_state_dict(state_dict)
     pos = state_dict.get("pos_embed")
     if pos is not None and pos.shape != model.pos_embed.shape:
-        state_dict["pos_embed"] = _resample_pos_embed(pos, model.patch_embed.grid_size,
-                                                      _source_grid(pos.shape[1] - 1, model))
+        state_dict["pos_embed"] = _resample_pos_embed(
+            pos, model.patch_embed.grid_size, _source_grid(pos.shape[1] - 1, model)
+        )
     kernel = state_dict.get("patch_embed.proj.weight")
     if kernel is not None and kernel.shape[-2:] != model.patch_embed.proj.weight.shape[-2:]:
         state_dict["patch_embed.proj.weight"] = resample_patch_embed(kernel, list(model.patch_embed.patch_size))
@@ -566,7 +619,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MatMambaVis
 def _create(variant: str, pretrained: bool = False, **kwargs) -> MatMambaVision:
     out_indices = kwargs.pop("out_indices", 3)
     return build_model_with_cfg(
-        MatMambaVision, variant, pretrained,
+        MatMambaVision,
+        variant,
+        pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls=MatMambaFeatures),
         **kwargs,
@@ -575,30 +630,50 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> MatMambaVision:
 
 def _cfg(**kwargs) -> Dict[str, Any]:
     return {
-        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.875,
-        "interpolation": "bicubic", "fixed_input_size": True, "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD, "first_conv": "patch_embed.proj", "classifier": "head",
-        "paper_ids": "arXiv:2410.06718", "paper_name": "MatMamba: A Matryoshka State Space Model",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "fixed_input_size": True,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "paper_ids": "arXiv:2410.06718",
+        "paper_name": "MatMamba: A Matryoshka State Space Model",
         **kwargs,
     }
 
 
-default_cfgs = generate_default_cfgs({
-    "matmamba_vision_35m_patch16_224.in1k": _cfg(
-        hf_hub_id="scaledfoundations/MatMamba-Vision-35M-ImageNet", hf_hub_filename="pytorch_model.bin",
-    ),
-    "matmamba_vision_135m_patch16_224.in1k": _cfg(
-        hf_hub_id="scaledfoundations/MatMamba-Vision-135M-ImageNet", hf_hub_filename="pytorch_model.bin",
-    ),
-    "matmamba_vision_tiny_patch4_28.fmnist": _cfg(
-        num_classes=10, input_size=(1, 28, 28), crop_pct=1.0, interpolation="bilinear",
-        mean=(0.2860,), std=(0.3530,),
-    ),
-    "matmamba_vision_tiny_patch7_28.fmnist": _cfg(
-        num_classes=10, input_size=(1, 28, 28), crop_pct=1.0, interpolation="bilinear",
-        mean=(0.2860,), std=(0.3530,),
-    ),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "matmamba_vision_35m_patch16_224.in1k": _cfg(
+            hf_hub_id="scaledfoundations/MatMamba-Vision-35M-ImageNet",
+            hf_hub_filename="pytorch_model.bin",
+        ),
+        "matmamba_vision_135m_patch16_224.in1k": _cfg(
+            hf_hub_id="scaledfoundations/MatMamba-Vision-135M-ImageNet",
+            hf_hub_filename="pytorch_model.bin",
+        ),
+        "matmamba_vision_tiny_patch4_28.fmnist": _cfg(
+            num_classes=10,
+            input_size=(1, 28, 28),
+            crop_pct=1.0,
+            interpolation="bilinear",
+            mean=(0.2860,),
+            std=(0.3530,),
+        ),
+        "matmamba_vision_tiny_patch7_28.fmnist": _cfg(
+            num_classes=10,
+            input_size=(1, 28, 28),
+            crop_pct=1.0,
+            interpolation="bilinear",
+            mean=(0.2860,),
+            std=(0.3530,),
+        ),
+    }
+)
 
 
 @register_model
@@ -618,8 +693,7 @@ def matmamba_vision_135m_patch16_224(pretrained: bool = False, **kwargs) -> MatM
 @register_model
 def matmamba_vision_tiny_patch4_28(pretrained: bool = False, **kwargs) -> MatMambaVision:
     """A small model for a CPU: 28x28 grey images (Fashion-MNIST), 10 classes."""
-    args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=6, d_state=32,
-                headdim=16)
+    args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=6, d_state=32, headdim=16)
     return _create("matmamba_vision_tiny_patch4_28", pretrained, **dict(args, **kwargs))
 
 
@@ -627,6 +701,5 @@ def matmamba_vision_tiny_patch4_28(pretrained: bool = False, **kwargs) -> MatMam
 def matmamba_vision_tiny_patch7_28(pretrained: bool = False, **kwargs) -> MatMambaVision:
     """The demo's model (``python train.py`` / ``make demo``): 28x28 grey images at patch 7 (16 tokens), D 128,
     depth 4, d_state 16, 10 classes; trains about 2x faster than the patch-4 model on two CPU cores."""
-    args = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=128, depth=4, d_state=16,
-                headdim=16)
+    args = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=128, depth=4, d_state=16, headdim=16)
     return _create("matmamba_vision_tiny_patch7_28", pretrained, **dict(args, **kwargs))

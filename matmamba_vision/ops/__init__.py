@@ -7,6 +7,7 @@
 - :mod:`.triton`: the project's Triton kernels for the whole mixer (``ssd_backend='triton'``);
 - :mod:`.dispatch`: the backends (``'torch'``, ``'reference'``, ``'triton'``, ``'mamba_ssm'``) and each call's route.
 """
+
 from .causal_conv import causal_conv1d_silu_ref, causal_depthwise_conv1d
 from .dispatch import BACKENDS, SSD_BACKENDS, Backend, check_ssd_backend, resolve_backend, ssd_scan, ssd_scan_torch
 from .gated_norm import gated_rms_norm_linear, gated_rms_norm_ref, rms_norm_linear
@@ -15,8 +16,20 @@ from .ssd_mamba_ssm import mamba_ssm_available
 from .ssd_ref import ssd_recurrence_ref, ssd_scan_ref
 
 __all__ = [
-    "BACKENDS", "SSD_BACKENDS", "Backend", "check_ssd_backend", "resolve_backend", "ssd_scan", "ssd_scan_torch",
-    "ssd_scan_ref", "ssd_recurrence_ref", "choose_chunk_len", "mamba_ssm_available",
-    "causal_conv1d_silu_ref", "causal_depthwise_conv1d",
-    "gated_rms_norm_ref", "gated_rms_norm_linear", "rms_norm_linear",
+    "BACKENDS",
+    "SSD_BACKENDS",
+    "Backend",
+    "check_ssd_backend",
+    "resolve_backend",
+    "ssd_scan",
+    "ssd_scan_torch",
+    "ssd_scan_ref",
+    "ssd_recurrence_ref",
+    "choose_chunk_len",
+    "mamba_ssm_available",
+    "causal_conv1d_silu_ref",
+    "causal_depthwise_conv1d",
+    "gated_rms_norm_ref",
+    "gated_rms_norm_linear",
+    "rms_norm_linear",
 ]

@@ -5,6 +5,7 @@ All take ``x`` (batch, seqlen, channels), ``weight`` (channels, k) and ``bias`` 
 sees inputs ``t-k+1 .. t`` (zeros before the start), as ``nn.Conv1d`` with ``padding=k-1`` cut to the first
 ``seqlen`` outputs. Which one runs is :mod:`.dispatch`'s choice.
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,7 +14,10 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "causal_conv1d_silu_ref", "causal_depthwise_conv1d", "causal_conv1d_silu_onednn", "onednn_conv_silu_available",
+    "causal_conv1d_silu_ref",
+    "causal_depthwise_conv1d",
+    "causal_conv1d_silu_onednn",
+    "onednn_conv_silu_available",
 ]
 
 
@@ -30,8 +34,12 @@ def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     (batch, seqlen, channels) view. With autograd on the CPU the backward is :class:`_CausalConvFn`'s
     (forward+backward 2.5-3x faster than with oneDNN's depthwise backward on this model's shapes).
     """
-    if (torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_compiling()
-            and (x.requires_grad or weight.requires_grad or bias.requires_grad)):
+    if (
+        torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and (x.requires_grad or weight.requires_grad or bias.requires_grad)
+    ):
         return _CausalConvFn.apply(x, weight, bias)
     return _causal_conv_forward(x, weight, bias)
 
@@ -60,8 +68,12 @@ class _CausalConvFn(torch.autograd.Function):
                     grad_x[:, : seqlen - shift].addcmul_(grad[:, shift:], weight[:, j])
         if ctx.needs_input_grad[1]:
             grad_w = torch.stack(
-                [(x[:, : seqlen - (k - 1 - j)] * grad[:, k - 1 - j:]).sum((0, 1)) if k - 1 - j < seqlen
-                 else weight.new_zeros(weight.shape[0]) for j in range(k)],
+                [
+                    (x[:, : seqlen - (k - 1 - j)] * grad[:, k - 1 - j :]).sum((0, 1))
+                    if k - 1 - j < seqlen
+                    else weight.new_zeros(weight.shape[0])
+                    for j in range(k)
+                ],
                 dim=1,
             )
         if ctx.needs_input_grad[2]:
@@ -85,7 +97,18 @@ def onednn_conv_silu_available() -> bool:
     except (AttributeError, RuntimeError):
         return False
     try:  # a tiny call: some builds register the op but lack the kernel
-        op(torch.zeros(1, 2, 3, 1), torch.zeros(2, 1, 2, 1), torch.zeros(2), [1, 0], [1, 1], [1, 1], 2, "swish", [], None)
+        op(
+            torch.zeros(1, 2, 3, 1),
+            torch.zeros(2, 1, 2, 1),
+            torch.zeros(2),
+            [1, 0],
+            [1, 1],
+            [1, 1],
+            2,
+            "swish",
+            [],
+            None,
+        )
     except Exception:
         return False
     return torch.backends.mkldnn.is_available()

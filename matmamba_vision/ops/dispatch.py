@@ -18,6 +18,7 @@ first of ``AUTO_ORDER`` that runs on them). Registered:
 Adding a backend is one entry in ``BACKENDS`` (the kernels it leaves out are the torch backend's), plus its
 name in ``AUTO_ORDER`` where ``'auto'`` should pick it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,16 @@ from .ssd_fast import choose_chunk_len, ssd_scan_fast
 from .ssd_mamba_ssm import MAMBA_SSM_NEEDS, mamba_ssm_runs_on, ssd_scan_mamba_ssm
 from .ssd_ref import ssd_scan_ref
 
-__all__ = ["Backend", "BACKENDS", "AUTO_ORDER", "SSD_BACKENDS", "check_ssd_backend", "resolve_backend",
-           "ssd_scan", "ssd_scan_torch"]
+__all__ = [
+    "Backend",
+    "BACKENDS",
+    "AUTO_ORDER",
+    "SSD_BACKENDS",
+    "check_ssd_backend",
+    "resolve_backend",
+    "ssd_scan",
+    "ssd_scan_torch",
+]
 
 
 def _reference_ssd(x, dt, A, B, C, chunk_size=256, initial_state=None, return_final_state=False):
@@ -57,8 +66,7 @@ def _unfused_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 def _torch_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """CPU float32 inference: oneDNN's conv with SiLU fused where the build has it, else SiLU in place.
     Otherwise (autograd, compiled, other dtypes or devices) the unfused conv."""
-    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dtype != torch.float32
-            or x.device.type != "cpu"):
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dtype != torch.float32 or x.device.type != "cpu":
         return _unfused_conv1d_silu(x, weight, bias)
     if onednn_conv_silu_available():
         return causal_conv1d_silu_onednn(x, weight, bias)
@@ -73,6 +81,7 @@ def _anywhere(x: torch.Tensor) -> bool:
 def _triton_runs_on(x: torch.Tensor) -> bool:
     from .triton import triton_available
     from .triton._launch import interpreter_active
+
     return (x.is_cuda or interpreter_active()) and triton_available()
 
 
@@ -80,6 +89,7 @@ def _triton_ssd(x, dt, A, B, C, chunk_size=256, initial_state=None, return_final
     """:func:`.triton.ssd.ssd` with chunks of a power of two from 16 up to ``chunk_size`` (at most the kernels'
     default)."""
     from .triton.ssd import DEFAULT_CHUNK, ssd
+
     chunk = 16
     while chunk < min(chunk_size, DEFAULT_CHUNK):
         chunk *= 2
@@ -88,11 +98,13 @@ def _triton_ssd(x, dt, A, B, C, chunk_size=256, initial_state=None, return_final
 
 def _triton_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     from .triton.causal_conv import causal_conv1d
+
     return causal_conv1d(x, weight, bias, silu=True)
 
 
 def _triton_gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     from .triton.gated_norm import gated_rms_norm
+
     return gated_rms_norm(y, z, weight, eps)
 
 
@@ -120,8 +132,13 @@ BACKENDS: Dict[str, Backend] = {
     "torch": Backend(),
     "mamba_ssm": Backend(ssd=ssd_scan_mamba_ssm, runs_on=mamba_ssm_runs_on, needs=MAMBA_SSM_NEEDS),
     "reference": Backend(ssd=_reference_ssd, conv1d_silu=_unfused_conv1d_silu),
-    "triton": Backend(ssd=_triton_ssd, conv1d_silu=_triton_conv1d_silu, gated_rms_norm=_triton_gated_rms_norm,
-                      runs_on=_triton_runs_on, needs="CUDA tensors (or TRITON_INTERPRET=1) and the triton package"),
+    "triton": Backend(
+        ssd=_triton_ssd,
+        conv1d_silu=_triton_conv1d_silu,
+        gated_rms_norm=_triton_gated_rms_norm,
+        runs_on=_triton_runs_on,
+        needs="CUDA tensors (or TRITON_INTERPRET=1) and the triton package",
+    ),
 }
 AUTO_ORDER = ("triton", "torch")  # 'auto' on CUDA takes the first that runs there; mamba_ssm only by name
 SSD_BACKENDS = ("auto", *BACKENDS)  # the names registered at import

@@ -1,5 +1,6 @@
 """Gated RMSNorm of Mamba2 (``norm_before_gate=False``): ``rmsnorm(y * silu(z)) * weight``, and the same
 followed by the mixer's output projection in fewer passes over the wide input."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -32,7 +33,10 @@ def gated_rms_norm_linear(
 
 
 def rms_norm_linear(
-    gated: torch.Tensor, weight: Optional[torch.Tensor], out_weight: torch.Tensor, eps: float = 1e-5,
+    gated: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    out_weight: torch.Tensor,
+    eps: float = 1e-5,
     out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``F.linear(rmsnorm(gated) * weight, out_weight)``, the tail of :func:`gated_rms_norm_linear` for callers

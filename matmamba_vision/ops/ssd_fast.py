@@ -14,6 +14,7 @@ Every path but the row blocks also starts from a given state and returns the las
 can be scanned in pieces (the mixer does so for CPU inference). The work depends on the data (which heads
 are redone), so the FLOP counter and ``torch.compile`` take :func:`.ssd_ref.ssd_scan_ref` instead.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -86,9 +87,17 @@ def _heads(idx: torch.Tensor, x, dt, A, B, C, h0: Optional[torch.Tensor] = None)
 def _put_heads(t: torch.Tensor, dim: int, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``t`` with heads ``idx`` (along ``dim``) replaced by ``rows``; in place when autograd is off."""
     return t.index_copy_(dim, idx, rows) if not torch.is_grad_enabled() else t.index_copy(dim, idx, rows)
+
+
 def _ssd_factorised(
-    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, q: int,
-    h0: Optional[torch.Tensor] = None, want_final: bool = False,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    q: int,
+    h0: Optional[torch.Tensor] = None,
+    want_final: bool = False,
 ) -> Tuple[Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
     """Chunked scan whose intra-chunk product is one GEMM shared by all heads of a group.
 
@@ -167,7 +176,7 @@ def _ssd_factorised(
             S = S[:, :nc]
         S = S.reshape(b * nc * g, hg * p, n).transpose(1, 2)
         Z3, C3 = Z.view(b * nc * g, q, hg * p), Cc.reshape(b * nc * g, q, n)
-        Z = (Z3.baddbmm_(C3, S) if not torch.is_grad_enabled() else torch.baddbmm(Z3, C3, S))
+        Z = Z3.baddbmm_(C3, S) if not torch.is_grad_enabled() else torch.baddbmm(Z3, C3, S)
         Z = Z.view(b, nc, g, q, hg * p)
     y = Z.transpose(2, 3).reshape(b, nc * q, h, p)
     y = y.mul_(e.view(b, nc * q, h, 1)) if not torch.is_grad_enabled() else y * e.view(b, nc * q, h, 1)
@@ -243,7 +252,9 @@ def _ssd_row_blocks(
             halves = []
             for (s, e_), M in zip(bounds, Ms):
                 m = s + -(-(e_ - s) // 2)
-                halves += [((s, m), M[:, :, : m - s, :m]), ((m, e_), M[:, :, m - s:, :e_])] if m < e_ else [((s, e_), M)]
+                halves += (
+                    [((s, m), M[:, :, : m - s, :m]), ((m, e_), M[:, :, m - s :, :e_])] if m < e_ else [((s, e_), M)]
+                )
             bounds, Ms = [hb for hb, _ in halves], [hm for _, hm in halves]
             r = -(-r // 2)
             if not bool(_unsafe_heads(a_sub, bounds).any()):
@@ -254,8 +265,14 @@ def _ssd_row_blocks(
 
 
 def _ssd_auto(
-    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, q: int,
-    h0: Optional[torch.Tensor] = None, want_final: bool = False,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    q: int,
+    h0: Optional[torch.Tensor] = None,
+    want_final: bool = False,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Factorised path; heads whose decay range is unsafe are redone with chunks a quarter as long,
     and below ``_MIN_FACTORISED_CHUNK`` tokens with the exact path. Returns (y, final state or None)."""
@@ -274,8 +291,6 @@ def _ssd_auto(
     return _put_heads(y, 2, idx, ys), (_put_heads(final, 1, idx, fs) if want_final else None)
 
 
-
-
 def ssd_scan_fast(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -289,6 +304,7 @@ def ssd_scan_fast(
     """The scan (arguments and result as in :func:`.ssd_ref.ssd_scan_ref`) by the factorised GEMMs: row
     blocks for a single chunk without states, else chunks of :func:`choose_chunk_len` tokens (shortened
     while many heads' decay range is unsafe)."""
+
     def core(x, dt, A, B, C, h0, want_final):
         q = choose_chunk_len(x.shape[1], B.shape[-1], chunk_size)
         stateful = h0 is not None or want_final

@@ -1,4 +1,5 @@
 """The SSD scan by mamba_ssm's Triton kernel (optional: mamba_ssm is imported on first use only)."""
+
 from __future__ import annotations
 
 import functools
@@ -44,8 +45,16 @@ def ssd_scan_mamba_ssm(
 ):
     """``mamba_chunk_scan_combined`` with the arguments and result of :func:`.ssd_ref.ssd_scan_ref` (``y`` in
     ``x.dtype``, the final state in float32); needs :func:`mamba_ssm_runs_on` ``(x)``."""
-    out = _mamba_ssm_kernel()(x.contiguous(), dt.contiguous(), A.float(), B.contiguous(), C.contiguous(),
-                              chunk_size, initial_states=initial_state, return_final_states=return_final_state)
+    out = _mamba_ssm_kernel()(
+        x.contiguous(),
+        dt.contiguous(),
+        A.float(),
+        B.contiguous(),
+        C.contiguous(),
+        chunk_size,
+        initial_states=initial_state,
+        return_final_states=return_final_state,
+    )
     if return_final_state:
         return out[0].to(x.dtype), out[1].float()
     return out.to(x.dtype)

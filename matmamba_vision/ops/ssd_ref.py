@@ -12,6 +12,7 @@ state per head. Its work depends on the shapes only (no data-dependent branch), 
 counter, ``torch.compile`` and the ``"reference"`` backend take; the result does not depend on the chunk
 size except through rounding.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
@@ -77,8 +78,14 @@ def pad_seq(t: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 def ssd_chunked_exact(
-    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
-    h0: Optional[torch.Tensor] = None, want_final: bool = False,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    h0: Optional[torch.Tensor] = None,
+    want_final: bool = False,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The chunked scan on float32 tensors: per head, an explicit (q x q) decay matrix per chunk.
     ``h0`` (batch, heads, headdim, d_state) is the state before the first token; returns (y, final state or
@@ -142,8 +149,14 @@ def ssd_chunked_exact(
 
 
 def scan_float32(
-    core: ScanCore, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-    initial_state: Optional[torch.Tensor], return_final_state: bool,
+    core: ScanCore,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    initial_state: Optional[torch.Tensor],
+    return_final_state: bool,
 ):
     """What every torch scan shares: checks the shapes, passes an empty sequence's state through, runs
     ``core`` on float32 copies (also under autocast) and returns ``y`` in ``x.dtype``."""
@@ -152,8 +165,10 @@ def scan_float32(
     if h % g:
         raise ValueError(f"heads ({h}) must be a multiple of groups ({g})")
     if initial_state is not None and tuple(initial_state.shape) != (b, h, p, n):
-        raise ValueError(f"initial_state must have shape (batch, heads, headdim, d_state) = {(b, h, p, n)}, "
-                         f"got {tuple(initial_state.shape)}")
+        raise ValueError(
+            f"initial_state must have shape (batch, heads, headdim, d_state) = {(b, h, p, n)}, "
+            f"got {tuple(initial_state.shape)}"
+        )
     out_dtype = x.dtype
     if seqlen == 0:  # nothing to scan: no outputs, and the state passes through unchanged
         final = initial_state.float() if initial_state is not None else x.new_zeros(b, h, p, n, dtype=torch.float32)
@@ -189,6 +204,7 @@ def ssd_scan_ref(
     Returns:
         y (batch, seqlen, heads, headdim), or (y, final_state) with ``return_final_state``.
     """
+
     def core(x, dt, A, B, C, h0, want_final):
         return ssd_chunked_exact(x, dt, A, B, C, chunk_size, h0, want_final)
 

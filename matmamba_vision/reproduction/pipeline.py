@@ -1,4 +1,5 @@
 """``make reproduce``: every stage in order (each skipped when recorded as done), then the report."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,15 @@ def close_levels(plan: Plan, seed: int, threshold: float) -> List[int]:
     return out
 
 
-def reproduce(plan: Plan, runners: Runners, seeds: Sequence[int] = (0, 1, 2), variants: bool = False,
-              threshold: float = 0.5, command: str = "", log: Callable[[str], None] = print) -> Path:
+def reproduce(
+    plan: Plan,
+    runners: Runners,
+    seeds: Sequence[int] = (0, 1, 2),
+    variants: bool = False,
+    threshold: float = 0.5,
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> Path:
     """Run (or finish) every stage and write ``REPRODUCTION.md``; returns its path."""
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     st = StageLog(plan.run_dir)
@@ -78,8 +86,14 @@ def reproduce(plan: Plan, runners: Runners, seeds: Sequence[int] = (0, 1, 2), va
             for g in close:
                 train_baseline(g, seed)
                 validate(plan.baseline(g, seed))
-    path = write_report(plan, seeds=[s0, *seeds[1:]] if close else [s0], close=close, variants=variants,
-                        stage_times=st.done, command=command, threshold=threshold)
+    path = write_report(
+        plan,
+        seeds=[s0, *seeds[1:]] if close else [s0],
+        close=close,
+        variants=variants,
+        stage_times=st.done,
+        command=command,
+        threshold=threshold,
+    )
     log(f"[reproduce] wrote {path}")
     return path
-

@@ -4,6 +4,7 @@ run folder (atomically), so a rerun skips it; an interrupted training continues 
 Every model is trained by train.py with the demo's recipe (its embedded defaults plus ``train_args``) and the
 same number of optimiser steps; it is evaluated at its final weights (not a checkpoint picked on the test split).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import timm
 import yaml
 
-from ..weights import atomic_write
 from ..training.checkpointing import latest_state_file
 from ..training.config import parse_args as parse_train_args
+from ..weights import atomic_write
 
 __all__ = ["Plan", "StageLog", "Runners", "untrained_grid", "final_weights"]
 
@@ -48,8 +49,7 @@ class StageLog:
         log(f"[reproduce] {name}: running")
         t0 = time.time()
         fn()
-        self.done[name] = {"seconds": round(time.time() - t0, 1),
-                           "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        self.done[name] = {"seconds": round(time.time() - t0, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         text = json.dumps(self.done, indent=2) + "\n"
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
         log(f"[reproduce] {name}: finished in {self.done[name]['seconds']:.0f} s")
@@ -82,9 +82,9 @@ class Plan:
     """Names, folders and command lines of every stage of one reproduction run."""
 
     run_dir: Path
-    train_args: List[str] = field(default_factory=list)   # appended to every train.py call
-    data_args: List[str] = field(default_factory=list)    # --dataset/--data-dir, for all three scripts
-    eval_args: List[str] = field(default_factory=list)    # e.g. --max-samples, for validate/retrieval
+    train_args: List[str] = field(default_factory=list)  # appended to every train.py call
+    data_args: List[str] = field(default_factory=list)  # --dataset/--data-dir, for all three scripts
+    eval_args: List[str] = field(default_factory=list)  # e.g. --max-samples, for validate/retrieval
     sample_n: int = 2
 
     def __post_init__(self):
@@ -118,14 +118,27 @@ class Plan:
 
     # ------------------------------------------------------------------ command lines
     def variant_flags(self, variant: str) -> List[str]:
-        return {"": [], "distill": ["--distill"],
-                "sample": ["--sample-granularities", str(self.sample_n)],
-                "distill-sample": ["--distill", "--sample-granularities", str(self.sample_n)]}[variant]
+        return {
+            "": [],
+            "distill": ["--distill"],
+            "sample": ["--sample-granularities", str(self.sample_n)],
+            "distill-sample": ["--distill", "--sample-granularities", str(self.sample_n)],
+        }[variant]
 
     def train_argv(self, name: str, seed: int, extra: Sequence[str] = ()) -> List[str]:
         exp = self.exp_dir(name)
-        argv = [*self.data_args, *self.train_args, *extra, "--seed", str(seed), "--output", str(exp.parent),
-                "--experiment", name, "--no-progress"]
+        argv = [
+            *self.data_args,
+            *self.train_args,
+            *extra,
+            "--seed",
+            str(seed),
+            "--output",
+            str(exp.parent),
+            "--experiment",
+            name,
+            "--no-progress",
+        ]
         if latest_state_file(exp) is not None:  # interrupted: continue from its last finished epoch
             argv += ["--resume", str(exp)]
         return argv
@@ -140,8 +153,16 @@ class Plan:
         return self.train_argv(self.baseline(g, seed), seed, ["--model-kwargs", flow, "--granularities", str(g)])
 
     def validate_argv(self, name: str, widths: Optional[Sequence[int]] = None, mixnmatch: bool = False) -> List[str]:
-        argv = [*self.data_args, *self.eval_args, "--checkpoint", str(final_weights(self.exp_dir(name))),
-                "--output", str(self.eval_dir(name)), "--workers", "0"]
+        argv = [
+            *self.data_args,
+            *self.eval_args,
+            "--checkpoint",
+            str(final_weights(self.exp_dir(name))),
+            "--output",
+            str(self.eval_dir(name)),
+            "--workers",
+            "0",
+        ]
         if widths:
             argv += ["--granularities", *map(str, widths)]
         if mixnmatch:
@@ -149,11 +170,23 @@ class Plan:
         return argv
 
     def retrieval_argv(self, name: str, baselines: Dict[int, str]) -> List[str]:
-        argv = [*self.data_args, *self.eval_args, "--checkpoint", str(final_weights(self.exp_dir(name))),
-                "--output", str(self.eval_dir(name) / "retrieval"), "--workers", "0",
-                "--cache-dir", str(self.run_dir / "embedding_cache"),
-                "--query-granularities", *map(str, self.levels)]
+        argv = [
+            *self.data_args,
+            *self.eval_args,
+            "--checkpoint",
+            str(final_weights(self.exp_dir(name))),
+            "--output",
+            str(self.eval_dir(name) / "retrieval"),
+            "--workers",
+            "0",
+            "--cache-dir",
+            str(self.run_dir / "embedding_cache"),
+            "--query-granularities",
+            *map(str, self.levels),
+        ]
         if baselines:
-            argv += ["--baseline-checkpoints",
-                     *[f"g{g}={final_weights(self.exp_dir(b))}" for g, b in sorted(baselines.items(), reverse=True)]]
+            argv += [
+                "--baseline-checkpoints",
+                *[f"g{g}={final_weights(self.exp_dir(b))}" for g, b in sorted(baselines.items(), reverse=True)],
+            ]
         return argv

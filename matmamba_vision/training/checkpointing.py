@@ -8,6 +8,7 @@ folder ``model_best/`` holds the same weights with their config for timm (``loca
 Before training starts, :func:`matmamba_vision.runtime.check_output_dir` and :func:`check_free_space` report an
 output folder that cannot be written or has too little room, and :func:`check_resume_matches` refuses to resume a
 checkpoint into another model or other granularities (before anything is loaded)."""
+
 from __future__ import annotations
 
 import logging
@@ -22,14 +23,32 @@ import numpy as np
 import torch
 
 from ..weights import (
-    CheckpointError, atomic_write, load_checkpoint, load_torch, load_weights, read_weights_metadata, save_model_dir,
-    save_torch, save_weights,
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    load_torch,
+    load_weights,
+    read_weights_metadata,
+    save_model_dir,
+    save_torch,
+    save_weights,
 )
 from .midepoch import mid_epoch_name, newest_checkpoint, prune_mid_epoch
 
-__all__ = ["rng_state", "set_rng_state", "CheckpointManager", "resolve_resume", "load_training_state",
-           "read_training_state", "check_resume_matches", "latest_state_file", "check_free_space",
-           "reconcile_best", "REGULARISATION_ARGS", "BEST_DIR"]
+__all__ = [
+    "rng_state",
+    "set_rng_state",
+    "CheckpointManager",
+    "resolve_resume",
+    "load_training_state",
+    "read_training_state",
+    "check_resume_matches",
+    "latest_state_file",
+    "check_free_space",
+    "reconcile_best",
+    "REGULARISATION_ARGS",
+    "BEST_DIR",
+]
 
 # model_args a resumed run may change: regularisation and the SSD kernel choice, not the architecture
 REGULARISATION_ARGS = ("drop_rate", "proj_drop_rate", "drop_path_rate", "ssd_backend")
@@ -46,8 +65,12 @@ def rng_state() -> Dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "gauss": float(gauss)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
     }
 
 
@@ -81,9 +104,11 @@ def resolve_resume(path: str) -> Path:
     if p.name.endswith(".safetensors"):
         state = p.with_name(p.name[: -len(".safetensors")] + ".state.pt")
         if p.is_file() and not state.is_file():  # e.g. model_best: weights only
-            raise ValueError(f"--resume: {path} has no training state beside it ({state.name}); resume a "
-                             f"checkpoint-E file or the run folder, or start from these weights with "
-                             f"--initial-checkpoint {path}")
+            raise ValueError(
+                f"--resume: {path} has no training state beside it ({state.name}); resume a "
+                f"checkpoint-E file or the run folder, or start from these weights with "
+                f"--initial-checkpoint {path}"
+            )
         p = state
     if not p.is_file():
         raise ValueError(f"--resume: {path} is not a checkpoint state file, weights file or experiment folder")
@@ -105,28 +130,36 @@ def load_training_state(path: Path, model: torch.nn.Module) -> Dict[str, Any]:
     return state
 
 
-def check_resume_matches(state: Dict[str, Any], path: Path, model_name: str, model_args: Dict[str, Any],
-                         granularities: List[int]) -> None:
+def check_resume_matches(
+    state: Dict[str, Any], path: Path, model_name: str, model_args: Dict[str, Any], granularities: List[int]
+) -> None:
     """ValueError unless the run to resume trained the same model (name and architecture arguments; see
     :data:`REGULARISATION_ARGS` for those that may change) at the same granularities."""
-    hint = (f"resume with the flags it was trained with, or start a new run from its weights with "
-            f"--initial-checkpoint {path.parent / state['weights']}")
+    hint = (
+        f"resume with the flags it was trained with, or start a new run from its weights with "
+        f"--initial-checkpoint {path.parent / state['weights']}"
+    )
     saved_name = state.get("model") or (state.get("args") or {}).get("model")
     if saved_name is not None and saved_name != model_name:
-        raise ValueError(f"--resume {path}: trained with --model {saved_name}, this run asks for --model "
-                         f"{model_name}; {hint}")
+        raise ValueError(
+            f"--resume {path}: trained with --model {saved_name}, this run asks for --model {model_name}; {hint}"
+        )
     saved_args = state.get("model_args")
     if saved_args is not None:
         keys = sorted((set(saved_args) | set(model_args)) - set(REGULARISATION_ARGS))
-        changed = [f"{k}: {saved_args.get(k)} -> {model_args.get(k)}" for k in keys
-                   if _plain_value(saved_args.get(k)) != _plain_value(model_args.get(k))]
+        changed = [
+            f"{k}: {saved_args.get(k)} -> {model_args.get(k)}"
+            for k in keys
+            if _plain_value(saved_args.get(k)) != _plain_value(model_args.get(k))
+        ]
         if changed:
-            raise ValueError(f"--resume {path}: the model differs from the one trained ({', '.join(changed)}); "
-                             f"{hint}")
+            raise ValueError(f"--resume {path}: the model differs from the one trained ({', '.join(changed)}); {hint}")
     saved_gs = state.get("granularities")
     if saved_gs is not None and sorted(saved_gs, reverse=True) != sorted(granularities, reverse=True):
-        raise ValueError(f"--resume {path}: trained at granularities {list(saved_gs)}, this run asks for "
-                         f"{list(granularities)} (--granularities); {hint}")
+        raise ValueError(
+            f"--resume {path}: trained at granularities {list(saved_gs)}, this run asks for "
+            f"{list(granularities)} (--granularities); {hint}"
+        )
 
 
 def _plain_value(v: Any) -> Any:
@@ -146,16 +179,22 @@ def check_free_space(directory: Path, model: torch.nn.Module, keep: int, ema: bo
     """ValueError when ``directory``'s file system (its own, or its nearest existing parent's) has less free
     space than :func:`checkpoint_bytes` (less the checkpoints already there, which a resumed run replaces)."""
     directory = Path(directory)
-    existing = sum(p.stat().st_size for pattern in ("checkpoint-*", "model_best*", "model_best/*")
-                   for p in directory.glob(pattern) if p.is_file())
+    existing = sum(
+        p.stat().st_size
+        for pattern in ("checkpoint-*", "model_best*", "model_best/*")
+        for p in directory.glob(pattern)
+        if p.is_file()
+    )
     need = max(checkpoint_bytes(model, keep, ema) - existing, 1 << 20)
     on_disk = next(d for d in (directory, *directory.parents) if d.exists())  # the folder may not exist yet
     free = shutil.disk_usage(on_disk).free
     if free < need:
         mib = 1 << 20
-        raise ValueError(f"--output {directory}: {free / mib:.1f} MiB free, but its checkpoints need about "
-                         f"{need / mib:.1f} MiB (--checkpoint-hist {keep}{', --model-ema' if ema else ''}); "
-                         f"free some space or choose another --output")
+        raise ValueError(
+            f"--output {directory}: {free / mib:.1f} MiB free, but its checkpoints need about "
+            f"{need / mib:.1f} MiB (--checkpoint-hist {keep}{', --model-ema' if ema else ''}); "
+            f"free some space or choose another --output"
+        )
 
 
 def reconcile_best(source: Path, directory: Path, best: Dict[str, Any]) -> Dict[str, Any]:
@@ -204,8 +243,11 @@ def _reconcile_best_files(source: Path, directory: Path, best: Dict[str, Any]) -
         for name in ("model_best", "model_best_ema"):
             if (directory / f"{name}.safetensors").is_file():
                 os.replace(directory / f"{name}.safetensors", directory / f"{name}-epoch{here}.abandoned.safetensors")
-        _logger.warning("model_best of epoch %d is not the resumed run's: moved aside as "
-                        "model_best-epoch%d.abandoned.safetensors", here, here)
+        _logger.warning(
+            "model_best of epoch %d is not the resumed run's: moved aside as model_best-epoch%d.abandoned.safetensors",
+            here,
+            here,
+        )
     if written(source) == epoch:  # resumed into another folder: the run's best comes along
         for name in ("model_best", "model_best_ema"):
             if (source / f"{name}.safetensors").is_file():
@@ -221,8 +263,7 @@ def _reconcile_best_files(source: Path, directory: Path, best: Dict[str, Any]) -
             save_weights(ema, directory / "model_best_ema.safetensors", metadata=meta)
         _logger.info("model_best: the resumed run's best (epoch %d) restored from %s", epoch, weights.name)
         return best
-    _logger.warning("the resumed run's best (epoch %d) is no longer kept; the next validation starts a new best",
-                    epoch)
+    _logger.warning("the resumed run's best (epoch %d) is no longer kept; the next validation starts a new best", epoch)
     return {"top1": -1.0, "epoch": -1}
 
 
@@ -243,18 +284,23 @@ class CheckpointManager:
                 _logger.info("removing %s, left by an interrupted write", tmp)
                 tmp.unlink(missing_ok=True)
 
-    def save(self, epoch: int, model: torch.nn.Module, state: Dict[str, Any], metadata: Dict[str, Any]) -> Optional[Path]:
+    def save(
+        self, epoch: int, model: torch.nn.Module, state: Dict[str, Any], metadata: Dict[str, Any]
+    ) -> Optional[Path]:
         if not self.enabled:
             return None
         weights = self.directory / f"checkpoint-{epoch}.safetensors"
         save_weights(model.state_dict(), weights, metadata=dict(metadata, epoch=epoch))
-        path = save_torch(dict(state, epoch=epoch, weights=weights.name), self.directory / f"checkpoint-{epoch}.state.pt")
+        path = save_torch(
+            dict(state, epoch=epoch, weights=weights.name), self.directory / f"checkpoint-{epoch}.state.pt"
+        )
         self._prune()
         prune_mid_epoch(self.directory)
         return path
 
-    def save_mid_epoch(self, epoch: int, batches: int, model: torch.nn.Module, state: Dict[str, Any],
-                       metadata: Dict[str, Any]) -> Optional[Path]:
+    def save_mid_epoch(
+        self, epoch: int, batches: int, model: torch.nn.Module, state: Dict[str, Any], metadata: Dict[str, Any]
+    ) -> Optional[Path]:
         """An in-epoch checkpoint after ``batches`` batches of ``epoch`` (see :mod:`.midepoch`); older in-epoch
         ones are removed once it is complete."""
         if not self.enabled:
@@ -262,13 +308,19 @@ class CheckpointManager:
         stem = mid_epoch_name(epoch, batches)
         weights = self.directory / f"{stem}.safetensors"
         save_weights(model.state_dict(), weights, metadata=dict(metadata, epoch=epoch, batch=batches))
-        path = save_torch(dict(state, epoch=epoch, batch=batches, weights=weights.name),
-                          self.directory / f"{stem}.state.pt")
+        path = save_torch(
+            dict(state, epoch=epoch, batch=batches, weights=weights.name), self.directory / f"{stem}.state.pt"
+        )
         prune_mid_epoch(self.directory)
         return path
 
-    def save_best(self, model: torch.nn.Module, ema: Optional[torch.nn.Module], metadata: Dict[str, Any],
-                  data_config: Optional[Dict[str, Any]] = None) -> None:
+    def save_best(
+        self,
+        model: torch.nn.Module,
+        ema: Optional[torch.nn.Module],
+        metadata: Dict[str, Any],
+        data_config: Optional[Dict[str, Any]] = None,
+    ) -> None:
         """``model_best.safetensors`` (and ``_ema``) with ``metadata``; then ``model_best/`` (config.json with the
         model's args and ``data_config``, model.safetensors) for timm's ``local-dir:`` loader."""
         if not self.enabled:

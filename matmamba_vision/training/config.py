@@ -1,9 +1,10 @@
 """Command-line flags of train.py (timm's names wherever timm's train.py has one) and ``-c/--config`` YAML.
 
 The defaults are the embedded Fashion-MNIST recipe: ``python train.py`` trains
-``matmamba_vision_tiny_patch7_28`` (the demo's model, registered under that name) on the CPU. A YAML file sets defaults by flag name (dashes or
-underscores); flags given on the command line win, as in timm.
+``matmamba_vision_tiny_patch7_28`` (the demo's model, registered under that name) on the CPU. A YAML file sets
+defaults by flag name (dashes or underscores); flags given on the command line win, as in timm.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,21 @@ import yaml
 
 from ..argformat import DefaultsHelpFormatter
 from ..flags import (
-    FlagType, ModelKwargs, compile_backend, drop_prob, nonneg_float, nonneg_int, not_nan_float, optimizer_name,
-    parse_flags, parse_model_kwargs, positive_float, positive_fraction, positive_int, prob, seed_int,
+    FlagType,
+    ModelKwargs,
+    compile_backend,
+    drop_prob,
+    nonneg_float,
+    nonneg_int,
+    not_nan_float,
+    optimizer_name,
+    parse_flags,
+    parse_model_kwargs,
+    positive_float,
+    positive_fraction,
+    positive_int,
+    prob,
+    seed_int,
 )
 from ..models.matmamba_vision import DEFAULT_MODEL
 from .preemption import signal_name
@@ -37,12 +51,17 @@ def _ints(text: str) -> List[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Matryoshka training of MatMamba-Vision models (timm-style flags).",
-                                formatter_class=DefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="Matryoshka training of MatMamba-Vision models (timm-style flags).",
+        formatter_class=DefaultsHelpFormatter,
+    )
     p.add_argument("-c", "--config", default="", help="YAML file of defaults (keys are flag names)")
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", default="", help="'' (Fashion-MNIST without --data-dir, folder with it), "
-                   "'fmnist', 'folder' or 'ffcv'")
+    d.add_argument(
+        "--dataset",
+        default="",
+        help="'' (Fashion-MNIST without --data-dir, folder with it), 'fmnist', 'folder' or 'ffcv'",
+    )
     d.add_argument("--data-dir", default=None, help="folder with train/ and val/ (or the .beton files for ffcv)")
     d.add_argument("--train-split", default="train")
     d.add_argument("--val-split", default="val")
@@ -52,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default=DEFAULT_MODEL, help="timm model name")
     m.add_argument("--pretrained", action="store_true", help="start from the model's published weights")
     m.add_argument("--initial-checkpoint", default="", help="weights to start from (ours or official)")
-    m.add_argument("--resume", default="", help="state file, weights file or experiment folder to continue; 'auto': "
-                   "the newest checkpoint in --output/--experiment if there is one (else start fresh)")
+    m.add_argument(
+        "--resume",
+        default="",
+        help="state file, weights file or experiment folder to continue; 'auto': "
+        "the newest checkpoint in --output/--experiment if there is one (else start fresh)",
+    )
     m.add_argument("--num-classes", type=positive_int, default=None, help="default: the number of class folders")
     m.add_argument("--img-size", type=positive_int, default=None, help="input image size (default: the model's)")
     m.add_argument("--in-chans", type=positive_int, default=None, help="input channels (default: the model's)")
@@ -61,28 +84,64 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--proj-drop", type=drop_prob, default=0.0, help="dropout on the mixers' in/out projections")
     m.add_argument("--drop-path", type=drop_prob, default=0.0, help="stochastic depth (linear over depth)")
     m.add_argument("--head-init-bias", type=float, default=None, help="initial value of the head's bias")
-    m.add_argument("--model-kwargs", nargs="*", default=None, action=ModelKwargs, metavar="KEY=VALUE",
-                   help="extra create_model kwargs, timm's depth=2 embed_dim=64 or a YAML mapping '{depth: 2}'")
+    m.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        default=None,
+        action=ModelKwargs,
+        metavar="KEY=VALUE",
+        help="extra create_model kwargs, timm's depth=2 embed_dim=64 or a YAML mapping '{depth: 2}'",
+    )
     t = p.add_argument_group("Matryoshka")
-    t.add_argument("--granularities", type=_ints, nargs="+", default=None,
-                   help="trained g values, e.g. 128 64 or 128,64; default D, D/2, D/4, D/8")
-    t.add_argument("--matryoshka-mode", choices=("sum", "cycle"), default="sum",
-                   help="sum: every g on each batch, averaged; cycle: one g per micro-batch, one step per cycle")
-    t.add_argument("--distill", action="store_true",
-                   help="in-place distillation: the widest trained g's logits teach the narrower ones")
-    t.add_argument("--distill-weight", type=prob,
-                   default=0.5, help="--distill: loss = (1 - w) label CE + w KD for every narrower width")
-    t.add_argument("--distill-temperature", type=positive_float,
-                   default=1.0, help="--distill: softmax temperature of teacher and student (KD scaled by T^2)")
-    t.add_argument("--sample-granularities", type=nonneg_int, default=0,
-                   metavar="N", help="each step also trains N random untrained valid widths between the "
-                   "smallest and largest trained g")
+    t.add_argument(
+        "--granularities",
+        type=_ints,
+        nargs="+",
+        default=None,
+        help="trained g values, e.g. 128 64 or 128,64; default D, D/2, D/4, D/8",
+    )
+    t.add_argument(
+        "--matryoshka-mode",
+        choices=("sum", "cycle"),
+        default="sum",
+        help="sum: every g on each batch, averaged; cycle: one g per micro-batch, one step per cycle",
+    )
+    t.add_argument(
+        "--distill",
+        action="store_true",
+        help="in-place distillation: the widest trained g's logits teach the narrower ones",
+    )
+    t.add_argument(
+        "--distill-weight",
+        type=prob,
+        default=0.5,
+        help="--distill: loss = (1 - w) label CE + w KD for every narrower width",
+    )
+    t.add_argument(
+        "--distill-temperature",
+        type=positive_float,
+        default=1.0,
+        help="--distill: softmax temperature of teacher and student (KD scaled by T^2)",
+    )
+    t.add_argument(
+        "--sample-granularities",
+        type=nonneg_int,
+        default=0,
+        metavar="N",
+        help="each step also trains N random untrained valid widths between the smallest and largest trained g",
+    )
     t.add_argument("--best-granularity", type=int, default=None, help="g whose val top-1 picks the best model")
     o = p.add_argument_group("optimisation")
-    o.add_argument("-b", "--batch-size", type=positive_int, default=128,
-                   help="GLOBAL batch per optimiser step, split over ranks and --grad-accum-steps")
-    o.add_argument("-vb", "--validation-batch-size", type=positive_int, default=None,
-                   help="per rank; default 2x per-rank batch")
+    o.add_argument(
+        "-b",
+        "--batch-size",
+        type=positive_int,
+        default=128,
+        help="GLOBAL batch per optimiser step, split over ranks and --grad-accum-steps",
+    )
+    o.add_argument(
+        "-vb", "--validation-batch-size", type=positive_int, default=None, help="per rank; default 2x per-rank batch"
+    )
     o.add_argument("--grad-accum-steps", type=positive_int, default=1)
     o.add_argument("--opt", type=optimizer_name, default="adamw", help="a timm optimizer name")
     o.add_argument("--opt-eps", type=positive_float, default=None)
@@ -98,8 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=positive_int, default=8)
     s.add_argument("--lr", type=positive_float, default=2e-3)
     s.add_argument("--sched", default="cosine", choices=SCHEDULERS, help="timm's schedulers; none: constant --lr")
-    s.add_argument("--sched-on-updates", action=argparse.BooleanOptionalAction, default=True,
-                   help="step the schedule every optimiser update (not once per epoch)")
+    s.add_argument(
+        "--sched-on-updates",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="step the schedule every optimiser update (not once per epoch)",
+    )
     s.add_argument("--warmup-epochs", type=nonneg_float, default=0.3)
     s.add_argument("--warmup-lr", type=nonneg_float, default=1e-5)
     s.add_argument("--warmup-prefix", action="store_true")
@@ -107,8 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decay-epochs", type=positive_float, default=None, help="step: epochs between decays (timm: 90)")
     s.add_argument("--decay-milestones", type=int, nargs="+", default=[90, 180, 270], help="multistep: decay epochs")
     s.add_argument("--decay-rate", "--dr", type=positive_float, default=0.1, help="step, multistep, plateau: LR factor")
-    s.add_argument("--patience-epochs", type=nonneg_int, default=10,
-                   help="plateau: epochs without gain before a decay")
+    s.add_argument("--patience-epochs", type=nonneg_int, default=10, help="plateau: epochs without gain before a decay")
     s.add_argument("--cooldown-epochs", type=nonneg_int, default=0, help="epochs at --min-lr after the schedule")
     s.add_argument("--lr-cycle-mul", type=positive_float, default=1.0, help="cosine/tanh: cycle length multiplier")
     s.add_argument("--lr-cycle-decay", type=positive_float, default=0.5, help="cosine/tanh: LR factor per cycle")
@@ -121,41 +183,71 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--mixup-switch-prob", type=prob, default=0.5)
     a.add_argument("--mixup-mode", default="batch", choices=("batch", "pair", "elem"))
     a.add_argument("--smoothing", type=drop_prob, default=0.1)
-    a.add_argument("--aa", default=None, help="RandAugment: a timm policy, e.g. rand-m9-n2-mstd0.5-inc1, or "
-                   "'official' (the official run's: 2 ops, magnitude 9, its quirks kept; folder and ffcv) or "
-                   "'official-fixed' (TranslateY and Equalize corrected)")
+    a.add_argument(
+        "--aa",
+        default=None,
+        help="RandAugment: a timm policy, e.g. rand-m9-n2-mstd0.5-inc1, or "
+        "'official' (the official run's: 2 ops, magnitude 9, its quirks kept; folder and ffcv) or "
+        "'official-fixed' (TranslateY and Equalize corrected)",
+    )
     a.add_argument("--color-jitter", type=nonneg_float, default=0.0)
     a.add_argument("--color-jitter-prob", type=prob, default=None)
     a.add_argument("--reprob", type=prob, default=0.0)
     a.add_argument("--remode", default="pixel", choices=("pixel", "rand", "const"))
     a.add_argument("--recount", type=positive_int, default=1)
-    a.add_argument("--re-max-area", type=RE_MAX_AREA, default=1 / 3,
-                   help="random erasing: largest box as a fraction of the image (official run: 0.3)")
+    a.add_argument(
+        "--re-max-area",
+        type=RE_MAX_AREA,
+        default=1 / 3,
+        help="random erasing: largest box as a fraction of the image (official run: 0.3)",
+    )
     a.add_argument("--scale", type=positive_fraction, nargs=2, default=None, help="RandomResizedCrop area range")
     a.add_argument("--ratio", type=positive_float, nargs=2, default=None, help="RandomResizedCrop aspect range")
     a.add_argument("--hflip", type=prob, default=0.5)
-    a.add_argument("--translate", type=nonneg_int, default=0,
-                   help="Fashion-MNIST fast path: random translation by up to this many pixels")
+    a.add_argument(
+        "--translate",
+        type=nonneg_int,
+        default=0,
+        help="Fashion-MNIST fast path: random translation by up to this many pixels",
+    )
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; default cuda when available")
     r.add_argument("--amp", action="store_true")
     r.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"))
-    r.add_argument("--torchcompile", type=compile_backend, nargs="?", const="inductor", default=None,
-                   help="torch.compile backend")
+    r.add_argument(
+        "--torchcompile", type=compile_backend, nargs="?", const="inductor", default=None, help="torch.compile backend"
+    )
     r.add_argument("--threads", type=nonneg_int, default=None, help="torch CPU threads per rank (0: torch's default)")
     r.add_argument("--seed", type=seed_int, default=42)
     r.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
     r.add_argument("--output", default="output/train")
     r.add_argument("--experiment", default="")
     r.add_argument("--checkpoint-hist", type=positive_int, default=2)
-    r.add_argument("--checkpoint-interval-steps", type=nonneg_int, default=0,
-                   help="also checkpoint inside epochs every N optimiser steps (0: only at epoch ends)")
-    r.add_argument("--checkpoint-interval-minutes", type=nonneg_float, default=0.0,
-                   help="also checkpoint inside epochs when this many minutes passed since the last one (0: off)")
-    r.add_argument("--preempt-signal", type=signal_name, nargs="*", default=[],
-                   help="signals handled like SIGTERM (checkpoint, then exit 75), e.g. SIGUSR1")
-    r.add_argument("--preempt-deadline", type=positive_float, default=25.0,
-                   help="seconds from a preemption signal to exit; past it the previous checkpoint is kept (exit 76)")
+    r.add_argument(
+        "--checkpoint-interval-steps",
+        type=nonneg_int,
+        default=0,
+        help="also checkpoint inside epochs every N optimiser steps (0: only at epoch ends)",
+    )
+    r.add_argument(
+        "--checkpoint-interval-minutes",
+        type=nonneg_float,
+        default=0.0,
+        help="also checkpoint inside epochs when this many minutes passed since the last one (0: off)",
+    )
+    r.add_argument(
+        "--preempt-signal",
+        type=signal_name,
+        nargs="*",
+        default=[],
+        help="signals handled like SIGTERM (checkpoint, then exit 75), e.g. SIGUSR1",
+    )
+    r.add_argument(
+        "--preempt-deadline",
+        type=positive_float,
+        default=25.0,
+        help="seconds from a preemption signal to exit; past it the previous checkpoint is kept (exit 76)",
+    )
     r.add_argument("--log-interval", type=positive_int, default=50)
     r.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return p
@@ -220,10 +312,18 @@ def check_args(args: argparse.Namespace) -> None:
         ("--ratio", args.ratio, _ordered(args.ratio), "two numbers 0 < min <= max"),
         # timm's plateau scheduler steps once per epoch, on the validation top-1, and ends its warm-up only at a
         # whole epoch (after a fractional one the LR stays at a warm-up value for good)
-        ("--sched-on-updates", "on", args.sched != "plateau" or not args.sched_on_updates,
-         "off (--no-sched-on-updates) with --sched plateau"),
-        ("--warmup-epochs", args.warmup_epochs, args.sched != "plateau" or float(args.warmup_epochs).is_integer(),
-         "a whole number with --sched plateau"),
+        (
+            "--sched-on-updates",
+            "on",
+            args.sched != "plateau" or not args.sched_on_updates,
+            "off (--no-sched-on-updates) with --sched plateau",
+        ),
+        (
+            "--warmup-epochs",
+            args.warmup_epochs,
+            args.sched != "plateau" or float(args.warmup_epochs).is_integer(),
+            "a whole number with --sched plateau",
+        ),
     ):
         if not ok:
             raise ValueError(f"{flag} must be {valid}, got {value}")

@@ -1,4 +1,5 @@
 """torchrun DDP set-up (NCCL on GPU, gloo on CPU) and the few collectives training needs."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,16 @@ from timm.utils.distributed import init_distributed_device_so
 
 from ..runtime import resolve_device
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_mean", "all_reduce_sum", "replicas_identical", "barrier", "all_rng_states",
-           "from_main"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "replicas_identical",
+    "barrier",
+    "all_rng_states",
+    "from_main",
+]
 
 
 @dataclass

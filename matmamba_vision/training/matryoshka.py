@@ -14,6 +14,7 @@ Two additions beyond the paper:
   without replacement from ``sample_pool`` (torch's global RNG, so a resumed run draws as the original did);
   sum mode draws per micro-batch, cycle mode once per step and runs draw n on micro-batch n.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -28,8 +29,14 @@ from timm.utils import dispatch_clip_grad
 
 from .distributed import all_reduce_mean, all_reduce_sum
 
-__all__ = ["NonFiniteLossError", "MatryoshkaStep", "build_criterion", "micro_batch_size", "distill_loss",
-           "untrained_widths"]
+__all__ = [
+    "NonFiniteLossError",
+    "MatryoshkaStep",
+    "build_criterion",
+    "micro_batch_size",
+    "distill_loss",
+    "untrained_widths",
+]
 
 MODES = ("sum", "cycle")
 
@@ -83,8 +90,9 @@ def micro_batch_size(global_batch: int, world_size: int, accum_steps: int, mode:
     per_rank = global_batch // world_size
     parts = accum_steps * (num_granularities if mode == "cycle" else 1)
     if per_rank % parts:
-        what = f"--grad-accum-steps {accum_steps}" + (f" x {num_granularities} granularities (cycle mode)"
-                                                      if mode == "cycle" else "")
+        what = f"--grad-accum-steps {accum_steps}" + (
+            f" x {num_granularities} granularities (cycle mode)" if mode == "cycle" else ""
+        )
         raise ValueError(f"--batch-size {global_batch}: the per-rank batch {per_rank} does not split into {what}")
     return per_rank // parts
 
@@ -93,8 +101,8 @@ def micro_batch_size(global_batch: int, world_size: int, accum_steps: int, mode:
 class MatryoshkaStep:
     """Runs one optimiser step on one rank's batch and returns the (rank-averaged) loss per granularity."""
 
-    model: nn.Module                  # possibly DDP-wrapped / compiled
-    core: nn.Module                   # the MatMambaVision underneath (granularity control)
+    model: nn.Module  # possibly DDP-wrapped / compiled
+    core: nn.Module  # the MatMambaVision underneath (granularity control)
     optimizer: torch.optim.Optimizer
     criterion: nn.Module
     granularities: Sequence[int]
@@ -106,9 +114,9 @@ class MatryoshkaStep:
     scaler: Optional[torch.amp.GradScaler] = None
     mixup_fn: Optional[Callable] = None
     device_type: str = "cpu"
-    distill_weight: float = 0.0       # 0: off; else loss = (1 - w) CE + w KD for every narrower width
+    distill_weight: float = 0.0  # 0: off; else loss = (1 - w) CE + w KD for every narrower width
     distill_temperature: float = 1.0
-    sample_pool: Sequence[int] = ()   # widths the extra per-step draws come from
+    sample_pool: Sequence[int] = ()  # widths the extra per-step draws come from
     num_sampled: int = 0
     _params: List[nn.Parameter] = field(default_factory=list, init=False)
 
@@ -120,8 +128,10 @@ class MatryoshkaStep:
         if not self.distill_temperature > 0:
             raise ValueError(f"--distill-temperature must be positive, got {self.distill_temperature}")
         if self.num_sampled < 0 or self.num_sampled > len(self.sample_pool):
-            raise ValueError(f"--sample-granularities must be in [0, {len(self.sample_pool)}] (the untrained valid "
-                             f"widths between the trained ones: {list(self.sample_pool)}), got {self.num_sampled}")
+            raise ValueError(
+                f"--sample-granularities must be in [0, {len(self.sample_pool)}] (the untrained valid "
+                f"widths between the trained ones: {list(self.sample_pool)}), got {self.num_sampled}"
+            )
         self._params = [p for p in self.model.parameters() if p.requires_grad]
 
     def _autocast(self):
@@ -183,8 +193,9 @@ class MatryoshkaStep:
                         losses[j].append(l.detach())
                 else:
                     j = i % k
-                    per_g = self._losses(x, y, [self.granularities[j]] +
-                                         [g for n, g in enumerate(drawn) if n % parts == i])
+                    per_g = self._losses(
+                        x, y, [self.granularities[j]] + [g for n, g in enumerate(drawn) if n % parts == i]
+                    )
                     loss = torch.stack(per_g).sum() * (k / (k + len(drawn)))
                     losses[j].append(per_g[0].detach())
                 if len(per_g) > (k if self.mode == "sum" else 1):
@@ -213,4 +224,5 @@ class MatryoshkaStep:
 
 def _world_size() -> int:
     import torch.distributed as dist
+
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -11,6 +11,7 @@ on the global step count, so a resumed run writes at the same steps; ``--checkpo
 the last checkpoint) or to stop for a preemption signal; with several ranks the decision is one all-reduce,
 so every rank writes and stops at the same step.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,14 +23,17 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-__all__ = ["mid_epoch_name", "newest_checkpoint", "prune_mid_epoch", "resume_position", "CheckpointTrigger",
-           "resolve_auto_resume", "gather_rank_states"]
+__all__ = [
+    "mid_epoch_name",
+    "newest_checkpoint",
+    "prune_mid_epoch",
+    "resume_position",
+    "CheckpointTrigger",
+    "resolve_auto_resume",
+    "gather_rank_states",
+]
 
 _ANY_STATE_RE = re.compile(r"^checkpoint-(\d+)(?:-(\d+))?\.state\.pt$")
-
-
-
-
 
 
 def mid_epoch_name(epoch: int, batches: int) -> str:
@@ -79,8 +83,10 @@ def resume_position(state: Dict[str, Any]) -> Tuple[int, int]:
 def resolve_auto_resume(output: str, experiment: str) -> Optional[Path]:
     """``--resume auto``: the newest complete checkpoint in OUTPUT/EXPERIMENT, or None (start fresh)."""
     if not experiment:
-        raise ValueError("--resume auto needs --experiment: the default run folder's name holds the start time, "
-                         "so a repeated command would not find it")
+        raise ValueError(
+            "--resume auto needs --experiment: the default run folder's name holds the start time, "
+            "so a repeated command would not find it"
+        )
     return newest_checkpoint(Path(output) / experiment)
 
 
@@ -98,8 +104,13 @@ class CheckpointTrigger:
     now and whether to stop for a preemption signal. The same answer on every rank (a MAX all-reduce of the
     local flags, only when a process group is up)."""
 
-    def __init__(self, every_steps: int = 0, every_minutes: float = 0.0, preemption=None,
-                 device: torch.device = torch.device("cpu")):
+    def __init__(
+        self,
+        every_steps: int = 0,
+        every_minutes: float = 0.0,
+        preemption=None,
+        device: torch.device = torch.device("cpu"),
+    ):
         self.every_steps, self.every_s = every_steps, every_minutes * 60.0
         self.preemption, self.device = preemption, device
         self.last = time.monotonic()

@@ -1,5 +1,6 @@
-"""The experiment folder: args.yaml (args.resumed-epochE.yaml for a resume), log.txt, a timm-style summary.csv (one row per epoch, metrics per
-granularity) and train_curves.png (train loss and val top-1 per granularity)."""
+"""The experiment folder: args.yaml (args.resumed-epochE.yaml for a resume), log.txt, a timm-style summary.csv
+(one row per epoch, metrics per granularity) and train_curves.png (train loss and val top-1 per granularity)."""
+
 from __future__ import annotations
 
 import csv
@@ -72,7 +73,11 @@ class Summary:
     def __init__(self, directory: Path, granularities: List[int], rows: Optional[List[Dict[str, float]]] = None):
         """``rows``: those of a resumed run (kept in its state file, so a kill between the checkpoint and
         the CSV write loses nothing)."""
-        self.csv, self.png, self.granularities = directory / "summary.csv", directory / "train_curves.png", granularities
+        self.csv, self.png, self.granularities = (
+            directory / "summary.csv",
+            directory / "train_curves.png",
+            granularities,
+        )
         self.rows: List[Dict[str, float]] = [dict(r) for r in rows or []]
 
     def add(self, row: Dict[str, float]) -> None:
@@ -92,6 +97,7 @@ class Summary:
 
     def plot(self) -> None:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator

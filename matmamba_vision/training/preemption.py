@@ -15,6 +15,7 @@ while the main thread is inside a long C call (a checkpoint write). A repeat wit
 of the first counts as the same request: a scheduler and torchrun often both forward one SIGTERM. On a hard
 exit the temporary files of an unfinished atomic write are removed, so no partial file is left anywhere.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,7 @@ import time
 from pathlib import Path
 from typing import Iterable, List, Optional
 
-__all__ = ["EXIT_PREEMPTED", "EXIT_DEADLINE", "EXIT_SECOND_SIGNAL", "DUPLICATE_WINDOW_S", "Preemption",
-           "signal_name"]
+__all__ = ["EXIT_PREEMPTED", "EXIT_DEADLINE", "EXIT_SECOND_SIGNAL", "DUPLICATE_WINDOW_S", "Preemption", "signal_name"]
 
 EXIT_PREEMPTED = 75
 EXIT_DEADLINE = 76
@@ -42,12 +42,13 @@ def signal_name(text: str) -> str:
     """argparse type: a catchable signal's name ('SIGUSR1' or 'USR1'), returned as 'SIGUSR1'."""
     name = text.strip().upper()
     name = name if name.startswith("SIG") else f"SIG{name}"
-    if name in ("SIGKILL", "SIGSTOP") or not isinstance(getattr(signal, name, None), signal.Signals) \
-            or name.startswith("SIG_"):
+    if (
+        name in ("SIGKILL", "SIGSTOP")
+        or not isinstance(getattr(signal, name, None), signal.Signals)
+        or name.startswith("SIG_")
+    ):
         raise argparse.ArgumentTypeError(f"expected a signal name that can be caught, e.g. SIGUSR1, got {text!r}")
     return name
-
-
 
 
 def _clean_temporaries(directory: Optional[Path]) -> None:
@@ -67,8 +68,7 @@ class Preemption:
     signal; the loop stops at a step boundary, checkpoints, calls :meth:`checkpoint_written`, then exits with
     :data:`EXIT_PREEMPTED`. ``clean_dir``: the run folder whose temporary files a hard exit removes (rank 0)."""
 
-    def __init__(self, signals: Iterable[str] = ("SIGTERM",), deadline: float = 25.0,
-                 clean_dir: Optional[Path] = None):
+    def __init__(self, signals: Iterable[str] = ("SIGTERM",), deadline: float = 25.0, clean_dir: Optional[Path] = None):
         self.signals: List[signal.Signals] = []
         for name in ["SIGTERM", *signals]:
             sig = getattr(signal, signal_name(name))
@@ -107,7 +107,7 @@ class Preemption:
 
     def __exit__(self, exc_type, *exc) -> None:
         if self._timer is not None and exc_type is None:  # the run ended normally (e.g. signalled in its last
-            self._timer.cancel()                           # validation, after the final checkpoint)
+            self._timer.cancel()  # validation, after the final checkpoint)
         if self._pipe is None:
             return
         signal.set_wakeup_fd(self._previous_fd)
@@ -155,14 +155,19 @@ class Preemption:
             self._timer = threading.Timer(self.deadline - margin, self._deadline_passed)
             self._timer.daemon = True
             self._timer.start()
-        _logger.warning("%s: stopping after this optimiser step to write a checkpoint (within %.0f s; a second "
-                        "signal exits at once)", sig.name, self.deadline)
+        _logger.warning(
+            "%s: stopping after this optimiser step to write a checkpoint (within %.0f s; a second "
+            "signal exits at once)",
+            sig.name,
+            self.deadline,
+        )
 
     def _deadline_passed(self) -> None:
         if self._written.is_set():
             self._hard_exit(EXIT_PREEMPTED, "checkpoint written; exit took past the deadline")
-        self._hard_exit(EXIT_DEADLINE, f"no checkpoint within --preempt-deadline {self.deadline:g} s; the previous "
-                                       f"one is kept")
+        self._hard_exit(
+            EXIT_DEADLINE, f"no checkpoint within --preempt-deadline {self.deadline:g} s; the previous one is kept"
+        )
 
     def _hard_exit(self, code: int, why: str) -> None:
         if code != EXIT_PREEMPTED:
@@ -183,10 +188,16 @@ class Preemption:
         """Raise SystemExit(:data:`EXIT_PREEMPTED`) after logging how long the stop took."""
         name = path.name if path else "(on rank 0)"
         if self.requested_at is None:  # another rank was signalled
-            _logger.warning("preempted (another rank's signal): checkpoint %s written; exit code %d", name,
-                            EXIT_PREEMPTED)
+            _logger.warning(
+                "preempted (another rank's signal): checkpoint %s written; exit code %d", name, EXIT_PREEMPTED
+            )
         else:
-            _logger.warning("preempted (%s): checkpoint %s written %.2f s after the signal; continue with the same "
-                            "command and --resume auto (exit code %d)", self.signal.name, name,
-                            time.monotonic() - self.requested_at, EXIT_PREEMPTED)
+            _logger.warning(
+                "preempted (%s): checkpoint %s written %.2f s after the signal; continue with the same "
+                "command and --resume auto (exit code %d)",
+                self.signal.name,
+                name,
+                time.monotonic() - self.requested_at,
+                EXIT_PREEMPTED,
+            )
         raise SystemExit(EXIT_PREEMPTED)

@@ -6,6 +6,7 @@ A lock written on this host is live while its pid runs with the recorded start t
 count). A lock from another host cannot be probed: it is live while its holder refreshes it (the file's
 modification time, touched by :meth:`RunLock.refresh`) and stale after :data:`STALE_AFTER_S` seconds without.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ from typing import Dict, List, Optional
 __all__ = ["LOCK_NAME", "STALE_AFTER_S", "RunLock", "live_holder", "describe"]
 
 LOCK_NAME = "run.lock"
-STALE_AFTER_S = 300.0   # a lock from another host untouched this long is stale
+STALE_AFTER_S = 300.0  # a lock from another host untouched this long is stale
 REFRESH_EVERY_S = 60.0  # how often a live run touches its lock
 
 _logger = logging.getLogger("train")
@@ -66,8 +67,11 @@ def live_holder(directory: Path) -> Optional[Dict]:
         if not path.exists():
             return None
         try:  # written but not yet filled in (a run taking it this instant), or damaged: judged by its age
-            return {"pid": "?", "host": "?", "cmd": "unreadable lock"} \
-                if time.time() - path.stat().st_mtime < STALE_AFTER_S else None
+            return (
+                {"pid": "?", "host": "?", "cmd": "unreadable lock"}
+                if time.time() - path.stat().st_mtime < STALE_AFTER_S
+                else None
+            )
         except OSError:
             return None
     if holder.get("host") != socket.gethostname():
@@ -96,9 +100,11 @@ class RunLock:
         self._touched = 0.0
 
     def _refusal(self, holder: Dict) -> ValueError:
-        return ValueError(f"--output/--experiment: {self.directory} is in use by a live run, {describe(holder)}; "
-                          f"wait for it to end or stop it, or choose another --experiment (a lock left by a "
-                          f"process that is gone is taken over)")
+        return ValueError(
+            f"--output/--experiment: {self.directory} is in use by a live run, {describe(holder)}; "
+            f"wait for it to end or stop it, or choose another --experiment (a lock left by a "
+            f"process that is gone is taken over)"
+        )
 
     def check(self) -> None:
         """ValueError naming the live process when one holds the folder (nothing is written)."""
@@ -112,8 +118,13 @@ class RunLock:
             return self
         self._made = [d for d in (self.directory, *self.directory.parents) if not d.exists()]
         self.directory.mkdir(parents=True, exist_ok=True)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "start_ticks": _start_time(os.getpid()),
-                  "since": time.time(), "cmd": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "start_ticks": _start_time(os.getpid()),
+            "since": time.time(),
+            "cmd": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300],
+        }
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -129,8 +140,11 @@ class RunLock:
                     os.unlink(aside)
                 except FileNotFoundError:
                     pass
-                _logger.warning("%s: taking over the lock of a run that is gone (%s)", self.directory,
-                                describe(stale) if stale else "unreadable lock")
+                _logger.warning(
+                    "%s: taking over the lock of a run that is gone (%s)",
+                    self.directory,
+                    describe(stale) if stale else "unreadable lock",
+                )
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(record, f)

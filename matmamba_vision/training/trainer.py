@@ -1,5 +1,6 @@
 """train.py's main loop: set up (flags checked before any training), epochs of Matryoshka steps, validation
 at every trained granularity, checkpoints, outputs."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,24 +15,31 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import ModelEmaV3, random_seed
 from tqdm import tqdm
 
-from ..data import create_eval_loader, dataset_classes, create_mixup, create_train_loader, model_data_config
+from ..data import create_eval_loader, create_mixup, create_train_loader, dataset_classes, model_data_config
 from ..data.match import data_channels, data_mismatch_warnings
 from ..flags import parse_model_kwargs
 from ..runtime import check_output_dir
 from ..weights import build_model, load_checkpoint
 from .checkpointing import (
-    CheckpointManager, check_free_space, check_resume_matches, latest_state_file,
-    read_training_state, reconcile_best, resolve_resume, rng_state, set_rng_state,
+    CheckpointManager,
+    check_free_space,
+    check_resume_matches,
+    latest_state_file,
+    read_training_state,
+    reconcile_best,
+    resolve_resume,
+    rng_state,
+    set_rng_state,
 )
 from .config import parse_args, schedule_flags
 from .distributed import DistInfo, all_rng_states, barrier, from_main, init_distributed, replicas_identical
-from .midepoch import CheckpointTrigger, gather_rank_states, resolve_auto_resume, resume_position
-from .preemption import Preemption
-from .run_lock import RunLock
 from .matryoshka import MatryoshkaStep, NonFiniteLossError, build_criterion, micro_batch_size, untrained_widths
+from .midepoch import CheckpointTrigger, gather_rank_states, resolve_auto_resume, resume_position
 from .outputs import Summary, attach_log_file, experiment_dir, setup_logging, write_args
-from .validation import validate
+from .preemption import Preemption
 from .recipe import recipe_card
+from .run_lock import RunLock
+from .validation import validate
 
 __all__ = ["main", "TrainingError"]
 
@@ -90,7 +98,8 @@ def _create_scheduler(args: argparse.Namespace, optimizer, updates_per_epoch: in
     if args.sched == "none":
         return None, args.epochs
     scheduler, num_epochs = create_scheduler_v2(
-        optimizer, **scheduler_kwargs(args, decreasing_metric=False), updates_per_epoch=updates_per_epoch)
+        optimizer, **scheduler_kwargs(args, decreasing_metric=False), updates_per_epoch=updates_per_epoch
+    )
     # timm adds a --warmup-prefix warm-up (a float flag) to the epochs and floors the updates to whole epochs;
     # a partial last epoch is run whole instead (past the schedule's end it holds min_lr).
     if args.sched_on_updates and hasattr(scheduler, "get_cycle_length"):
@@ -120,8 +129,11 @@ def _restore_scheduler_progress(scheduler, progress: Dict) -> None:
 def _schedule_changes(saved: Dict, args: argparse.Namespace, updates_per_epoch: int, saved_updates: Optional[int]):
     """'flag: saved -> now' for the schedule's flags that differ from the resumed run's."""
     now = _plain(vars(args))
-    changes = [f"--{k.replace('_', '-')}: {saved[k]} -> {now[k]}" for k in schedule_flags()
-               if k in saved and saved[k] != now[k]]
+    changes = [
+        f"--{k.replace('_', '-')}: {saved[k]} -> {now[k]}"
+        for k in schedule_flags()
+        if k in saved and saved[k] != now[k]
+    ]
     if saved_updates is not None and saved_updates != updates_per_epoch:
         changes.append(f"updates per epoch: {saved_updates} -> {updates_per_epoch}")
     return changes
@@ -167,8 +179,10 @@ def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[
     _on_main(info, lock.check)  # a live run there is named (taken below, once every check passed)
     held = latest_state_file(out_dir) or next(iter(sorted(out_dir.glob("model_best*.safetensors"))), None)
     if resume_state is None and held is not None:  # a new run there would prune and overwrite that run's files
-        raise ValueError(f"--output/--experiment: {out_dir} already holds a run ({held.name}); continue it with "
-                         f"--resume {out_dir}, or choose another --experiment")
+        raise ValueError(
+            f"--output/--experiment: {out_dir} already holds a run ({held.name}); continue it with "
+            f"--resume {out_dir}, or choose another --experiment"
+        )
     if info.is_main:  # only rank 0 writes; read-only, no permission, full, a file in the way: reported first
         check_output_dir(out_dir)
     log = setup_logging(info.is_main)  # log.txt starts when the folder is made, after every check
@@ -180,7 +194,7 @@ def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[
     if num_classes < len(classes):
         raise ValueError(f"--num-classes {num_classes} is fewer than the {len(classes)} classes of the data")
     model = _create_model(args, num_classes)  # same seed on every rank: identical initial weights
-    random_seed(args.seed, info.rank)   # per-rank streams for dropout, mixup and augmentation
+    random_seed(args.seed, info.rank)  # per-rank streams for dropout, mixup and augmentation
     granularities = _granularities(args, model)
     resumed = None
     if resume_state is not None:  # another model or other granularities: refused before anything is loaded
@@ -191,23 +205,49 @@ def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[
     best_g = args.best_granularity if args.best_granularity is not None else granularities[0]
     if best_g not in granularities:
         raise ValueError(f"--best-granularity {best_g} is not among the trained granularities {granularities}")
-    micro = micro_batch_size(args.batch_size, info.world_size, args.grad_accum_steps, args.matryoshka_mode,
-                             len(granularities))
-    mixup_fn = create_mixup(args.mixup, args.cutmix, args.smoothing, num_classes, args.mixup_prob,
-                            args.mixup_switch_prob, args.mixup_mode)
+    micro = micro_batch_size(
+        args.batch_size, info.world_size, args.grad_accum_steps, args.matryoshka_mode, len(granularities)
+    )
+    mixup_fn = create_mixup(
+        args.mixup, args.cutmix, args.smoothing, num_classes, args.mixup_prob, args.mixup_switch_prob, args.mixup_mode
+    )
     if mixup_fn is not None and micro % 2:
         raise ValueError(f"mixup/cutmix need an even micro-batch; --batch-size {args.batch_size} gives {micro}")
     data_config = model_data_config(model, vars(args))
     per_rank = args.batch_size // info.world_size
     train_loader = create_train_loader(
-        args.dataset, args.data_dir, args.train_split, data_config, per_rank, args.workers, info.distributed,
-        seed=args.seed, auto_augment=args.aa, color_jitter=args.color_jitter, color_jitter_prob=args.color_jitter_prob,
-        re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, scale=args.scale, ratio=args.ratio,
-        hflip=args.hflip, translate=args.translate, skip_corrupt=args.skip_corrupt, device=info.device,
-        re_max_area=args.re_max_area)
-    eval_loader = create_eval_loader(args.dataset, args.data_dir, args.val_split, data_config,
-                                     args.validation_batch_size or 2 * per_rank, args.workers, info.distributed,
-                                     skip_corrupt=args.skip_corrupt)
+        args.dataset,
+        args.data_dir,
+        args.train_split,
+        data_config,
+        per_rank,
+        args.workers,
+        info.distributed,
+        seed=args.seed,
+        auto_augment=args.aa,
+        color_jitter=args.color_jitter,
+        color_jitter_prob=args.color_jitter_prob,
+        re_prob=args.reprob,
+        re_mode=args.remode,
+        re_count=args.recount,
+        scale=args.scale,
+        ratio=args.ratio,
+        hflip=args.hflip,
+        translate=args.translate,
+        skip_corrupt=args.skip_corrupt,
+        device=info.device,
+        re_max_area=args.re_max_area,
+    )
+    eval_loader = create_eval_loader(
+        args.dataset,
+        args.data_dir,
+        args.val_split,
+        data_config,
+        args.validation_batch_size or 2 * per_rank,
+        args.workers,
+        info.distributed,
+        skip_corrupt=args.skip_corrupt,
+    )
     if list(train_loader.classes) != list(eval_loader.classes):
         raise ValueError("data: class lists of the train and val splits differ")
     if len(train_loader) == 0:
@@ -248,21 +288,40 @@ def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[
             scheduler.step_update(start_epoch * updates_per_epoch + start_batch)
         elif scheduler is not None:
             scheduler.step(start_epoch)
-        log.info("resumed from %s: continuing at epoch %d, step %d%s", resume_state, start_epoch, num_updates,
-                 f" (batch {start_batch + 1} of {updates_per_epoch})" if start_batch else "")
+        log.info(
+            "resumed from %s: continuing at epoch %d, step %d%s",
+            resume_state,
+            start_epoch,
+            num_updates,
+            f" (batch {start_batch + 1} of {updates_per_epoch})" if start_batch else "",
+        )
 
     train_model = model
     if info.distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
     if args.torchcompile:
         train_model = torch.compile(train_model, backend=args.torchcompile)
-    step = MatryoshkaStep(train_model, model, optimizer, build_criterion(mixup_fn is not None, args.smoothing),
-                          granularities, args.matryoshka_mode, args.grad_accum_steps, args.clip_grad,
-                          args.clip_mode, amp_dtype, scaler, mixup_fn, info.device.type,
-                          distill_weight=args.distill_weight if args.distill else 0.0,
-                          distill_temperature=args.distill_temperature,
-                          sample_pool=untrained_widths(model, granularities), num_sampled=args.sample_granularities)
+    step = MatryoshkaStep(
+        train_model,
+        model,
+        optimizer,
+        build_criterion(mixup_fn is not None, args.smoothing),
+        granularities,
+        args.matryoshka_mode,
+        args.grad_accum_steps,
+        args.clip_grad,
+        args.clip_mode,
+        amp_dtype,
+        scaler,
+        mixup_fn,
+        info.device.type,
+        distill_weight=args.distill_weight if args.distill else 0.0,
+        distill_temperature=args.distill_temperature,
+        sample_pool=untrained_widths(model, granularities),
+        num_sampled=args.sample_granularities,
+    )
 
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -273,18 +332,32 @@ def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[
             log.warning("data: %s", line)
         # args.yaml keeps the flags the run was started with; a resume records its own beside them
         resumed_here = resume_state is not None and (out_dir / "args.yaml").is_file()
-        card = recipe_card(args, model, optimizer, scheduler, granularities, info.world_size, micro,
-                           updates_per_epoch, num_epochs)
+        card = recipe_card(
+            args, model, optimizer, scheduler, granularities, info.world_size, micro, updates_per_epoch, num_epochs
+        )
         for line in card:
             log.info("recipe: %s", line)
-        write_args(out_dir / (f"args.resumed-epoch{start_epoch}.yaml" if resumed_here else "args.yaml"), vars(args),
-                   header=["recipe card:", *card])
+        write_args(
+            out_dir / (f"args.resumed-epoch{start_epoch}.yaml" if resumed_here else "args.yaml"),
+            vars(args),
+            header=["recipe card:", *card],
+        )
     saver = CheckpointManager(out_dir, args.checkpoint_hist, enabled=info.is_main)
     summary = Summary(out_dir, granularities, resumed.get("summary") if resumed is not None else None)
-    log.info("model %s: %.2fM params, granularities %s (%s mode), global batch %d = %d ranks x %d micro-batch%s, "
-             "%d steps/epoch, output %s", args.model, sum(p.numel() for p in model.parameters()) / 1e6,
-             granularities, args.matryoshka_mode, args.batch_size, info.world_size, micro,
-             f" x {args.grad_accum_steps} accum" if args.grad_accum_steps > 1 else "", updates_per_epoch, out_dir)
+    log.info(
+        "model %s: %.2fM params, granularities %s (%s mode), global batch %d = %d ranks x %d micro-batch%s, "
+        "%d steps/epoch, output %s",
+        args.model,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        granularities,
+        args.matryoshka_mode,
+        args.batch_size,
+        info.world_size,
+        micro,
+        f" x {args.grad_accum_steps} accum" if args.grad_accum_steps > 1 else "",
+        updates_per_epoch,
+        out_dir,
+    )
     partial = (resumed or {}).get("partial")  # an in-epoch checkpoint: the epoch's loss sums and loader states
     loader_state = partial["loader"][min(info.rank, len(partial["loader"]) - 1)] if partial else None
     if resumed is not None:
@@ -295,28 +368,46 @@ def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[
             log.warning("resumed on %d ranks, saved on %d: RNG streams reseeded", info.world_size, len(rngs))
             random_seed(args.seed + 1000 * start_epoch + start_batch, info.rank)
         if start_batch and args.workers > 0:
-            log.warning("resumed inside an epoch with --workers %d: the rest of the epoch has the same images, but "
-                        "the workers' augmentation draws start afresh (bit-exact only with -j 0)", args.workers)
+            log.warning(
+                "resumed inside an epoch with --workers %d: the rest of the epoch has the same images, but "
+                "the workers' augmentation draws start afresh (bit-exact only with -j 0)",
+                args.workers,
+            )
     # SIGTERM (and --preempt-signal): checkpoint at the end of the step and exit 75 (see preemption.py)
-    preempt = guards.enter_context(Preemption(args.preempt_signal, args.preempt_deadline,
-                                              out_dir if info.is_main else None))
+    preempt = guards.enter_context(
+        Preemption(args.preempt_signal, args.preempt_deadline, out_dir if info.is_main else None)
+    )
     trigger = CheckpointTrigger(args.checkpoint_interval_steps, args.checkpoint_interval_minutes, preempt, info.device)
-    meta = {"model": args.model, "granularities": granularities,
-            "model_kwargs": dict(_model_kwargs(args), num_classes=num_classes)}
+    meta = {
+        "model": args.model,
+        "granularities": granularities,
+        "model_kwargs": dict(_model_kwargs(args), num_classes=num_classes),
+    }
 
     def training_state(rows: List[Dict]) -> Dict:
         """Everything a resume needs but the RNGs and the position in the epoch."""
-        return {"step": num_updates, "optimizer": optimizer.state_dict(), "scheduler": _scheduler_progress(scheduler),
-                "updates_per_epoch": updates_per_epoch,
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "ema": ema.module.state_dict() if ema is not None else None,
-                "args": _plain(vars(args)), "best": best, "granularities": granularities,
-                "model": args.model, "model_args": _plain(model.model_args), "summary": rows}
+        return {
+            "step": num_updates,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": _scheduler_progress(scheduler),
+            "updates_per_epoch": updates_per_epoch,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "ema": ema.module.state_dict() if ema is not None else None,
+            "args": _plain(vars(args)),
+            "best": best,
+            "granularities": granularities,
+            "model": args.model,
+            "model_args": _plain(model.model_args),
+            "summary": rows,
+        }
 
     def save_in_epoch(epoch: int, batches: int, sums: Dict[int, float], count: int):
         ranks = gather_rank_states({"rng": rng_state(), "loader": train_loader.state_dict()})
-        state = dict(training_state(summary.rows), rng=[r["rng"] for r in ranks],
-                     partial={"sums": sums, "count": count, "loader": [r["loader"] for r in ranks]})
+        state = dict(
+            training_state(summary.rows),
+            rng=[r["rng"] for r in ranks],
+            partial={"sums": sums, "count": count, "loader": [r["loader"] for r in ranks]},
+        )
         path = saver.save_mid_epoch(epoch, batches, model, state, meta)
         barrier()  # complete on disk before any rank goes on (or exits)
         trigger.written()
@@ -334,16 +425,25 @@ def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[
         count = 0
         if first:
             sums, count = {int(g): v for g, v in partial["sums"].items()}, partial["count"]
-        bar = tqdm(train_loader, desc=f"epoch {epoch} (0..{num_epochs - 1})", disable=not info.is_main or args.no_progress,
-                   dynamic_ncols=True, mininterval=2.0, initial=first, total=updates_per_epoch)
+        bar = tqdm(
+            train_loader,
+            desc=f"epoch {epoch} (0..{num_epochs - 1})",
+            disable=not info.is_main or args.no_progress,
+            dynamic_ncols=True,
+            mininterval=2.0,
+            initial=first,
+            total=updates_per_epoch,
+        )
         for i, (images, targets) in enumerate(bar, start=first):
             images, targets = images.to(info.device, non_blocking=True), targets.to(info.device, non_blocking=True)
             try:
                 losses = step(images, targets)
             except NonFiniteLossError as e:
                 kept = latest_state_file(out_dir)
-                raise TrainingError(f"{e} (epoch {epoch}, step {i + 1}); training stopped, last good checkpoint: "
-                                    f"{kept or 'none written yet'}") from None
+                raise TrainingError(
+                    f"{e} (epoch {epoch}, step {i + 1}); training stopped, last good checkpoint: "
+                    f"{kept or 'none written yet'}"
+                ) from None
             num_updates += 1
             if ema is not None:
                 ema.update(model, step=num_updates)
@@ -375,8 +475,7 @@ def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[
             raise TrainingError(f"epoch {epoch}: DDP replicas diverged (weights differ between ranks)")
 
         lr = optimizer.param_groups[0]["lr"]
-        row: Dict[str, float] = {"epoch": epoch, "lr": lr,
-                                 "train_loss": sum(train_loss.values()) / len(train_loss)}
+        row: Dict[str, float] = {"epoch": epoch, "lr": lr, "train_loss": sum(train_loss.values()) / len(train_loss)}
         for g in granularities:
             row[f"train_loss_g{g}"] = train_loss[g]
         for prefix, m in (("eval", metrics), ("ema", ema_metrics)):
@@ -398,9 +497,16 @@ def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[
                 saver.save_best(model, ema.module if ema else None, dict(epoch_meta, epoch=epoch), data_config)
             path = saver.save(epoch, model, state, epoch_meta)
             summary.add(row)
-            log.info("epoch %d (0..%d, %.0fs): train loss %s | val top-1 %s | top-5 %s%s", epoch, num_epochs - 1,
-                     row["epoch_time"], _fmt(train_loss, "{:.3f}"), _fmt({g: m["top1"] for g, m in metrics.items()}),
-                     _fmt({g: m["top5"] for g, m in metrics.items()}), " (best)" if is_best else "")
+            log.info(
+                "epoch %d (0..%d, %.0fs): train loss %s | val top-1 %s | top-5 %s%s",
+                epoch,
+                num_epochs - 1,
+                row["epoch_time"],
+                _fmt(train_loss, "{:.3f}"),
+                _fmt({g: m["top1"] for g, m in metrics.items()}),
+                _fmt({g: m["top5"] for g, m in metrics.items()}),
+                " (best)" if is_best else "",
+            )
         barrier()
         trigger.written()
         if epoch + 1 < num_epochs and trigger.stop_requested():  # a signal during validation or the write
@@ -408,8 +514,9 @@ def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[
             preempt.exit(path)
     if info.distributed:
         log.info("DDP: replicas identical after training (%d ranks)", info.world_size)
-    log.info("done: best val top-1 %.2f%% at g=%s (epoch %d); outputs in %s", best["top1"], best_g,
-             best["epoch"], out_dir)
+    log.info(
+        "done: best val top-1 %.2f%% at g=%s (epoch %d); outputs in %s", best["top1"], best_g, best["epoch"], out_dir
+    )
     return metrics
 
 
@@ -429,4 +536,3 @@ def _plain(d: Dict) -> Dict:
             v = str(v)
         out[k] = v
     return out
-

@@ -1,4 +1,5 @@
 """Validation at every trained granularity: top-1, top-5 and cross-entropy, summed over ranks."""
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -13,8 +14,9 @@ __all__ = ["validate"]
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, loader: Iterable, granularities: Sequence[int], device: torch.device,
-             amp_dtype=None) -> Dict[int, Dict[str, float]]:
+def validate(
+    model: torch.nn.Module, loader: Iterable, granularities: Sequence[int], device: torch.device, amp_dtype=None
+) -> Dict[int, Dict[str, float]]:
     """``{g: {'loss', 'top1', 'top5'}}`` (percentages) over the whole loader, each g on the same batches."""
     was_training = model.training
     model.eval()

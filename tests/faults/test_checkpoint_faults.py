@@ -1,4 +1,5 @@
 """Checkpoint files that are truncated, bit-flipped, hostile, or interrupted mid-write."""
+
 import ast
 import os
 import signal
@@ -12,7 +13,12 @@ import timm
 import torch
 
 from matmamba_vision.weights import (
-    CheckpointError, load_checkpoint, load_torch, load_weights, save_torch, save_weights,
+    CheckpointError,
+    load_checkpoint,
+    load_torch,
+    load_weights,
+    save_torch,
+    save_weights,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,8 +104,10 @@ def test_files_get_the_umask_mode_not_the_temporary_files(model, tmp_path):
 
     old = os.umask(0o022)
     try:
-        for path in (save_weights(model.state_dict(), tmp_path / "w.safetensors"),
-                     save_torch({"epoch": 1}, tmp_path / "s.pt")):
+        for path in (
+            save_weights(model.state_dict(), tmp_path / "w.safetensors"),
+            save_torch({"epoch": 1}, tmp_path / "s.pt"),
+        ):
             assert oct(os.stat(path).st_mode & 0o777) == oct(0o644), path
     finally:
         os.umask(old)
@@ -123,9 +131,15 @@ def test_code_running_pickle_is_refused_without_running(model, tmp_path, suffix)
     for load in (load_torch, load_weights, lambda p: load_checkpoint(model, p)):
         with pytest.raises(CheckpointError, match=f"evil{suffix}"):
             load(path)
-    with pytest.raises(Exception):  # timm's own pretrained path is weights-only too
-        timm.create_model("matmamba_vision_tiny_patch4_28", embed_dim=32, depth=2, d_state=8, pretrained=True,
-                          pretrained_cfg_overlay=dict(file=str(path)))
+    with pytest.raises(Exception):  # noqa: B017 - timm's own pretrained path is weights-only too (any refusal)
+        timm.create_model(
+            "matmamba_vision_tiny_patch4_28",
+            embed_dim=32,
+            depth=2,
+            d_state=8,
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=str(path)),
+        )
     assert not marker.exists()
 
 
@@ -164,8 +178,12 @@ def test_sigkill_during_writes_leaves_a_loadable_file(tmp_path):
     path = tmp_path / "ckpt.safetensors"
     save_weights({"w": torch.zeros(1 << 21), "n": torch.tensor(0)}, path)
     for delay in (0.0, 0.02, 0.11):
-        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE,
-                                cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path)],
+            stdout=subprocess.PIPE,
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
         assert proc.stdout.readline()  # one whole write done: it is now writing again
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
@@ -185,7 +203,8 @@ def _torch_load_calls(tree):
 
 def test_no_torch_load_without_weights_only():
     sources = [  # the project's own code: not tests, not hidden folders (.venv, carried third-party wheels)
-        p for p in REPO.rglob("*.py")
+        p
+        for p in REPO.rglob("*.py")
         if "tests" not in p.parts and not any(part.startswith(".") for part in p.relative_to(REPO).parts)
     ]
     offenders = []

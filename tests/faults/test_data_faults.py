@@ -1,10 +1,10 @@
 """Images that are corrupt, truncated, odd-moded, tiny or huge, and folder trees with junk in them:
 each is converted to what the model takes, or reported with its path."""
-import pytest
-from PIL import Image
 
 import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 from matmamba_vision.data import create_eval_loader
 

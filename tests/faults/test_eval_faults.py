@@ -4,6 +4,7 @@ the cache, and a process killed inside an embedding pass leaves nothing that is 
 (validate.py keeps no cache. Cache reuse, a changed checkpoint file and an exception inside the pass at the
 library level are tested in tests/test_eval_retrieval.py.)
 """
+
 import importlib.util
 import os
 import signal
@@ -12,13 +13,25 @@ import sys
 import time
 
 import pytest
-
 from eval_synthetic import tiny_model
-from matmamba_vision.weights import load_weights, save_weights
 from train_utils import REPO, make_image_folder, subprocess_env
 
-TINY = ["--model", "matmamba_vision_tiny_patch4_28", "--model-kwargs", "embed_dim=32", "depth=2", "d_state=16",
-        "-j", "0", "-b", "4", "--knn-backend", "torch"]  # eval_synthetic.tiny_model, named (default: the demo's)
+from matmamba_vision.weights import load_weights, save_weights
+
+TINY = [
+    "--model",
+    "matmamba_vision_tiny_patch4_28",
+    "--model-kwargs",
+    "embed_dim=32",
+    "depth=2",
+    "d_state=16",
+    "-j",
+    "0",
+    "-b",
+    "4",
+    "--knn-backend",
+    "torch",
+]  # eval_synthetic.tiny_model, named (default: the demo's)
 METRICS = ("query", "db_granularity", "top1", "map10", "recall1", "recall5", "recall10")
 
 
@@ -43,8 +56,17 @@ def checkpoint(tmp_path):
 
 
 def flags(data, checkpoint, cache, out):
-    return ["--data-dir", str(data), "--checkpoint", str(checkpoint), "--cache-dir", str(cache), "--output", str(out),
-            *TINY]
+    return [
+        "--data-dir",
+        str(data),
+        "--checkpoint",
+        str(checkpoint),
+        "--cache-dir",
+        str(cache),
+        "--output",
+        str(out),
+        *TINY,
+    ]
 
 
 def cached(rows):
@@ -55,8 +77,12 @@ def test_changed_transform_or_checkpoint_is_never_served_from_cache(retrieval, d
     base = flags(data, checkpoint, tmp_path / "cache", tmp_path / "out")
     assert cached(retrieval(base)) == {(False, False)}
     assert cached(retrieval(base)) == {(True, True)}  # control: the same run is served from the cache
-    for change in (["--crop-pct", "0.75"], ["--mean", "0.5", "--std", "0.25"], ["--interpolation", "nearest"],
-                   ["--img-size", "32"]):
+    for change in (
+        ["--crop-pct", "0.75"],
+        ["--mean", "0.5", "--std", "0.25"],
+        ["--interpolation", "nearest"],
+        ["--img-size", "32"],
+    ):
         assert cached(retrieval([*base, *change])) == {(False, False)}, change
     # other content at the same path, same size: one trunk parameter nudged
     state = load_weights(checkpoint)
@@ -102,8 +128,12 @@ def test_killed_embedding_pass_restarts_cleanly(retrieval, data, checkpoint, tmp
     cache, marker = tmp_path / "cache", tmp_path / "paused"
     args = flags(data, checkpoint, cache, tmp_path / "out")
     env = dict(subprocess_env(), PAUSE_AT=where, PAUSE_MARKER=str(marker))
-    proc = subprocess.Popen([sys.executable, "-c", _PAUSED, str(REPO / "retrieval.py"), *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PAUSED, str(REPO / "retrieval.py"), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 240
         while not marker.exists() and proc.poll() is None and time.time() < deadline:

@@ -1,5 +1,6 @@
 """Property-based: any valid per-layer granularity list and image size gives the extracted submodel's
 outputs; every invalid list raises ValueError and changes nothing."""
+
 import pytest
 import timm
 import torch
@@ -9,15 +10,19 @@ from hypothesis import strategies as st
 import matmamba_vision as mv
 
 DEPTH, D, STEP = 3, 32, 4  # headdim 8, expand 2: valid g = multiples of 4 in [4, 32]
-MODEL = timm.create_model("matmamba_vision_tiny_patch4_28", embed_dim=D, depth=DEPTH, d_state=8, headdim=8,
-                          dynamic_img_size=True).eval()
+MODEL = timm.create_model(
+    "matmamba_vision_tiny_patch4_28", embed_dim=D, depth=DEPTH, d_state=8, headdim=8, dynamic_img_size=True
+).eval()
 VALID_G = st.integers(1, D // STEP).map(lambda k: k * STEP)
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS
-@given(dims=st.lists(VALID_G | st.none(), min_size=DEPTH, max_size=DEPTH),
-       hw=st.tuples(st.integers(1, 9), st.integers(1, 9)), batch=st.integers(1, 3))
+@given(
+    dims=st.lists(VALID_G | st.none(), min_size=DEPTH, max_size=DEPTH),
+    hw=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    batch=st.integers(1, 3),
+)
 def test_nested_equals_extracted(dims, hw, batch):
     x = torch.randn(batch, 1, 4 * hw[0], 4 * hw[1])
     with torch.no_grad():
@@ -30,8 +35,11 @@ def test_nested_equals_extracted(dims, hw, batch):
 
 def _invalid_entry():
     return st.one_of(
-        st.integers(max_value=0), st.integers(min_value=D + 1),
-        st.integers(1, D).filter(lambda g: g % STEP), st.floats(allow_nan=True), st.text(max_size=3),
+        st.integers(max_value=0),
+        st.integers(min_value=D + 1),
+        st.integers(1, D).filter(lambda g: g % STEP),
+        st.floats(allow_nan=True),
+        st.text(max_size=3),
         st.booleans(),
     )
 

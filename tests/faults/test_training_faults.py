@@ -3,6 +3,7 @@
 
 (A non-finite loss is tested in tests/test_train_cli.py::test_non_finite_loss_stops_and_keeps_last_good_checkpoint.)
 """
+
 import hashlib
 import os
 import shutil
@@ -15,12 +16,12 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-
-from matmamba_vision.weights import load_torch
-from matmamba_vision.training import main
-from matmamba_vision.runtime import check_output_dir
-from matmamba_vision.training.checkpointing import latest_state_file, load_training_state
 from train_utils import TINY_MODEL, make_image_folder, subprocess_env, train_cmd
+
+from matmamba_vision.runtime import check_output_dir
+from matmamba_vision.training import main
+from matmamba_vision.training.checkpointing import latest_state_file, load_training_state
+from matmamba_vision.weights import load_torch
 
 FLAGS = ["-b", "4", "--threads", "1", "-j", "0", "--no-progress"]
 
@@ -31,18 +32,35 @@ def data(tmp_path_factory):
 
 
 def run(data, output, *extra, experiment="run", epochs=2):
-    return main([*TINY_MODEL, *FLAGS, "--data-dir", str(data), "--output", str(output), "--experiment", experiment,
-                 "--epochs", str(epochs), *extra])
+    return main(
+        [
+            *TINY_MODEL,
+            *FLAGS,
+            "--data-dir",
+            str(data),
+            "--output",
+            str(output),
+            "--experiment",
+            experiment,
+            "--epochs",
+            str(epochs),
+            *extra,
+        ]
+    )
 
 
 def digests(folder: Path, skip=("log.txt",)):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
-            if p.is_file() and p.name not in skip}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name not in skip
+    }
 
 
 def tiny_model():
-    return timm.create_model("matmamba_vision_tiny_patch4_28", embed_dim=32, depth=2, d_state=8, headdim=4,
-                             num_classes=3)
+    return timm.create_model(
+        "matmamba_vision_tiny_patch4_28", embed_dim=32, depth=2, d_state=8, headdim=4, num_classes=3
+    )
 
 
 # ---- SIGKILL while a checkpoint file is being written ----------------------------------------------------------
@@ -75,11 +93,26 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def test_sigkill_inside_a_checkpoint_write_keeps_the_previous_one_and_resume_works(tmp_path, data, target):
     out = tmp_path / "run"
     marker = tmp_path / "paused"
-    cmd = train_cmd([*TINY_MODEL, *FLAGS, "--data-dir", str(data), "--output", str(tmp_path), "--experiment", "run",
-                     "--epochs", "2", "--checkpoint-hist", "1"])
+    cmd = train_cmd(
+        [
+            *TINY_MODEL,
+            *FLAGS,
+            "--data-dir",
+            str(data),
+            "--output",
+            str(tmp_path),
+            "--experiment",
+            "run",
+            "--epochs",
+            "2",
+            "--checkpoint-hist",
+            "1",
+        ]
+    )
     env = dict(subprocess_env(), PAUSE_FILE=target, PAUSE_MARKER=str(marker))
-    proc = subprocess.Popen([cmd[0], "-c", _PAUSE_IN_WRITE, *cmd[1:]], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [cmd[0], "-c", _PAUSE_IN_WRITE, *cmd[1:]], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.time() + 240
         while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -111,6 +144,7 @@ def test_sigkill_inside_a_checkpoint_write_keeps_the_previous_one_and_resume_wor
 
 # ---- --resume with another model or other granularities --------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data):
     root = tmp_path_factory.mktemp("trained")
@@ -128,6 +162,7 @@ def no_state_loaded():
         def load_state_dict(self, *a, **k):
             calls.append(type(self).__name__)
             return originals[cls](self, *a, **k)
+
         return load_state_dict
 
     for cls in originals:
@@ -139,16 +174,27 @@ def no_state_loaded():
             cls.load_state_dict = fn
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--granularities", "32,8"], r"granularities \[32, 16, 8, 4\].*\[32, 8\]"),
-    (["--model-kwargs", "{embed_dim: 32, depth: 1, d_state: 8, headdim: 4}"], r"depth: 2 -> 1"),
-    (["--model-kwargs", "{embed_dim: 32, depth: 2, d_state: 8, headdim: 4, chunk_size: 64}"],
-     r"chunk_size: 256 -> 64"),
-    (["--img-size", "32"], r"img_size: 28 -> 32"),
-    (["--model", "matmamba_vision_35m_patch16_224", "--model-kwargs",
-      "{img_size: 28, patch_size: 4, embed_dim: 32, depth: 2, d_state: 8, headdim: 4}"],
-     r"--model matmamba_vision_tiny_patch4_28.*matmamba_vision_35m_patch16_224"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--granularities", "32,8"], r"granularities \[32, 16, 8, 4\].*\[32, 8\]"),
+        (["--model-kwargs", "{embed_dim: 32, depth: 1, d_state: 8, headdim: 4}"], r"depth: 2 -> 1"),
+        (
+            ["--model-kwargs", "{embed_dim: 32, depth: 2, d_state: 8, headdim: 4, chunk_size: 64}"],
+            r"chunk_size: 256 -> 64",
+        ),
+        (["--img-size", "32"], r"img_size: 28 -> 32"),
+        (
+            [
+                "--model",
+                "matmamba_vision_35m_patch16_224",
+                "--model-kwargs",
+                "{img_size: 28, patch_size: 4, embed_dim: 32, depth: 2, d_state: 8, headdim: 4}",
+            ],
+            r"--model matmamba_vision_tiny_patch4_28.*matmamba_vision_35m_patch16_224",
+        ),
+    ],
+)
 def test_resume_after_a_change_of_model_or_granularities_is_refused(tmp_path, data, trained, flags, message):
     out = tmp_path / "run"
     shutil.copytree(trained, out)
@@ -168,13 +214,16 @@ def test_resume_with_other_regularisation_is_accepted(tmp_path, data, trained):
 
 # ---- read-only and full output folders, reported before training starts ----------------------------------------
 
+
 @contextmanager
 def tmpfs(path: Path, options: str):
     path.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); the checks without a mount "
-                    "run in test_preflight_*")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); the checks without a mount "
+            "run in test_preflight_*"
+        )
     try:
         yield path
     finally:
@@ -253,7 +302,12 @@ def test_output_is_a_file(tmp_path, data):
 
 def test_scripts_report_a_read_only_folder_in_one_line(tmp_path, data):
     with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
-        done = subprocess.run(train_cmd([*TINY_MODEL, *FLAGS, "--data-dir", str(data), "--output", str(ro)]),
-                              env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            train_cmd([*TINY_MODEL, *FLAGS, "--data-dir", str(data), "--output", str(ro)]),
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert done.returncode == 1 and done.stderr.startswith("train.py: error: --output"), done.stderr[-2000:]
     assert "Traceback" not in done.stderr

@@ -1,5 +1,6 @@
 """Causal depthwise conv1d + SiLU in Triton against its plain-torch reference (forward and the gradients of x,
 weight and bias), through the interpreter."""
+
 import pytest
 import torch
 
@@ -14,8 +15,15 @@ def max_rel(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-12)).item()
 
 
-@pytest.mark.parametrize("seqlen,k,silu,dtype", [(37, 4, True, torch.float32), (37, 4, True, torch.float16),
-                                                 (1, 4, True, torch.float32), (9, 2, False, torch.float32)])
+@pytest.mark.parametrize(
+    "seqlen,k,silu,dtype",
+    [
+        (37, 4, True, torch.float32),
+        (37, 4, True, torch.float16),
+        (1, 4, True, torch.float32),
+        (9, 2, False, torch.float32),
+    ],
+)
 def test_conv_matches_reference(dtype, seqlen, k, silu):
     # A leading slice of wider weights and a strided slice of a wider buffer, as the mixer passes them.
     buf = torch.randn(2, seqlen, 96, dtype=dtype, requires_grad=True)

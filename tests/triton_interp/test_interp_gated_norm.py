@@ -1,5 +1,6 @@
 """Gated RMSNorm in Triton against its plain-torch reference (forward and the gradients of y, z and weight),
 through the interpreter."""
+
 import pytest
 import torch
 
@@ -34,6 +35,7 @@ def test_gated_norm_matches_reference(dtype):
 
 def test_gated_norm_reference_is_the_layer_s():
     from matmamba_vision.ops.gated_norm import gated_rms_norm_ref as layer_norm
+
     y, z, w = torch.randn(3, 5, 12), torch.randn(3, 5, 12), torch.randn(12)
     torch.testing.assert_close(gated_rms_norm_ref(y, z, w), layer_norm(y, z, w))
     torch.testing.assert_close(gated_rms_norm(y, z, w), layer_norm(y, z, w), rtol=1e-5, atol=1e-5)

@@ -1,6 +1,7 @@
 """The model through ssd_backend="triton" (interpreter): the official code's outputs at every level and
 mix'n'match case (tests/data/official_tiny), and a Matryoshka training step's gradients against the torch
 backend's."""
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,16 @@ def test_golden_parity_through_triton_backend():
 def test_matryoshka_step_gradients_match_torch_backend():
     def tiny(backend):
         torch.manual_seed(0)
-        return timm.create_model("matmamba_vision_tiny_patch4_28", img_size=16, embed_dim=32, depth=2, d_state=16,
-                                 headdim=4, chunk_size=16, ssd_backend=backend)
+        return timm.create_model(
+            "matmamba_vision_tiny_patch4_28",
+            img_size=16,
+            embed_dim=32,
+            depth=2,
+            d_state=16,
+            headdim=4,
+            chunk_size=16,
+            ssd_backend=backend,
+        )
 
     x, y = torch.randn(1, 1, 16, 16), torch.randint(0, 10, (1,))
     grads = {}
@@ -48,8 +57,16 @@ def test_matryoshka_step_gradients_match_torch_backend():
 
 def test_model_through_triton_backend_compiles_to_one_graph():
     torch.manual_seed(0)
-    model = timm.create_model("matmamba_vision_tiny_patch4_28", img_size=16, embed_dim=32, depth=1, d_state=16,
-                              headdim=4, chunk_size=16, ssd_backend="triton")
+    model = timm.create_model(
+        "matmamba_vision_tiny_patch4_28",
+        img_size=16,
+        embed_dim=32,
+        depth=1,
+        d_state=16,
+        headdim=4,
+        chunk_size=16,
+        ssd_backend="triton",
+    )
     x = torch.randn(1, 1, 16, 16)
     out = model(x)
     out.sum().backward()

@@ -1,16 +1,19 @@
-"""The chunked SSD scan in Triton against the float64 recurrence (matmamba_vision.ops.ssd_recurrence_ref): forward with D,
+"""The chunked SSD scan in Triton against the float64 recurrence (matmamba_vision.ops.ssd_recurrence_ref):
+forward with D,
 initial and final states, and the gradients of every input, through the interpreter."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from matmamba_vision.ops.triton.ssd import ssd, ssd_ref
 from matmamba_vision.ops import ssd_recurrence_ref
+from matmamba_vision.ops.triton.ssd import ssd, ssd_ref
 
 
 def recurrence(x, dt, A, B, C, h0=None):
     """The float64 recurrence; (y, final state) when ``h0`` is given."""
     return ssd_recurrence_ref(x, dt, A, B, C, initial_state=h0, return_final_state=h0 is not None)
+
 
 # Max error relative to the largest reference value. fp32: chunked vs sequential summation; fp16: x, B, C
 # and y rounded to fp16 (states and sums stay fp32).
@@ -30,8 +33,9 @@ def make(b, seqlen, h, p, g, n, dtype, fast_decay=False):
 
 
 def reference(x, dt, A, B, C, D, h0):
-    y, final = recurrence(x, dt, A, B, C, h0 if h0 is not None else x.new_zeros(
-        x.shape[0], x.shape[2], x.shape[3], B.shape[-1]))
+    y, final = recurrence(
+        x, dt, A, B, C, h0 if h0 is not None else x.new_zeros(x.shape[0], x.shape[2], x.shape[3], B.shape[-1])
+    )
     return y + x.double() * D.double()[:, None], final
 
 
@@ -66,8 +70,9 @@ def test_ssd_pieces_continue_with_states():
     x, dt, A, B, C = make(1, 30, 2, 4, 1, 16, torch.float32)
     y_all, f_all = ssd(x, dt, A, B, C, return_final_state=True, chunk_size=16)
     y1, f1 = ssd(x[:, :13], dt[:, :13], A, B[:, :13], C[:, :13], return_final_state=True, chunk_size=16)
-    y2, f2 = ssd(x[:, 13:], dt[:, 13:], A, B[:, 13:], C[:, 13:], initial_state=f1, return_final_state=True,
-                 chunk_size=16)
+    y2, f2 = ssd(
+        x[:, 13:], dt[:, 13:], A, B[:, 13:], C[:, 13:], initial_state=f1, return_final_state=True, chunk_size=16
+    )
     torch.testing.assert_close(torch.cat([y1, y2], 1), y_all, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(f2, f_all, rtol=1e-5, atol=1e-5)
 

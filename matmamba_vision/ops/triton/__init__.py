@@ -2,6 +2,7 @@
 
 Importing this package needs ``triton``; :func:`triton_available` tells whether it imports.
 """
+
 from __future__ import annotations
 
 import functools

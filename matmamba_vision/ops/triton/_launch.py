@@ -4,6 +4,7 @@ On CUDA tensors a kernel is compiled and launched on the tensors' device. On CPU
 Triton's interpreter (``TRITON_INTERPRET=1`` set before ``triton`` is imported), which is how the test suite
 checks the kernels on a machine without a GPU.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ def check_device(name: str, *tensors: torch.Tensor) -> None:
     device = devices.pop()
     if device.type == "cuda" or (device.type == "cpu" and interpreter_active()):
         return
-    raise ValueError(f"{name}: Triton kernels need CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), "
-                     f"got tensors on {device}")
+    raise ValueError(
+        f"{name}: Triton kernels need CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got tensors on {device}"
+    )
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:

@@ -4,6 +4,7 @@
 active channels are whatever leading slice of the weights the caller passes (a view, not a copy); ``x`` may be
 any strided view whose channel stride is its own (e.g. a slice of a projection's output).
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -23,9 +24,24 @@ _BLOCK_C = 64
 
 @triton.jit
 def _conv_fwd_kernel(
-    X, W, Bias, Y, L, CH,
-    sxb, sxl, sxc, swc, swk, syb, syl, syc,
-    K: tl.constexpr, SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
+    X,
+    W,
+    Bias,
+    Y,
+    L,
+    CH,
+    sxb,
+    sxl,
+    sxc,
+    swc,
+    swk,
+    syb,
+    syl,
+    syc,
+    K: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     pid_l, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)  # int64 offsets
     t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -48,9 +64,30 @@ def _conv_fwd_kernel(
 
 @triton.jit
 def _conv_bwd_kernel(
-    X, W, Bias, GY, GX, GW, GB, L, CH,
-    sxb, sxl, sxc, swc, swk, sgb, sgl, sgc, sxgb, sxgl, sxgc,
-    K: tl.constexpr, SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
+    X,
+    W,
+    Bias,
+    GY,
+    GX,
+    GW,
+    GB,
+    L,
+    CH,
+    sxb,
+    sxl,
+    sxc,
+    swc,
+    swk,
+    sgb,
+    sgl,
+    sgc,
+    sxgb,
+    sxgl,
+    sxgc,
+    K: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     """grad x for the rows of this tile; this tile's partial sums of grad weight (K, CH) and grad bias."""
     pid_l, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)  # int64 offsets
@@ -100,9 +137,23 @@ def _conv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, silu: b
     b, seqlen, ch = x.shape
     y = torch.empty((b, seqlen, ch), dtype=x.dtype, device=x.device)
     if y.numel():
-        launch(_conv_fwd_kernel, _grid(b, seqlen, ch), x, weight, bias, y, seqlen, ch,
-               *x.stride(), *weight.stride(), *y.stride(),
-               K=weight.shape[1], SILU=silu, BLOCK_L=_BLOCK_L, BLOCK_C=_BLOCK_C)
+        launch(
+            _conv_fwd_kernel,
+            _grid(b, seqlen, ch),
+            x,
+            weight,
+            bias,
+            y,
+            seqlen,
+            ch,
+            *x.stride(),
+            *weight.stride(),
+            *y.stride(),
+            K=weight.shape[1],
+            SILU=silu,
+            BLOCK_L=_BLOCK_L,
+            BLOCK_C=_BLOCK_C,
+        )
     return y
 
 
@@ -123,9 +174,27 @@ def _conv_bwd(
     gw = torch.zeros((progs, k, ch), dtype=torch.float32, device=x.device)
     gb = torch.zeros((progs, ch), dtype=torch.float32, device=x.device)
     if gx.numel():
-        launch(_conv_bwd_kernel, grid, x, weight, bias, grad, gx, gw, gb, seqlen, ch,
-               *x.stride(), *weight.stride(), *grad.stride(), *gx.stride(),
-               K=k, SILU=silu, BLOCK_L=_BLOCK_L, BLOCK_C=_BLOCK_C)
+        launch(
+            _conv_bwd_kernel,
+            grid,
+            x,
+            weight,
+            bias,
+            grad,
+            gx,
+            gw,
+            gb,
+            seqlen,
+            ch,
+            *x.stride(),
+            *weight.stride(),
+            *grad.stride(),
+            *gx.stride(),
+            K=k,
+            SILU=silu,
+            BLOCK_L=_BLOCK_L,
+            BLOCK_C=_BLOCK_C,
+        )
     return gx, gw.sum(0).t().to(weight.dtype), gb.sum(0).to(bias.dtype)
 
 
@@ -153,11 +222,15 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sil
     """Causal depthwise conv1d of ``x`` (batch, seqlen, channels) with ``weight`` (channels, k) and ``bias``
     (channels,), then SiLU when ``silu``; a contiguous result in ``x.dtype``. Differentiable in all three."""
     if x.dim() != 3 or weight.dim() != 2 or bias.dim() != 1:
-        raise ValueError(f"causal_conv1d: x must be (batch, seqlen, channels), weight (channels, k) and bias "
-                         f"(channels,), got {tuple(x.shape)}, {tuple(weight.shape)}, {tuple(bias.shape)}")
+        raise ValueError(
+            f"causal_conv1d: x must be (batch, seqlen, channels), weight (channels, k) and bias "
+            f"(channels,), got {tuple(x.shape)}, {tuple(weight.shape)}, {tuple(bias.shape)}"
+        )
     if not (x.shape[2] == weight.shape[0] == bias.shape[0]) or weight.shape[1] < 1:
-        raise ValueError(f"causal_conv1d: channels of x {x.shape[2]}, weight {weight.shape[0]} and bias "
-                         f"{bias.shape[0]} must agree, and k >= 1")
+        raise ValueError(
+            f"causal_conv1d: channels of x {x.shape[2]}, weight {weight.shape[0]} and bias "
+            f"{bias.shape[0]} must agree, and k >= 1"
+        )
     check_device("causal_conv1d", x, weight, bias)
     return _conv_fwd(x, weight, bias, bool(silu))
 

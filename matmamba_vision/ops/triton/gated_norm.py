@@ -1,5 +1,6 @@
 """Gated RMSNorm of Mamba2 (``norm_before_gate=False``) in Triton: ``rmsnorm(y * silu(z)) * weight`` over the
 last dim, statistics in float32."""
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -18,8 +19,19 @@ _BLOCK_M = 16
 
 @triton.jit
 def _norm_fwd_kernel(
-    Y, Z, W, O, RSTD, M, D, sym, szm, som, eps,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    Y,
+    Z,
+    W,
+    O,
+    RSTD,
+    M,
+    D,
+    sym,
+    szm,
+    som,
+    eps,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # int64: rows x width > 2^31
     cols = tl.arange(0, BLOCK_D)
@@ -36,8 +48,23 @@ def _norm_fwd_kernel(
 
 @triton.jit
 def _norm_bwd_kernel(
-    Y, Z, W, RSTD, GO, GY, GZ, GW, M, D, sym, szm, sgm, sgym, sgzm,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    Y,
+    Z,
+    W,
+    RSTD,
+    GO,
+    GY,
+    GZ,
+    GW,
+    M,
+    D,
+    sym,
+    szm,
+    sgm,
+    sgym,
+    sgzm,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -74,8 +101,23 @@ def _norm_fwd(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float
     out = torch.empty((m, d), dtype=y.dtype, device=y.device)
     rstd = torch.empty((m,), dtype=torch.float32, device=y.device)
     if out.numel():
-        launch(_norm_fwd_kernel, (triton.cdiv(m, _BLOCK_M),), y2, z2, weight, out, rstd, m, d,
-               y2.stride(0), z2.stride(0), out.stride(0), eps, BLOCK_M=_BLOCK_M, BLOCK_D=next_pow2(d))
+        launch(
+            _norm_fwd_kernel,
+            (triton.cdiv(m, _BLOCK_M),),
+            y2,
+            z2,
+            weight,
+            out,
+            rstd,
+            m,
+            d,
+            y2.stride(0),
+            z2.stride(0),
+            out.stride(0),
+            eps,
+            BLOCK_M=_BLOCK_M,
+            BLOCK_D=next_pow2(d),
+        )
     return out.view(y.shape), rstd
 
 
@@ -95,9 +137,27 @@ def _norm_bwd(
     gz = torch.empty((m, d), dtype=z.dtype, device=z.device)
     gw = torch.zeros((progs, d), dtype=torch.float32, device=y.device)
     if gy.numel():
-        launch(_norm_bwd_kernel, (progs,), y2, z2, weight, rstd, g2, gy, gz, gw, m, d,
-               y2.stride(0), z2.stride(0), g2.stride(0), gy.stride(0), gz.stride(0),
-               BLOCK_M=_BLOCK_M, BLOCK_D=next_pow2(d))
+        launch(
+            _norm_bwd_kernel,
+            (progs,),
+            y2,
+            z2,
+            weight,
+            rstd,
+            g2,
+            gy,
+            gz,
+            gw,
+            m,
+            d,
+            y2.stride(0),
+            z2.stride(0),
+            g2.stride(0),
+            gy.stride(0),
+            gz.stride(0),
+            BLOCK_M=_BLOCK_M,
+            BLOCK_D=next_pow2(d),
+        )
     return gy.view(y.shape), gz.view(z.shape), gw.sum(0).to(weight.dtype)
 
 
@@ -124,8 +184,10 @@ def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: 
     """``rmsnorm(y * silu(z)) * weight`` over the last dim (float32 statistics), in ``y.dtype``; differentiable
     in ``y``, ``z`` and ``weight`` (the active width: a leading slice of the full weight)."""
     if y.shape != z.shape or weight.shape != y.shape[-1:]:
-        raise ValueError(f"gated_rms_norm: y and z must have one shape and weight its last dim, got "
-                         f"{tuple(y.shape)}, {tuple(z.shape)}, {tuple(weight.shape)}")
+        raise ValueError(
+            f"gated_rms_norm: y and z must have one shape and weight its last dim, got "
+            f"{tuple(y.shape)}, {tuple(z.shape)}, {tuple(weight.shape)}"
+        )
     check_device("gated_rms_norm", y, z, weight)
     return _norm_fwd(y, z, weight, float(eps))[0]
 

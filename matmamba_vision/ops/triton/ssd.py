@@ -13,6 +13,7 @@ Every exponent is <= 0, so nothing overflows at any decay. Sequences of any leng
 The backward (:func:`_ssd_bwd`) is the plain-torch reference :func:`ssd_ref` differentiated with
 ``torch.func.vjp`` (recomputed from the inputs): correct, but not a Triton kernel.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -30,9 +31,33 @@ DEFAULT_CHUNK = 64
 
 @triton.jit
 def _chunk_state_kernel(
-    X, DT, A, B, ACUM, ST, L, H, G, P, N, NC,
-    sxb, sxl, sxh, sxp, sdb, sdl, sdh, sbb, sbl, sbg, sbn,
-    Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+    X,
+    DT,
+    A,
+    B,
+    ACUM,
+    ST,
+    L,
+    H,
+    G,
+    P,
+    N,
+    NC,
+    sxb,
+    sxl,
+    sxh,
+    sxp,
+    sdb,
+    sdl,
+    sdh,
+    sbb,
+    sbl,
+    sbg,
+    sbn,
+    Q: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     pid_c, pid_bh, pid_p = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)  # int64: offsets
     bi, hi = pid_bh // H, pid_bh % H  # of 2048 px batches pass 2^31 elements
@@ -47,23 +72,32 @@ def _chunk_state_kernel(
     w = tl.exp(tl.sum(dA, axis=0) - a) * dt  # decay to the chunk's end, times dt
     pp = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     pm = pp < P
-    xT = tl.load(X + bi * sxb + t[None, :] * sxl + hi * sxh + pp[:, None] * sxp,
-                 mask=pm[:, None] & tm[None, :], other=0.0).to(tl.float32)
+    xT = tl.load(
+        X + bi * sxb + t[None, :] * sxl + hi * sxh + pp[:, None] * sxp, mask=pm[:, None] & tm[None, :], other=0.0
+    ).to(tl.float32)
     xT = xT * w[None, :]
     base = (pid_bh * NC + pid_c) * P
     for n0 in range(0, N, BLOCK_N):
         nn = n0 + tl.arange(0, BLOCK_N)
         nm = nn < N
-        Bm = tl.load(B + bi * sbb + t[:, None] * sbl + gi * sbg + nn[None, :] * sbn,
-                     mask=tm[:, None] & nm[None, :], other=0.0).to(tl.float32)
+        Bm = tl.load(
+            B + bi * sbb + t[:, None] * sbl + gi * sbg + nn[None, :] * sbn, mask=tm[:, None] & nm[None, :], other=0.0
+        ).to(tl.float32)
         s = tl.dot(xT, Bm, input_precision=PREC)
         tl.store(ST + (base + pp[:, None]) * N + nn[None, :], s, mask=pm[:, None] & nm[None, :])
 
 
 @triton.jit
 def _state_pass_kernel(
-    ST, ACUM, H0, FINAL, PN, NC,
-    Q: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr,
+    ST,
+    ACUM,
+    H0,
+    FINAL,
+    PN,
+    NC,
+    Q: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Overwrites each chunk's own state in ST with the state entering that chunk."""
     pid_bh, pid_s = tl.program_id(0).to(tl.int64), tl.program_id(1)
@@ -83,9 +117,44 @@ def _state_pass_kernel(
 
 @triton.jit
 def _chunk_scan_kernel(
-    X, DT, B, C, D, ACUM, ST, Y, L, H, G, P, N, NC,
-    sxb, sxl, sxh, sxp, sdb, sdl, sdh, sbb, sbl, sbg, sbn, scb, scl, scg, scn, syb, syl, syh, syp,
-    Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, PREC: tl.constexpr,
+    X,
+    DT,
+    B,
+    C,
+    D,
+    ACUM,
+    ST,
+    Y,
+    L,
+    H,
+    G,
+    P,
+    N,
+    NC,
+    sxb,
+    sxl,
+    sxh,
+    sxp,
+    sdb,
+    sdl,
+    sdh,
+    sbb,
+    sbl,
+    sbg,
+    sbn,
+    scb,
+    scl,
+    scg,
+    scn,
+    syb,
+    syl,
+    syh,
+    syp,
+    Q: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_D: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     pid_c, pid_bh, pid_p = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)  # int64: offsets
     bi, hi = pid_bh // H, pid_bh % H  # of 2048 px batches pass 2^31 elements
@@ -103,29 +172,41 @@ def _chunk_scan_kernel(
     for n0 in range(0, N, BLOCK_N):
         nn = n0 + tl.arange(0, BLOCK_N)
         nm = nn < N
-        Cm = tl.load(C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn,
-                     mask=tm[:, None] & nm[None, :], other=0.0).to(tl.float32)
-        BT = tl.load(B + bi * sbb + t[None, :] * sbl + gi * sbg + nn[:, None] * sbn,
-                     mask=nm[:, None] & tm[None, :], other=0.0).to(tl.float32)
+        Cm = tl.load(
+            C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn, mask=tm[:, None] & nm[None, :], other=0.0
+        ).to(tl.float32)
+        BT = tl.load(
+            B + bi * sbb + t[None, :] * sbl + gi * sbg + nn[:, None] * sbn, mask=nm[:, None] & tm[None, :], other=0.0
+        ).to(tl.float32)
         cb += tl.dot(Cm, BT, input_precision=PREC)
         S = tl.load(ST + (base + pp[None, :]) * N + nn[:, None], mask=nm[:, None] & pm[None, :], other=0.0)
         acc += tl.dot(Cm, S, input_precision=PREC)
     acc = acc * tl.exp(a)[:, None]  # the entering state decayed to token i
     seg = tl.where(q[:, None] >= q[None, :], a[:, None] - a[None, :], -1e30)
     scores = cb * tl.exp(seg) * dt[None, :]
-    xm = tl.load(X + bi * sxb + t[:, None] * sxl + hi * sxh + pp[None, :] * sxp,
-                 mask=tm[:, None] & pm[None, :], other=0.0).to(tl.float32)
+    xm = tl.load(
+        X + bi * sxb + t[:, None] * sxl + hi * sxh + pp[None, :] * sxp, mask=tm[:, None] & pm[None, :], other=0.0
+    ).to(tl.float32)
     acc += tl.dot(scores, xm, input_precision=PREC)
     if HAS_D:
         acc += tl.load(D + hi).to(tl.float32) * xm
-    tl.store(Y + bi * syb + t[:, None] * syl + hi * syh + pp[None, :] * syp, acc.to(Y.dtype.element_ty),
-             mask=tm[:, None] & pm[None, :])
+    tl.store(
+        Y + bi * syb + t[:, None] * syl + hi * syh + pp[None, :] * syp,
+        acc.to(Y.dtype.element_ty),
+        mask=tm[:, None] & pm[None, :],
+    )
 
 
 @torch.library.custom_op("matmamba_vision::triton_ssd", mutates_args=())
 def _ssd_fwd(
-    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-    D: Optional[torch.Tensor], initial_state: Optional[torch.Tensor], chunk_size: int,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor],
+    initial_state: Optional[torch.Tensor],
+    chunk_size: int,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     b, seqlen, h, p = x.shape
     g, n = B.shape[2:]
@@ -144,15 +225,66 @@ def _ssd_fwd(
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     grid = (nc, b * h, triton.cdiv(p, block_p))
     common = dict(Q=q, BLOCK_P=block_p, BLOCK_N=block_n, PREC=prec)
-    launch(_chunk_state_kernel, grid, x, dt, A, B, acum, states, seqlen, h, g, p, n, nc,
-           *x.stride(), *dt.stride(), *B.stride(), **common)
+    launch(
+        _chunk_state_kernel,
+        grid,
+        x,
+        dt,
+        A,
+        B,
+        acum,
+        states,
+        seqlen,
+        h,
+        g,
+        p,
+        n,
+        nc,
+        *x.stride(),
+        *dt.stride(),
+        *B.stride(),
+        **common,
+    )
     h0 = initial_state.float().contiguous() if initial_state is not None else final
     block = min(next_pow2(p * n), 1024)
-    launch(_state_pass_kernel, (b * h, triton.cdiv(p * n, block)), states, acum, h0, final, p * n, nc,
-           Q=q, HAS_H0=initial_state is not None, BLOCK=block)
-    launch(_chunk_scan_kernel, grid, x, dt, B, C, D if D is not None else A, acum, states, y,
-           seqlen, h, g, p, n, nc, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *y.stride(),
-           HAS_D=D is not None, **common)
+    launch(
+        _state_pass_kernel,
+        (b * h, triton.cdiv(p * n, block)),
+        states,
+        acum,
+        h0,
+        final,
+        p * n,
+        nc,
+        Q=q,
+        HAS_H0=initial_state is not None,
+        BLOCK=block,
+    )
+    launch(
+        _chunk_scan_kernel,
+        grid,
+        x,
+        dt,
+        B,
+        C,
+        D if D is not None else A,
+        acum,
+        states,
+        y,
+        seqlen,
+        h,
+        g,
+        p,
+        n,
+        nc,
+        *x.stride(),
+        *dt.stride(),
+        *B.stride(),
+        *C.stride(),
+        *y.stride(),
+        HAS_D=D is not None,
+        **common,
+    )
     return y, final
 
 
@@ -164,20 +296,34 @@ def _(x, dt, A, B, C, D, initial_state, chunk_size):
 
 @torch.library.custom_op("matmamba_vision::triton_ssd_bwd", mutates_args=())
 def _ssd_bwd(
-    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-    D: Optional[torch.Tensor], initial_state: Optional[torch.Tensor], grad_y: torch.Tensor,
-    grad_final: torch.Tensor, chunk_size: int,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor],
+    initial_state: Optional[torch.Tensor],
+    grad_y: torch.Tensor,
+    grad_final: torch.Tensor,
+    chunk_size: int,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of :func:`ssd_ref` (recomputed), for x, dt, A, B, C, D and the initial state (zeros for the
     last two when absent)."""
     b, _, h, p = x.shape
-    inputs = [x, dt, A, B, C,
-              D if D is not None else A.new_zeros(h),
-              initial_state if initial_state is not None else x.new_zeros((b, h, p, B.shape[-1]), dtype=torch.float32)]
+    inputs = [
+        x,
+        dt,
+        A,
+        B,
+        C,
+        D if D is not None else A.new_zeros(h),
+        initial_state if initial_state is not None else x.new_zeros((b, h, p, B.shape[-1]), dtype=torch.float32),
+    ]
 
     def run(x, dt, A, B, C, D_, h0):
-        return ssd_ref(x, dt, A, B, C, D_ if D is not None else None, h0 if initial_state is not None else None,
-                       chunk_size)
+        return ssd_ref(
+            x, dt, A, B, C, D_ if D is not None else None, h0 if initial_state is not None else None, chunk_size
+        )
 
     _, vjp = torch.func.vjp(run, *inputs)
     return tuple(g.contiguous() for g in vjp((grad_y, grad_final)))
@@ -186,10 +332,17 @@ def _ssd_bwd(
 @_ssd_bwd.register_fake
 def _(x, dt, A, B, C, D, initial_state, grad_y, grad_final, chunk_size):
     b, _, h, p = x.shape
-    return (x.new_empty(x.shape), dt.new_empty(dt.shape), A.new_empty(A.shape), B.new_empty(B.shape),
-            C.new_empty(C.shape), A.new_empty(h) if D is None else D.new_empty(D.shape),
-            x.new_empty((b, h, p, B.shape[-1]), dtype=torch.float32) if initial_state is None
-            else initial_state.new_empty(initial_state.shape))
+    return (
+        x.new_empty(x.shape),
+        dt.new_empty(dt.shape),
+        A.new_empty(A.shape),
+        B.new_empty(B.shape),
+        C.new_empty(C.shape),
+        A.new_empty(h) if D is None else D.new_empty(D.shape),
+        x.new_empty((b, h, p, B.shape[-1]), dtype=torch.float32)
+        if initial_state is None
+        else initial_state.new_empty(initial_state.shape),
+    )
 
 
 def _setup(ctx, inputs, output):
@@ -213,27 +366,39 @@ _ssd_fwd.register_autograd(_backward, setup_context=_setup)
 
 def _check(x, dt, A, B, C, D, initial_state, chunk_size) -> None:
     if x.dim() != 4 or dt.dim() != 3 or A.dim() != 1 or B.dim() != 4 or B.shape != C.shape:
-        raise ValueError("ssd: x must be (batch, seqlen, heads, headdim), dt (batch, seqlen, heads), A (heads,), "
-                         f"B and C (batch, seqlen, groups, d_state); got {tuple(x.shape)}, {tuple(dt.shape)}, "
-                         f"{tuple(A.shape)}, {tuple(B.shape)}, {tuple(C.shape)}")
+        raise ValueError(
+            "ssd: x must be (batch, seqlen, heads, headdim), dt (batch, seqlen, heads), A (heads,), "
+            f"B and C (batch, seqlen, groups, d_state); got {tuple(x.shape)}, {tuple(dt.shape)}, "
+            f"{tuple(A.shape)}, {tuple(B.shape)}, {tuple(C.shape)}"
+        )
     b, seqlen, h, p = x.shape
     g, n = B.shape[2:]
     if dt.shape != (b, seqlen, h) or A.shape != (h,) or B.shape[:2] != (b, seqlen) or h % g:
-        raise ValueError(f"ssd: shapes disagree (x {tuple(x.shape)}, dt {tuple(dt.shape)}, A {tuple(A.shape)}, "
-                         f"B {tuple(B.shape)}); heads must be a multiple of groups")
+        raise ValueError(
+            f"ssd: shapes disagree (x {tuple(x.shape)}, dt {tuple(dt.shape)}, A {tuple(A.shape)}, "
+            f"B {tuple(B.shape)}); heads must be a multiple of groups"
+        )
     if D is not None and D.shape != (h,):
         raise ValueError(f"ssd: D must have shape (heads,) = ({h},), got {tuple(D.shape)}")
     if initial_state is not None and initial_state.shape != (b, h, p, n):
-        raise ValueError(f"ssd: initial_state must have shape (batch, heads, headdim, d_state) = {(b, h, p, n)}, "
-                         f"got {tuple(initial_state.shape)}")
+        raise ValueError(
+            f"ssd: initial_state must have shape (batch, heads, headdim, d_state) = {(b, h, p, n)}, "
+            f"got {tuple(initial_state.shape)}"
+        )
     if chunk_size < 16 or chunk_size & (chunk_size - 1):
         raise ValueError(f"ssd: chunk_size must be a power of two >= 16, got {chunk_size!r}")
 
 
 def ssd(
-    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-    D: Optional[torch.Tensor] = None, initial_state: Optional[torch.Tensor] = None,
-    return_final_state: bool = False, chunk_size: int = DEFAULT_CHUNK,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    initial_state: Optional[torch.Tensor] = None,
+    return_final_state: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
 ):
     """The SSD scan (arguments as :func:`matmamba_vision.ops.ssd_scan_torch`) in Triton, plus ``D`` (heads,):
     ``y += D x`` fused. Returns y in ``x.dtype``, or (y, float32 final state) with ``return_final_state``.
@@ -245,8 +410,14 @@ def ssd(
 
 
 def ssd_ref(
-    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-    D: Optional[torch.Tensor] = None, initial_state: Optional[torch.Tensor] = None, chunk_size: int = DEFAULT_CHUNK,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    initial_state: Optional[torch.Tensor] = None,
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Plain-torch reference of :func:`ssd` with the kernels' chunking, in float32: returns (y in ``x.dtype``,
     final state)."""
@@ -255,8 +426,7 @@ def ssd_ref(
     q = chunk_size
     nc = max(1, -(-seqlen // q))
     pad = nc * q - seqlen
-    xf, dtf, Bf, Cf = (torch.nn.functional.pad(t.float(), (0, 0) * (t.dim() - 2) + (0, pad))
-                       for t in (x, dt, B, C))
+    xf, dtf, Bf, Cf = (torch.nn.functional.pad(t.float(), (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
     Bf, Cf = (t.repeat_interleave(h // g, dim=2).view(b, nc, q, h, n) for t in (Bf, Cf))
     xf, dtf = xf.view(b, nc, q, h, p), dtf.view(b, nc, q, h)
     a = torch.cumsum(dtf * A.float(), dim=2)  # (b, nc, q, h)
