@@ -77,7 +77,7 @@ def main(argv=None) -> Path:
         model.resolve_granularity(granularity)
     except ValueError as e:
         raise ValueError(f"--granularity: {e}") from None
-    data_config = data_config_from_args(args, model)
+    data_config = data_config_from_args(args, model, check_data=False)  # an export reads no dataset
     metadata = dict(
         model=args.model, checkpoint=args.checkpoint or None, pretrained=args.pretrained,
         preprocessing={k: data_config.get(k) for k in ("input_size", "mean", "std", "interpolation", "crop_pct",

@@ -116,7 +116,7 @@ def test_bad_variant_settings_are_refused():
         make_step(model, distill_weight=1.5)
     for flags in (["--distill-weight", "2"], ["--distill-temperature", "0"], ["--sample-granularities", "-1"],
                   ["--distill-temperature", "nan"]):
-        with pytest.raises(SystemExit):
+        with pytest.raises(ValueError, match=flags[0]):
             parse_args(flags)
 
 

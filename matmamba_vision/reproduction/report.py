@@ -18,6 +18,7 @@ import torch
 
 from ..weights import atomic_write
 from ..evaluation.report import format_table
+from .stages import VARIANTS
 
 __all__ = ["write_report", "mean_spread"]
 
@@ -152,7 +153,6 @@ def write_report(plan, seeds: Sequence[int], close: Sequence[int], variants: boo
     widths_by_variant = {"nested": nested_rows}
     retrieval_by_variant = {"nested": _rows(plan.eval_dir(plan.nested(s0)) / "retrieval" / "retrieval.json")}
     if variants:
-        from .pipeline import VARIANTS
 
         for v in VARIANTS:
             name = plan.nested(s0, v)
