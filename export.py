@@ -98,7 +98,7 @@ def main(argv=None) -> Path:
         model.resolve_granularity(granularity)
     except ValueError as e:
         raise ValueError(f"--granularity: {e}") from None
-    data_config = data_config_from_args(args, model)
+    data_config = data_config_from_args(args, model, check_data=False)  # an export reads no dataset
     metadata = dict(
         model=args.model,
         checkpoint=args.checkpoint or None,

@@ -123,12 +123,13 @@ def test_elastic_api_on_a_features_only_model():
 
 
 def test_demo_model_registered_and_earlier_demo_checkpoints_load(tmp_path):
-    from matmamba_vision.evaluation.cli import checkpoint_metadata
+    from matmamba_vision.weights import build_model, save_weights
+    from matmamba_vision.weights import read_checkpoint
     from matmamba_vision.training.config import DEFAULT_MODEL, parse_args
     from matmamba_vision.weights import build_model, save_weights
 
     assert parse_args([]).model == DEFAULT_MODEL == "matmamba_vision_tiny_patch7_28"
-    assert parse_args([]).model_kwargs == ""
+    assert parse_args([]).model_kwargs == {}
     demo = timm.create_model(DEFAULT_MODEL, device="meta")
     old_kwargs = dict(patch_size=7, embed_dim=128, depth=4, d_state=16, headdim=16)
     earlier = timm.create_model("matmamba_vision_tiny_patch4_28", device="meta", **old_kwargs)
@@ -138,7 +139,7 @@ def test_demo_model_registered_and_earlier_demo_checkpoints_load(tmp_path):
     src = timm.create_model("matmamba_vision_tiny_patch4_28", **old_kwargs)
     path = tmp_path / "model_best.safetensors"
     save_weights(src.state_dict(), path, metadata=dict(model="matmamba_vision_tiny_patch4_28", model_kwargs=old_kwargs))
-    meta = checkpoint_metadata(str(path))
+    meta = read_checkpoint(path).metadata
     rebuilt = build_model(meta["model"], checkpoint=path, **meta["model_kwargs"])
     named = timm.create_model(DEFAULT_MODEL, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     for k, v in src.state_dict().items():

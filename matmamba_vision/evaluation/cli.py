@@ -198,18 +198,13 @@ def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
     return label, build_model(name, checkpoint=checkpoint, **dict(kwargs, **extra)).eval(), checkpoint
 
 
-def data_config_from_args(args: argparse.Namespace, model: MatMambaVision) -> Dict[str, Any]:
+def data_config_from_args(args: argparse.Namespace, model: MatMambaVision, check_data: bool = True) -> Dict[str, Any]:
     """timm's data config at the model's own input size (a checkpoint trained at another ``img_size`` builds a
-    model of that size), overridden by --crop-pct/--interpolation/--mean/--std when given. A one-line warning
-    (stderr) when the evaluated split's images or statistics do not fit the model's config."""
-    overrides = dict(
-        in_chans=model.in_chans,
-        img_size=args.img_size,
-        crop_pct=args.crop_pct,
-        interpolation=args.interpolation or None,
-        mean=args.mean,
-        std=args.std,
-    )
+    model of that size), overridden by --crop-pct/--interpolation/--mean/--std when given. With ``check_data``
+    (scripts that read a dataset), a one-line warning (stderr) when the evaluated split's images or statistics do
+    not fit the model's config."""
+    overrides = dict(in_chans=model.in_chans, img_size=args.img_size, crop_pct=args.crop_pct,
+                     interpolation=args.interpolation or None, mean=args.mean, std=args.std)
     for flag, values in (("--mean", args.mean), ("--std", args.std)):
         if values is not None and len(values) not in (1, model.in_chans):
             valid = "1 value" if model.in_chans == 1 else f"1 or {model.in_chans} values"
@@ -217,6 +212,8 @@ def data_config_from_args(args: argparse.Namespace, model: MatMambaVision) -> Di
         if values is not None and not all(math.isfinite(v) and (flag == "--mean" or v > 0) for v in values):
             raise ValueError(f"{flag} must be finite{' and positive' if flag == '--std' else ''}, got {values}")
     config = model_data_config(model, overrides)
+    if not check_data:
+        return config
     split = getattr(args, "split", None) or getattr(args, "query_split", None) or "val"  # validate.py, retrieval.py
     for line in data_mismatch_warnings(model, config, data_channels(args.dataset, args.data_dir, split), split):
         print(f"warning: {line}", file=sys.stderr, flush=True)

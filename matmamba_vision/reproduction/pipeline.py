@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .report import write_report
-from .stages import Plan, Runners, StageLog
+from .stages import VARIANTS, Plan, Runners, StageLog
 
 __all__ = ["reproduce", "VARIANTS", "load_rows", "close_levels"]
-
-VARIANTS = ("distill", "sample")
 
 
 def load_rows(path: Path) -> List[Dict]:

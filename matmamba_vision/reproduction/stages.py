@@ -20,7 +20,9 @@ from ..training.checkpointing import latest_state_file
 from ..training.config import parse_args as parse_train_args
 from ..weights import atomic_write
 
-__all__ = ["Plan", "StageLog", "Runners", "untrained_grid", "final_weights"]
+__all__ = ["VARIANTS", "Plan", "StageLog", "Runners", "untrained_grid", "final_weights"]
+
+VARIANTS = ("distill", "sample")  # the train.py variants `reproduce.py --variants` adds (--distill, --sample-granularities)
 
 Runner = Callable[[List[str]], Any]
 
@@ -91,9 +93,7 @@ class Plan:
         self.run_dir = Path(self.run_dir)
         args = parse_train_args([*self.data_args, *self.train_args])
         self.model_name = args.model
-        self.model_kwargs = yaml.safe_load(args.model_kwargs) if args.model_kwargs else {}
-        if not isinstance(self.model_kwargs, dict):
-            raise ValueError(f"--model-kwargs must be a YAML mapping, got {args.model_kwargs!r}")
+        self.model_kwargs = dict(args.model_kwargs)  # parsed by train.py's parser (KEY=VALUE or a YAML mapping)
         probe = timm.create_model(self.model_name, **self.model_kwargs)
         self.levels = sorted(args.granularities or probe.matryoshka_levels, reverse=True)
         self.widths = untrained_grid(probe, self.levels)
