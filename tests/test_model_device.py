@@ -123,10 +123,8 @@ def test_elastic_api_on_a_features_only_model():
 
 
 def test_demo_model_registered_and_earlier_demo_checkpoints_load(tmp_path):
-    from matmamba_vision.weights import build_model, save_weights
-    from matmamba_vision.weights import read_checkpoint
     from matmamba_vision.training.config import DEFAULT_MODEL, parse_args
-    from matmamba_vision.weights import build_model, save_weights
+    from matmamba_vision.weights import build_model, read_checkpoint, save_weights
 
     assert parse_args([]).model == DEFAULT_MODEL == "matmamba_vision_tiny_patch7_28"
     assert parse_args([]).model_kwargs == {}

@@ -386,15 +386,19 @@ def test_run_lock_live_stale_recycled_and_remote(tmp_path):
     RunLock(folder).acquire().release()
 
 
-@pytest.mark.parametrize("flags, error", [  # numbers: one-line ValueError (the shared flag types); names: argparse's
-    (["--preempt-signal", "SIGKILL"], SystemExit),
-    (["--preempt-signal", "NOPE"], SystemExit),
-    (["--preempt-deadline", "0"], ValueError),
-    (["--checkpoint-interval-steps", "-1"], ValueError),
-    (["--checkpoint-interval-minutes", "nan"], ValueError),
-])
+@pytest.mark.parametrize(
+    "flags, error",
+    [  # numbers: one-line ValueError (the shared flag types); names: argparse's
+        (["--preempt-signal", "SIGKILL"], SystemExit),
+        (["--preempt-signal", "NOPE"], SystemExit),
+        (["--preempt-deadline", "0"], ValueError),
+        (["--checkpoint-interval-steps", "-1"], ValueError),
+        (["--checkpoint-interval-minutes", "nan"], ValueError),
+    ],
+)
 def test_bad_preemption_flags(flags, error, capsys):
     from matmamba_vision.training.config import parse_args
+
     with pytest.raises(error) as refused:
         parse_args(flags)
     assert flags[0] in (capsys.readouterr().err if error is SystemExit else str(refused.value))

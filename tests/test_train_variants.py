@@ -115,8 +115,12 @@ def test_bad_variant_settings_are_refused():
         make_step(model, [32, 16], sample_pool=untrained_widths(model, [32, 16]), num_sampled=8)
     with pytest.raises(ValueError, match="--distill-weight"):
         make_step(model, distill_weight=1.5)
-    for flags in (["--distill-weight", "2"], ["--distill-temperature", "0"], ["--sample-granularities", "-1"],
-                  ["--distill-temperature", "nan"]):
+    for flags in (
+        ["--distill-weight", "2"],
+        ["--distill-temperature", "0"],
+        ["--sample-granularities", "-1"],
+        ["--distill-temperature", "nan"],
+    ):
         with pytest.raises(ValueError, match=flags[0]):
             parse_args(flags)
 

@@ -203,8 +203,14 @@ def data_config_from_args(args: argparse.Namespace, model: MatMambaVision, check
     model of that size), overridden by --crop-pct/--interpolation/--mean/--std when given. With ``check_data``
     (scripts that read a dataset), a one-line warning (stderr) when the evaluated split's images or statistics do
     not fit the model's config."""
-    overrides = dict(in_chans=model.in_chans, img_size=args.img_size, crop_pct=args.crop_pct,
-                     interpolation=args.interpolation or None, mean=args.mean, std=args.std)
+    overrides = dict(
+        in_chans=model.in_chans,
+        img_size=args.img_size,
+        crop_pct=args.crop_pct,
+        interpolation=args.interpolation or None,
+        mean=args.mean,
+        std=args.std,
+    )
     for flag, values in (("--mean", args.mean), ("--std", args.std)):
         if values is not None and len(values) not in (1, model.in_chans):
             valid = "1 value" if model.in_chans == 1 else f"1 or {model.in_chans} values"

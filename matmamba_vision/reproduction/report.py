@@ -18,6 +18,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from ..evaluation.report import format_table
+from ..weights import atomic_write
 from .stages import VARIANTS
 
 __all__ = ["write_report", "mean_spread"]
@@ -199,7 +200,6 @@ def write_report(
     widths_by_variant = {"nested": nested_rows}
     retrieval_by_variant = {"nested": _rows(plan.eval_dir(plan.nested(s0)) / "retrieval" / "retrieval.json")}
     if variants:
-
         for v in VARIANTS:
             name = plan.nested(s0, v)
             widths_by_variant[v] = _rows(plan.eval_dir(name) / "validate.json")

@@ -22,7 +22,10 @@ from ..weights import atomic_write
 
 __all__ = ["VARIANTS", "Plan", "StageLog", "Runners", "untrained_grid", "final_weights"]
 
-VARIANTS = ("distill", "sample")  # the train.py variants `reproduce.py --variants` adds (--distill, --sample-granularities)
+VARIANTS = (
+    "distill",
+    "sample",
+)  # the train.py variants `reproduce.py --variants` adds (--distill, --sample-granularities)
 
 Runner = Callable[[List[str]], Any]
 
