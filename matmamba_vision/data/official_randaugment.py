@@ -26,6 +26,8 @@ from typing import Tuple
 import numpy as np
 from numba import njit
 
+# fastmath=False explicitly: numba lets a caller compiled with fastmath (ffcv's Compiler compiles every
+# pipeline stage so) pass it on to kernels that set none, and the official rounding needs exact float32 sums.
 __all__ = ["OP_NAMES", "SIGNED", "op_magnitudes", "apply_op", "draw_op", "OfficialRandAugment"]
 
 OP_NAMES = (
@@ -81,7 +83,7 @@ def op_magnitudes(magnitude: int = 9, num_bins: int = NUM_BINS) -> np.ndarray:
     )
 
 
-@njit
+@njit(fastmath=False)
 def warp_nearest(src, dst, m0, m1, m2, m3, m4, m5):
     # dst(x, y) = src(M^-1 (x, y)) as OpenCV's warpAffine (INTER_NEAREST, black border): the inverse in
     # float64, then 10-bit fixed point, rounded half to even
@@ -104,7 +106,7 @@ def warp_nearest(src, dst, m0, m1, m2, m3, m4, m5):
                     dst[y, x, c] = 0
 
 
-@njit
+@njit(fastmath=False)
 def shear(src, dst, sx, sy):
     # the official 2x3 matrix is float32, built around ((rows - 1) / 2, (cols - 1) / 2)
     f = np.float32
@@ -115,7 +117,7 @@ def shear(src, dst, sx, sy):
     warp_nearest(src, dst, 1.0, float(shx), float(t0), float(shy), 1.0, float(t1))
 
 
-@njit
+@njit(fastmath=False)
 def rotate(src, dst, degrees):
     # cv::getRotationMatrix2D(((cols - 1) / 2, (rows - 1) / 2), angle, 1): counter-clockwise for angle > 0
     cx, cy = float(np.float32((src.shape[1] - 1) / 2.0)), float(np.float32((src.shape[0] - 1) / 2.0))
@@ -124,7 +126,7 @@ def rotate(src, dst, degrees):
     warp_nearest(src, dst, alpha, beta, (1 - alpha) * cx - beta * cy, -beta, alpha, beta * cx + (1 - alpha) * cy)
 
 
-@njit
+@njit(fastmath=False)
 def translate(src, dst, tx, ty):
     # shift by whole pixels (tx columns, ty rows; positive = right / down), black fill
     h, w = src.shape[0], src.shape[1]
@@ -135,7 +137,7 @@ def translate(src, dst, tx, ty):
                 dst[y, x, c] = src[yy, xx, c] if 0 <= yy < h and 0 <= xx < w else 0
 
 
-@njit
+@njit(fastmath=False)
 def blend(src1, src2, ratio, dst):
     # cv::addWeighted(src1, ratio, src2, 1 - ratio, 0) on uint8: float32 sums, rounded half to even
     a, b = np.float32(ratio), np.float32(1.0 - ratio)
@@ -145,7 +147,7 @@ def blend(src1, src2, ratio, dst):
         out[k] = np.uint8(min(max(v, 0.0), 255.0))
 
 
-@njit
+@njit(fastmath=False)
 def grey(src, dst):
     # 0.299 R + 0.587 G + 0.114 B, truncated to uint8, in all three channels
     for y in range(src.shape[0]):
@@ -156,7 +158,7 @@ def grey(src, dst):
             dst[y, x, 2] = v
 
 
-@njit
+@njit(fastmath=False)
 def contrast(src, dst, factor):
     total = 0.0
     for y in range(src.shape[0]):
@@ -167,7 +169,7 @@ def contrast(src, dst, factor):
     blend(src, scratch, factor, dst)
 
 
-@njit
+@njit(fastmath=False)
 def sharpness(src, dst, factor):
     # 3x3 smoothing (1/13 around, 5/13 in the centre, as the official float32 weights) inside, border kept
     edge, centre = np.float32(0.0769), np.float32(0.3846)
@@ -183,7 +185,7 @@ def sharpness(src, dst, factor):
     blend(src, blurred, factor, dst)
 
 
-@njit
+@njit(fastmath=False)
 def autocontrast(src, dst):
     for c in range(src.shape[2]):
         lo, hi = src[:, :, c].min(), src[:, :, c].max()
@@ -194,17 +196,17 @@ def autocontrast(src, dst):
                 dst[y, x, c] = np.uint8(min(max(v, np.float32(0.0)), np.float32(255.0)))
 
 
-@njit
+@njit(fastmath=False)
 def _int16(v):
     return (v + 32768) % 65536 - 32768
 
 
-@njit
+@njit(fastmath=False)
 def _int16(v):
     return (v + 32768) % 65536 - 32768
 
 
-@njit
+@njit(fastmath=False)
 def equalize(src, dst, wrap16):
     # torchvision's equalize; wrap16: the histogram and its running sum held in int16 (the official quirk)
     for c in range(src.shape[2]):
@@ -237,7 +239,7 @@ def equalize(src, dst, wrap16):
                 dst[y, x, c] = np.uint8(min(max(lut[src[y, x, c]], 0), 255))
 
 
-@njit
+@njit(fastmath=False)
 def apply_op(src, dst, idx, mag, fixed):
     """Op ``idx`` of OP_NAMES at signed magnitude ``mag`` from ``src`` into ``dst`` (distinct arrays)."""
     if idx == 0:
