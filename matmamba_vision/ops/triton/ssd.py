@@ -1,6 +1,6 @@
-"""The chunked SSD scan of Mamba2 in Triton (forward), with the D skip fused.
+"""The chunked SSD scan of Mamba2 in Triton, forward and backward, with the D skip fused.
 
-Three kernels, as in the SSD paper's chunked algorithm (``Q`` tokens per chunk, states in float32):
+Forward: three kernels, as in the SSD paper's chunked algorithm (``Q`` tokens per chunk, states in float32):
 
 1. :func:`_chunk_state_kernel`: per (chunk, batch x head): the in-chunk cumulative decay ``a = cumsum(dt A)``
    and the chunk's own end state ``sum_j exp(a_last - a_j) dt_j x_j B_j^T`` (headdim x d_state);
@@ -9,9 +9,19 @@ Three kernels, as in the SSD paper's chunked algorithm (``Q`` tokens per chunk, 
 3. :func:`_chunk_scan_kernel`: per (chunk, batch x head): ``y_i = exp(a_i) C_i s_c
    + sum_{j<=i} (C_i . B_j) exp(a_i - a_j) dt_j x_j + D x_i``.
 
+Backward (:func:`_ssd_bwd`): kernels 1 and 2 recompute the entering states, then
+
+4. :func:`_chunk_dstate_kernel`: per chunk, what its outputs send to the state entering it,
+   ``sum_i exp(a_i) dy_i C_i^T``;
+5. :func:`_state_pass_bwd_kernel`: reverse state passing from the final state's gradient: the gradient of the
+   state leaving each chunk (= of its own state) and, at the start, of the initial state;
+6. :func:`_chunk_bwd_kernel`: per (chunk, batch x head): dx, dB, dC, ddt, the per-token d(dt A) (reverse
+   cumsum of the gradient of ``a``, which also takes the entering state's decay ``exp(a_last)``) and dD,
+   through the inter-chunk, intra-chunk and own-state terms. Sums over headdim blocks and over the heads of a
+   group are float32 partials added in torch (no atomics).
+
 Every exponent is <= 0, so nothing overflows at any decay. Sequences of any length are masked, not padded.
-The backward (:func:`_ssd_bwd`) is the plain-torch reference :func:`ssd_ref` differentiated with
-``torch.func.vjp`` (recomputed from the inputs): correct, but not a Triton kernel.
+:func:`ssd_ref` is the plain-torch reference of the same chunked computation (the tests' reference).
 """
 
 from __future__ import annotations
@@ -197,6 +207,285 @@ def _chunk_scan_kernel(
     )
 
 
+@triton.jit
+def _chunk_dstate_kernel(
+    GY,
+    C,
+    ACUM,
+    DST,
+    L,
+    H,
+    G,
+    P,
+    N,
+    NC,
+    syb,
+    syl,
+    syh,
+    syp,
+    scb,
+    scl,
+    scg,
+    scn,
+    Q: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Per (chunk, batch x head): the gradient that the chunk's outputs send to the state entering it,
+    ``sum_i exp(a_i) dy_i C_i^T`` (headdim x d_state)."""
+    pid_c, pid_bh, pid_p = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    bi, hi = pid_bh // H, pid_bh % H
+    gi = hi // (H // G)
+    q = tl.arange(0, Q)
+    t = pid_c * Q + q
+    tm = t < L
+    a = tl.load(ACUM + (pid_bh * NC + pid_c) * Q + q)
+    pp = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pm = pp < P
+    gyT = tl.load(
+        GY + bi * syb + t[None, :] * syl + hi * syh + pp[:, None] * syp, mask=pm[:, None] & tm[None, :], other=0.0
+    ).to(tl.float32)
+    gyT = gyT * tl.exp(a)[None, :]
+    base = (pid_bh * NC + pid_c) * P
+    for n0 in range(0, N, BLOCK_N):
+        nn = n0 + tl.arange(0, BLOCK_N)
+        nm = nn < N
+        Cm = tl.load(
+            C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn, mask=tm[:, None] & nm[None, :], other=0.0
+        ).to(tl.float32)
+        tl.store(
+            DST + (base + pp[:, None]) * N + nn[None, :],
+            tl.dot(gyT, Cm, input_precision=PREC),
+            mask=pm[:, None] & nm[None, :],
+        )
+
+
+@triton.jit
+def _state_pass_bwd_kernel(
+    DST,
+    ACUM,
+    GFINAL,
+    DH0,
+    PN,
+    NC,
+    Q: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Reverse state passing per (batch x head): from ``g = dfinal``, chunk by chunk backwards, overwrites
+    DST[c] (the chunk outputs' gradient of the entering state) with the gradient of the state *leaving*
+    chunk c (that of its own state), then ``g = exp(a_last_c) g + DST[c]``; ``g`` at the start is dh0."""
+    pid_bh, pid_s = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    offs = pid_s * BLOCK + tl.arange(0, BLOCK)
+    m = offs < PN
+    g = tl.load(GFINAL + pid_bh * PN + offs, mask=m, other=0.0)
+    for i in range(NC):
+        c = NC - 1 - i
+        ptr = DST + (pid_bh * NC + c) * PN + offs
+        from_y = tl.load(ptr, mask=m, other=0.0)
+        tl.store(ptr, g, mask=m)
+        g = tl.exp(tl.load(ACUM + (pid_bh * NC + c) * Q + Q - 1)) * g + from_y
+    tl.store(DH0 + pid_bh * PN + offs, g, mask=m)
+
+
+@triton.jit
+def _chunk_bwd_kernel(
+    X,
+    DT,
+    A,
+    B,
+    C,
+    D,
+    ACUM,
+    ST,
+    DST,
+    GY,
+    DX,
+    DDT_P,
+    DA_P,
+    DB_P,
+    DC_P,
+    DD_P,
+    L,
+    H,
+    G,
+    P,
+    N,
+    NC,
+    sxb,
+    sxl,
+    sxh,
+    sxp,
+    sdb,
+    sdl,
+    sdh,
+    sbb,
+    sbl,
+    sbg,
+    sbn,
+    scb,
+    scl,
+    scg,
+    scn,
+    syb,
+    syl,
+    syh,
+    syp,
+    sob,
+    sol,
+    soh,
+    sop,
+    Q: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_D: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Per (chunk, batch x head, headdim block): the gradients of the chunk's three terms, the inter-chunk
+    ``exp(a_i) C_i s``, the intra-chunk ``sum_{j<=i} (C_i . B_j) exp(a_i - a_j) dt_j x_j`` and the own state
+    ``sum_j exp(a_last - a_j) dt_j x_j B_j^T``, plus the D skip and the decay of the entering state.
+
+    dx is complete (all of d_state is looped over here) and stored in x's dtype; what sums over headdim
+    (dB, dC, ddt, the per-token dA terms, dD) is stored as this headdim block's float32 partial, per head,
+    and summed outside (no atomics)."""
+    pid_c, pid_bh, pid_p = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    bi, hi = pid_bh // H, pid_bh % H
+    gi = hi // (H // G)
+    prow = pid_p * tl.num_programs(1) + pid_bh  # row of the float32 partials: (headdim block, batch x head)
+    q = tl.arange(0, Q)
+    t = pid_c * Q + q
+    tm = t < L
+    a = tl.load(ACUM + (pid_bh * NC + pid_c) * Q + q)
+    a_last = tl.load(ACUM + (pid_bh * NC + pid_c) * Q + Q - 1)
+    dt = tl.load(DT + bi * sdb + t * sdl + hi * sdh, mask=tm, other=0.0).to(tl.float32)
+    pp = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pm = pp < P
+    qp_mask = tm[:, None] & pm[None, :]
+    xm = tl.load(X + bi * sxb + t[:, None] * sxl + hi * sxh + pp[None, :] * sxp, mask=qp_mask, other=0.0).to(tl.float32)
+    gy = tl.load(GY + bi * syb + t[:, None] * syl + hi * syh + pp[None, :] * syp, mask=qp_mask, other=0.0).to(
+        tl.float32
+    )
+    causal = q[:, None] >= q[None, :]
+    decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], -1e30))  # exp(a_i - a_j), j <= i; exponents <= 0
+    gx = tl.dot(gy, tl.trans(xm), input_precision=PREC)  # dy_i . x_j over this headdim block
+    w = decay * gx * dt[None, :]  # d(C_i . B_j) of the intra-chunk term
+    wT = tl.trans(w)
+    w_own = tl.exp(a_last - a) * dt  # the own state's weight of token j
+    e_in = tl.exp(a)  # the entering state's decay to token i
+    cb = tl.zeros((Q, Q), dtype=tl.float32)
+    dx_own = tl.zeros((Q, BLOCK_P), dtype=tl.float32)  # sum_n B_j[n] dS_out[p, n]
+    x_ds_b = tl.zeros((Q,), dtype=tl.float32)  # x_j^T dS_out B_j
+    gy_s_c = tl.zeros((Q,), dtype=tl.float32)  # dy_i^T s C_i
+    ds_s = tl.zeros((BLOCK_P,), dtype=tl.float32)  # sum_n dS_out * s, per p
+    base = (pid_bh * NC + pid_c) * P
+    for n0 in range(0, N, BLOCK_N):
+        nn = n0 + tl.arange(0, BLOCK_N)
+        nm = nn < N
+        qn_mask = tm[:, None] & nm[None, :]
+        pn_mask = pm[:, None] & nm[None, :]
+        Bm = tl.load(B + bi * sbb + t[:, None] * sbl + gi * sbg + nn[None, :] * sbn, mask=qn_mask, other=0.0).to(
+            tl.float32
+        )
+        Cm = tl.load(C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn, mask=qn_mask, other=0.0).to(
+            tl.float32
+        )
+        S = tl.load(ST + (base + pp[:, None]) * N + nn[None, :], mask=pn_mask, other=0.0)  # entering state
+        dS = tl.load(DST + (base + pp[:, None]) * N + nn[None, :], mask=pn_mask, other=0.0)  # d(leaving state)
+        cb += tl.dot(Cm, tl.trans(Bm), input_precision=PREC)
+        gy_s = tl.dot(gy, S, input_precision=PREC)  # (Q, BLOCK_N)
+        gy_s_c += tl.sum(gy_s * Cm, axis=1)
+        dC = gy_s * e_in[:, None] + tl.dot(w, Bm, input_precision=PREC)
+        x_ds = tl.dot(xm, dS, input_precision=PREC)  # (Q, BLOCK_N)
+        x_ds_b += tl.sum(x_ds * Bm, axis=1)
+        dB = x_ds * w_own[:, None] + tl.dot(wT, Cm, input_precision=PREC)
+        dx_own += tl.dot(Bm, tl.trans(dS), input_precision=PREC)
+        ds_s += tl.sum(dS * S, axis=1)
+        tl.store(DB_P + (prow * L + t[:, None]) * N + nn[None, :], dB, mask=qn_mask)
+        tl.store(DC_P + (prow * L + t[:, None]) * N + nn[None, :], dC, mask=qn_mask)
+    k = cb * decay  # (C_i . B_j) exp(a_i - a_j), j <= i
+    dx = tl.dot(tl.trans(k), gy, input_precision=PREC) * dt[:, None] + dx_own * w_own[:, None]
+    if HAS_D:
+        dx += tl.load(D + hi).to(tl.float32) * gy
+    tl.store(DX + bi * sob + t[:, None] * sol + hi * soh + pp[None, :] * sop, dx.to(DX.dtype.element_ty), mask=qp_mask)
+    # dt as a multiplier: the intra-chunk term and the own state
+    m = k * gx
+    ddt = tl.sum(m, axis=0) + tl.exp(a_last - a) * x_ds_b
+    # d(a_i), a = cumsum(dt A) within the chunk
+    m = m * dt[None, :]
+    own = w_own * x_ds_b
+    da = tl.sum(m, axis=1) - tl.sum(m, axis=0) - own + e_in * gy_s_c
+    da += tl.where(q == Q - 1, tl.sum(own, axis=0) + tl.exp(a_last) * tl.sum(ds_s, axis=0), 0.0)
+    # d(dt_k A) = sum_{i >= k} da_i (reverse cumsum as a masked sum: exact, no cancellation)
+    dda = tl.sum(tl.where(causal, da[:, None], 0.0), axis=0)
+    ddt += dda * tl.load(A + hi).to(tl.float32)
+    tl.store(DDT_P + prow * L + t, ddt, mask=tm)
+    tl.store(DA_P + prow * L + t, dda * dt, mask=tm)
+    if HAS_D:
+        tl.store(DD_P + prow * NC + pid_c, tl.sum(tl.sum(gy * xm, axis=1), axis=0))
+
+
+MAX_BLOCK_P = 64  # tile caps of headdim and d_state (module attributes: the tests lower them to 16)
+MAX_BLOCK_N = 64
+
+
+def _blocks(p: int, n: int) -> Tuple[int, int]:
+    return min(next_pow2(p), MAX_BLOCK_P), min(next_pow2(n), MAX_BLOCK_N)
+
+
+def _prec(x: torch.Tensor) -> str:
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def _entering_states(x, dt, A, B, initial_state, final, q):
+    """Kernels 1 and 2: the in-chunk cumulative decays (b, h, nc, q) and the float32 states entering each chunk
+    (b, h, nc, p, n); writes the final state into ``final``."""
+    b, seqlen, h, p = x.shape
+    g, n = B.shape[2:]
+    nc = triton.cdiv(seqlen, q)
+    acum = torch.empty((b, h, nc, q), dtype=torch.float32, device=x.device)
+    states = torch.empty((b, h, nc, p, n), dtype=torch.float32, device=x.device)
+    block_p, block_n = _blocks(p, n)
+    launch(
+        _chunk_state_kernel,
+        (nc, b * h, triton.cdiv(p, block_p)),
+        x,
+        dt,
+        A.float(),
+        B,
+        acum,
+        states,
+        seqlen,
+        h,
+        g,
+        p,
+        n,
+        nc,
+        *x.stride(),
+        *dt.stride(),
+        *B.stride(),
+        Q=q,
+        BLOCK_P=block_p,
+        BLOCK_N=block_n,
+        PREC=_prec(x),
+    )
+    h0 = initial_state.float().contiguous() if initial_state is not None else final
+    block = min(next_pow2(p * n), 1024)
+    launch(
+        _state_pass_kernel,
+        (b * h, triton.cdiv(p * n, block)),
+        states,
+        acum,
+        h0,
+        final,
+        p * n,
+        nc,
+        Q=q,
+        HAS_H0=initial_state is not None,
+        BLOCK=block,
+    )
+    return acum, states
+
+
 @torch.library.custom_op("matmamba_vision::triton_ssd", mutates_args=())
 def _ssd_fwd(
     x: torch.Tensor,
@@ -218,48 +507,12 @@ def _ssd_fwd(
         return y, final
     q = chunk_size
     nc = triton.cdiv(seqlen, q)
-    acum = torch.empty((b, h, nc, q), dtype=torch.float32, device=x.device)
-    states = torch.empty((b, h, nc, p, n), dtype=torch.float32, device=x.device)
+    acum, states = _entering_states(x, dt, A, B, initial_state, final, q)
     A = A.float()
-    block_p, block_n = min(next_pow2(p), 64), min(next_pow2(n), 64)
-    prec = "ieee" if x.dtype == torch.float32 else "tf32"
+    block_p, block_n = _blocks(p, n)
+    prec = _prec(x)
     grid = (nc, b * h, triton.cdiv(p, block_p))
     common = dict(Q=q, BLOCK_P=block_p, BLOCK_N=block_n, PREC=prec)
-    launch(
-        _chunk_state_kernel,
-        grid,
-        x,
-        dt,
-        A,
-        B,
-        acum,
-        states,
-        seqlen,
-        h,
-        g,
-        p,
-        n,
-        nc,
-        *x.stride(),
-        *dt.stride(),
-        *B.stride(),
-        **common,
-    )
-    h0 = initial_state.float().contiguous() if initial_state is not None else final
-    block = min(next_pow2(p * n), 1024)
-    launch(
-        _state_pass_kernel,
-        (b * h, triton.cdiv(p * n, block)),
-        states,
-        acum,
-        h0,
-        final,
-        p * n,
-        nc,
-        Q=q,
-        HAS_H0=initial_state is not None,
-        BLOCK=block,
-    )
     launch(
         _chunk_scan_kernel,
         grid,
@@ -307,26 +560,111 @@ def _ssd_bwd(
     grad_final: torch.Tensor,
     chunk_size: int,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of :func:`ssd_ref` (recomputed), for x, dt, A, B, C, D and the initial state (zeros for the
-    last two when absent)."""
-    b, _, h, p = x.shape
-    inputs = [
+    """Gradients for x, dt, A, B, C, D and the initial state (zeros for the last two when absent): the entering
+    states are recomputed (kernels 1 and 2), then :func:`_chunk_dstate_kernel`, :func:`_state_pass_bwd_kernel`
+    and :func:`_chunk_bwd_kernel`; float32 partials are summed here."""
+    b, seqlen, h, p = x.shape
+    g, n = B.shape[2:]
+    f32 = dict(dtype=torch.float32, device=x.device)
+    grad_final = grad_final.float().contiguous()
+    if seqlen == 0 or x.numel() == 0:
+        return (
+            torch.zeros_like(x),
+            torch.zeros_like(dt),
+            torch.zeros_like(A),
+            torch.zeros_like(B),
+            torch.zeros_like(C),
+            A.new_zeros(h) if D is None else torch.zeros_like(D),
+            grad_final.to(torch.float32 if initial_state is None else initial_state.dtype, copy=True),
+        )
+    q = chunk_size
+    nc = triton.cdiv(seqlen, q)
+    acum, states = _entering_states(x, dt, A, B, initial_state, torch.empty((b, h, p, n), **f32), q)
+    block_p, block_n = _blocks(p, n)
+    npb = triton.cdiv(p, block_p)
+    grid = (nc, b * h, npb)
+    common = dict(Q=q, BLOCK_P=block_p, BLOCK_N=block_n, PREC=_prec(x))
+    dstates = torch.empty((b, h, nc, p, n), **f32)
+    launch(
+        _chunk_dstate_kernel,
+        grid,
+        grad_y,
+        C,
+        acum,
+        dstates,
+        seqlen,
+        h,
+        g,
+        p,
+        n,
+        nc,
+        *grad_y.stride(),
+        *C.stride(),
+        **common,
+    )
+    dh0 = torch.empty((b, h, p, n), **f32)
+    block = min(next_pow2(p * n), 1024)
+    launch(
+        _state_pass_bwd_kernel,
+        (b * h, triton.cdiv(p * n, block)),
+        dstates,
+        acum,
+        grad_final,
+        dh0,
+        p * n,
+        nc,
+        Q=q,
+        BLOCK=block,
+    )
+    dx = torch.empty((b, seqlen, h, p), dtype=x.dtype, device=x.device)
+    ddt_p, da_p = torch.empty((npb, b, h, seqlen), **f32), torch.empty((npb, b, h, seqlen), **f32)
+    # dB and dC per head and headdim block, summed over the heads of a group below (no atomics)
+    db_p, dc_p = torch.empty((npb, b, h, seqlen, n), **f32), torch.empty((npb, b, h, seqlen, n), **f32)
+    dd_p = torch.empty((npb, b, h, nc), **f32)
+    A32 = A.float()
+    launch(
+        _chunk_bwd_kernel,
+        grid,
         x,
         dt,
-        A,
+        A32,
         B,
         C,
-        D if D is not None else A.new_zeros(h),
-        initial_state if initial_state is not None else x.new_zeros((b, h, p, B.shape[-1]), dtype=torch.float32),
-    ]
+        D if D is not None else A32,
+        acum,
+        states,
+        dstates,
+        grad_y,
+        dx,
+        ddt_p,
+        da_p,
+        db_p,
+        dc_p,
+        dd_p,
+        seqlen,
+        h,
+        g,
+        p,
+        n,
+        nc,
+        *x.stride(),
+        *dt.stride(),
+        *B.stride(),
+        *C.stride(),
+        *grad_y.stride(),
+        *dx.stride(),
+        HAS_D=D is not None,
+        **common,
+    )
+    ddt = ddt_p.sum(0).transpose(1, 2).to(dt.dtype)
+    dA = da_p.sum((0, 1, 3)).to(A.dtype)
 
-    def run(x, dt, A, B, C, D_, h0):
-        return ssd_ref(
-            x, dt, A, B, C, D_ if D is not None else None, h0 if initial_state is not None else None, chunk_size
-        )
+    def per_group(part: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return part.sum(0).view(b, g, h // g, seqlen, n).sum(2).transpose(1, 2).to(like.dtype)
 
-    _, vjp = torch.func.vjp(run, *inputs)
-    return tuple(g.contiguous() for g in vjp((grad_y, grad_final)))
+    dD = dd_p.sum((0, 1, 3)).to(D.dtype) if D is not None else A.new_zeros(h)
+    dh0 = dh0 if initial_state is None else dh0.to(initial_state.dtype)
+    return dx, ddt.contiguous(), dA, per_group(db_p, B).contiguous(), per_group(dc_p, C).contiguous(), dD, dh0
 
 
 @_ssd_bwd.register_fake
@@ -402,7 +740,7 @@ def ssd(
 ):
     """The SSD scan (arguments as :func:`matmamba_vision.ops.ssd_scan_torch`) in Triton, plus ``D`` (heads,):
     ``y += D x`` fused. Returns y in ``x.dtype``, or (y, float32 final state) with ``return_final_state``.
-    Differentiable in every tensor input (backward: :func:`ssd_ref` recomputed, see the module's docstring)."""
+    Differentiable in every tensor input (backward in Triton, see the module's docstring)."""
     _check(x, dt, A, B, C, D, initial_state, chunk_size)
     check_device("ssd", *(t for t in (x, dt, A, B, C, D, initial_state) if t is not None))
     y, final = _ssd_fwd(x, dt, A, B, C, D, initial_state, int(chunk_size))
