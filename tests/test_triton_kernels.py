@@ -45,3 +45,33 @@ def test_triton_backend_on_cpu_without_interpreter_says_what_to_do():
     torch.testing.assert_close(
         ssd_scan(x, dt, -torch.ones(2), B, C, backend="auto"), ssd_scan(x, dt, -torch.ones(2), B, C, backend="torch")
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_cuda_forward_never_waits_on_the_gpu(backend):
+    """Batch-1 inference on CUDA makes no host synchronisation (so it can be captured in a CUDA graph)."""
+    import timm
+
+    model = (
+        timm.create_model(
+            "matmamba_vision_tiny_patch4_28",
+            img_size=32,
+            embed_dim=32,
+            depth=2,
+            d_state=16,
+            headdim=4,
+            ssd_backend=backend,
+        )
+        .cuda()
+        .eval()
+    )
+    x = torch.randn(1, 1, 32, 32, device="cuda")
+    with torch.no_grad():
+        model(x)  # warm-up: compiles and caches outside the checked call
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")

@@ -4,9 +4,10 @@ A backend is a set of kernels (:class:`Backend`); a mixer's ``ssd_backend`` name
 :func:`resolve_backend` turns that name into the backend that runs on the given tensors (``'auto'``: the
 first of ``AUTO_ORDER`` that runs on them). Registered:
 
-- ``'torch'``: in eager, the fast CPU routes: the factorised SSD (:mod:`.ssd_fast`), the conv with its own
-  backward, and oneDNN's conv with SiLU fused for CPU float32 inference. Under ``torch.compile`` the
-  reference SSD and the unfused conv (no data-dependent branches: the model compiles to one graph).
+- ``'torch'``: in eager on the CPU, the fast CPU routes: the factorised SSD (:mod:`.ssd_fast`), the conv with
+  its own backward, and oneDNN's conv with SiLU fused for CPU float32 inference. Under ``torch.compile``, and
+  on CUDA tensors, the reference SSD and the unfused conv (no data-dependent branches: the model compiles to
+  one graph, and no call waits on the GPU; the fast path's safety checks read device values on the host).
 - ``'reference'``: routes whose work depends on the shapes only: the exact chunked SSD
   (:func:`.ssd_ref.ssd_scan_ref`) and the unfused conv then SiLU. :func:`matmamba_vision.count_flops` runs
   the model on it (:func:`matmamba_vision.layers.use_backend`), so a configuration has one FLOP figure.
@@ -51,8 +52,9 @@ def _reference_ssd(x, dt, A, B, C, chunk_size=256, initial_state=None, return_fi
 
 
 def _torch_ssd(x, dt, A, B, C, chunk_size=256, initial_state=None, return_final_state=False):
-    """The fast path in eager; compiled, the reference (the compiler fuses its per-head decay work)."""
-    if torch.compiler.is_compiling():
+    """The fast path in eager on the CPU; compiled, the reference (the compiler fuses its per-head decay work);
+    on CUDA the reference too (the fast path's data-dependent checks would synchronise with the GPU)."""
+    if torch.compiler.is_compiling() or x.is_cuda:
         return _reference_ssd(x, dt, A, B, C, chunk_size, initial_state, return_final_state)
     return ssd_scan_fast(x, dt, A, B, C, chunk_size, initial_state, return_final_state)
 
