@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/bench_demo.py [--rounds 5] [--threads 2] [--baselines]
 
-"before" is the recipe up to issue 17 (sum mode, batch 128, 8 epochs, the model below); "after" is train.py's
+"before" is the recipe up to issue 17 (sum mode, batch 128, lr 2e-3, 8 epochs, the patch-7 model); "after" is train.py's
 embedded default now (``parse_args([])``), or that plus the train.py flags given in ``--after``. Each step is
 train.py's own ``MatryoshkaStep`` (AdamW, label smoothing 0.1, clipping 1.0) on random 28 x 28 images.
 Printed: seconds per step, milliseconds per image, and the training time of a whole run (steps per epoch x
@@ -17,7 +17,6 @@ from typing import Optional
 
 import timm
 import torch
-import yaml
 from _common import arg_parser, header, interleaved, setup, stats
 
 import matmamba_vision  # noqa: F401
@@ -25,20 +24,14 @@ from matmamba_vision.training import MatryoshkaStep, build_criterion
 from matmamba_vision.training.config import parse_args
 
 TRAIN_IMAGES = 60_000  # Fashion-MNIST's training split
-BEFORE = dict(
-    mode="sum",
-    batch_size=128,
-    epochs=8,
-    lr=2e-3,
-    model_kwargs="{patch_size: 7, embed_dim: 128, depth: 4, d_state: 16, headdim: 16}",
-)
+BEFORE = dict(mode="sum", batch_size=128, epochs=8, lr=2e-3, model="matmamba_vision_tiny_patch7_28", model_kwargs={})
 
 
-def make_step(model_name: str, model_kwargs: str, mode: str, batch: int, lr: float, width: Optional[int] = None):
+def make_step(model_name: str, model_kwargs: dict, mode: str, batch: int, lr: float, width: Optional[int] = None):
     """One training step of the recipe; ``width``: a reproduce.py baseline (mixers ``width`` wide, trained alone)."""
-    kwargs = yaml.safe_load(model_kwargs)
+    kwargs = dict(model_kwargs)
     if width is not None:
-        kwargs["mixer_dims"] = [width] * kwargs["depth"]
+        kwargs["mixer_dims"] = [width] * timm.create_model(model_name, device="meta", **kwargs).model_args["depth"]
     model = timm.create_model(model_name, num_classes=10, in_chans=1, **kwargs).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     levels = [width] if width is not None else model.matryoshka_levels
@@ -65,14 +58,14 @@ def main() -> None:
     header("make demo's training step: recipe before issue 17 vs now (4 granularities)")
     now = parse_args(shlex.split(args.after))
     recipes = {
-        "before": dict(BEFORE, model=now.model),
+        "before": BEFORE,
         "after": dict(
             mode=now.matryoshka_mode,
             batch_size=now.batch_size,
             epochs=now.epochs,
             lr=now.lr,
             model=now.model,
-            model_kwargs=now.model_kwargs,
+            model_kwargs=dict(now.model_kwargs),
         ),
     }
     fns, runs = {}, {}
@@ -82,10 +75,10 @@ def main() -> None:
         runs[name] = steps
         print(
             f"# {name}: {r['mode']} mode, batch {r['batch_size']}, {r['epochs']} epochs = {steps} steps, "
-            f"{params / 1e6:.2f}M params, {r['model_kwargs']}"
+            f"{params / 1e6:.2f}M params, {r['model']} {r['model_kwargs'] or ''}"
         )
     after = recipes["after"]
-    widths = timm.create_model(after["model"], **yaml.safe_load(after["model_kwargs"])).matryoshka_levels
+    widths = timm.create_model(after["model"], device="meta", **after["model_kwargs"]).matryoshka_levels
     for g in widths if args.baselines else ():
         fns[f"base g{g}"], _ = make_step(
             after["model"], after["model_kwargs"], after["mode"], after["batch_size"], after["lr"], width=g

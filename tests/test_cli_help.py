@@ -40,5 +40,5 @@ def test_every_flag_shows_its_default(name, capsys, monkeypatch):
     ]
     assert not missing, f"{name}.py --help shows no default for {missing}"
     if name == "train":
-        assert re.search(r"--epochs EPOCHS\s+default: 8", text) and re.search(r"--lr LR\s+default: 0.002", text)
+        assert re.search(r"--epochs EPOCHS\s+default: 8", text) and re.search(r"--lr LR\s+default: 0.003", text)
         assert "(default: '')" in text  # an empty default is shown as such, not as nothing

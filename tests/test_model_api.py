@@ -17,6 +17,7 @@ def test_models_registered():
         "matmamba_vision_135m_patch16_224",
         "matmamba_vision_tiny_patch4_28",
         "matmamba_vision_tiny_patch7_28",
+        "matmamba_vision_tiny_patch14_28",
     } <= set(MODELS)
     assert timm.list_models(pretrained=True, filter="matmamba_vision_35m*")
 

@@ -126,12 +126,14 @@ def test_demo_model_registered_and_earlier_demo_checkpoints_load(tmp_path):
     from matmamba_vision.training.config import DEFAULT_MODEL, parse_args
     from matmamba_vision.weights import build_model, read_checkpoint, save_weights
 
-    assert parse_args([]).model == DEFAULT_MODEL == "matmamba_vision_tiny_patch7_28"
+    assert parse_args([]).model == DEFAULT_MODEL == "matmamba_vision_tiny_patch14_28"
     assert parse_args([]).model_kwargs == {}
     demo = timm.create_model(DEFAULT_MODEL, device="meta")
+    patch7 = timm.create_model("matmamba_vision_tiny_patch7_28", device="meta")
+    assert demo.model_args == dict(patch7.model_args, patch_size=14)  # issue 17: the same trunk on 4 tokens
     old_kwargs = dict(patch_size=7, embed_dim=128, depth=4, d_state=16, headdim=16)
     earlier = timm.create_model("matmamba_vision_tiny_patch4_28", device="meta", **old_kwargs)
-    assert demo.model_args == earlier.model_args  # the shape the demo trained before it had a name
+    assert patch7.model_args == earlier.model_args  # the shape the demo trained before it had a name
     # an earlier demo's checkpoint (named after the patch-4 model, its shape in model_kwargs) loads both ways
     torch.manual_seed(0)
     src = timm.create_model("matmamba_vision_tiny_patch4_28", **old_kwargs)
@@ -139,6 +141,8 @@ def test_demo_model_registered_and_earlier_demo_checkpoints_load(tmp_path):
     save_weights(src.state_dict(), path, metadata=dict(model="matmamba_vision_tiny_patch4_28", model_kwargs=old_kwargs))
     meta = read_checkpoint(path).metadata
     rebuilt = build_model(meta["model"], checkpoint=path, **meta["model_kwargs"])
-    named = timm.create_model(DEFAULT_MODEL, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    named = timm.create_model(
+        "matmamba_vision_tiny_patch7_28", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))
+    )
     for k, v in src.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[k], v) and torch.equal(named.state_dict()[k], v)

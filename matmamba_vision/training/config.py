@@ -1,7 +1,7 @@
 """Command-line flags of train.py (timm's names wherever timm's train.py has one) and ``-c/--config`` YAML.
 
 The defaults are the embedded Fashion-MNIST recipe: ``python train.py`` trains
-``matmamba_vision_tiny_patch7_28`` (the demo's model, registered under that name) on the CPU. A YAML file sets
+``matmamba_vision_tiny_patch14_28`` (the demo's model, registered under that name) on the CPU. A YAML file sets
 defaults by flag name (dashes or underscores); flags given on the command line win, as in timm.
 """
 
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-b",
         "--batch-size",
         type=positive_int,
-        default=128,
+        default=256,
         help="GLOBAL batch per optimiser step, split over ranks and --grad-accum-steps",
     )
     o.add_argument(
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     # the schedule's flags: timm's scheduler_kwargs reads them; a resume reports those that changed
     s = p.add_argument_group(SCHEDULE_GROUP)
     s.add_argument("--epochs", type=positive_int, default=8)
-    s.add_argument("--lr", type=positive_float, default=2e-3)
+    s.add_argument("--lr", type=positive_float, default=3e-3)
     s.add_argument("--sched", default="cosine", choices=SCHEDULERS, help="timm's schedulers; none: constant --lr")
     s.add_argument(
         "--sched-on-updates",
