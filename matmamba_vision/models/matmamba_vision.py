@@ -646,6 +646,19 @@ def _cfg(**kwargs) -> Dict[str, Any]:
     }
 
 
+def _fmnist_cfg(**kwargs) -> Dict[str, Any]:
+    """Fashion-MNIST models: 10 classes, 28x28 grey images, the training split's mean and std."""
+    return _cfg(
+        num_classes=10,
+        input_size=(1, 28, 28),
+        crop_pct=1.0,
+        interpolation="bilinear",
+        mean=(0.2860,),
+        std=(0.3530,),
+        **kwargs,
+    )
+
+
 default_cfgs = generate_default_cfgs(
     {
         "matmamba_vision_35m_patch16_224.in1k": _cfg(
@@ -656,30 +669,9 @@ default_cfgs = generate_default_cfgs(
             hf_hub_id="scaledfoundations/MatMamba-Vision-135M-ImageNet",
             hf_hub_filename="pytorch_model.bin",
         ),
-        "matmamba_vision_tiny_patch4_28.fmnist": _cfg(
-            num_classes=10,
-            input_size=(1, 28, 28),
-            crop_pct=1.0,
-            interpolation="bilinear",
-            mean=(0.2860,),
-            std=(0.3530,),
-        ),
-        "matmamba_vision_tiny_patch7_28.fmnist": _cfg(
-            num_classes=10,
-            input_size=(1, 28, 28),
-            crop_pct=1.0,
-            interpolation="bilinear",
-            mean=(0.2860,),
-            std=(0.3530,),
-        ),
-        "matmamba_vision_tiny_patch14_28.fmnist": _cfg(
-            num_classes=10,
-            input_size=(1, 28, 28),
-            crop_pct=1.0,
-            interpolation="bilinear",
-            mean=(0.2860,),
-            std=(0.3530,),
-        ),
+        "matmamba_vision_tiny_patch4_28.fmnist": _fmnist_cfg(),
+        "matmamba_vision_tiny_patch7_28.fmnist": _fmnist_cfg(),
+        "matmamba_vision_tiny_patch14_28.fmnist": _fmnist_cfg(),
     }
 )
 
