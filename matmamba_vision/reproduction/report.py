@@ -68,6 +68,8 @@ def _save(fig, path: Path) -> Path:
 
 def _fig3(path: Path, nested_rows, widths_by_variant, base, levels, title: str) -> Path:
     plt = _pyplot()
+    from matplotlib.ticker import EngFormatter
+
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     nested_u = _uniform(nested_rows)
     for ax, cost, label in (
@@ -127,6 +129,8 @@ def _fig3(path: Path, nested_rows, widths_by_variant, base, levels, title: str) 
             label="baselines (trained alone)",
         )
         ax.set_xlabel(label)
+        if cost == "params_non_embedding":
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 100k, not 100000 (the labels ran together)
         ax.set_ylabel("top-1 %")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower right")
@@ -381,6 +385,9 @@ of the means.
 ![Fig. 5](fig5_retrieval.png)
 
 {table5}
+
+The baseline at D has the nested model's shape and seed, so it starts from the same weights and sees the same
+batches: its embedding space stays close to the nested model's. The narrower baselines start from other weights.
 
 ## Stages
 
