@@ -20,7 +20,7 @@ DEMO_EVAL_SAMPLES ?= 2000
 REPRO_RUN ?= output/reproduce
 REPRO_ARGS ?=
 
-.PHONY: demo demo-eval reproduce test setup clean
+.PHONY: demo demo-eval reproduce test gpu-check setup clean
 
 setup: $(STAMP)
 
@@ -55,6 +55,15 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -n 2 tests
+
+# On a machine with a GPU, with any Python that has torch, triton, timm and pytest (no .venv, no network):
+# the CUDA-only tests, then the paper's Fig. 4 and issue 14's targets (JSON + PNG in $(GPU_OUT)), ~8 min.
+GPU_PY ?= python
+GPU_OUT ?= output/gpu
+gpu-check:
+	-PYTHONPATH=. $(GPU_PY) -m pytest -q -p no:cacheprovider -k cuda tests/test_triton_cuda.py tests/test_triton_kernels.py
+	mkdir -p $(GPU_OUT)
+	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_fig4.py --json $(GPU_OUT)/fig4.json --png $(GPU_OUT)/fig4.png
 
 clean:
 	rm -rf $(VENV) output

@@ -332,6 +332,8 @@ def main() -> None:
         args.iters, args.warmup, args.budget_s = 2, 1, float("inf")
         args.sizes, args.batches, args.big_batch, args.big_batch_px = [32, 64], [1, 2], 4, 32
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here (--device cpu --quick is a smoke run of the script)")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"# gpu_fig4 on {name}, torch {torch.__version__}, SSD backend {triton_backend(device)}, mamba_ssm "

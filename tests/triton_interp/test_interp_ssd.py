@@ -1,6 +1,5 @@
 """The chunked SSD scan in Triton against the float64 recurrence (matmamba_vision.ops.ssd_recurrence_ref):
-forward with D,
-initial and final states, and the gradients of every input, through the interpreter."""
+forward with D, initial and final states, and the gradients of every input, through the interpreter."""
 
 import pytest
 import torch
@@ -8,7 +7,7 @@ import torch.nn.functional as F
 
 import matmamba_vision.ops.triton.ssd as ssd_module
 from matmamba_vision.ops import ssd_recurrence_ref
-from matmamba_vision.ops.triton.ssd import ssd, ssd_ref
+from matmamba_vision.ops.triton.ssd import MAX_CHUNKS, ssd, ssd_ref
 
 
 def recurrence(x, dt, A, B, C, h0=None):
@@ -173,3 +172,7 @@ def test_ssd_rejects_bad_arguments():
         ssd(x, dt, A, B, C, chunk_size=24)
     with pytest.raises(ValueError, match="initial_state"):
         ssd(x, dt, A, B, C, initial_state=torch.zeros(1, 2, 4, 8))
+    seqlen = MAX_CHUNKS * 16 + 1  # one chunk more than a CUDA grid axis holds (shapes only: expanded zeros)
+    x, dt, B = (torch.zeros(()).expand(*shape) for shape in ((1, seqlen, 2, 4), (1, seqlen, 2), (1, seqlen, 1, 16)))
+    with pytest.raises(ValueError, match="at most 65535 chunks"):
+        ssd(x, dt, A, B, B, chunk_size=16)

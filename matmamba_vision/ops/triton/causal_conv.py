@@ -43,7 +43,8 @@ def _conv_fwd_kernel(
     BLOCK_L: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    pid_l, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)  # int64 offsets
+    pid, pid_c = tl.program_id(0).to(tl.int64), tl.program_id(1)  # (batch x seqlen tiles, channel tiles)
+    pid_b, pid_l = pid // tl.cdiv(L, BLOCK_L), pid % tl.cdiv(L, BLOCK_L)  # int64 offsets
     t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < CH
@@ -90,7 +91,8 @@ def _conv_bwd_kernel(
     BLOCK_C: tl.constexpr,
 ):
     """grad x for the rows of this tile; this tile's partial sums of grad weight (K, CH) and grad bias."""
-    pid_l, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)  # int64 offsets
+    pid, pid_c = tl.program_id(0).to(tl.int64), tl.program_id(1)  # (batch x seqlen tiles, channel tiles)
+    pid_b, pid_l = pid // tl.cdiv(L, BLOCK_L), pid % tl.cdiv(L, BLOCK_L)  # int64 offsets
     t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < CH
@@ -117,19 +119,19 @@ def _conv_bwd_kernel(
         wd = tl.load(W + c * swc + (K - 1 - d) * swk, mask=cmask, other=0.0).to(tl.float32)
         gx += g * wd[None, :]
         if d == 0:  # this tile's rows: partial grad weight and grad bias
-            prog = pid_b * tl.num_programs(0) + pid_l
-            tl.store(GB + prog * CH + c, tl.sum(g, axis=0), mask=cmask)
+            tl.store(GB + pid * CH + c, tl.sum(g, axis=0), mask=cmask)
             for j in tl.static_range(K):
                 s = t - (K - 1) + j
                 m = ((s >= 0) & (s < L))[:, None] & cmask[None, :]
                 xv = tl.load(X + s[:, None] * sxl + c[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
-                tl.store(GW + (prog * K + j) * CH + c, tl.sum(g * xv, axis=0), mask=cmask)
+                tl.store(GW + (pid * K + j) * CH + c, tl.sum(g * xv, axis=0), mask=cmask)
     m = (t < L)[:, None] & cmask[None, :]
     tl.store(GX + pid_b * sxgb + t[:, None] * sxgl + c[None, :] * sxgc, gx.to(GX.dtype.element_ty), mask=m)
 
 
 def _grid(b: int, seqlen: int, ch: int):
-    return (triton.cdiv(seqlen, _BLOCK_L), triton.cdiv(ch, _BLOCK_C), b)
+    """(batch x seqlen tiles, channel tiles): the first axis of a CUDA grid is the one without a 65,535 cap."""
+    return (b * triton.cdiv(seqlen, _BLOCK_L), triton.cdiv(ch, _BLOCK_C))
 
 
 @torch.library.custom_op("matmamba_vision::triton_causal_conv1d", mutates_args=())
@@ -169,7 +171,7 @@ def _conv_bwd(
     b, seqlen, ch = x.shape
     k = weight.shape[1]
     grid = _grid(b, seqlen, ch)
-    progs = grid[0] * b
+    progs = grid[0]
     gx = torch.empty((b, seqlen, ch), dtype=x.dtype, device=x.device)
     gw = torch.zeros((progs, k, ch), dtype=torch.float32, device=x.device)
     gb = torch.zeros((progs, ch), dtype=torch.float32, device=x.device)

@@ -14,8 +14,6 @@ from ._launch import check_device, launch, next_pow2
 
 __all__ = ["gated_rms_norm", "gated_rms_norm_ref"]
 
-_BLOCK_M = 16
-
 
 @triton.jit
 def _norm_fwd_kernel(
@@ -58,6 +56,7 @@ def _norm_bwd_kernel(
     GW,
     M,
     D,
+    TILES,
     sym,
     szm,
     sgm,
@@ -66,26 +65,41 @@ def _norm_bwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
+    """``TILES`` consecutive row tiles per program; one float32 partial of grad weight per program."""
     pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
-    rmask = rows < M
-    m = rmask[:, None] & (cols < D)[None, :]
-    y = tl.load(Y + rows[:, None] * sym + cols[None, :], mask=m, other=0.0).to(tl.float32)
-    z = tl.load(Z + rows[:, None] * szm + cols[None, :], mask=m, other=0.0).to(tl.float32)
-    go = tl.load(GO + rows[:, None] * sgm + cols[None, :], mask=m, other=0.0).to(tl.float32)
-    w = tl.load(W + cols, mask=cols < D, other=0.0).to(tl.float32)
-    rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
-    sig = 1.0 / (1.0 + tl.exp(-z))
-    sz = z * sig
-    xhat = y * sz * rstd[:, None]
-    tl.store(GW + pid * D + cols, tl.sum(go * xhat, axis=0), mask=cols < D)
-    dxhat = go * w[None, :]
-    # d/dg of g * rstd(g): rstd * (dxhat - xhat * mean(dxhat * xhat))
-    dg = rstd[:, None] * (dxhat - xhat * (tl.sum(dxhat * xhat, axis=1) / D)[:, None])
-    tl.store(GY + rows[:, None] * sgym + cols[None, :], (dg * sz).to(GY.dtype.element_ty), mask=m)
-    gz = dg * y * sig * (1.0 + z * (1.0 - sig))
-    tl.store(GZ + rows[:, None] * sgzm + cols[None, :], gz.to(GZ.dtype.element_ty), mask=m)
+    cmask = cols < D
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    gw = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for i in range(TILES):
+        rows = (pid * TILES + i) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = rows < M
+        m = rmask[:, None] & cmask[None, :]
+        y = tl.load(Y + rows[:, None] * sym + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        z = tl.load(Z + rows[:, None] * szm + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        go = tl.load(GO + rows[:, None] * sgm + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
+        sig = 1.0 / (1.0 + tl.exp(-z))
+        sz = z * sig
+        xhat = y * sz * rstd[:, None]
+        gw += tl.sum(go * xhat, axis=0)
+        dxhat = go * w[None, :]
+        # d/dg of g * rstd(g): rstd * (dxhat - xhat * mean(dxhat * xhat))
+        dg = rstd[:, None] * (dxhat - xhat * (tl.sum(dxhat * xhat, axis=1) / D)[:, None])
+        tl.store(GY + rows[:, None] * sgym + cols[None, :], (dg * sz).to(GY.dtype.element_ty), mask=m)
+        gz = dg * y * sig * (1.0 + z * (1.0 - sig))
+        tl.store(GZ + rows[:, None] * sgzm + cols[None, :], gz.to(GZ.dtype.element_ty), mask=m)
+    tl.store(GW + pid * D + cols, gw, mask=cmask)
+
+
+MAX_BWD_PROGRAMS = 1024  # the backward's programs (and float32 grad-weight partials); a module attribute for tests
+
+
+def _tile(d: int) -> Tuple[int, int, int]:
+    """(rows per tile, padded width, warps): whole rows, about 4K floats a tile, 8-16 of them per thread."""
+    block_d = next_pow2(d)
+    block_m = max(1, min(16, 4096 // block_d))
+    return block_m, block_d, min(max(block_m * block_d // 256, 1), 8)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -101,9 +115,10 @@ def _norm_fwd(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float
     out = torch.empty((m, d), dtype=y.dtype, device=y.device)
     rstd = torch.empty((m,), dtype=torch.float32, device=y.device)
     if out.numel():
+        block_m, block_d, warps = _tile(d)
         launch(
             _norm_fwd_kernel,
-            (triton.cdiv(m, _BLOCK_M),),
+            (triton.cdiv(m, block_m),),
             y2,
             z2,
             weight,
@@ -115,8 +130,9 @@ def _norm_fwd(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float
             z2.stride(0),
             out.stride(0),
             eps,
-            BLOCK_M=_BLOCK_M,
-            BLOCK_D=next_pow2(d),
+            BLOCK_M=block_m,
+            BLOCK_D=block_d,
+            num_warps=warps,
         )
     return out.view(y.shape), rstd
 
@@ -132,7 +148,9 @@ def _norm_bwd(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     y2, z2, g2 = _rows(y), _rows(z), _rows(grad)
     m, d = y2.shape
-    progs = triton.cdiv(m, _BLOCK_M)
+    block_m, block_d, warps = _tile(d)
+    tiles = max(1, triton.cdiv(triton.cdiv(m, block_m), MAX_BWD_PROGRAMS))  # row tiles per program
+    progs = max(1, triton.cdiv(triton.cdiv(m, block_m), tiles))
     gy = torch.empty((m, d), dtype=y.dtype, device=y.device)
     gz = torch.empty((m, d), dtype=z.dtype, device=z.device)
     gw = torch.zeros((progs, d), dtype=torch.float32, device=y.device)
@@ -150,13 +168,15 @@ def _norm_bwd(
             gw,
             m,
             d,
+            tiles,
             y2.stride(0),
             z2.stride(0),
             g2.stride(0),
             gy.stride(0),
             gz.stride(0),
-            BLOCK_M=_BLOCK_M,
-            BLOCK_D=next_pow2(d),
+            BLOCK_M=block_m,
+            BLOCK_D=block_d,
+            num_warps=warps,
         )
     return gy.view(y.shape), gz.view(z.shape), gw.sum(0).to(weight.dtype)
 

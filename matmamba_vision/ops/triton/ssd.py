@@ -69,7 +69,7 @@ def _chunk_state_kernel(
     BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    pid_c, pid_bh, pid_p = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)  # int64: offsets
+    pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)  # int64: offsets
     bi, hi = pid_bh // H, pid_bh % H  # of 2048 px batches pass 2^31 elements
     gi = hi // (H // G)
     q = tl.arange(0, Q)
@@ -166,7 +166,7 @@ def _chunk_scan_kernel(
     HAS_D: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    pid_c, pid_bh, pid_p = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)  # int64: offsets
+    pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)  # int64: offsets
     bi, hi = pid_bh // H, pid_bh % H  # of 2048 px batches pass 2^31 elements
     gi = hi // (H // G)
     q = tl.arange(0, Q)
@@ -234,7 +234,7 @@ def _chunk_dstate_kernel(
 ):
     """Per (chunk, batch x head): the gradient that the chunk's outputs send to the state entering it,
     ``sum_i exp(a_i) dy_i C_i^T`` (headdim x d_state)."""
-    pid_c, pid_bh, pid_p = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     bi, hi = pid_bh // H, pid_bh % H
     gi = hi // (H // G)
     q = tl.arange(0, Q)
@@ -348,10 +348,10 @@ def _chunk_bwd_kernel(
     dx is complete (all of d_state is looped over here) and stored in x's dtype; what sums over headdim
     (dB, dC, ddt, the per-token dA terms, dD) is stored as this headdim block's float32 partial, per head,
     and summed outside (no atomics)."""
-    pid_c, pid_bh, pid_p = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     bi, hi = pid_bh // H, pid_bh % H
     gi = hi // (H // G)
-    prow = pid_p * tl.num_programs(1) + pid_bh  # row of the float32 partials: (headdim block, batch x head)
+    prow = pid_p * tl.num_programs(0) + pid_bh  # row of the float32 partials: (headdim block, batch x head)
     q = tl.arange(0, Q)
     t = pid_c * Q + q
     tm = t < L
@@ -424,6 +424,7 @@ def _chunk_bwd_kernel(
         tl.store(DD_P + prow * NC + pid_c, tl.sum(tl.sum(gy * xm, axis=1), axis=0))
 
 
+MAX_CHUNKS = 65535  # the launch grid is (batch x heads, chunks, headdim blocks): CUDA caps axes 1 and 2
 MAX_BLOCK_P = 64  # tile caps of headdim and d_state (module attributes: the tests lower them to 16)
 MAX_BLOCK_N = 64
 
@@ -447,7 +448,7 @@ def _entering_states(x, dt, A, B, initial_state, final, q):
     block_p, block_n = _blocks(p, n)
     launch(
         _chunk_state_kernel,
-        (nc, b * h, triton.cdiv(p, block_p)),
+        (b * h, nc, triton.cdiv(p, block_p)),
         x,
         dt,
         A.float(),
@@ -511,7 +512,7 @@ def _ssd_fwd(
     A = A.float()
     block_p, block_n = _blocks(p, n)
     prec = _prec(x)
-    grid = (nc, b * h, triton.cdiv(p, block_p))
+    grid = (b * h, nc, triton.cdiv(p, block_p))
     common = dict(Q=q, BLOCK_P=block_p, BLOCK_N=block_n, PREC=prec)
     launch(
         _chunk_scan_kernel,
@@ -582,7 +583,7 @@ def _ssd_bwd(
     acum, states = _entering_states(x, dt, A, B, initial_state, torch.empty((b, h, p, n), **f32), q)
     block_p, block_n = _blocks(p, n)
     npb = triton.cdiv(p, block_p)
-    grid = (nc, b * h, npb)
+    grid = (b * h, nc, npb)
     common = dict(Q=q, BLOCK_P=block_p, BLOCK_N=block_n, PREC=_prec(x))
     dstates = torch.empty((b, h, nc, p, n), **f32)
     launch(
@@ -725,6 +726,11 @@ def _check(x, dt, A, B, C, D, initial_state, chunk_size) -> None:
         )
     if chunk_size < 16 or chunk_size & (chunk_size - 1):
         raise ValueError(f"ssd: chunk_size must be a power of two >= 16, got {chunk_size!r}")
+    if triton.cdiv(seqlen, chunk_size) > MAX_CHUNKS:
+        raise ValueError(
+            f"ssd: at most {MAX_CHUNKS} chunks (a CUDA grid's second axis), i.e. seqlen <= "
+            f"{MAX_CHUNKS * chunk_size} at chunk_size {chunk_size}; got seqlen {seqlen}"
+        )
 
 
 def ssd(
