@@ -77,26 +77,29 @@ def test_ssd_pieces_continue_with_states():
     torch.testing.assert_close(f2, f_all, rtol=1e-5, atol=1e-5)
 
 
-# Gradient cases: (batch, seqlen, heads, headdim, groups, d_state, chunk, fast decay, D and h0, tile caps P/N).
-# Two chunks with a ragged end, two groups; one token; headdim 6 and d_state 32 with the N loop over two blocks
-# of 16; headdim 20 in two blocks of 16 (the headdim partials summed), 3 heads of 3 groups, without D and h0;
-# decays of hundreds of nats per chunk.
+# Gradient cases: (batch, seqlen, heads, headdim, groups, d_state, chunk, fast decay, D and h0, tile caps P/N,
+# the dB/dC kernel's MIN_BC_PROGRAMS). Two chunks with a ragged end, two groups of two heads summed in one
+# program; one token; headdim 6 and d_state 32 with the N loop over two blocks of 16, one head per program;
+# headdim 20 in two blocks of 16 (the headdim partials summed), 3 heads of 3 groups, without D and h0; decays
+# of hundreds of nats per chunk; 3 heads a group in splits of 2 and 1 (the splits' partials summed).
 GRAD_CASES = [
-    (1, 21, 4, 4, 2, 16, 16, False, True, 64, 64),
-    (1, 1, 2, 6, 1, 16, 16, False, True, 64, 64),
-    (1, 20, 2, 6, 1, 32, 16, False, True, 64, 16),
-    (2, 18, 3, 20, 3, 16, 16, False, False, 16, 64),
-    (1, 40, 2, 4, 1, 16, 32, True, True, 64, 64),
+    (1, 21, 4, 4, 2, 16, 16, False, True, 64, 64, 1),
+    (1, 1, 2, 6, 1, 16, 16, False, True, 64, 64, 1),
+    (1, 20, 2, 6, 1, 32, 16, False, True, 64, 16, 512),
+    (2, 18, 3, 20, 3, 16, 16, False, False, 16, 64, 1),
+    (1, 40, 2, 4, 1, 16, 32, True, True, 64, 64, 1),
+    (1, 20, 6, 4, 2, 16, 16, False, True, 64, 64, 8),
 ]
 
 
 @pytest.mark.parametrize("case", GRAD_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_ssd_gradients_match_recurrence(case, dtype, monkeypatch):
-    """The Triton backward (kernels 4-6 of ops/triton/ssd.py) against the float64 recurrence's autograd."""
-    b, seqlen, h, p, g, n, q, fast, extras, cap_p, cap_n = case
+    """The Triton backward (kernels 4-7 of ops/triton/ssd.py) against the float64 recurrence's autograd."""
+    b, seqlen, h, p, g, n, q, fast, extras, cap_p, cap_n, min_bc = case
     monkeypatch.setattr(ssd_module, "MAX_BLOCK_P", cap_p)
     monkeypatch.setattr(ssd_module, "MAX_BLOCK_N", cap_n)
+    monkeypatch.setattr(ssd_module, "MIN_BC_PROGRAMS", min_bc)
     x, dt, A, B, C = make(b, seqlen, h, p, g, n, dtype, fast_decay=fast)
     D, h0 = torch.randn(h), torch.randn(b, h, p, n)
     names = ["x", "dt", "A", "B", "C"] + (["D", "h0"] if extras else [])
@@ -135,7 +138,7 @@ def test_ssd_backward_is_the_triton_kernels():
         mp.setattr(ssd_module, "launch", spy)
         mp.setattr(torch.func, "vjp", None)  # fails if called
         y.sum().backward()
-    for k in ("_chunk_dstate_kernel", "_state_pass_bwd_kernel", "_chunk_bwd_kernel"):
+    for k in ("_chunk_dstate_kernel", "_state_pass_bwd_kernel", "_chunk_bwd_kernel", "_chunk_bwd_bc_kernel"):
         assert getattr(ssd_module, k) in launched, k
 
 

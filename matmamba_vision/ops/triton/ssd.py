@@ -1,7 +1,10 @@
 """The chunked SSD scan of Mamba2 in Triton, forward and backward, with the D skip fused.
 
-Forward: three kernels, as in the SSD paper's chunked algorithm (``Q`` tokens per chunk, states in float32):
+Forward: four kernels, as in the SSD paper's chunked algorithm (``Q`` tokens per chunk, states in float32):
 
+0. :func:`_chunk_cb_kernel`: per (chunk, batch x group): ``C_i . B_j`` within the chunk (Q x Q), shared by
+   the group's heads (per head, its Q x Q x d_state multiply-adds were 1.6x all the rest of the forward's
+   products at 35M's headdim 16 and d_state 128);
 1. :func:`_chunk_state_kernel`: per (chunk, batch x head): the in-chunk cumulative decay ``a = cumsum(dt A)``
    and the chunk's own end state ``sum_j exp(a_last - a_j) dt_j x_j B_j^T`` (headdim x d_state);
 2. :func:`_state_pass_kernel`: per (batch x head): the states entering each chunk,
@@ -9,16 +12,20 @@ Forward: three kernels, as in the SSD paper's chunked algorithm (``Q`` tokens pe
 3. :func:`_chunk_scan_kernel`: per (chunk, batch x head): ``y_i = exp(a_i) C_i s_c
    + sum_{j<=i} (C_i . B_j) exp(a_i - a_j) dt_j x_j + D x_i``.
 
-Backward (:func:`_ssd_bwd`): kernels 1 and 2 recompute the entering states, then
+Backward (:func:`_ssd_bwd`): kernels 0, 1 and 2 recompute ``C_i . B_j`` and the entering states, then
 
 4. :func:`_chunk_dstate_kernel`: per chunk, what its outputs send to the state entering it,
    ``sum_i exp(a_i) dy_i C_i^T``;
 5. :func:`_state_pass_bwd_kernel`: reverse state passing from the final state's gradient: the gradient of the
    state leaving each chunk (= of its own state) and, at the start, of the initial state;
-6. :func:`_chunk_bwd_kernel`: per (chunk, batch x head): dx, dB, dC, ddt, the per-token d(dt A) (reverse
-   cumsum of the gradient of ``a``, which also takes the entering state's decay ``exp(a_last)``) and dD,
-   through the inter-chunk, intra-chunk and own-state terms. Sums over headdim blocks and over the heads of a
-   group are float32 partials added in torch (no atomics).
+6. :func:`_chunk_bwd_kernel`: per (chunk, batch x head): dx, ddt, the per-token d(dt A) (reverse cumsum of
+   the gradient of ``a``, which also takes the entering state's decay ``exp(a_last)``) and dD, through the
+   inter-chunk, intra-chunk and own-state terms;
+7. :func:`_chunk_bwd_bc_kernel`: per (chunk, batch x group, d_state block): dB and dC, looping over the
+   group's heads (their Q x Q intra-chunk weights summed first, so the two Q x Q x d_state products run once
+   per group, and no per-head (seqlen x d_state) partials are written).
+Sums over headdim blocks, and over the splits of a group's heads when there are few programs, are float32
+partials added in torch (no atomics).
 
 Every exponent is <= 0, so nothing overflows at any decay. Sequences of any length are masked, not padded.
 :func:`ssd_ref` is the plain-torch reference of the same chunked computation (the tests' reference).
@@ -126,10 +133,52 @@ def _state_pass_kernel(
 
 
 @triton.jit
+def _chunk_cb_kernel(
+    B,
+    C,
+    CB,
+    L,
+    G,
+    N,
+    NC,
+    sbb,
+    sbl,
+    sbg,
+    sbn,
+    scb,
+    scl,
+    scg,
+    scn,
+    Q: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Per (batch x group, chunk): ``C_i . B_j`` for the chunk's tokens (Q x Q, float32), which every head of the
+    group shares (computed once here, not per head)."""
+    pid_bg, pid_c = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    bi, gi = pid_bg // G, pid_bg % G
+    q = tl.arange(0, Q)
+    t = pid_c * Q + q
+    tm = t < L
+    cb = tl.zeros((Q, Q), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        nn = n0 + tl.arange(0, BLOCK_N)
+        nm = nn < N
+        Cm = tl.load(
+            C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn, mask=tm[:, None] & nm[None, :], other=0.0
+        ).to(tl.float32)
+        BT = tl.load(
+            B + bi * sbb + t[None, :] * sbl + gi * sbg + nn[:, None] * sbn, mask=nm[:, None] & tm[None, :], other=0.0
+        ).to(tl.float32)
+        cb += tl.dot(Cm, BT, input_precision=PREC)
+    tl.store(CB + (pid_bg * NC + pid_c) * Q * Q + q[:, None] * Q + q[None, :], cb)
+
+
+@triton.jit
 def _chunk_scan_kernel(
     X,
     DT,
-    B,
+    CB,
     C,
     D,
     ACUM,
@@ -148,10 +197,6 @@ def _chunk_scan_kernel(
     sdb,
     sdl,
     sdh,
-    sbb,
-    sbl,
-    sbg,
-    sbn,
     scb,
     scl,
     scg,
@@ -178,17 +223,13 @@ def _chunk_scan_kernel(
     pm = pp < P
     base = (pid_bh * NC + pid_c) * P
     acc = tl.zeros((Q, BLOCK_P), dtype=tl.float32)
-    cb = tl.zeros((Q, Q), dtype=tl.float32)
+    cb = tl.load(CB + ((bi * G + gi) * NC + pid_c) * Q * Q + q[:, None] * Q + q[None, :])  # C_i . B_j
     for n0 in range(0, N, BLOCK_N):
         nn = n0 + tl.arange(0, BLOCK_N)
         nm = nn < N
         Cm = tl.load(
             C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn, mask=tm[:, None] & nm[None, :], other=0.0
         ).to(tl.float32)
-        BT = tl.load(
-            B + bi * sbb + t[None, :] * sbl + gi * sbg + nn[:, None] * sbn, mask=nm[:, None] & tm[None, :], other=0.0
-        ).to(tl.float32)
-        cb += tl.dot(Cm, BT, input_precision=PREC)
         S = tl.load(ST + (base + pp[None, :]) * N + nn[:, None], mask=nm[:, None] & pm[None, :], other=0.0)
         acc += tl.dot(Cm, S, input_precision=PREC)
     acc = acc * tl.exp(a)[:, None]  # the entering state decayed to token i
@@ -295,6 +336,7 @@ def _chunk_bwd_kernel(
     A,
     B,
     C,
+    CB,
     D,
     ACUM,
     ST,
@@ -303,8 +345,6 @@ def _chunk_bwd_kernel(
     DX,
     DDT_P,
     DA_P,
-    DB_P,
-    DC_P,
     DD_P,
     L,
     H,
@@ -346,8 +386,8 @@ def _chunk_bwd_kernel(
     ``sum_j exp(a_last - a_j) dt_j x_j B_j^T``, plus the D skip and the decay of the entering state.
 
     dx is complete (all of d_state is looped over here) and stored in x's dtype; what sums over headdim
-    (dB, dC, ddt, the per-token dA terms, dD) is stored as this headdim block's float32 partial, per head,
-    and summed outside (no atomics)."""
+    (ddt, the per-token dA terms, dD) is stored as this headdim block's float32 partial, per head, and summed
+    outside (no atomics). dB and dC, which sum over the heads of a group, are :func:`_chunk_bwd_bc_kernel`'s."""
     pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     bi, hi = pid_bh // H, pid_bh % H
     gi = hi // (H // G)
@@ -368,11 +408,9 @@ def _chunk_bwd_kernel(
     causal = q[:, None] >= q[None, :]
     decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], -1e30))  # exp(a_i - a_j), j <= i; exponents <= 0
     gx = tl.dot(gy, tl.trans(xm), input_precision=PREC)  # dy_i . x_j over this headdim block
-    w = decay * gx * dt[None, :]  # d(C_i . B_j) of the intra-chunk term
-    wT = tl.trans(w)
     w_own = tl.exp(a_last - a) * dt  # the own state's weight of token j
     e_in = tl.exp(a)  # the entering state's decay to token i
-    cb = tl.zeros((Q, Q), dtype=tl.float32)
+    cb = tl.load(CB + ((bi * G + gi) * NC + pid_c) * Q * Q + q[:, None] * Q + q[None, :])  # C_i . B_j
     dx_own = tl.zeros((Q, BLOCK_P), dtype=tl.float32)  # sum_n B_j[n] dS_out[p, n]
     x_ds_b = tl.zeros((Q,), dtype=tl.float32)  # x_j^T dS_out B_j
     gy_s_c = tl.zeros((Q,), dtype=tl.float32)  # dy_i^T s C_i
@@ -391,17 +429,12 @@ def _chunk_bwd_kernel(
         )
         S = tl.load(ST + (base + pp[:, None]) * N + nn[None, :], mask=pn_mask, other=0.0)  # entering state
         dS = tl.load(DST + (base + pp[:, None]) * N + nn[None, :], mask=pn_mask, other=0.0)  # d(leaving state)
-        cb += tl.dot(Cm, tl.trans(Bm), input_precision=PREC)
         gy_s = tl.dot(gy, S, input_precision=PREC)  # (Q, BLOCK_N)
         gy_s_c += tl.sum(gy_s * Cm, axis=1)
-        dC = gy_s * e_in[:, None] + tl.dot(w, Bm, input_precision=PREC)
         x_ds = tl.dot(xm, dS, input_precision=PREC)  # (Q, BLOCK_N)
         x_ds_b += tl.sum(x_ds * Bm, axis=1)
-        dB = x_ds * w_own[:, None] + tl.dot(wT, Cm, input_precision=PREC)
         dx_own += tl.dot(Bm, tl.trans(dS), input_precision=PREC)
         ds_s += tl.sum(dS * S, axis=1)
-        tl.store(DB_P + (prow * L + t[:, None]) * N + nn[None, :], dB, mask=qn_mask)
-        tl.store(DC_P + (prow * L + t[:, None]) * N + nn[None, :], dC, mask=qn_mask)
     k = cb * decay  # (C_i . B_j) exp(a_i - a_j), j <= i
     dx = tl.dot(tl.trans(k), gy, input_precision=PREC) * dt[:, None] + dx_own * w_own[:, None]
     if HAS_D:
@@ -424,6 +457,106 @@ def _chunk_bwd_kernel(
         tl.store(DD_P + prow * NC + pid_c, tl.sum(tl.sum(gy * xm, axis=1), axis=0))
 
 
+@triton.jit
+def _chunk_bwd_bc_kernel(
+    X,
+    DT,
+    B,
+    C,
+    ACUM,
+    ST,
+    DST,
+    GY,
+    DB_P,
+    DC_P,
+    BATCH,
+    L,
+    H,
+    G,
+    P,
+    N,
+    NC,
+    HPS,
+    sxb,
+    sxl,
+    sxh,
+    sxp,
+    sdb,
+    sdl,
+    sdh,
+    sbb,
+    sbl,
+    sbg,
+    sbn,
+    scb,
+    scl,
+    scg,
+    scn,
+    syb,
+    syl,
+    syh,
+    syp,
+    Q: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Per (split x batch x group, chunk, d_state block): dB and dC of the chunk's tokens, summed over ``HPS`` heads
+    of the group (a split; the splits' float32 partials are added outside):
+
+    ``dC_i = sum_h exp(a_i) dy_i s^T + (sum_h W_h) B``, ``dB_j = sum_h w_own_j x_j dS^T + (sum_h W_h)^T C`` with
+    ``W_h[i, j] = (dy_i . x_j) exp(a_i - a_j) dt_j`` (j <= i): the two Q x Q x d_state products once per group."""
+    pid, pid_c, pid_n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    row, gi = pid // G, pid % G  # row = split x batch + batch index
+    split, bi = row // BATCH, row % BATCH
+    hpg = H // G
+    q = tl.arange(0, Q)
+    t = pid_c * Q + q
+    tm = t < L
+    nn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nm = nn < N
+    causal = q[:, None] >= q[None, :]
+    W = tl.zeros((Q, Q), dtype=tl.float32)
+    dC = tl.zeros((Q, BLOCK_N), dtype=tl.float32)
+    dB = tl.zeros((Q, BLOCK_N), dtype=tl.float32)
+    h_lo = gi * hpg + split * HPS
+    for hi in range(h_lo, tl.minimum(h_lo + HPS, (gi + 1) * hpg)):
+        bh = (bi * H + hi).to(tl.int64)
+        a = tl.load(ACUM + (bh * NC + pid_c) * Q + q)
+        a_last = tl.load(ACUM + (bh * NC + pid_c) * Q + Q - 1)
+        dt = tl.load(DT + bi * sdb + t * sdl + hi * sdh, mask=tm, other=0.0).to(tl.float32)
+        e_in = tl.exp(a)  # the entering state's decay to token i
+        w_own = tl.exp(a_last - a) * dt  # the own state's weight of token j
+        base = (bh * NC + pid_c) * P
+        gx = tl.zeros((Q, Q), dtype=tl.float32)
+        for p0 in range(0, P, BLOCK_P):
+            pp = p0 + tl.arange(0, BLOCK_P)
+            pm = pp < P
+            qp_mask = tm[:, None] & pm[None, :]
+            xm = tl.load(X + bi * sxb + t[:, None] * sxl + hi * sxh + pp[None, :] * sxp, mask=qp_mask, other=0.0).to(
+                tl.float32
+            )
+            gy = tl.load(GY + bi * syb + t[:, None] * syl + hi * syh + pp[None, :] * syp, mask=qp_mask, other=0.0).to(
+                tl.float32
+            )
+            gx += tl.dot(gy, tl.trans(xm), input_precision=PREC)
+            pn_mask = pm[:, None] & nm[None, :]
+            S = tl.load(ST + (base + pp[:, None]) * N + nn[None, :], mask=pn_mask, other=0.0)  # entering state
+            dS = tl.load(DST + (base + pp[:, None]) * N + nn[None, :], mask=pn_mask, other=0.0)  # d(leaving)
+            dC += tl.dot(gy * e_in[:, None], S, input_precision=PREC)
+            dB += tl.dot(xm * w_own[:, None], dS, input_precision=PREC)
+        W += tl.exp(tl.where(causal, a[:, None] - a[None, :], -1e30)) * gx * dt[None, :]
+    qn_mask = tm[:, None] & nm[None, :]
+    Bm = tl.load(B + bi * sbb + t[:, None] * sbl + gi * sbg + nn[None, :] * sbn, mask=qn_mask, other=0.0).to(tl.float32)
+    Cm = tl.load(C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn, mask=qn_mask, other=0.0).to(tl.float32)
+    dC += tl.dot(W, Bm, input_precision=PREC)
+    dB += tl.dot(tl.trans(W), Cm, input_precision=PREC)
+    out = ((row.to(tl.int64) * L + t[:, None]) * G + gi) * N + nn[None, :]  # (split, batch, seqlen, group, n)
+    tl.store(DB_P + out, dB, mask=qn_mask)
+    tl.store(DC_P + out, dC, mask=qn_mask)
+
+
+MIN_BC_PROGRAMS = 512  # kernel 7 splits a group's heads until it has this many programs (or one head each)
 MAX_CHUNKS = 65535  # the launch grid is (batch x heads, chunks, headdim blocks): CUDA caps axes 1 and 2
 MAX_BLOCK_P = 64  # tile caps of headdim and d_state (module attributes: the tests lower them to 16)
 MAX_BLOCK_N = 64
@@ -487,6 +620,30 @@ def _entering_states(x, dt, A, B, initial_state, final, q):
     return acum, states
 
 
+def _chunk_cb(B, C, q):
+    """Kernel 0: ``C_i . B_j`` within each chunk, per (batch, group): (b, g, nc, q, q) float32."""
+    b, seqlen, g, n = B.shape
+    nc = triton.cdiv(seqlen, q)
+    cb = torch.empty((b, g, nc, q, q), dtype=torch.float32, device=B.device)
+    launch(
+        _chunk_cb_kernel,
+        (b * g, nc),
+        B,
+        C,
+        cb,
+        seqlen,
+        g,
+        n,
+        nc,
+        *B.stride(),
+        *C.stride(),
+        Q=q,
+        BLOCK_N=_blocks(1, n)[1],
+        PREC=_prec(B),
+    )
+    return cb
+
+
 @torch.library.custom_op("matmamba_vision::triton_ssd", mutates_args=())
 def _ssd_fwd(
     x: torch.Tensor,
@@ -519,7 +676,7 @@ def _ssd_fwd(
         grid,
         x,
         dt,
-        B,
+        _chunk_cb(B, C, q),
         C,
         D if D is not None else A,
         acum,
@@ -533,7 +690,6 @@ def _ssd_fwd(
         nc,
         *x.stride(),
         *dt.stride(),
-        *B.stride(),
         *C.stride(),
         *y.stride(),
         HAS_D=D is not None,
@@ -546,6 +702,52 @@ def _ssd_fwd(
 def _(x, dt, A, B, C, D, initial_state, chunk_size):
     b, _, h, p = x.shape
     return x.new_empty(x.shape), x.new_empty((b, h, p, B.shape[-1]), dtype=torch.float32)
+
+
+def _bc_grads(x, dt, B, C, acum, states, dstates, grad_y, q):
+    """dB and dC through :func:`_chunk_bwd_bc_kernel`: the heads of each group in as few splits as keep
+    ``MIN_BC_PROGRAMS`` programs busy; the splits' float32 partials summed here."""
+    b, seqlen, h, p = x.shape
+    g, n = B.shape[2:]
+    nc = triton.cdiv(seqlen, q)
+    block_p, block_n = _blocks(p, n)
+    nnb, hpg = triton.cdiv(n, block_n), h // g
+    splits = max(1, min(hpg, triton.cdiv(MIN_BC_PROGRAMS, b * g * nc * nnb)))
+    hps = triton.cdiv(hpg, splits)  # heads per split
+    splits = triton.cdiv(hpg, hps)
+    db_p, dc_p = (torch.empty((splits, b, seqlen, g, n), dtype=torch.float32, device=x.device) for _ in range(2))
+    launch(
+        _chunk_bwd_bc_kernel,
+        (splits * b * g, nc, nnb),
+        x,
+        dt,
+        B,
+        C,
+        acum,
+        states,
+        dstates,
+        grad_y,
+        db_p,
+        dc_p,
+        b,
+        seqlen,
+        h,
+        g,
+        p,
+        n,
+        nc,
+        hps,
+        *x.stride(),
+        *dt.stride(),
+        *B.stride(),
+        *C.stride(),
+        *grad_y.stride(),
+        Q=q,
+        BLOCK_P=block_p,
+        BLOCK_N=block_n,
+        PREC=_prec(x),
+    )
+    return db_p.sum(0).to(B.dtype), dc_p.sum(0).to(C.dtype)
 
 
 @torch.library.custom_op("matmamba_vision::triton_ssd_bwd", mutates_args=())
@@ -619,8 +821,6 @@ def _ssd_bwd(
     )
     dx = torch.empty((b, seqlen, h, p), dtype=x.dtype, device=x.device)
     ddt_p, da_p = torch.empty((npb, b, h, seqlen), **f32), torch.empty((npb, b, h, seqlen), **f32)
-    # dB and dC per head and headdim block, summed over the heads of a group below (no atomics)
-    db_p, dc_p = torch.empty((npb, b, h, seqlen, n), **f32), torch.empty((npb, b, h, seqlen, n), **f32)
     dd_p = torch.empty((npb, b, h, nc), **f32)
     A32 = A.float()
     launch(
@@ -631,6 +831,7 @@ def _ssd_bwd(
         A32,
         B,
         C,
+        _chunk_cb(B, C, q),
         D if D is not None else A32,
         acum,
         states,
@@ -639,8 +840,6 @@ def _ssd_bwd(
         dx,
         ddt_p,
         da_p,
-        db_p,
-        dc_p,
         dd_p,
         seqlen,
         h,
@@ -660,12 +859,10 @@ def _ssd_bwd(
     ddt = ddt_p.sum(0).transpose(1, 2).to(dt.dtype)
     dA = da_p.sum((0, 1, 3)).to(A.dtype)
 
-    def per_group(part: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return part.sum(0).view(b, g, h // g, seqlen, n).sum(2).transpose(1, 2).to(like.dtype)
-
     dD = dd_p.sum((0, 1, 3)).to(D.dtype) if D is not None else A.new_zeros(h)
     dh0 = dh0 if initial_state is None else dh0.to(initial_state.dtype)
-    return dx, ddt.contiguous(), dA, per_group(db_p, B).contiguous(), per_group(dc_p, C).contiguous(), dD, dh0
+    dB, dC = _bc_grads(x, dt, B, C, acum, states, dstates, grad_y, q)
+    return dx, ddt.contiguous(), dA, dB, dC, dD, dh0
 
 
 @_ssd_bwd.register_fake
