@@ -66,6 +66,19 @@ def test_ssd_fast_decay_stays_finite_and_exact():
     assert max_rel(y, recurrence(x, dt, A, B, C)) <= TOL[torch.float32]
 
 
+@pytest.mark.parametrize("chunks", [16, 64])
+def test_state_passing_over_many_chunks(chunks, monkeypatch):
+    """41 chunks (the last ragged) through the state passing, ``chunks`` at a time: tiles of 16, 16 and 9, and
+    all in one tile; slow decays (under a nat per chunk), so every entering state counts."""
+    monkeypatch.setattr(ssd_module, "STATE_PASS_CHUNKS", chunks)
+    x, dt, A, B, C = make(1, 16 * 40 + 5, 2, 4, 1, 16, torch.float32)
+    dt, h0 = 0.1 * dt, torch.randn(1, 2, 4, 16)
+    y, final = ssd(x, dt, A, B, C, initial_state=h0, return_final_state=True, chunk_size=16)
+    y_ref, final_ref = recurrence(x, dt, A, B, C, h0)
+    assert max_rel(y, y_ref) <= TOL[torch.float32]
+    assert max_rel(final, final_ref) <= TOL[torch.float32]
+
+
 def test_ssd_pieces_continue_with_states():
     x, dt, A, B, C = make(1, 30, 2, 4, 1, 16, torch.float32)
     y_all, f_all = ssd(x, dt, A, B, C, return_final_state=True, chunk_size=16)

@@ -115,8 +115,12 @@ def _state_pass_kernel(
     Q: tl.constexpr,
     HAS_H0: tl.constexpr,
     BLOCK: tl.constexpr,
+    CHUNKS: tl.constexpr,
 ):
-    """Overwrites each chunk's own state in ST with the state entering that chunk."""
+    """Overwrites each chunk's own state in ST with the state entering that chunk. ``CHUNKS`` chunks at a time:
+    their loads are issued together and the recurrence across them is one product with their (CHUNKS x CHUNKS)
+    decay matrix ``exp(L_i - L_j)``, j <= i (L: the cumulative log decay; exponents <= 0), so the serial chain
+    is NC / CHUNKS memory round trips, not NC."""
     pid_bh, pid_s = tl.program_id(0).to(tl.int64), tl.program_id(1)
     offs = pid_s * BLOCK + tl.arange(0, BLOCK)
     m = offs < PN
@@ -124,11 +128,19 @@ def _state_pass_kernel(
         s = tl.load(H0 + pid_bh * PN + offs, mask=m, other=0.0).to(tl.float32)
     else:
         s = tl.zeros((BLOCK,), dtype=tl.float32)
-    for c in range(NC):
-        ptr = ST + (pid_bh * NC + c) * PN + offs
-        own = tl.load(ptr, mask=m, other=0.0)
-        tl.store(ptr, s, mask=m)
-        s = tl.exp(tl.load(ACUM + (pid_bh * NC + c) * Q + Q - 1)) * s + own
+    k = tl.arange(0, CHUNKS)
+    for c0 in range(0, NC, CHUNKS):
+        c = c0 + k
+        cm = c < NC
+        ptr = ST + (pid_bh * NC + c)[:, None] * PN + offs[None, :]
+        own = tl.load(ptr, mask=cm[:, None] & m[None, :], other=0.0)
+        log_decay = tl.cumsum(tl.load(ACUM + (pid_bh * NC + c) * Q + Q - 1, mask=cm, other=0.0), axis=0)
+        mix = tl.exp(tl.where(k[:, None] >= k[None, :], log_decay[:, None] - log_decay[None, :], -1e30))
+        # the state leaving chunk c, which enters chunk c + 1 (past NC: no decay, nothing added)
+        after = tl.exp(log_decay)[:, None] * s[None, :] + tl.dot(mix, own, input_precision="ieee")
+        tl.store(ptr + PN, after, mask=((k < CHUNKS - 1) & (c + 1 < NC))[:, None] & m[None, :])
+        tl.store(ST + (pid_bh * NC + c0) * PN + offs, s, mask=m)
+        s = tl.sum(tl.where((k == CHUNKS - 1)[:, None], after, 0.0), axis=0)  # past NC: unchanged, the last
     tl.store(FINAL + pid_bh * PN + offs, s, mask=m)
 
 
@@ -556,6 +568,7 @@ def _chunk_bwd_bc_kernel(
     tl.store(DC_P + out, dC, mask=qn_mask)
 
 
+STATE_PASS_CHUNKS = 16  # chunks per step of the state passing's scan (a module attribute: the tests vary it)
 MIN_BC_PROGRAMS = 512  # kernel 7 splits a group's heads until it has this many programs (or one head each)
 MAX_CHUNKS = 65535  # the launch grid is (batch x heads, chunks, headdim blocks): CUDA caps axes 1 and 2
 MAX_BLOCK_P = 64  # tile caps of headdim and d_state (module attributes: the tests lower them to 16)
@@ -603,7 +616,7 @@ def _entering_states(x, dt, A, B, initial_state, final, q):
         PREC=_prec(x),
     )
     h0 = initial_state.float().contiguous() if initial_state is not None else final
-    block = min(next_pow2(p * n), 1024)
+    block = min(next_pow2(p * n), 256)
     launch(
         _state_pass_kernel,
         (b * h, triton.cdiv(p * n, block)),
@@ -616,6 +629,7 @@ def _entering_states(x, dt, A, B, initial_state, final, q):
         Q=q,
         HAS_H0=initial_state is not None,
         BLOCK=block,
+        CHUNKS=STATE_PASS_CHUNKS,
     )
     return acum, states
 
