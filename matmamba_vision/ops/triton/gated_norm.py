@@ -96,7 +96,7 @@ MAX_BWD_PROGRAMS = 1024  # the backward's programs (and float32 grad-weight part
 
 
 def _tile(d: int) -> Tuple[int, int, int]:
-    """(rows per tile, padded width, warps): whole rows, about 4K floats a tile, 8-16 of them per thread."""
+    """(rows per tile, padded width, warps): whole rows, about 4K floats a tile (8-16 a thread up to 4,096 wide)."""
     block_d = next_pow2(d)
     block_m = max(1, min(16, 4096 // block_d))
     return block_m, block_d, min(max(block_m * block_d // 256, 1), 8)
