@@ -47,6 +47,13 @@ DEFAULT_CHUNK = 64
 
 
 @triton.jit
+def _causal_decay(a, SIZE: tl.constexpr):
+    """``exp(a_i - a_j)`` for j <= i, else 0 (SIZE x SIZE, from the cumulative log decays ``a``; exponents <= 0)."""
+    k = tl.arange(0, SIZE)
+    return tl.exp(tl.where(k[:, None] >= k[None, :], a[:, None] - a[None, :], -1e30))
+
+
+@triton.jit
 def _chunk_state_kernel(
     X,
     DT,
@@ -135,7 +142,7 @@ def _state_pass_kernel(
         ptr = ST + (pid_bh * NC + c)[:, None] * PN + offs[None, :]
         own = tl.load(ptr, mask=cm[:, None] & m[None, :], other=0.0)
         log_decay = tl.cumsum(tl.load(ACUM + (pid_bh * NC + c) * Q + Q - 1, mask=cm, other=0.0), axis=0)
-        mix = tl.exp(tl.where(k[:, None] >= k[None, :], log_decay[:, None] - log_decay[None, :], -1e30))
+        mix = _causal_decay(log_decay, CHUNKS)
         # the state leaving chunk c, which enters chunk c + 1 (past NC: no decay, nothing added)
         after = tl.exp(log_decay)[:, None] * s[None, :] + tl.dot(mix, own, input_precision="ieee")
         tl.store(ptr + PN, after, mask=((k < CHUNKS - 1) & (c + 1 < NC))[:, None] & m[None, :])
@@ -245,8 +252,7 @@ def _chunk_scan_kernel(
         S = tl.load(ST + (base + pp[None, :]) * N + nn[:, None], mask=nm[:, None] & pm[None, :], other=0.0)
         acc += tl.dot(Cm, S, input_precision=PREC)
     acc = acc * tl.exp(a)[:, None]  # the entering state decayed to token i
-    seg = tl.where(q[:, None] >= q[None, :], a[:, None] - a[None, :], -1e30)
-    scores = cb * tl.exp(seg) * dt[None, :]
+    scores = cb * _causal_decay(a, Q) * dt[None, :]
     xm = tl.load(
         X + bi * sxb + t[:, None] * sxl + hi * sxh + pp[None, :] * sxp, mask=tm[:, None] & pm[None, :], other=0.0
     ).to(tl.float32)
@@ -418,7 +424,7 @@ def _chunk_bwd_kernel(
         tl.float32
     )
     causal = q[:, None] >= q[None, :]
-    decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], -1e30))  # exp(a_i - a_j), j <= i; exponents <= 0
+    decay = _causal_decay(a, Q)
     gx = tl.dot(gy, tl.trans(xm), input_precision=PREC)  # dy_i . x_j over this headdim block
     w_own = tl.exp(a_last - a) * dt  # the own state's weight of token j
     e_in = tl.exp(a)  # the entering state's decay to token i
@@ -527,7 +533,6 @@ def _chunk_bwd_bc_kernel(
     tm = t < L
     nn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nm = nn < N
-    causal = q[:, None] >= q[None, :]
     W = tl.zeros((Q, Q), dtype=tl.float32)
     dC = tl.zeros((Q, BLOCK_N), dtype=tl.float32)
     dB = tl.zeros((Q, BLOCK_N), dtype=tl.float32)
@@ -557,7 +562,7 @@ def _chunk_bwd_bc_kernel(
             dS = tl.load(DST + (base + pp[:, None]) * N + nn[None, :], mask=pn_mask, other=0.0)  # d(leaving)
             dC += tl.dot(gy * e_in[:, None], S, input_precision=PREC)
             dB += tl.dot(xm * w_own[:, None], dS, input_precision=PREC)
-        W += tl.exp(tl.where(causal, a[:, None] - a[None, :], -1e30)) * gx * dt[None, :]
+        W += _causal_decay(a, Q) * gx * dt[None, :]
     qn_mask = tm[:, None] & nm[None, :]
     Bm = tl.load(B + bi * sbb + t[:, None] * sbl + gi * sbg + nn[None, :] * sbn, mask=qn_mask, other=0.0).to(tl.float32)
     Cm = tl.load(C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn, mask=qn_mask, other=0.0).to(tl.float32)
