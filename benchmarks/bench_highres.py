@@ -4,8 +4,8 @@ Throughput: both models timed in turn in this process. Peak memory: torch's CPU 
 to tracemalloc, so each (model, size) runs in a fresh subprocess that builds the model and input, calls
 ``malloc_trim``, resets the kernel's resident-set high-water mark (``/proc/self/clear_refs`` <- 5), runs one
 forward and reports ``VmHWM - VmRSS(before)``: the extra resident memory the forward needed (activations and
-workspace, weights excluded). glibc's allocator makes that figure vary by +-20% from process to process, so
-the least of ``--mem-runs`` processes is reported.
+workspace, weights excluded). glibc's allocator makes that figure vary from process to process (figures:
+BENCHMARKS.md), so the least of ``--mem-runs`` processes is reported.
 
     python benchmarks/bench_highres.py [--sizes 224 384 512 768 1024] [--rounds 3] [--mem-runs 3] [--gemm-floor]
 

@@ -1,4 +1,4 @@
-"""The paper's Fig. 4 on one GPU, and issue 14's targets, with ``ssd_backend="triton"`` (<= 8 min on an H200).
+"""The paper's Fig. 4 on one GPU, and issue 14's targets, with ``ssd_backend="triton"`` (stops at ``--budget-s``).
 
 1. Inference, bf16 autocast, batch 1 and 64 at 224, 512, 1024, 1536 and 2048 px: MatMamba-Vision-35M at
    D, D/2, D/4, D/8 and 135M at D (Triton backend; torch and mamba_ssm backends beside it at full width where

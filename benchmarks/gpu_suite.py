@@ -1,4 +1,4 @@
-"""GPU benchmark suite for one H200-class device (<= ~5 minutes); ``--device cpu --quick`` is a smoke run.
+"""GPU benchmark suite for one H200-class device (stops at ``--budget-s``); ``--device cpu --quick`` is a smoke run.
 
 0. Ceilings measured on the device: a large device-to-device copy (GB/s) and an 8192^3 bf16 matmul (TFLOP/s).
 1. Correctness: the 35M model on the device (fp32 without TF32, and bf16 autocast; torch backend, torch.compile

@@ -20,7 +20,7 @@ from matmamba_vision.data.ffcv_writer import main as write_main  # noqa: E402
 from matmamba_vision.training import main as train_main  # noqa: E402
 
 
-# numba's finaliser prints a harmless KeyError at exit (see ENVIRONMENT.md)
+# numba's finaliser prints a harmless KeyError at exit
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_ffcv_round_trip_and_training_step(tmp_path):
     root = make_image_folder(tmp_path / "data", per_class=4, size=(40, 40))

@@ -63,7 +63,7 @@ def test_meta_build_materialised_equals_a_seeded_cpu_build():
     assert got.keys() == want.keys()
     for k in want:
         assert torch.equal(got[k], want[k]), k
-    # the init itself (DESIGN.md section 1), checked on the materialised model
+    # the init itself (the official one, see init_weights), checked on the materialised model
     mixer = model.layers[0].mixer
     assert torch.equal(mixer.D, torch.ones_like(mixer.D)) and not model.cls_token.any()
     assert ((mixer.A_log >= 0) & (mixer.A_log <= torch.log(torch.tensor(16.0)))).all()

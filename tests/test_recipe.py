@@ -1,5 +1,6 @@
-"""The ImageNet configs against the official run (train_imagenet.py, DESIGN.md section 2), derived through
-train.py's own optimiser and schedule set-up; and cycle mode against a hand-written loop of the official kind."""
+"""The ImageNet configs against the official run (train_imagenet.py; README.md, "ImageNet: the official run"),
+derived through train.py's own optimiser and schedule set-up; and cycle mode against a hand-written loop of the
+official kind."""
 
 import copy
 

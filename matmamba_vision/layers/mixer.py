@@ -276,7 +276,7 @@ class MatMamba2Mixer(nn.Module):
         norm = kernels.gated_rms_norm  # None: the torch tail below, the gate and norm fused with their neighbours
         inference = not torch.is_grad_enabled() and norm is None
         if inference:
-            # SiLU over the whole contiguous (z, dt) buffer (dt was read above): ~4x faster than over the
+            # SiLU over the whole contiguous (z, dt) buffer (dt was read above), cheaper than over the
             # strided z view; the gate is then a strided view of it.
             z = F.silu(zdt, inplace=True)[..., :p]
         A = -torch.exp(w["A_log"].float())

@@ -245,9 +245,11 @@ class MatMambaVision(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, needs_reset: bool = True) -> None:
-        """The model's init (DESIGN.md section 1). ``needs_reset=True`` first re-initialises every parameter
-        as construction does, in the same order of random draws (timm's contract, for a model built on the
-        meta device and materialised with ``to_empty``: the same seed gives the same weights)."""
+        """The official model's init: linear biases zero, each ``out_proj`` weight kaiming-uniform(a=sqrt(5))
+        divided by sqrt(depth), the mixers' own parameters by their ``reset_parameters``. ``needs_reset=True``
+        first re-initialises every parameter as construction does, in the same order of random draws (timm's
+        contract, for a model built on the meta device and materialised with ``to_empty``: the same seed gives
+        the same weights)."""
         if needs_reset:
             self.patch_embed.proj.reset_parameters()
             nn.init.zeros_(self.cls_token)
@@ -700,7 +702,7 @@ def matmamba_vision_tiny_patch4_28(pretrained: bool = False, **kwargs) -> MatMam
 @register_model
 def matmamba_vision_tiny_patch7_28(pretrained: bool = False, **kwargs) -> MatMambaVision:
     """The demo's model before issue 17: 28x28 grey images at patch 7 (16 tokens), D 128, depth 4, d_state 16,
-    10 classes; trains about 2x faster than the patch-4 model on two CPU cores."""
+    10 classes (the patch-4 model: 49 tokens, depth 6, d_state 32)."""
     args = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=128, depth=4, d_state=16, headdim=16)
     return _create("matmamba_vision_tiny_patch7_28", pretrained, **dict(args, **kwargs))
 
@@ -708,7 +710,7 @@ def matmamba_vision_tiny_patch7_28(pretrained: bool = False, **kwargs) -> MatMam
 @register_model
 def matmamba_vision_tiny_patch14_28(pretrained: bool = False, **kwargs) -> MatMambaVision:
     """The demo's model (``python train.py`` / ``make demo``): 28x28 grey images at patch 14 (4 tokens), D 128,
-    depth 4, d_state 16, 10 classes; a training step costs a third of the patch-7 model's per image on two CPU
-    cores (its steps are bound by per-operation overhead, so fewer tokens and bigger batches pay)."""
+    depth 4, d_state 16, 10 classes. Its steps on a CPU are bound by per-operation overhead, so fewer tokens
+    and bigger batches cost less per image than the patch-7 model (figures: BENCHMARKS.md)."""
     args = dict(img_size=28, patch_size=14, in_chans=1, num_classes=10, embed_dim=128, depth=4, d_state=16, headdim=16)
     return _create("matmamba_vision_tiny_patch14_28", pretrained, **dict(args, **kwargs))

@@ -31,8 +31,8 @@ def causal_conv1d_silu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """The causal depthwise conv (no SiLU), reading the channels-last input without a copy as an NHWC image
     of width 1, so the CPU runs oneDNN's vectorised depthwise kernel; the result is a strided
-    (batch, seqlen, channels) view. With autograd on the CPU the backward is :class:`_CausalConvFn`'s
-    (forward+backward 2.5-3x faster than with oneDNN's depthwise backward on this model's shapes).
+    (batch, seqlen, channels) view. With autograd on the CPU the backward is :class:`_CausalConvFn`'s shifted
+    multiply-adds instead of oneDNN's depthwise backward (figures: BENCHMARKS.md).
     """
     if (
         torch.is_grad_enabled()

@@ -150,7 +150,7 @@ def _ssd_factorised(
         G = torch.matmul(Uk.transpose(-1, -2), Bc[:, :steps])  # (b, steps, g, hg*p, n)
         # The recurrence, one fused multiply-add per chunk on (b, heads, p*n) states. (A batched GEMM with the
         # (chunks x chunks) matrix of decay products does it in one call, but its inner dimension is the
-        # number of chunks: measured 23 GFLOP/s plus two transposes, 4x the loop's time on a quiet machine.)
+        # number of chunks, far too short for a GEMM, and it needs two transposes; figures: BENCHMARKS.md.)
         # k <= 1, dropped like fk: a fast-decaying head whose fk were all dropped would otherwise carry states
         # k * S' that are subnormals into the C @ S GEMM below.
         k = exp_dropped(lk.clone()).unsqueeze(-1)  # (b, steps, h, 1)
@@ -237,7 +237,7 @@ def _ssd_row_blocks(
         nb *= 2
     Bg, Cg = B.transpose(1, 2), C.transpose(1, 2)  # (b, g, L, n)
     # Each block's rows of tril(C B^T), computed on their own: a contiguous (r x e) operand keeps the next GEMM
-    # fast (a row slice of the full (L x L) product ran at a fifth of the speed).
+    # fast (a strided row slice of the full (L x L) product is a slow GEMM operand).
     Ms = [torch.matmul(Cg[:, :, s:e_], Bg[:, :, :e_].transpose(-1, -2)).tril_(s) for s, e_ in bounds]
     y = _row_block_products(x, dt, a, Ms, bounds)
     if not bool(bad.any()):

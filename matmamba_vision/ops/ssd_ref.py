@@ -68,7 +68,7 @@ _cumsum_last.register_autograd(
 def exp_dropped(t: torch.Tensor) -> torch.Tensor:
     """``exp(t)`` in place, exactly 0 where ``t < -_DROP``. Every caller's dropped terms weigh at most e^-20 of
     the terms kept beside them, far below float32's resolution; kept, their products are float32 subnormals,
-    which x86 GEMMs process several-fold slower (measured: one row block's GEMM 4.5 ms instead of 1 ms)."""
+    which x86 GEMMs process in microcode, far slower than normal operands (figures: BENCHMARKS.md)."""
     return t.masked_fill_(t < -_DROP, float("-inf")).exp_()
 
 
