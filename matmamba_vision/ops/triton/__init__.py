@@ -1,4 +1,6 @@
-"""The project's Triton kernels for the mixer (``ssd_backend="triton"``), each beside its plain-torch reference.
+"""The project's Triton kernels for the mixer (``ssd_backend="triton"``). Their plain-torch references are the
+ops package's: :func:`..ssd_ref.ssd_scan_ref`, :func:`..causal_conv.causal_conv1d_ref`,
+:func:`..gated_norm.gated_rms_norm_ref`.
 
 Importing this package needs ``triton``; :func:`triton_available` tells whether it imports.
 """
