@@ -196,7 +196,8 @@ def _conv_bwd(
             BLOCK_L=_BLOCK_L,
             BLOCK_C=_BLOCK_C,
         )
-    return gx, gw.sum(0).t().to(weight.dtype), gb.sum(0).to(bias.dtype)
+    # the partials sum to (k, channels): grad weight made contiguous (channels, k), as the fake declares
+    return gx, gw.sum(0).t().contiguous().to(weight.dtype), gb.sum(0).to(bias.dtype)
 
 
 @_conv_bwd.register_fake
