@@ -51,13 +51,14 @@ def ssd_recurrence_ref(x, dt, A, B, C, initial_state=None, return_final_state=Fa
 @torch.library.custom_op("matmamba_vision::cumsum_last", mutates_args=())
 def _cumsum_last(t: torch.Tensor) -> torch.Tensor:
     """``torch.cumsum(t, -1)`` as an op the compiler calls rather than generates (inductor's split-scan
-    codegen fails on some CUDA shapes in torch 2.11, seen on an H200)."""
-    return torch.cumsum(t, dim=-1)
+    codegen fails on some CUDA shapes in torch 2.11, seen on an H200). The result is contiguous, whatever
+    ``t``'s strides, as the fake declares."""
+    return torch.cumsum(t, dim=-1).contiguous()
 
 
 @_cumsum_last.register_fake
 def _(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(t)
+    return t.new_empty(t.shape)
 
 
 _cumsum_last.register_autograd(
