@@ -108,6 +108,11 @@ def test_ssd_ref_matches_the_recurrence_with_states():
     y, s = ssd_scan_ref(x, dt, A, B, C, 64, initial_state=h0, return_final_state=True)
     y_ref, s_ref = ssd_recurrence_ref(x, dt, A, B, C, h0, return_final_state=True)
     assert torch.allclose(y.double(), y_ref, atol=1e-4) and torch.allclose(s.double(), s_ref, atol=1e-4)
+    D = torch.randn(4)  # the skip the Triton kernel fuses: y + D x
+    y_d = ssd_scan_ref(x, dt, A, B, C, 64, initial_state=h0, D=D)
+    assert torch.allclose(y_d.double(), y_ref + x.double() * D.double()[:, None], atol=1e-4)
+    with pytest.raises(ValueError, match="D must have shape"):
+        ssd_scan_ref(x, dt, A, B, C, D=torch.ones(3))
 
 
 def test_reference_backend_takes_no_data_dependent_route(monkeypatch):
