@@ -99,7 +99,7 @@ def ceilings(args, device: torch.device, report: Dict) -> None:
 
 def ssd_kernels(args, device: torch.device, report: Dict) -> None:
     """The SSD scan alone (64 heads, headdim 16, d_state 128, L 197 and 4096): error vs float64, and time."""
-    from matmamba_vision.ops import ssd_scan_torch
+    from matmamba_vision.ops import ssd_scan
     from matmamba_vision.ops.ssd_mamba_ssm import _mamba_ssm_kernel
     from matmamba_vision.ops.ssd_ref import ssd_chunked_exact
 
@@ -111,10 +111,10 @@ def ssd_kernels(args, device: torch.device, report: Dict) -> None:
         dt = F.softplus(torch.randn(batch, seqlen, h, generator=g) - 3)
         A = -torch.rand(h, generator=g) * 8 - 0.5
         B, C = (torch.randn(batch, seqlen, 1, n, generator=g) / n**0.5 for _ in range(2))
-        # float64 throughout (ssd_scan_torch itself computes in float32 whatever its inputs)
+        # float64 throughout (the torch backend's scan itself computes in float32 whatever its inputs)
         ref = ssd_chunked_exact(*(t.double() for t in (x, dt, A, B, C)), 64)[0]
         ins = [t.to(device) for t in (x, dt, A, B, C)]
-        impls = {"torch (eager)": lambda: ssd_scan_torch(*ins)}
+        impls = {"torch (eager)": lambda: ssd_scan(*ins, backend="torch")}
         kernel = _mamba_ssm_kernel() if device.type == "cuda" else None
         if kernel is not None:
             impls["mamba_ssm triton"] = lambda: kernel(*ins, 256)

@@ -52,3 +52,6 @@ def test_opaque_cumsum_op_and_its_gradient():
     t = torch.randn(3, 5, 17, dtype=torch.float64, requires_grad=True)
     assert torch.allclose(_cumsum_last(t), torch.cumsum(t, -1))
     torch.autograd.gradcheck(_cumsum_last, (t,))
+    # schema, autograd registration, fake against real (strides and dtypes), AOT dispatch; a strided input too
+    torch.library.opcheck(_cumsum_last, (t,))
+    torch.library.opcheck(_cumsum_last, (torch.randn(4, 6, 5).transpose(1, 2).requires_grad_(),))

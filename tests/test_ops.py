@@ -13,13 +13,13 @@ from matmamba_vision.ops import (
     BACKENDS,
     SSD_BACKENDS,
     Backend,
-    causal_conv1d_silu_ref,
+    causal_conv1d_ref,
     causal_depthwise_conv1d,
     choose_chunk_len,
     gated_rms_norm_linear,
     gated_rms_norm_ref,
-    resolve_backend,
     rms_norm_linear,
+    select_ssd_backend,
     ssd_recurrence_ref,
     ssd_scan,
     ssd_scan_ref,
@@ -87,10 +87,10 @@ def test_conv_silu_routes_match_the_reference(backend, grad):
     leaves = [t.clone().requires_grad_(grad) for t in (x, w, b)]
     with torch.set_grad_enabled(grad):
         got = BACKENDS[backend].conv1d_silu(*leaves)
-    assert torch.allclose(got, causal_conv1d_silu_ref(x, w, b), atol=1e-6)
+    assert torch.allclose(got, causal_conv1d_ref(x, w, b), atol=1e-6)
     if grad:
         ref_leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-        want = torch.autograd.grad(causal_conv1d_silu_ref(*ref_leaves).square().sum(), ref_leaves)
+        want = torch.autograd.grad(causal_conv1d_ref(*ref_leaves).square().sum(), ref_leaves)
         for a, r in zip(torch.autograd.grad(got.square().sum(), leaves), want):
             assert torch.allclose(a, r, atol=1e-5)
 
@@ -108,6 +108,11 @@ def test_ssd_ref_matches_the_recurrence_with_states():
     y, s = ssd_scan_ref(x, dt, A, B, C, 64, initial_state=h0, return_final_state=True)
     y_ref, s_ref = ssd_recurrence_ref(x, dt, A, B, C, h0, return_final_state=True)
     assert torch.allclose(y.double(), y_ref, atol=1e-4) and torch.allclose(s.double(), s_ref, atol=1e-4)
+    D = torch.randn(4)  # the skip the Triton kernel fuses: y + D x
+    y_d = ssd_scan_ref(x, dt, A, B, C, 64, initial_state=h0, D=D)
+    assert torch.allclose(y_d.double(), y_ref + x.double() * D.double()[:, None], atol=1e-4)
+    with pytest.raises(ValueError, match="D must have shape"):
+        ssd_scan_ref(x, dt, A, B, C, D=torch.ones(3))
 
 
 def test_reference_backend_takes_no_data_dependent_route(monkeypatch):
@@ -124,7 +129,7 @@ def test_reference_backend_takes_no_data_dependent_route(monkeypatch):
     assert torch.allclose(fast, want, atol=1e-5)
     with pytest.raises(AssertionError, match="fast path"):
         ssd_scan(x, dt, A, B, C, backend="auto")
-    assert resolve_backend("auto", x) is BACKENDS["torch"]
+    assert select_ssd_backend("auto", x) is BACKENDS["torch"]
 
 
 def test_a_backend_is_one_registry_entry(monkeypatch):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from matmamba_vision.ops import SSD_BACKENDS, check_ssd_backend, ssd_scan, ssd_scan_torch
+from matmamba_vision.ops import SSD_BACKENDS, check_ssd_backend, ssd_scan
 from matmamba_vision.ops import ssd_recurrence_ref as recurrence
 
 
@@ -30,7 +30,7 @@ SHAPES = [  # (batch, seqlen, heads, headdim, groups, d_state, chunk)
 def test_values_match_recurrence(shape):
     *dims, chunk = shape
     x, dt, A, B, C = make_inputs(*dims)
-    y = ssd_scan_torch(x, dt, A, B, C, chunk)
+    y = ssd_scan(x, dt, A, B, C, chunk, backend="torch")
     ref = recurrence(x, dt, A, B, C)
     assert y.dtype == torch.float32 and y.shape == x.shape
     torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
@@ -41,7 +41,7 @@ def test_gradients_match_recurrence(shape):
     *dims, chunk = shape
     inputs = [t.double().requires_grad_() for t in make_inputs(*dims)]
     weight = torch.randn(inputs[0].shape, dtype=torch.float64)
-    (ssd_scan_torch(*[t.float() for t in inputs], chunk_size=chunk).double() * weight).sum().backward()
+    (ssd_scan(*[t.float() for t in inputs], chunk_size=chunk, backend="torch").double() * weight).sum().backward()
     ours = [t.grad.clone() for t in inputs]
     for t in inputs:
         t.grad = None
@@ -52,7 +52,7 @@ def test_gradients_match_recurrence(shape):
 
 def test_chunk_size_does_not_change_result():
     x, dt, A, B, C = make_inputs(2, 70, 4, 4, 1, 8)
-    ys = [ssd_scan_torch(x, dt, A, B, C, q) for q in (1, 5, 16, 64, 256)]
+    ys = [ssd_scan(x, dt, A, B, C, q, backend="torch") for q in (1, 5, 16, 64, 256)]
     for y in ys[1:]:
         torch.testing.assert_close(y, ys[0], rtol=1e-4, atol=1e-4)
 
@@ -60,7 +60,7 @@ def test_chunk_size_does_not_change_result():
 def test_bf16_inputs_accumulate_in_fp32():
     x, dt, A, B, C = make_inputs(2, 90, 4, 4, 1, 8)
     xb, dtb, Bb, Cb = (t.bfloat16() for t in (x, dt, B, C))
-    y = ssd_scan_torch(xb, dtb, A, Bb, Cb, 32)
+    y = ssd_scan(xb, dtb, A, Bb, Cb, 32, backend="torch")
     assert y.dtype == torch.bfloat16
     ref = recurrence(xb.float(), dtb.float(), A, Bb.float(), Cb.float())
     # only the output rounding to bf16 remains: fp32 accumulation keeps the error at bf16's resolution
@@ -70,8 +70,8 @@ def test_bf16_inputs_accumulate_in_fp32():
 def test_no_grad_path_equals_grad_path():
     x, dt, A, B, C = make_inputs(2, 40, 4, 4, 1, 8)
     with torch.no_grad():
-        y0 = ssd_scan_torch(x, dt, A, B, C, 16)
-    y1 = ssd_scan_torch(x, dt, A.requires_grad_(), B, C, 16)
+        y0 = ssd_scan(x, dt, A, B, C, 16, backend="torch")
+    y1 = ssd_scan(x, dt, A.requires_grad_(), B, C, 16, backend="torch")
     torch.testing.assert_close(y0, y1.detach(), rtol=0, atol=0)
 
 
@@ -80,7 +80,9 @@ def test_backend_names():
     with pytest.raises(ValueError, match="ssd_backend must be one of"):
         check_ssd_backend("cuda_fast")
     x, dt, A, B, C = make_inputs(1, 10, 2, 2, 1, 4)
-    torch.testing.assert_close(ssd_scan(x, dt, A, B, C, 4, backend="auto"), ssd_scan_torch(x, dt, A, B, C, 4))
+    torch.testing.assert_close(
+        ssd_scan(x, dt, A, B, C, 4, backend="auto"), ssd_scan(x, dt, A, B, C, 4, backend="torch")
+    )
     with pytest.raises(ValueError):
         ssd_scan(x, dt, A, B, C, 4, backend="nope")
 
@@ -94,4 +96,4 @@ def test_mamba_ssm_backend_on_cpu_says_what_to_do():
 def test_heads_must_fill_groups():
     x, dt, A, B, C = make_inputs(1, 10, 3, 2, 2, 4)
     with pytest.raises(ValueError, match="multiple of groups"):
-        ssd_scan_torch(x, dt, A, B, C, 4)
+        ssd_scan(x, dt, A, B, C, 4, backend="torch")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 import matmamba_vision.ops.ssd_fast as ssd_fast
-from matmamba_vision.ops import choose_chunk_len, ssd_scan_torch
+from matmamba_vision.ops import choose_chunk_len, ssd_scan, ssd_scan_ref
 from matmamba_vision.ops import ssd_recurrence_ref as recurrence
+
+TORCH_SCAN = functools.partial(ssd_scan, backend="torch")  # the fast path and its fallbacks
 
 
 def inputs(b=2, L=70, h=8, p=4, g=1, n=8, dt_scale=0.1, seed=0, dtype=torch.float64):
@@ -51,7 +55,7 @@ def count_paths(monkeypatch):
 def test_factorised_matches_recurrence(L, chunk, g, monkeypatch):
     calls = count_paths(monkeypatch)
     x, dt, A, B, C = inputs(L=L, g=g)
-    y = ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)), chunk_size=chunk)
+    y = TORCH_SCAN(*(t.float() for t in (x, dt, A, B, C)), chunk_size=chunk)
     assert calls["factorised"] + calls["row_blocks"] >= 1 and calls["unsafe"] == 0 and calls["exact"] == 0
     assert rel(y, recurrence(x, dt, A, B, C)) < 2e-6
 
@@ -65,7 +69,7 @@ def test_row_blocks_recentre_and_fall_back(dt_scale, fallback, monkeypatch):
     if fallback:
         dt = dt * 0.01
         dt[..., 0] = 30.0  # one head: e^-480 per token
-    y = ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)))
+    y = TORCH_SCAN(*(t.float() for t in (x, dt, A, B, C)))
     assert calls["row_blocks"] == 1 and (calls["factorised"] + calls["exact"] > 0) == fallback
     assert rel(y, recurrence(x, dt, A, B, C)) < 2e-6
 
@@ -81,10 +85,10 @@ def test_unsafe_head_redone_in_split_row_blocks(monkeypatch):
     y_ref = recurrence(*leaves)
     ref = torch.autograd.grad((y_ref * w).sum(), leaves)
     fl = [t.float().requires_grad_() for t in ts]
-    y = ssd_scan_torch(*fl)
+    y = TORCH_SCAN(*fl)
     got = torch.autograd.grad((y.double() * w).sum(), fl)
     with torch.no_grad():
-        y_nograd = ssd_scan_torch(*(t.float() for t in ts))
+        y_nograd = TORCH_SCAN(*(t.float() for t in ts))
     assert calls["row_blocks"] == 2 and calls["factorised"] == 0 and calls["exact"] == 0
     assert rel(y, y_ref) < 2e-6 and rel(y_nograd, y_ref) < 2e-6
     for a, r in zip(got, ref):
@@ -96,7 +100,7 @@ def test_unsafe_range_falls_back_and_stays_exact(monkeypatch):
     calls = count_paths(monkeypatch)
     x, dt, A, B, C = inputs(L=200, h=8, dt_scale=0.1)
     dt[..., :3] *= 300  # three heads decay by ~ e^-1000 over a chunk
-    y = ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)))
+    y = TORCH_SCAN(*(t.float() for t in (x, dt, A, B, C)))
     assert calls["unsafe"] > 0 and calls["factorised"] + calls["exact"] >= 2
     assert torch.isfinite(y).all()
     assert rel(y, recurrence(x, dt, A, B, C)) < 1e-5
@@ -106,7 +110,7 @@ def test_one_unsafe_head_redone_with_shorter_factorised_chunks(monkeypatch):
     calls = count_paths(monkeypatch)
     x, dt, A, B, C = inputs(L=256, h=8, dt_scale=0.02)
     A[0], dt[..., 0] = -16.0, 0.1  # 1.6 nats per token: unsafe over 256 tokens, safe over 16..64
-    y = ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)))
+    y = TORCH_SCAN(*(t.float() for t in (x, dt, A, B, C)))
     assert calls["unsafe"] == 1 and calls["factorised"] >= 2 and calls["exact"] == 0
     assert rel(y, recurrence(x, dt, A, B, C)) < 2e-6
 
@@ -114,16 +118,16 @@ def test_one_unsafe_head_redone_with_shorter_factorised_chunks(monkeypatch):
 def test_exact_path_reached_for_extreme_decay(monkeypatch):
     calls = count_paths(monkeypatch)
     x, dt, A, B, C = inputs(L=64, h=4, dt_scale=50.0)  # every head, every chunk length: unsafe
-    y = ssd_scan_torch(*(t.float() for t in (x, dt, A, B, C)))
+    y = TORCH_SCAN(*(t.float() for t in (x, dt, A, B, C)))
     assert calls["exact"] >= 1
     assert rel(y, recurrence(x, dt, A, B, C)) < 1e-5
 
 
-def test_exact_flag_and_chunk_choice():
+def test_reference_chunks_and_chunk_choice():
     x, dt, A, B, C = (t.float() for t in inputs(L=150))
     ref = recurrence(*(t.double() for t in (x, dt, A, B, C)))
     for chunk in (8, 64, 256):
-        assert rel(ssd_scan_torch(x, dt, A, B, C, chunk_size=chunk, exact=True), ref) < 2e-6
+        assert rel(ssd_scan_ref(x, dt, A, B, C, chunk_size=chunk), ref) < 2e-6
     assert choose_chunk_len(197, 128) == 197
     q = choose_chunk_len(4097, 128)
     assert q <= 128 and -(-4097 // q) * q - 4097 < -(-4097 // q)
@@ -132,8 +136,8 @@ def test_exact_flag_and_chunk_choice():
 def test_no_grad_and_grad_paths_agree():
     x, dt, A, B, C = (t.float() for t in inputs(L=300, g=2))
     with torch.no_grad():
-        y0 = ssd_scan_torch(x, dt, A, B, C, chunk_size=64)
-    y1 = ssd_scan_torch(*(t.clone().requires_grad_() for t in (x, dt, A, B, C)), chunk_size=64)
+        y0 = TORCH_SCAN(x, dt, A, B, C, chunk_size=64)
+    y1 = TORCH_SCAN(*(t.clone().requires_grad_() for t in (x, dt, A, B, C)), chunk_size=64)
     assert rel(y0, y1.detach()) < 1e-6
 
 
@@ -145,24 +149,24 @@ def test_gradients_match_float64_recurrence(dt_scale):
     leaves = [t.clone().requires_grad_() for t in ts]
     ref = torch.autograd.grad((recurrence(*leaves) * w).sum(), leaves)
     fl = [t.float().requires_grad_() for t in ts]
-    got = torch.autograd.grad((ssd_scan_torch(*fl, chunk_size=32).double() * w).sum(), fl)
+    got = torch.autograd.grad((TORCH_SCAN(*fl, chunk_size=32).double() * w).sum(), fl)
     for a, r in zip(got, ref):
         assert torch.isfinite(a).all() and rel(a, r) < 1e-4
 
 
 def test_bfloat16_inputs_accumulate_in_float32():
     x, dt, A, B, C = (t.float() for t in inputs(L=100))
-    y = ssd_scan_torch(x.bfloat16(), dt, A, B.bfloat16(), C.bfloat16())
+    y = TORCH_SCAN(x.bfloat16(), dt, A, B.bfloat16(), C.bfloat16())
     assert y.dtype == torch.bfloat16
-    ref = ssd_scan_torch(x.bfloat16().float(), dt, A, B.bfloat16().float(), C.bfloat16().float())
+    ref = TORCH_SCAN(x.bfloat16().float(), dt, A, B.bfloat16().float(), C.bfloat16().float())
     assert rel(y, ref) < 1e-2
 
 
 def test_scan_stays_float32_under_autocast():
     x, dt, A, B, C = (t.float() for t in inputs(L=100, g=2))
-    ref = ssd_scan_torch(x, dt, A, B, C)
+    ref = TORCH_SCAN(x, dt, A, B, C)
     with torch.autocast("cpu", torch.bfloat16):
-        y = ssd_scan_torch(x, dt, A, B, C)
+        y = TORCH_SCAN(x, dt, A, B, C)
     assert y.dtype == torch.float32 and rel(y, ref) < 1e-6
 
 
@@ -175,12 +179,12 @@ def test_initial_and_final_state(L, chunk, g, dt_scale, exact):
     x, dt, A, B, C = inputs(L=L, g=g, dt_scale=dt_scale)
     h0 = torch.randn(x.shape[0], x.shape[2], x.shape[3], B.shape[-1], dtype=torch.float64)
     y_ref, s_ref = recurrence(x, dt, A, B, C, h0, return_final_state=True)
+    scan = ssd_scan_ref if exact else TORCH_SCAN
     for grad in (False, True):
         with torch.set_grad_enabled(grad):
-            y, s = ssd_scan_torch(
+            y, s = scan(
                 *(t.float() for t in (x, dt, A, B, C)),
                 chunk_size=chunk,
-                exact=exact,
                 initial_state=h0.float(),
                 return_final_state=True,
             )
@@ -189,10 +193,10 @@ def test_initial_and_final_state(L, chunk, g, dt_scale, exact):
 
 def test_pieces_with_carried_state_equal_one_scan():
     x, dt, A, B, C = (t.float() for t in inputs(L=300, g=1))
-    whole = ssd_scan_torch(x, dt, A, B, C)
+    whole = TORCH_SCAN(x, dt, A, B, C)
     state, parts = None, []
     for s, e in ((0, 100), (100, 101), (101, 300)):
-        y, state = ssd_scan_torch(
+        y, state = TORCH_SCAN(
             x[:, s:e], dt[:, s:e], A, B[:, s:e], C[:, s:e], initial_state=state, return_final_state=True
         )
         parts.append(y)
@@ -202,7 +206,7 @@ def test_pieces_with_carried_state_equal_one_scan():
 def test_initial_state_shape_is_checked():
     x, dt, A, B, C = (t.float() for t in inputs(L=10))
     with pytest.raises(ValueError, match="initial_state"):
-        ssd_scan_torch(x, dt, A, B, C, initial_state=torch.zeros(1, 2, 3, 4))
+        TORCH_SCAN(x, dt, A, B, C, initial_state=torch.zeros(1, 2, 3, 4))
 
 
 @pytest.mark.parametrize("L,dt_scale", [(100, 0.05), (100, 2.0), (600, 0.1), (600, 2.0)])  # row blocks, chunks
@@ -236,9 +240,9 @@ def test_every_new_tensor_follows_the_inputs_device(L, dt_scale):
     x, dt, A, B, C = (t.float() for t in inputs(L=L, h=16, n=32, dt_scale=dt_scale))
     h0 = torch.zeros(2, 16, 4, 32)
     with FactoryWatch():
-        ssd_scan_torch(x, dt, A, B, C)
-        ssd_scan_torch(x, dt, A, B, C, initial_state=h0, return_final_state=True)
-        ssd_scan_torch(x, dt, A, B, C, exact=True, return_final_state=True)
+        TORCH_SCAN(x, dt, A, B, C)
+        TORCH_SCAN(x, dt, A, B, C, initial_state=h0, return_final_state=True)
+        ssd_scan_ref(x, dt, A, B, C, return_final_state=True)
     assert not missing, missing
 
 
@@ -265,8 +269,8 @@ def test_no_gemm_operand_is_subnormal(L, dt_scale):
     x, dt, A, B, C = (t.float() for t in inputs(L=L, h=16, n=32, dt_scale=dt_scale))
     h0 = torch.randn(2, 16, 4, 32)
     with SubnormalWatch():
-        ssd_scan_torch(x, dt, A, B, C)
-        ssd_scan_torch(x, dt, A, B, C, initial_state=h0, return_final_state=True)
+        TORCH_SCAN(x, dt, A, B, C)
+        TORCH_SCAN(x, dt, A, B, C, initial_state=h0, return_final_state=True)
     assert not found, found
 
 
@@ -283,7 +287,7 @@ def test_exact_path_gradients_where_a_decay_is_exactly_zero(zero):
     leaves = [t.clone().requires_grad_() for t in ts]
     ref = torch.autograd.grad((recurrence(*leaves) * w).sum(), leaves)
     fl = [t.float().requires_grad_() for t in ts]
-    got = torch.autograd.grad((ssd_scan_torch(*fl, exact=True).double() * w).sum(), fl)
+    got = torch.autograd.grad((ssd_scan_ref(*fl).double() * w).sum(), fl)
     for a, r in zip(got, ref):
         assert rel(a, r) < 1e-5
 
@@ -291,7 +295,7 @@ def test_exact_path_gradients_where_a_decay_is_exactly_zero(zero):
 def test_empty_sequence_passes_the_state_through():
     x, dt, A, B, C = (t.float() for t in inputs(L=0))
     h0 = torch.randn(2, 8, 4, 8)
-    for exact in (False, True):
-        y, s = ssd_scan_torch(x, dt, A, B, C, exact=exact, initial_state=h0, return_final_state=True)
+    for scan in (TORCH_SCAN, ssd_scan_ref):
+        y, s = scan(x, dt, A, B, C, initial_state=h0, return_final_state=True)
         assert y.shape == x.shape and torch.equal(s, h0)
-        assert ssd_scan_torch(x, dt, A, B, C, exact=exact).shape == x.shape
+        assert scan(x, dt, A, B, C).shape == x.shape

@@ -92,7 +92,8 @@ def test_ssd_forward_and_grads_on_gpu(shape, dtype):
 def test_conv_forward_and_grads_on_gpu(batch, seqlen, channels, dtype):
     """35M's conv channels (x, B, C) at 224 px and 2048 px, as a strided slice of in_proj's output; and a batch
     above a CUDA grid axis's 65,535."""
-    from matmamba_vision.ops.triton.causal_conv import causal_conv1d, causal_conv1d_ref
+    from matmamba_vision.ops.causal_conv import causal_conv1d_ref
+    from matmamba_vision.ops.triton.causal_conv import causal_conv1d
 
     torch.manual_seed(0)
     zxbc = torch.randn(batch, seqlen, channels + 40, device=DEV, dtype=dtype, requires_grad=True)
@@ -113,7 +114,8 @@ def test_conv_forward_and_grads_on_gpu(batch, seqlen, channels, dtype):
 @pytest.mark.parametrize("rows, width", [(2 * 197, 1024), (2 * 197, 2048), (2 * 197, 128), (300_000, 256)])
 def test_gated_norm_forward_and_grads_on_gpu(rows, width, dtype):
     """35M and 135M's full inner widths, D/8 of 35M, and more rows than the backward has programs."""
-    from matmamba_vision.ops.triton.gated_norm import gated_rms_norm, gated_rms_norm_ref
+    from matmamba_vision.ops.gated_norm import gated_rms_norm_ref
+    from matmamba_vision.ops.triton.gated_norm import gated_rms_norm
 
     torch.manual_seed(0)
     y = torch.randn(rows, width, device=DEV, dtype=dtype, requires_grad=True)

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.dispatch import check_ssd_backend, resolve_backend
+from ..ops.dispatch import check_ssd_backend, select_ssd_backend
 from ..ops.gated_norm import gated_rms_norm_linear, rms_norm_linear
 from .gated_norm import GatedRMSNorm
 
@@ -60,8 +60,8 @@ class MatMamba2Mixer(nn.Module):
             extracted submodel). Inner width is ``expand * max_granularity``.
         d_state, expand, headdim, d_conv, chunk_size, ngroups: Mamba2's SSM settings.
         proj_drop: dropout on the input projection's output and on the mixer's output.
-        ssd_backend: which kernels run (:mod:`matmamba_vision.ops.dispatch`): 'auto', 'torch', 'reference'
-            or 'mamba_ssm'; :meth:`set_backend` changes it, :func:`use_backend` for a block of code.
+        ssd_backend: which kernels run (:mod:`matmamba_vision.ops.dispatch`): 'auto', 'torch', 'reference',
+            'triton' or 'mamba_ssm'; :meth:`set_backend` changes it, :func:`use_backend` for a block of code.
         device, dtype: where and in which dtype the parameters are created (``device="meta"``: shapes only,
             materialised by ``to_empty`` and :meth:`reset_parameters`).
     """
@@ -260,7 +260,7 @@ class MatMamba2Mixer(nn.Module):
         xbc = self.proj_drop(F.linear(u, w["xbc_proj.weight"]))
         zdt = self.proj_drop(F.linear(u, w["zdt_proj.weight"])).view(b, seqlen, h, p + 1)
         conv_in, new_tail, k = xbc, None, w["conv.weight"].shape[1]
-        kernels = resolve_backend(self.ssd_backend, u)
+        kernels = select_ssd_backend(self.ssd_backend, u)
         xbc = kernels.conv1d_silu(conv_in, w["conv.weight"], w["conv.bias"])
         if carry and k > 1:
             tail = conv_tail if conv_tail is not None else conv_in.new_zeros(b, k - 1, conv_in.shape[-1])

@@ -1,6 +1,8 @@
-"""Kernels, each beside a plain pure-torch reference, and the choice of which runs (:mod:`.dispatch`).
+"""Kernels, one plain-torch reference per op (``*_ref``: every route of the op, the Triton kernels' too, is
+tested against it), and the choice of which runs (:mod:`.dispatch`, entry point :func:`ssd_scan`).
 
-- :mod:`.ssd_ref`: the SSD recurrence (float64 oracle) and its exact chunked form (``ssd_scan_ref``);
+- :mod:`.ssd_ref`: the SSD recurrence (float64 oracle) and its exact chunked form (``ssd_scan_ref``, with
+  ``D``, chunk length and initial/final states);
 - :mod:`.ssd_fast`: the factorised SSD for CPUs; :mod:`.ssd_mamba_ssm`: mamba_ssm's Triton SSD (optional);
 - :mod:`.causal_conv`: the causal depthwise conv (+ SiLU): reference, own backward, oneDNN fusion;
 - :mod:`.gated_norm`: the gated RMSNorm, and fused with the output projection;
@@ -8,8 +10,8 @@
 - :mod:`.dispatch`: the backends (``'torch'``, ``'reference'``, ``'triton'``, ``'mamba_ssm'``) and each call's route.
 """
 
-from .causal_conv import causal_conv1d_silu_ref, causal_depthwise_conv1d
-from .dispatch import BACKENDS, SSD_BACKENDS, Backend, check_ssd_backend, resolve_backend, ssd_scan, ssd_scan_torch
+from .causal_conv import causal_conv1d_ref, causal_depthwise_conv1d
+from .dispatch import BACKENDS, SSD_BACKENDS, Backend, check_ssd_backend, select_ssd_backend, ssd_scan
 from .gated_norm import gated_rms_norm_linear, gated_rms_norm_ref, rms_norm_linear
 from .ssd_fast import choose_chunk_len
 from .ssd_mamba_ssm import mamba_ssm_available
@@ -20,14 +22,13 @@ __all__ = [
     "SSD_BACKENDS",
     "Backend",
     "check_ssd_backend",
-    "resolve_backend",
+    "select_ssd_backend",
     "ssd_scan",
-    "ssd_scan_torch",
     "ssd_scan_ref",
     "ssd_recurrence_ref",
     "choose_chunk_len",
     "mamba_ssm_available",
-    "causal_conv1d_silu_ref",
+    "causal_conv1d_ref",
     "causal_depthwise_conv1d",
     "gated_rms_norm_ref",
     "gated_rms_norm_linear",

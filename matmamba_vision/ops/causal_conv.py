@@ -14,18 +14,20 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "causal_conv1d_silu_ref",
+    "causal_conv1d_ref",
     "causal_depthwise_conv1d",
     "causal_conv1d_silu_onednn",
     "onednn_conv_silu_available",
 ]
 
 
-def causal_conv1d_silu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``silu(causal conv)`` by ``F.conv1d`` (the definition the other routes are tested against)."""
+def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, silu: bool = True) -> torch.Tensor:
+    """The causal conv by ``F.conv1d``, then SiLU when ``silu``: the definition every route (this module's, the
+    Triton kernel :mod:`.triton.causal_conv`) is tested against."""
     seqlen, (ch, k) = x.shape[1], weight.shape
     y = F.conv1d(x.transpose(1, 2), weight.unsqueeze(1), bias, padding=k - 1, groups=ch)
-    return F.silu(y[..., :seqlen].transpose(1, 2))
+    y = y[..., :seqlen].transpose(1, 2)
+    return F.silu(y) if silu else y
 
 
 def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

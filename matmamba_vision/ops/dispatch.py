@@ -1,7 +1,7 @@
 """Which kernel runs: the backends, and the one place where each call's route is chosen.
 
 A backend is a set of kernels (:class:`Backend`); a mixer's ``ssd_backend`` names one, and
-:func:`resolve_backend` turns that name into the backend that runs on the given tensors (``'auto'``: the
+:func:`select_ssd_backend` turns that name into the backend that runs on the given tensors (``'auto'``: the
 first of ``AUTO_ORDER`` that runs on them). Registered:
 
 - ``'torch'``: in eager on the CPU, the fast CPU routes: the factorised SSD (:mod:`.ssd_fast`), the conv with
@@ -39,9 +39,8 @@ __all__ = [
     "AUTO_ORDER",
     "SSD_BACKENDS",
     "check_ssd_backend",
-    "resolve_backend",
+    "select_ssd_backend",
     "ssd_scan",
-    "ssd_scan_torch",
 ]
 
 
@@ -116,7 +115,7 @@ class Backend:
 
     ``ssd(x, dt, A, B, C, chunk_size, initial_state, return_final_state)``: the SSD scan, arguments and
     result as :func:`.ssd_ref.ssd_scan_ref`'s. ``conv1d_silu(x, weight, bias)``: ``silu`` of the causal
-    depthwise conv, as :func:`.causal_conv.causal_conv1d_silu_ref`. ``gated_rms_norm(y, z, weight, eps)``:
+    depthwise conv, as :func:`.causal_conv.causal_conv1d_ref`. ``gated_rms_norm(y, z, weight, eps)``:
     as :func:`.gated_norm.gated_rms_norm_ref`, followed by the output projection; None: the torch tail (the
     gate's SiLU over the whole projection buffer and the norm folded into the output projection,
     :func:`.gated_norm.rms_norm_linear`). ``runs_on(x)``: whether it runs on tensors like ``x``; ``needs``:
@@ -153,7 +152,7 @@ def check_ssd_backend(name: str) -> str:
     return name
 
 
-def resolve_backend(name: str, x: torch.Tensor) -> Backend:
+def select_ssd_backend(name: str, x: torch.Tensor) -> Backend:
     """The backend that runs for ``ssd_backend=name`` on tensors like ``x``; RuntimeError where the named
     backend cannot run on them."""
     if name == "auto":  # on CUDA the first of AUTO_ORDER that runs; elsewhere the torch backend
@@ -178,31 +177,13 @@ def ssd_scan(
     initial_state: Optional[torch.Tensor] = None,
     return_final_state: bool = False,
 ):
-    """SSD scan with the chosen backend (arguments and result as in :func:`.ssd_ref.ssd_scan_ref`).
+    """The SSD scan on the chosen backend (arguments and result as in :func:`.ssd_ref.ssd_scan_ref`): the one
+    public entry point.
 
-    ``auto`` takes the project's Triton kernels for CUDA tensors when triton imports, else the torch path.
+    ``chunk_size`` is the most tokens per chunk (the torch backend's fast path picks its own length below it,
+    :func:`.ssd_fast.choose_chunk_len`; the Triton kernels a power of two). ``auto`` takes the project's Triton
+    kernels for CUDA tensors when triton imports, else the torch path. The reference itself, with chunks of
+    exactly ``chunk_size`` tokens, is :func:`.ssd_ref.ssd_scan_ref`.
     """
-    kernel = resolve_backend(check_ssd_backend(backend), x).ssd
+    kernel = select_ssd_backend(check_ssd_backend(backend), x).ssd
     return kernel(x, dt, A, B, C, chunk_size, initial_state, return_final_state)
-
-
-def ssd_scan_torch(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    chunk_size: int = 256,
-    exact: bool = False,
-    initial_state: Optional[torch.Tensor] = None,
-    return_final_state: bool = False,
-):
-    """The torch backend's SSD scan (arguments and result as in :func:`.ssd_ref.ssd_scan_ref`).
-
-    ``chunk_size`` is the most tokens per chunk: the fast path picks its own length below it
-    (:func:`.ssd_fast.choose_chunk_len`). ``exact``: :func:`.ssd_ref.ssd_scan_ref` with chunks of
-    ``chunk_size`` tokens (slower).
-    """
-    if exact:
-        return ssd_scan_ref(x, dt, A, B, C, chunk_size, initial_state, return_final_state)
-    return _torch_ssd(x, dt, A, B, C, chunk_size, initial_state, return_final_state)

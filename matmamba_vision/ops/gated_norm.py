@@ -13,10 +13,15 @@ __all__ = ["gated_rms_norm_ref", "gated_rms_norm_linear", "rms_norm_linear"]
 
 
 def gated_rms_norm_ref(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Gate ``y`` by ``silu(z)``, then RMS-normalise over the last dim (in float32) and scale by ``weight``."""
-    gated = (y * F.silu(z)).float()
-    normed = gated * torch.rsqrt(gated.square().mean(-1, keepdim=True) + eps)
-    return normed.to(y.dtype) * weight
+    """``rmsnorm(y * silu(z)) * weight`` over the last dim, in ``y.dtype``: the reference of every route (the
+    torch tail below, the Triton kernel :mod:`.triton.gated_norm`).
+
+    Gate, statistics and weight all in float32 (float64 for a float64 model), one rounding at the end: as
+    mamba_ssm's ``rms_norm_ref`` (``upcast=True``) and its Triton kernel, which the official model runs.
+    """
+    dtype = torch.promote_types(y.dtype, torch.float32)
+    g = y.to(dtype) * F.silu(z.to(dtype))
+    return (g * torch.rsqrt(g.square().mean(-1, keepdim=True) + eps) * weight.to(dtype)).to(y.dtype)
 
 
 def gated_rms_norm_linear(

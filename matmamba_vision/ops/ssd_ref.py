@@ -51,13 +51,14 @@ def ssd_recurrence_ref(x, dt, A, B, C, initial_state=None, return_final_state=Fa
 @torch.library.custom_op("matmamba_vision::cumsum_last", mutates_args=())
 def _cumsum_last(t: torch.Tensor) -> torch.Tensor:
     """``torch.cumsum(t, -1)`` as an op the compiler calls rather than generates (inductor's split-scan
-    codegen fails on some CUDA shapes in torch 2.11, seen on an H200)."""
-    return torch.cumsum(t, dim=-1)
+    codegen fails on some CUDA shapes in torch 2.11, seen on an H200). The result is contiguous, whatever
+    ``t``'s strides, as the fake declares."""
+    return torch.cumsum(t, dim=-1).contiguous()
 
 
 @_cumsum_last.register_fake
 def _(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(t)
+    return t.new_empty(t.shape)
 
 
 _cumsum_last.register_autograd(
@@ -189,8 +190,10 @@ def ssd_scan_ref(
     chunk_size: int = 256,
     initial_state: Optional[torch.Tensor] = None,
     return_final_state: bool = False,
+    D: Optional[torch.Tensor] = None,
 ):
-    """The exact chunked scan (chunks of ``chunk_size`` tokens), computed in float32, returned in ``x.dtype``.
+    """The exact chunked scan (chunks of ``chunk_size`` tokens), computed in float32, returned in ``x.dtype``:
+    the reference of every SSD route (the torch backends' and the Triton kernels', :mod:`.triton.ssd`).
 
     Args:
         x: (batch, seqlen, heads, headdim) inputs.
@@ -200,12 +203,16 @@ def ssd_scan_ref(
         chunk_size: tokens per chunk (any sequence length is accepted: the last chunk is padded).
         initial_state: (batch, heads, headdim, d_state) state before the first token (default zeros).
         return_final_state: also return the (float32) state after the last token.
+        D: (heads,) skip weights: ``y += D x`` (in float32, before the cast), as the Triton kernel fuses it.
 
     Returns:
         y (batch, seqlen, heads, headdim), or (y, final_state) with ``return_final_state``.
     """
+    if D is not None and tuple(D.shape) != (x.shape[2],):
+        raise ValueError(f"D must have shape (heads,) = ({x.shape[2]},), got {tuple(D.shape)}")
 
     def core(x, dt, A, B, C, h0, want_final):
-        return ssd_chunked_exact(x, dt, A, B, C, chunk_size, h0, want_final)
+        y, final = ssd_chunked_exact(x, dt, A, B, C, chunk_size, h0, want_final)
+        return (y if D is None else y + x * D.float().unsqueeze(-1)), final
 
     return scan_float32(core, x, dt, A, B, C, initial_state, return_final_state)

@@ -4,7 +4,8 @@ weight and bias), through the interpreter."""
 import pytest
 import torch
 
-from matmamba_vision.ops.triton.causal_conv import causal_conv1d, causal_conv1d_ref
+from matmamba_vision.ops.causal_conv import causal_conv1d_ref
+from matmamba_vision.ops.triton.causal_conv import causal_conv1d
 
 # fp32: kernels and reference differ only in summation order; fp16: outputs and grads rounded to fp16
 # (max error relative to the largest reference value).

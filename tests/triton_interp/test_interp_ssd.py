@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import matmamba_vision.ops.triton.ssd as ssd_module
-from matmamba_vision.ops import ssd_recurrence_ref
-from matmamba_vision.ops.triton.ssd import MAX_CHUNKS, ssd, ssd_ref
+from matmamba_vision.ops import ssd_recurrence_ref, ssd_scan_ref
+from matmamba_vision.ops.triton.ssd import MAX_CHUNKS, ssd
 
 
 def recurrence(x, dt, A, B, C, h0=None):
@@ -156,9 +156,10 @@ def test_ssd_backward_is_the_triton_kernels():
 
 
 def test_ssd_reference_matches_recurrence():
+    """The one SSD reference (ops.ssd_ref), at the kernels' chunk length, with D and an initial state."""
     x, dt, A, B, C = make(2, 37, 4, 4, 2, 16, torch.float32)
     D, h0 = torch.randn(4), torch.randn(2, 4, 4, 16)
-    y, final = ssd_ref(x, dt, A, B, C, D, h0, chunk_size=16)
+    y, final = ssd_scan_ref(x, dt, A, B, C, 16, initial_state=h0, return_final_state=True, D=D)
     y_ref, final_ref = reference(x, dt, A, B, C, D, h0)
     assert max_rel(y, y_ref) <= TOL[torch.float32] and max_rel(final, final_ref) <= TOL[torch.float32]
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from ._launch import check_device, launch
 
-__all__ = ["causal_conv1d", "causal_conv1d_ref"]
+__all__ = ["causal_conv1d"]
 
 _BLOCK_L = 32
 _BLOCK_C = 64
@@ -197,7 +196,8 @@ def _conv_bwd(
             BLOCK_L=_BLOCK_L,
             BLOCK_C=_BLOCK_C,
         )
-    return gx, gw.sum(0).t().to(weight.dtype), gb.sum(0).to(bias.dtype)
+    # the partials sum to (k, channels): grad weight made contiguous (channels, k), as the fake declares
+    return gx, gw.sum(0).t().contiguous().to(weight.dtype), gb.sum(0).to(bias.dtype)
 
 
 @_conv_bwd.register_fake
@@ -235,11 +235,3 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sil
         )
     check_device("causal_conv1d", x, weight, bias)
     return _conv_fwd(x, weight, bias, bool(silu))
-
-
-def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, silu: bool = True) -> torch.Tensor:
-    """Plain-torch reference of :func:`causal_conv1d`."""
-    seqlen, k = x.shape[1], weight.shape[1]
-    y = F.conv1d(x.transpose(1, 2), weight.unsqueeze(1), bias, padding=k - 1, groups=weight.shape[0])
-    y = y[..., :seqlen].transpose(1, 2)
-    return F.silu(y) if silu else y

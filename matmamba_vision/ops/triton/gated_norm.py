@@ -6,13 +6,12 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from ._launch import check_device, launch, next_pow2
 
-__all__ = ["gated_rms_norm", "gated_rms_norm_ref"]
+__all__ = ["gated_rms_norm"]
 
 
 @triton.jit
@@ -210,9 +209,3 @@ def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: 
         )
     check_device("gated_rms_norm", y, z, weight)
     return _norm_fwd(y, z, weight, float(eps))[0]
-
-
-def gated_rms_norm_ref(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Plain-torch reference of :func:`gated_rms_norm`."""
-    g = y.float() * F.silu(z.float())
-    return (g * torch.rsqrt(g.square().mean(-1, keepdim=True) + eps) * weight.float()).to(y.dtype)

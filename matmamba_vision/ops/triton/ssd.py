@@ -28,7 +28,7 @@ Sums over headdim blocks, and over the splits of a group's heads when there are 
 partials added in torch (no atomics).
 
 Every exponent is <= 0, so nothing overflows at any decay. Sequences of any length are masked, not padded.
-:func:`ssd_ref` is the plain-torch reference of the same chunked computation (the tests' reference).
+:func:`matmamba_vision.ops.ssd_ref.ssd_scan_ref` is the plain-torch reference (the tests' reference).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import triton.language as tl
 
 from ._launch import check_device, launch, next_pow2
 
-__all__ = ["ssd", "ssd_ref", "DEFAULT_CHUNK"]
+__all__ = ["ssd", "DEFAULT_CHUNK"]
 
 DEFAULT_CHUNK = 64
 
@@ -960,47 +960,10 @@ def ssd(
     return_final_state: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
 ):
-    """The SSD scan (arguments as :func:`matmamba_vision.ops.ssd_scan_torch`) in Triton, plus ``D`` (heads,):
-    ``y += D x`` fused. Returns y in ``x.dtype``, or (y, float32 final state) with ``return_final_state``.
+    """The SSD scan (arguments as :func:`matmamba_vision.ops.ssd_ref.ssd_scan_ref`) in Triton, plus ``D``
+    (heads,): ``y += D x`` fused. Returns y in ``x.dtype``, or (y, float32 final state) with ``return_final_state``.
     Differentiable in every tensor input (backward in Triton, see the module's docstring)."""
     _check(x, dt, A, B, C, D, initial_state, chunk_size)
     check_device("ssd", *(t for t in (x, dt, A, B, C, D, initial_state) if t is not None))
     y, final = _ssd_fwd(x, dt, A, B, C, D, initial_state, int(chunk_size))
     return (y, final) if return_final_state else y
-
-
-def ssd_ref(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: Optional[torch.Tensor] = None,
-    initial_state: Optional[torch.Tensor] = None,
-    chunk_size: int = DEFAULT_CHUNK,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Plain-torch reference of :func:`ssd` with the kernels' chunking, in float32: returns (y in ``x.dtype``,
-    final state)."""
-    b, seqlen, h, p = x.shape
-    g, n = B.shape[2:]
-    q = chunk_size
-    nc = max(1, -(-seqlen // q))
-    pad = nc * q - seqlen
-    xf, dtf, Bf, Cf = (torch.nn.functional.pad(t.float(), (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
-    Bf, Cf = (t.repeat_interleave(h // g, dim=2).view(b, nc, q, h, n) for t in (Bf, Cf))
-    xf, dtf = xf.view(b, nc, q, h, p), dtf.view(b, nc, q, h)
-    a = torch.cumsum(dtf * A.float(), dim=2)  # (b, nc, q, h)
-    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
-    seg = (a.unsqueeze(3) - a.unsqueeze(2)).masked_fill(~causal[:, :, None], float("-inf"))  # (b, nc, i, j, h)
-    scores = torch.einsum("bcihn,bcjhn->bcijh", Cf, Bf) * seg.exp() * dtf.unsqueeze(2)
-    y = torch.einsum("bcijh,bcjhp->bcihp", scores, xf)
-    own = torch.einsum("bcjh,bcjhp,bcjhn->bchpn", (a[:, :, -1:] - a).exp() * dtf, xf, Bf)
-    s = initial_state.float() if initial_state is not None else x.new_zeros((b, h, p, n), dtype=torch.float32)
-    entering = []
-    for c in range(nc):
-        entering.append(s)
-        s = a[:, c, -1].exp()[..., None, None] * s + own[:, c]
-    y = y + torch.einsum("bcihn,bchpn->bcihp", Cf, torch.stack(entering, 1)) * a.exp().unsqueeze(-1)
-    if D is not None:
-        y = y + xf * D.float()[:, None]
-    return y.reshape(b, nc * q, h, p)[:, :seqlen].to(x.dtype), s
