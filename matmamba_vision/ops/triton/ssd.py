@@ -293,11 +293,11 @@ def _chunk_dstate_kernel(
 ):
     """Per (chunk, batch x head): the gradient that the chunk's outputs send to the state entering it,
     ``sum_i exp(a_i) dy_i C_i^T`` (headdim x d_state)."""
-    pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2)
     bi, hi = pid_bh // H, pid_bh % H
     gi = hi // (H // G)
     q = tl.arange(0, Q)
-    t = pid_c * Q + q
+    t = pid_c * Q + q  # int64: t * token stride passes 2^31 past ~1M tokens
     tm = t < L
     a = tl.load(ACUM + (pid_bh * NC + pid_c) * Q + q)
     pp = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -406,7 +406,7 @@ def _chunk_bwd_kernel(
     dx is complete (all of d_state is looped over here) and stored in x's dtype; what sums over headdim
     (ddt, the per-token dA terms, dD) is stored as this headdim block's float32 partial, per head, and summed
     outside (no atomics). dB and dC, which sum over the heads of a group, are :func:`_chunk_bwd_bc_kernel`'s."""
-    pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2)
     bi, hi = pid_bh // H, pid_bh % H
     gi = hi // (H // G)
     prow = pid_p * tl.num_programs(0) + pid_bh  # row of the float32 partials: (headdim block, batch x head)
@@ -524,8 +524,8 @@ def _chunk_bwd_bc_kernel(
 
     ``dC_i = sum_h exp(a_i) dy_i s^T + (sum_h W_h) B``, ``dB_j = sum_h w_own_j x_j dS^T + (sum_h W_h)^T C`` with
     ``W_h[i, j] = (dy_i . x_j) exp(a_i - a_j) dt_j`` (j <= i): the two Q x Q x d_state products once per group."""
-    pid, pid_c, pid_n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    row, gi = pid // G, pid % G  # row = split x batch + batch index
+    pid, pid_c, pid_n = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    row, gi = pid // G, pid % G  # row = split x batch + batch index (int64: bi x batch stride passes 2^31)
     split, bi = row // BATCH, row % BATCH
     hpg = H // G
     q = tl.arange(0, Q)
@@ -568,7 +568,7 @@ def _chunk_bwd_bc_kernel(
     Cm = tl.load(C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn, mask=qn_mask, other=0.0).to(tl.float32)
     dC += tl.dot(W, Bm, input_precision=PREC)
     dB += tl.dot(tl.trans(W), Cm, input_precision=PREC)
-    out = ((row.to(tl.int64) * L + t[:, None]) * G + gi) * N + nn[None, :]  # (split, batch, seqlen, group, n)
+    out = ((row * L + t[:, None]) * G + gi) * N + nn[None, :]  # (split, batch, seqlen, group, n)
     tl.store(DB_P + out, dB, mask=qn_mask)
     tl.store(DC_P + out, dC, mask=qn_mask)
 
