@@ -108,7 +108,7 @@ GRAD_CASES = [
 @pytest.mark.parametrize("case", GRAD_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_ssd_gradients_match_recurrence(case, dtype, monkeypatch):
-    """The Triton backward (kernels 4-7 of ops/triton/ssd.py) against the float64 recurrence's autograd."""
+    """The Triton backward (kernels 4-8 of ops/triton/ssd.py) against the float64 recurrence's autograd."""
     b, seqlen, h, p, g, n, q, fast, extras, cap_p, cap_n, min_bc = case
     monkeypatch.setattr(ssd_module, "MAX_BLOCK_P", cap_p)
     monkeypatch.setattr(ssd_module, "MAX_BLOCK_N", cap_n)
@@ -151,7 +151,14 @@ def test_ssd_backward_is_the_triton_kernels():
         mp.setattr(ssd_module, "launch", spy)
         mp.setattr(torch.func, "vjp", None)  # fails if called
         y.sum().backward()
-    for k in ("_chunk_dstate_kernel", "_state_pass_bwd_kernel", "_chunk_bwd_kernel", "_chunk_bwd_bc_kernel"):
+    kernels = (
+        "_chunk_dstate_kernel",
+        "_state_pass_bwd_kernel",
+        "_chunk_bwd_kernel",
+        "_chunk_w_kernel",
+        "_chunk_bwd_bc_kernel",
+    )
+    for k in kernels:
         assert getattr(ssd_module, k) in launched, k
 
 

@@ -21,9 +21,10 @@ Backward (:func:`_ssd_bwd`): kernels 0, 1 and 2 recompute ``C_i . B_j`` and the 
 6. :func:`_chunk_bwd_kernel`: per (chunk, batch x head): dx, ddt, the per-token d(dt A) (reverse cumsum of
    the gradient of ``a``, which also takes the entering state's decay ``exp(a_last)``) and dD, through the
    inter-chunk, intra-chunk and own-state terms;
-7. :func:`_chunk_bwd_bc_kernel`: per (chunk, batch x group, d_state block): dB and dC, looping over the
-   group's heads (their Q x Q intra-chunk weights summed first, so the two Q x Q x d_state products run once
-   per group, and no per-head (seqlen x d_state) partials are written).
+7. :func:`_chunk_w_kernel`: per (chunk, batch x group): the group's Q x Q intra-chunk weights, summed over
+   its heads (so the two Q x Q x d_state products of dB and dC run once per group);
+8. :func:`_chunk_bwd_bc_kernel`: per (chunk, batch x group, d_state block): dB and dC, looping over the
+   group's heads for the state terms (no per-head (seqlen x d_state) partials are written).
 Sums over headdim blocks, and over the splits of a group's heads when there are few programs, are float32
 partials added in torch (no atomics).
 
@@ -293,11 +294,11 @@ def _chunk_dstate_kernel(
 ):
     """Per (chunk, batch x head): the gradient that the chunk's outputs send to the state entering it,
     ``sum_i exp(a_i) dy_i C_i^T`` (headdim x d_state)."""
-    pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2)
     bi, hi = pid_bh // H, pid_bh % H
     gi = hi // (H // G)
     q = tl.arange(0, Q)
-    t = pid_c * Q + q
+    t = pid_c * Q + q  # int64: t * token stride passes 2^31 past ~1M tokens
     tm = t < L
     a = tl.load(ACUM + (pid_bh * NC + pid_c) * Q + q)
     pp = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -406,7 +407,7 @@ def _chunk_bwd_kernel(
     dx is complete (all of d_state is looped over here) and stored in x's dtype; what sums over headdim
     (ddt, the per-token dA terms, dD) is stored as this headdim block's float32 partial, per head, and summed
     outside (no atomics). dB and dC, which sum over the heads of a group, are :func:`_chunk_bwd_bc_kernel`'s."""
-    pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2)
     bi, hi = pid_bh // H, pid_bh % H
     gi = hi // (H // G)
     prow = pid_p * tl.num_programs(0) + pid_bh  # row of the float32 partials: (headdim block, batch x head)
@@ -423,15 +424,10 @@ def _chunk_bwd_kernel(
     gy = tl.load(GY + bi * syb + t[:, None] * syl + hi * syh + pp[None, :] * syp, mask=qp_mask, other=0.0).to(
         tl.float32
     )
-    causal = q[:, None] >= q[None, :]
-    decay = _causal_decay(a, Q)
-    gx = tl.dot(gy, tl.trans(xm), input_precision=PREC)  # dy_i . x_j over this headdim block
-    w_own = tl.exp(a_last - a) * dt  # the own state's weight of token j
-    e_in = tl.exp(a)  # the entering state's decay to token i
-    cb = tl.load(CB + ((bi * G + gi) * NC + pid_c) * Q * Q + q[:, None] * Q + q[None, :])  # C_i . B_j
-    dx_own = tl.zeros((Q, BLOCK_P), dtype=tl.float32)  # sum_n B_j[n] dS_out[p, n]
-    x_ds_b = tl.zeros((Q,), dtype=tl.float32)  # x_j^T dS_out B_j
-    gy_s_c = tl.zeros((Q,), dtype=tl.float32)  # dy_i^T s C_i
+    # The d_state loop keeps only (Q, BLOCK_P) accumulators: with dS_out = the leaving state's gradient,
+    # x_j^T dS_out B_j = sum_p x_j[p] (B_j . dS_out[p]) and dy_i^T s C_i = sum_p dy_i[p] (C_i . s[p]).
+    dx_own = tl.zeros((Q, BLOCK_P), dtype=tl.float32)  # B_j . dS_out[p]
+    c_s = tl.zeros((Q, BLOCK_P), dtype=tl.float32)  # C_i . s[p]
     ds_s = tl.zeros((BLOCK_P,), dtype=tl.float32)  # sum_n dS_out * s, per p
     base = (pid_bh * NC + pid_c) * P
     for n0 in range(0, N, BLOCK_N):
@@ -442,37 +438,97 @@ def _chunk_bwd_kernel(
         Bm = tl.load(B + bi * sbb + t[:, None] * sbl + gi * sbg + nn[None, :] * sbn, mask=qn_mask, other=0.0).to(
             tl.float32
         )
+        dS = tl.load(DST + (base + pp[:, None]) * N + nn[None, :], mask=pn_mask, other=0.0)  # d(leaving state)
+        dx_own += tl.dot(Bm, tl.trans(dS), input_precision=PREC)
         Cm = tl.load(C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn, mask=qn_mask, other=0.0).to(
             tl.float32
         )
         S = tl.load(ST + (base + pp[:, None]) * N + nn[None, :], mask=pn_mask, other=0.0)  # entering state
-        dS = tl.load(DST + (base + pp[:, None]) * N + nn[None, :], mask=pn_mask, other=0.0)  # d(leaving state)
-        gy_s = tl.dot(gy, S, input_precision=PREC)  # (Q, BLOCK_N)
-        gy_s_c += tl.sum(gy_s * Cm, axis=1)
-        x_ds = tl.dot(xm, dS, input_precision=PREC)  # (Q, BLOCK_N)
-        x_ds_b += tl.sum(x_ds * Bm, axis=1)
-        dx_own += tl.dot(Bm, tl.trans(dS), input_precision=PREC)
+        c_s += tl.dot(Cm, tl.trans(S), input_precision=PREC)
         ds_s += tl.sum(dS * S, axis=1)
-    k = cb * decay  # (C_i . B_j) exp(a_i - a_j), j <= i
+    x_ds_b = tl.sum(xm * dx_own, axis=1)  # x_j^T dS_out B_j
+    gy_s_c = tl.sum(gy * c_s, axis=1)  # dy_i^T s C_i
+    w_own = tl.exp(a_last - a) * dt  # the own state's weight of token j
+    cb = tl.load(CB + ((bi * G + gi) * NC + pid_c) * Q * Q + q[:, None] * Q + q[None, :])  # C_i . B_j
+    k = cb * _causal_decay(a, Q)  # (C_i . B_j) exp(a_i - a_j), j <= i
     dx = tl.dot(tl.trans(k), gy, input_precision=PREC) * dt[:, None] + dx_own * w_own[:, None]
     if HAS_D:
         dx += tl.load(D + hi).to(tl.float32) * gy
     tl.store(DX + bi * sob + t[:, None] * sol + hi * soh + pp[None, :] * sop, dx.to(DX.dtype.element_ty), mask=qp_mask)
     # dt as a multiplier: the intra-chunk term and the own state
-    m = k * gx
+    m = k * tl.dot(gy, tl.trans(xm), input_precision=PREC)  # times dy_i . x_j over this headdim block
     ddt = tl.sum(m, axis=0) + tl.exp(a_last - a) * x_ds_b
     # d(a_i), a = cumsum(dt A) within the chunk
     m = m * dt[None, :]
     own = w_own * x_ds_b
-    da = tl.sum(m, axis=1) - tl.sum(m, axis=0) - own + e_in * gy_s_c
+    da = tl.sum(m, axis=1) - tl.sum(m, axis=0) - own + tl.exp(a) * gy_s_c  # exp(a_i): entering state's decay
     da += tl.where(q == Q - 1, tl.sum(own, axis=0) + tl.exp(a_last) * tl.sum(ds_s, axis=0), 0.0)
     # d(dt_k A) = sum_{i >= k} da_i (reverse cumsum as a masked sum: exact, no cancellation)
-    dda = tl.sum(tl.where(causal, da[:, None], 0.0), axis=0)
+    dda = tl.sum(tl.where(q[:, None] >= q[None, :], da[:, None], 0.0), axis=0)
     ddt += dda * tl.load(A + hi).to(tl.float32)
     tl.store(DDT_P + prow * L + t, ddt, mask=tm)
     tl.store(DA_P + prow * L + t, dda * dt, mask=tm)
     if HAS_D:
         tl.store(DD_P + prow * NC + pid_c, tl.sum(tl.sum(gy * xm, axis=1), axis=0))
+
+
+@triton.jit
+def _chunk_w_kernel(
+    X,
+    DT,
+    ACUM,
+    GY,
+    W_P,
+    BATCH,
+    L,
+    H,
+    G,
+    P,
+    NC,
+    HPS,
+    sxb,
+    sxl,
+    sxh,
+    sxp,
+    sdb,
+    sdl,
+    sdh,
+    syb,
+    syl,
+    syh,
+    syp,
+    Q: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Per (split x batch x group, chunk): the intra-chunk weights ``sum_h W_h`` over ``HPS`` heads of the group
+    (a split), ``W_h[i, j] = (dy_i . x_j) exp(a_i - a_j) dt_j`` (j <= i), stored as the split's float32 (Q x Q)
+    partial; :func:`_chunk_bwd_bc_kernel` multiplies their sum by B and C."""
+    pid, pid_c = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)  # int64: bi x batch stride
+    row, gi = pid // G, pid % G  # row = split x batch + batch index
+    split, bi = row // BATCH, row % BATCH
+    hpg = H // G
+    q = tl.arange(0, Q)
+    t = pid_c * Q + q
+    tm = t < L
+    W = tl.zeros((Q, Q), dtype=tl.float32)
+    h_lo = gi * hpg + split * HPS
+    for hi in range(h_lo, tl.minimum(h_lo + HPS, (gi + 1) * hpg)):
+        gx = tl.zeros((Q, Q), dtype=tl.float32)
+        for p0 in range(0, P, BLOCK_P):
+            pp = p0 + tl.arange(0, BLOCK_P)
+            qp_mask = tm[:, None] & (pp < P)[None, :]
+            xm = tl.load(X + bi * sxb + t[:, None] * sxl + hi * sxh + pp[None, :] * sxp, mask=qp_mask, other=0.0).to(
+                tl.float32
+            )
+            gy = tl.load(GY + bi * syb + t[:, None] * syl + hi * syh + pp[None, :] * syp, mask=qp_mask, other=0.0).to(
+                tl.float32
+            )
+            gx += tl.dot(gy, tl.trans(xm), input_precision=PREC)
+        a = tl.load(ACUM + ((bi * H + hi) * NC + pid_c) * Q + q)
+        dt = tl.load(DT + bi * sdb + t * sdl + hi * sdh, mask=tm, other=0.0).to(tl.float32)
+        W += _causal_decay(a, Q) * gx * dt[None, :]
+    tl.store(W_P + ((row * G + gi) * NC + pid_c) * Q * Q + q[:, None] * Q + q[None, :], W)
 
 
 @triton.jit
@@ -482,6 +538,7 @@ def _chunk_bwd_bc_kernel(
     B,
     C,
     ACUM,
+    W,
     ST,
     DST,
     GY,
@@ -522,10 +579,11 @@ def _chunk_bwd_bc_kernel(
     """Per (split x batch x group, chunk, d_state block): dB and dC of the chunk's tokens, summed over ``HPS`` heads
     of the group (a split; the splits' float32 partials are added outside):
 
-    ``dC_i = sum_h exp(a_i) dy_i s^T + (sum_h W_h) B``, ``dB_j = sum_h w_own_j x_j dS^T + (sum_h W_h)^T C`` with
-    ``W_h[i, j] = (dy_i . x_j) exp(a_i - a_j) dt_j`` (j <= i): the two Q x Q x d_state products once per group."""
-    pid, pid_c, pid_n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    row, gi = pid // G, pid % G  # row = split x batch + batch index
+    ``dC_i = sum_h exp(a_i) dy_i s^T + W B``, ``dB_j = sum_h w_own_j x_j dS^T + W^T C`` with ``W`` the group's
+    intra-chunk weights summed over its heads (:func:`_chunk_w_kernel`; its two Q x Q x d_state products once
+    per group, in split 0)."""
+    pid, pid_c, pid_n = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    row, gi = pid // G, pid % G  # row = split x batch + batch index (int64: bi x batch stride passes 2^31)
     split, bi = row // BATCH, row % BATCH
     hpg = H // G
     q = tl.arange(0, Q)
@@ -533,55 +591,70 @@ def _chunk_bwd_bc_kernel(
     tm = t < L
     nn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nm = nn < N
-    W = tl.zeros((Q, Q), dtype=tl.float32)
     dC = tl.zeros((Q, BLOCK_N), dtype=tl.float32)
     dB = tl.zeros((Q, BLOCK_N), dtype=tl.float32)
     h_lo = gi * hpg + split * HPS
     for hi in range(h_lo, tl.minimum(h_lo + HPS, (gi + 1) * hpg)):
-        bh = (bi * H + hi).to(tl.int64)
+        bh = bi * H + hi
         a = tl.load(ACUM + (bh * NC + pid_c) * Q + q)
         a_last = tl.load(ACUM + (bh * NC + pid_c) * Q + Q - 1)
         dt = tl.load(DT + bi * sdb + t * sdl + hi * sdh, mask=tm, other=0.0).to(tl.float32)
         e_in = tl.exp(a)  # the entering state's decay to token i
         w_own = tl.exp(a_last - a) * dt  # the own state's weight of token j
         base = (bh * NC + pid_c) * P
-        gx = tl.zeros((Q, Q), dtype=tl.float32)
         for p0 in range(0, P, BLOCK_P):
             pp = p0 + tl.arange(0, BLOCK_P)
             pm = pp < P
             qp_mask = tm[:, None] & pm[None, :]
-            xm = tl.load(X + bi * sxb + t[:, None] * sxl + hi * sxh + pp[None, :] * sxp, mask=qp_mask, other=0.0).to(
-                tl.float32
-            )
+            pn_mask = pm[:, None] & nm[None, :]
             gy = tl.load(GY + bi * syb + t[:, None] * syl + hi * syh + pp[None, :] * syp, mask=qp_mask, other=0.0).to(
                 tl.float32
             )
-            gx += tl.dot(gy, tl.trans(xm), input_precision=PREC)
-            pn_mask = pm[:, None] & nm[None, :]
             S = tl.load(ST + (base + pp[:, None]) * N + nn[None, :], mask=pn_mask, other=0.0)  # entering state
-            dS = tl.load(DST + (base + pp[:, None]) * N + nn[None, :], mask=pn_mask, other=0.0)  # d(leaving)
             dC += tl.dot(gy * e_in[:, None], S, input_precision=PREC)
+            xm = tl.load(X + bi * sxb + t[:, None] * sxl + hi * sxh + pp[None, :] * sxp, mask=qp_mask, other=0.0).to(
+                tl.float32
+            )
+            dS = tl.load(DST + (base + pp[:, None]) * N + nn[None, :], mask=pn_mask, other=0.0)  # d(leaving)
             dB += tl.dot(xm * w_own[:, None], dS, input_precision=PREC)
-        W += _causal_decay(a, Q) * gx * dt[None, :]
     qn_mask = tm[:, None] & nm[None, :]
-    Bm = tl.load(B + bi * sbb + t[:, None] * sbl + gi * sbg + nn[None, :] * sbn, mask=qn_mask, other=0.0).to(tl.float32)
-    Cm = tl.load(C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn, mask=qn_mask, other=0.0).to(tl.float32)
-    dC += tl.dot(W, Bm, input_precision=PREC)
-    dB += tl.dot(tl.trans(W), Cm, input_precision=PREC)
-    out = ((row.to(tl.int64) * L + t[:, None]) * G + gi) * N + nn[None, :]  # (split, batch, seqlen, group, n)
+    if split == 0:
+        Wm = tl.load(W + ((bi * G + gi) * NC + pid_c) * Q * Q + q[:, None] * Q + q[None, :])
+        Bm = tl.load(B + bi * sbb + t[:, None] * sbl + gi * sbg + nn[None, :] * sbn, mask=qn_mask, other=0.0).to(
+            tl.float32
+        )
+        dC += tl.dot(Wm, Bm, input_precision=PREC)
+        Cm = tl.load(C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn, mask=qn_mask, other=0.0).to(
+            tl.float32
+        )
+        dB += tl.dot(tl.trans(Wm), Cm, input_precision=PREC)
+    out = ((row * L + t[:, None]) * G + gi) * N + nn[None, :]  # (split, batch, seqlen, group, n)
     tl.store(DB_P + out, dB, mask=qn_mask)
     tl.store(DC_P + out, dC, mask=qn_mask)
 
 
 STATE_PASS_CHUNKS = 16  # chunks per step of the state passing's scan (a module attribute: the tests vary it)
-MIN_BC_PROGRAMS = 512  # kernel 7 splits a group's heads until it has this many programs (or one head each)
+MIN_BC_PROGRAMS = 512  # kernels 7 and 8 split a group's heads until they have this many programs (or one head each)
 MAX_CHUNKS = 65535  # the launch grid is (batch x heads, chunks, headdim blocks): CUDA caps axes 1 and 2
 MAX_BLOCK_P = 64  # tile caps of headdim and d_state (module attributes: the tests lower them to 16)
 MAX_BLOCK_N = 64
+# The chunk-backward, W and dB/dC kernels keep several (chunk x chunk) and (chunk x tile) float32 tiles live:
+# tiles of at most 32 and 8 warps keep them in registers (no spills at chunk 64 on sm_80 and sm_90).
+BWD_MAX_BLOCK = 32
+BWD_WARPS = 8
+BC_FP32_BLOCK_N = (
+    16  # the dB/dC kernel's d_state tile at float32, whose W products (no tensor cores) need more registers
+)
 
 
 def _blocks(p: int, n: int) -> Tuple[int, int]:
     return min(next_pow2(p), MAX_BLOCK_P), min(next_pow2(n), MAX_BLOCK_N)
+
+
+def _bwd_blocks(p: int, n: int) -> Tuple[int, int]:
+    """The backward kernels' tiles: :func:`_blocks` capped at ``BWD_MAX_BLOCK``."""
+    block_p, block_n = _blocks(p, n)
+    return min(block_p, BWD_MAX_BLOCK), min(block_n, BWD_MAX_BLOCK)
 
 
 def _prec(x: torch.Tensor) -> str:
@@ -723,17 +796,53 @@ def _(x, dt, A, B, C, D, initial_state, chunk_size):
     return x.new_empty(x.shape), x.new_empty((b, h, p, B.shape[-1]), dtype=torch.float32)
 
 
+def _head_splits(hpg: int, programs: int) -> Tuple[int, int]:
+    """(splits, heads per split) of a group's ``hpg`` heads: as few splits as keep ``MIN_BC_PROGRAMS`` programs
+    busy when each split has ``programs`` programs."""
+    splits = max(1, min(hpg, triton.cdiv(MIN_BC_PROGRAMS, programs)))
+    hps = triton.cdiv(hpg, splits)
+    return triton.cdiv(hpg, hps), hps
+
+
 def _bc_grads(x, dt, B, C, acum, states, dstates, grad_y, q):
-    """dB and dC through :func:`_chunk_bwd_bc_kernel`: the heads of each group in as few splits as keep
-    ``MIN_BC_PROGRAMS`` programs busy; the splits' float32 partials summed here."""
+    """dB and dC: the group's intra-chunk weights through :func:`_chunk_w_kernel`, then
+    :func:`_chunk_bwd_bc_kernel`; each with the heads of a group in splits (:func:`_head_splits`), whose float32
+    partials are summed here."""
     b, seqlen, h, p = x.shape
     g, n = B.shape[2:]
     nc = triton.cdiv(seqlen, q)
-    block_p, block_n = _blocks(p, n)
+    block_p, block_n = _bwd_blocks(p, n)
+    prec = _prec(x)
+    if prec == "ieee":
+        block_n = min(block_n, BC_FP32_BLOCK_N)
     nnb, hpg = triton.cdiv(n, block_n), h // g
-    splits = max(1, min(hpg, triton.cdiv(MIN_BC_PROGRAMS, b * g * nc * nnb)))
-    hps = triton.cdiv(hpg, splits)  # heads per split
-    splits = triton.cdiv(hpg, hps)
+    splits, hps = _head_splits(hpg, b * g * nc)
+    w_p = torch.empty((splits, b, g, nc, q, q), dtype=torch.float32, device=x.device)
+    launch(
+        _chunk_w_kernel,
+        (splits * b * g, nc),
+        x,
+        dt,
+        acum,
+        grad_y,
+        w_p,
+        b,
+        seqlen,
+        h,
+        g,
+        p,
+        nc,
+        hps,
+        *x.stride(),
+        *dt.stride(),
+        *grad_y.stride(),
+        Q=q,
+        BLOCK_P=block_p,
+        PREC=prec,
+        num_warps=BWD_WARPS,
+    )
+    w = w_p.sum(0) if splits > 1 else w_p[0]
+    splits, hps = _head_splits(hpg, b * g * nc * nnb)
     db_p, dc_p = (torch.empty((splits, b, seqlen, g, n), dtype=torch.float32, device=x.device) for _ in range(2))
     launch(
         _chunk_bwd_bc_kernel,
@@ -743,6 +852,7 @@ def _bc_grads(x, dt, B, C, acum, states, dstates, grad_y, q):
         B,
         C,
         acum,
+        w,
         states,
         dstates,
         grad_y,
@@ -764,7 +874,8 @@ def _bc_grads(x, dt, B, C, acum, states, dstates, grad_y, q):
         Q=q,
         BLOCK_P=block_p,
         BLOCK_N=block_n,
-        PREC=_prec(x),
+        PREC=prec,
+        num_warps=BWD_WARPS,
     )
     return db_p.sum(0).to(B.dtype), dc_p.sum(0).to(C.dtype)
 
@@ -802,7 +913,7 @@ def _ssd_bwd(
     q = chunk_size
     nc = triton.cdiv(seqlen, q)
     acum, states = _entering_states(x, dt, A, B, initial_state, torch.empty((b, h, p, n), **f32), q)
-    block_p, block_n = _blocks(p, n)
+    block_p, block_n = _bwd_blocks(p, n)
     npb = triton.cdiv(p, block_p)
     grid = (b * h, nc, npb)
     common = dict(Q=q, BLOCK_P=block_p, BLOCK_N=block_n, PREC=_prec(x))
@@ -873,6 +984,7 @@ def _ssd_bwd(
         *grad_y.stride(),
         *dx.stride(),
         HAS_D=D is not None,
+        num_warps=BWD_WARPS,
         **common,
     )
     ddt = ddt_p.sum(0).transpose(1, 2).to(dt.dtype)
