@@ -87,7 +87,7 @@ def _chunk_state_kernel(
     bi, hi = pid_bh // H, pid_bh % H  # of 2048 px batches pass 2^31 elements
     gi = hi // (H // G)
     q = tl.arange(0, Q)
-    t = pid_c * Q + q
+    t = pid_c.to(tl.int64) * Q + q  # int64: t * (token stride) passes 2^31 past ~1M tokens
     tm = t < L
     dt = tl.load(DT + bi * sdb + t * sdl + hi * sdh, mask=tm, other=0.0).to(tl.float32)
     dA = dt * tl.load(A + hi).to(tl.float32)
@@ -177,7 +177,7 @@ def _chunk_cb_kernel(
     pid_bg, pid_c = tl.program_id(0).to(tl.int64), tl.program_id(1)
     bi, gi = pid_bg // G, pid_bg % G
     q = tl.arange(0, Q)
-    t = pid_c * Q + q
+    t = pid_c.to(tl.int64) * Q + q  # int64: t * (token stride) passes 2^31 past ~1M tokens
     tm = t < L
     cb = tl.zeros((Q, Q), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
@@ -234,7 +234,7 @@ def _chunk_scan_kernel(
     bi, hi = pid_bh // H, pid_bh % H  # of 2048 px batches pass 2^31 elements
     gi = hi // (H // G)
     q = tl.arange(0, Q)
-    t = pid_c * Q + q
+    t = pid_c.to(tl.int64) * Q + q  # int64: t * (token stride) passes 2^31 past ~1M tokens
     tm = t < L
     a = tl.load(ACUM + (pid_bh * NC + pid_c) * Q + q)
     dt = tl.load(DT + bi * sdb + t * sdl + hi * sdh, mask=tm, other=0.0).to(tl.float32)
