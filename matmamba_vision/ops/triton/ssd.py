@@ -229,20 +229,20 @@ def _chunk_scan_kernel(
     BLOCK_N: tl.constexpr,
     HAS_D: tl.constexpr,
     PREC: tl.constexpr,
+    SCORES16: tl.constexpr,
 ):
+    """``SCORES16``: the intra-chunk weights multiply x in x's (16-bit) dtype, not in float32 (chosen per dot from
+    the errors that benchmarks/ssd_dot_precision.py measures)."""
     pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)  # int64: offsets
     bi, hi = pid_bh // H, pid_bh % H  # of 2048 px batches pass 2^31 elements
     gi = hi // (H // G)
     q = tl.arange(0, Q)
     t = pid_c.to(tl.int64) * Q + q  # int64: t * (token stride) passes 2^31 past ~1M tokens
     tm = t < L
-    a = tl.load(ACUM + (pid_bh * NC + pid_c) * Q + q)
-    dt = tl.load(DT + bi * sdb + t * sdl + hi * sdh, mask=tm, other=0.0).to(tl.float32)
     pp = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     pm = pp < P
     base = (pid_bh * NC + pid_c) * P
     acc = tl.zeros((Q, BLOCK_P), dtype=tl.float32)
-    cb = tl.load(CB + ((bi * G + gi) * NC + pid_c) * Q * Q + q[:, None] * Q + q[None, :])  # C_i . B_j
     for n0 in range(0, N, BLOCK_N):
         nn = n0 + tl.arange(0, BLOCK_N)
         nm = nn < N
@@ -251,14 +251,21 @@ def _chunk_scan_kernel(
         ).to(tl.float32)
         S = tl.load(ST + (base + pp[None, :]) * N + nn[:, None], mask=nm[:, None] & pm[None, :], other=0.0)
         acc += tl.dot(Cm, S, input_precision=PREC)
+    # loaded after the state loop, so that the Q x Q tiles are not live across it (registers)
+    a = tl.load(ACUM + (pid_bh * NC + pid_c) * Q + q)
+    dt = tl.load(DT + bi * sdb + t * sdl + hi * sdh, mask=tm, other=0.0).to(tl.float32)
     acc = acc * tl.exp(a)[:, None]  # the entering state decayed to token i
+    cb = tl.load(CB + ((bi * G + gi) * NC + pid_c) * Q * Q + q[:, None] * Q + q[None, :])  # C_i . B_j
     scores = cb * _causal_decay(a, Q) * dt[None, :]
     xm = tl.load(
         X + bi * sxb + t[:, None] * sxl + hi * sxh + pp[None, :] * sxp, mask=tm[:, None] & pm[None, :], other=0.0
-    ).to(tl.float32)
-    acc += tl.dot(scores, xm, input_precision=PREC)
+    )
+    if SCORES16:
+        acc += tl.dot(scores.to(xm.dtype), xm, input_precision=PREC)
+    else:
+        acc += tl.dot(scores, xm.to(tl.float32), input_precision=PREC)
     if HAS_D:
-        acc += tl.load(D + hi).to(tl.float32) * xm
+        acc += tl.load(D + hi).to(tl.float32) * xm.to(tl.float32)
     tl.store(
         Y + bi * syb + t[:, None] * syl + hi * syh + pp[None, :] * syp,
         acc.to(Y.dtype.element_ty),
@@ -635,6 +642,7 @@ def _entering_states(x, dt, A, B, initial_state, final, q):
         HAS_H0=initial_state is not None,
         BLOCK=block,
         CHUNKS=STATE_PASS_CHUNKS,
+        num_warps=8,  # 4 spill (sm_90)
     )
     return acum, states
 
@@ -657,7 +665,7 @@ def _chunk_cb(B, C, q):
         *B.stride(),
         *C.stride(),
         Q=q,
-        BLOCK_N=_blocks(1, n)[1],
+        BLOCK_N=min(_blocks(1, n)[1], 32 if B.dtype == torch.float32 else 64),  # fp32: 64 spills (sm_80)
         PREC=_prec(B),
     )
     return cb
@@ -712,6 +720,8 @@ def _ssd_fwd(
         *C.stride(),
         *y.stride(),
         HAS_D=D is not None,
+        SCORES16=x.dtype == torch.bfloat16,  # fp16: the fp32 weights could pass its range
+        num_warps=8 if x.dtype == torch.float32 else 4,  # fp32 at 4 warps: spills at headdim 32 (sm_80)
         **common,
     )
     return y, final
