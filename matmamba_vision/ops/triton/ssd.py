@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import check_device, launch, next_pow2
+from ._launch import check_device, interpreter_active, launch, next_pow2
 
 __all__ = ["ssd", "ssd_ref", "DEFAULT_CHUNK"]
 
@@ -171,9 +171,11 @@ def _chunk_cb_kernel(
     Q: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
+    OPS16: tl.constexpr,
 ):
     """Per (batch x group, chunk): ``C_i . B_j`` for the chunk's tokens (Q x Q, float32), which every head of the
-    group shares (computed once here, not per head)."""
+    group shares (computed once here, not per head). ``OPS16``: 16-bit inputs multiply as they are (exact, into
+    float32), not as float32 operands on TF32."""
     pid_bg, pid_c = tl.program_id(0).to(tl.int64), tl.program_id(1)
     bi, gi = pid_bg // G, pid_bg % G
     q = tl.arange(0, Q)
@@ -185,11 +187,14 @@ def _chunk_cb_kernel(
         nm = nn < N
         Cm = tl.load(
             C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn, mask=tm[:, None] & nm[None, :], other=0.0
-        ).to(tl.float32)
+        )
         BT = tl.load(
             B + bi * sbb + t[None, :] * sbl + gi * sbg + nn[:, None] * sbn, mask=nm[:, None] & tm[None, :], other=0.0
-        ).to(tl.float32)
-        cb += tl.dot(Cm, BT, input_precision=PREC)
+        )
+        if OPS16:
+            cb += tl.dot(Cm, BT)
+        else:
+            cb += tl.dot(Cm.to(tl.float32), BT.to(tl.float32), input_precision=PREC)
     tl.store(CB + (pid_bg * NC + pid_c) * Q * Q + q[:, None] * Q + q[None, :], cb)
 
 
@@ -595,6 +600,12 @@ def _prec(x: torch.Tensor) -> str:
     return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
+def _ops16(x: torch.Tensor, *dtypes: torch.dtype) -> bool:
+    """Whether a dot chosen for 16-bit operands takes them in ``x``'s dtype: one of ``dtypes``, and not bf16
+    under the interpreter (which holds bf16 as uint16 and multiplies it as integers)."""
+    return x.dtype in dtypes and not (x.dtype == torch.bfloat16 and interpreter_active())
+
+
 def _entering_states(x, dt, A, B, initial_state, final, q):
     """Kernels 1 and 2: the in-chunk cumulative decays (b, h, nc, q) and the float32 states entering each chunk
     (b, h, nc, p, n); writes the final state into ``final``."""
@@ -667,6 +678,7 @@ def _chunk_cb(B, C, q):
         Q=q,
         BLOCK_N=min(_blocks(1, n)[1], 32 if B.dtype == torch.float32 else 64),  # fp32: 64 spills (sm_80)
         PREC=_prec(B),
+        OPS16=_ops16(B, torch.float16, torch.bfloat16),
     )
     return cb
 
@@ -720,7 +732,7 @@ def _ssd_fwd(
         *C.stride(),
         *y.stride(),
         HAS_D=D is not None,
-        SCORES16=x.dtype == torch.bfloat16,  # fp16: the fp32 weights could pass its range
+        SCORES16=_ops16(x, torch.bfloat16),  # not fp16: the float32 weights could pass its range
         num_warps=8 if x.dtype == torch.float32 else 4,  # fp32 at 4 warps: spills at headdim 32 (sm_80)
         **common,
     )
