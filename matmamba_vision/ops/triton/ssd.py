@@ -266,7 +266,7 @@ def _chunk_scan_kernel(
         X + bi * sxb + t[:, None] * sxl + hi * sxh + pp[None, :] * sxp, mask=tm[:, None] & pm[None, :], other=0.0
     )
     if SCORES16:
-        acc += tl.dot(scores.to(xm.dtype), xm, input_precision=PREC)
+        acc += tl.dot(scores.to(xm.dtype), xm)
     else:
         acc += tl.dot(scores, xm.to(tl.float32), input_precision=PREC)
     if HAS_D:
@@ -653,7 +653,7 @@ def _entering_states(x, dt, A, B, initial_state, final, q):
         HAS_H0=initial_state is not None,
         BLOCK=block,
         CHUNKS=STATE_PASS_CHUNKS,
-        num_warps=8,  # 4 spill (sm_90)
+        num_warps=8,  # at 4 warps, 2 words a thread spill (sm_90)
     )
     return acum, states
 
@@ -676,7 +676,7 @@ def _chunk_cb(B, C, q):
         *B.stride(),
         *C.stride(),
         Q=q,
-        BLOCK_N=min(_blocks(1, n)[1], 32 if B.dtype == torch.float32 else 64),  # fp32: 64 spills (sm_80)
+        BLOCK_N=min(_blocks(1, n)[1], 32 if B.dtype == torch.float32 else 64),  # fp32 at 64: spills (sm_80)
         PREC=_prec(B),
         OPS16=_ops16(B, torch.float16, torch.bfloat16),
     )
