@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import check_device, launch, next_pow2
+from ._launch import check_device, interpreter_active, launch, next_pow2
 
 __all__ = ["ssd", "DEFAULT_CHUNK"]
 
@@ -88,7 +88,7 @@ def _chunk_state_kernel(
     bi, hi = pid_bh // H, pid_bh % H  # of 2048 px batches pass 2^31 elements
     gi = hi // (H // G)
     q = tl.arange(0, Q)
-    t = pid_c * Q + q
+    t = pid_c.to(tl.int64) * Q + q  # int64: t * (token stride) passes 2^31 past ~1M tokens
     tm = t < L
     dt = tl.load(DT + bi * sdb + t * sdl + hi * sdh, mask=tm, other=0.0).to(tl.float32)
     dA = dt * tl.load(A + hi).to(tl.float32)
@@ -172,13 +172,15 @@ def _chunk_cb_kernel(
     Q: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
+    OPS16: tl.constexpr,
 ):
     """Per (batch x group, chunk): ``C_i . B_j`` for the chunk's tokens (Q x Q, float32), which every head of the
-    group shares (computed once here, not per head)."""
+    group shares (computed once here, not per head). ``OPS16``: 16-bit inputs multiply as they are (exact, into
+    float32), not as float32 operands on TF32."""
     pid_bg, pid_c = tl.program_id(0).to(tl.int64), tl.program_id(1)
     bi, gi = pid_bg // G, pid_bg % G
     q = tl.arange(0, Q)
-    t = pid_c * Q + q
+    t = pid_c.to(tl.int64) * Q + q  # int64: t * (token stride) passes 2^31 past ~1M tokens
     tm = t < L
     cb = tl.zeros((Q, Q), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
@@ -186,11 +188,14 @@ def _chunk_cb_kernel(
         nm = nn < N
         Cm = tl.load(
             C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn, mask=tm[:, None] & nm[None, :], other=0.0
-        ).to(tl.float32)
+        )
         BT = tl.load(
             B + bi * sbb + t[None, :] * sbl + gi * sbg + nn[:, None] * sbn, mask=nm[:, None] & tm[None, :], other=0.0
-        ).to(tl.float32)
-        cb += tl.dot(Cm, BT, input_precision=PREC)
+        )
+        if OPS16:
+            cb += tl.dot(Cm, BT)
+        else:
+            cb += tl.dot(Cm.to(tl.float32), BT.to(tl.float32), input_precision=PREC)
     tl.store(CB + (pid_bg * NC + pid_c) * Q * Q + q[:, None] * Q + q[None, :], cb)
 
 
@@ -230,20 +235,20 @@ def _chunk_scan_kernel(
     BLOCK_N: tl.constexpr,
     HAS_D: tl.constexpr,
     PREC: tl.constexpr,
+    SCORES16: tl.constexpr,
 ):
+    """``SCORES16``: the intra-chunk weights multiply x in x's (16-bit) dtype, not in float32 (chosen per dot from
+    the errors that benchmarks/ssd_dot_precision.py measures)."""
     pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)  # int64: offsets
     bi, hi = pid_bh // H, pid_bh % H  # of 2048 px batches pass 2^31 elements
     gi = hi // (H // G)
     q = tl.arange(0, Q)
-    t = pid_c * Q + q
+    t = pid_c.to(tl.int64) * Q + q  # int64: t * (token stride) passes 2^31 past ~1M tokens
     tm = t < L
-    a = tl.load(ACUM + (pid_bh * NC + pid_c) * Q + q)
-    dt = tl.load(DT + bi * sdb + t * sdl + hi * sdh, mask=tm, other=0.0).to(tl.float32)
     pp = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     pm = pp < P
     base = (pid_bh * NC + pid_c) * P
     acc = tl.zeros((Q, BLOCK_P), dtype=tl.float32)
-    cb = tl.load(CB + ((bi * G + gi) * NC + pid_c) * Q * Q + q[:, None] * Q + q[None, :])  # C_i . B_j
     for n0 in range(0, N, BLOCK_N):
         nn = n0 + tl.arange(0, BLOCK_N)
         nm = nn < N
@@ -252,14 +257,21 @@ def _chunk_scan_kernel(
         ).to(tl.float32)
         S = tl.load(ST + (base + pp[None, :]) * N + nn[:, None], mask=nm[:, None] & pm[None, :], other=0.0)
         acc += tl.dot(Cm, S, input_precision=PREC)
+    # loaded after the state loop, so that the Q x Q tiles are not live across it (registers)
+    a = tl.load(ACUM + (pid_bh * NC + pid_c) * Q + q)
+    dt = tl.load(DT + bi * sdb + t * sdl + hi * sdh, mask=tm, other=0.0).to(tl.float32)
     acc = acc * tl.exp(a)[:, None]  # the entering state decayed to token i
+    cb = tl.load(CB + ((bi * G + gi) * NC + pid_c) * Q * Q + q[:, None] * Q + q[None, :])  # C_i . B_j
     scores = cb * _causal_decay(a, Q) * dt[None, :]
     xm = tl.load(
         X + bi * sxb + t[:, None] * sxl + hi * sxh + pp[None, :] * sxp, mask=tm[:, None] & pm[None, :], other=0.0
-    ).to(tl.float32)
-    acc += tl.dot(scores, xm, input_precision=PREC)
+    )
+    if SCORES16:
+        acc += tl.dot(scores.to(xm.dtype), xm)
+    else:
+        acc += tl.dot(scores, xm.to(tl.float32), input_precision=PREC)
     if HAS_D:
-        acc += tl.load(D + hi).to(tl.float32) * xm
+        acc += tl.load(D + hi).to(tl.float32) * xm.to(tl.float32)
     tl.store(
         Y + bi * syb + t[:, None] * syl + hi * syh + pp[None, :] * syp,
         acc.to(Y.dtype.element_ty),
@@ -661,6 +673,12 @@ def _prec(x: torch.Tensor) -> str:
     return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
+def _ops16(x: torch.Tensor, *dtypes: torch.dtype) -> bool:
+    """Whether a dot chosen for 16-bit operands takes them in ``x``'s dtype: one of ``dtypes``, and not bf16
+    under the interpreter (which holds bf16 as uint16 and multiplies it as integers)."""
+    return x.dtype in dtypes and not (x.dtype == torch.bfloat16 and interpreter_active())
+
+
 def _entering_states(x, dt, A, B, initial_state, final, q):
     """Kernels 1 and 2: the in-chunk cumulative decays (b, h, nc, q) and the float32 states entering each chunk
     (b, h, nc, p, n); writes the final state into ``final``."""
@@ -708,6 +726,7 @@ def _entering_states(x, dt, A, B, initial_state, final, q):
         HAS_H0=initial_state is not None,
         BLOCK=block,
         CHUNKS=STATE_PASS_CHUNKS,
+        num_warps=8,  # at 4 warps, 2 words a thread spill (sm_90)
     )
     return acum, states
 
@@ -730,8 +749,9 @@ def _chunk_cb(B, C, q):
         *B.stride(),
         *C.stride(),
         Q=q,
-        BLOCK_N=_blocks(1, n)[1],
+        BLOCK_N=min(_blocks(1, n)[1], 32 if B.dtype == torch.float32 else 64),  # fp32 at 64: spills (sm_80)
         PREC=_prec(B),
+        OPS16=_ops16(B, torch.float16, torch.bfloat16),
     )
     return cb
 
@@ -785,6 +805,8 @@ def _ssd_fwd(
         *C.stride(),
         *y.stride(),
         HAS_D=D is not None,
+        SCORES16=_ops16(x, torch.bfloat16),  # not fp16: the float32 weights could pass its range
+        num_warps=8 if x.dtype == torch.float32 else 4,  # fp32 at 4 warps: spills at headdim 32 (sm_80)
         **common,
     )
     return y, final
