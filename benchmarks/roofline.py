@@ -17,7 +17,7 @@ and ops: a lower bound, with no launch latency, tail effect or cache miss. Peaks
 bf16/fp16 989 TFLOP/s, TF32 494.7, FP32 66.9; HBM 3.35 TB/s (H100 SXM), 4.8 TB/s (H200). An fp32 product in
 torch runs on the FP32 units (torch's default: no TF32 for matmuls).
 
-    python benchmarks/roofline.py [--sizes 224 512 1024 1536 2048] [--markdown]
+    python benchmarks/roofline.py [--sizes 224 512 1024 1536 2048] [--batch 1] [--kernels]   # Markdown tables
 """
 
 from __future__ import annotations

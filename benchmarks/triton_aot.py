@@ -15,7 +15,7 @@ registers, spills and stack from ptxas's own report, static shared memory from `
 - grid: x < 2^31, y and z <= 65535 at every recorded launch;
 - spills (ptxas's spill stores or loads, in 4-byte words per thread): none at bf16 and fp16, at most 32 at fp32.
 
-    python benchmarks/triton_aot.py [--jobs 2] [--markdown]    # table of the worst case per kernel, arch, dtype
+    python benchmarks/triton_aot.py [--jobs 2] [--arch 80 90]   # Markdown table: worst case per kernel, arch, dtype
 """
 
 from __future__ import annotations
@@ -275,10 +275,10 @@ def check(
     scenario_list: Optional[Iterable] = None,
     archs: Iterable[int] = ARCHS,
     jobs: int = 2,
-    depth: Optional[int] = 2,
+    depth: Optional[int] = 1,
 ) -> Report:
     """Record, specialise, compile and measure (see the module's docstring); ``depth``: blocks recorded per
-    model (their blocks are alike: the second launches what every later one does)."""
+    model (None: all; its blocks' mixers are alike and launch alike, which tests/test_triton_aot.py checks)."""
     t0 = time.perf_counter()
     todo = list(scenario_list if scenario_list is not None else scenarios())
     cache = tempfile.mkdtemp(prefix="triton_aot_")

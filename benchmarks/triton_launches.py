@@ -280,8 +280,7 @@ def _run(s: Scenario, model: torch.nn.Module) -> None:
 
 def record(s: Scenario, depth: Optional[int] = None) -> List[Launch]:
     """The launches of one scenario, in order (nothing runs; no GPU needed). ``depth``: blocks of the model
-    (None: the model's own); its blocks are alike, so every block after the first launches what the second
-    does (the AOT check records two)."""
+    (None: the model's own); its blocks' mixers are alike and launch alike (the AOT check records one)."""
     kw = {} if depth is None else dict(depth=depth)
     model = timm.create_model(ARCHS[s.model], img_size=s.px, ssd_backend="triton", device="meta", **kw)
     with FakeTensorMode(allow_non_fake_inputs=True), recording() as launches:
