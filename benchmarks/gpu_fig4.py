@@ -10,6 +10,11 @@
 3. One ratio line per target (``PASS``/``MISS``/``n/a``), a PNG of speed and memory against resolution
    (batch 1), and a JSON of every row (written after each section).
 
+Beside each measured inference figure: the roofline forecast (``benchmarks/roofline.py``, for the H200 on an
+H200, else the H100 SXM) and the measured share of it; on CUDA, the 35M model's Triton kernels timed one by
+one (torch.profiler) against their forecast at the targets' sizes, batch 1, to show which is off its roofline
+(before the inference table, whose sizes may use up the time budget).
+
     python benchmarks/gpu_fig4.py --json fig4.json --png fig4.png           # on a GPU
     python benchmarks/gpu_fig4.py --device cpu --quick   # smoke run of the script (torch backend on the CPU)
 """
@@ -32,6 +37,7 @@ from gpu_suite import (  # benchmarks/ is the script's dir
     reset_peak,
     timed,
 )
+from roofline import device_for, forecast
 
 import matmamba_vision  # noqa: F401
 from matmamba_vision.ops import mamba_ssm_available
@@ -68,11 +74,33 @@ def variants(args, device: torch.device) -> Dict[str, tuple]:
     return out
 
 
+FORECAST_MODELS = {  # timm name -> the roofline's model
+    "matmamba_vision_35m_patch16_224": "35m",
+    "matmamba_vision_135m_patch16_224": "135m",
+    "vit_small_patch16_224": "vit_s16",
+    "vit_base_patch16_224": "vit_b16",
+}
+
+
+def forecast_img_s(arch: str, kw: Dict, div: Optional[int], size: int, batch: int, report: Dict) -> Optional[float]:
+    """The roofline forecast's img/s for a row (None where it has none: the torch and mamba_ssm backends, whose
+    kernels it does not model, or where it fails)."""
+    if arch not in FORECAST_MODELS or kw.get("ssd_backend", "triton") != "triton":
+        return None
+    try:
+        extra = {k: v for k, v in kw.items() if k == "depth"}
+        fc = forecast(FORECAST_MODELS[arch], size, batch, width=div or 1, **extra)
+        return fc.img_s(device_for(report["device"]))
+    except Exception as e:  # the forecast is a guide: a failure must not end the run
+        print(f"(no forecast for {arch} at {size} px: {type(e).__name__}: {str(e)[:200]})")
+        return None
+
+
 def run_inference(args, device: torch.device, report: Dict) -> None:
     extra = dict(depth=2) if args.quick else {}
     print(
         f"\n{'model':26s} {'px':>5s} {'batch':>5s} {'img/s best':>10s} {'median':>8s} {'peak MiB':>9s} "
-        f"{'TFLOP/s':>8s} {'% peak':>7s}"
+        f"{'TFLOP/s':>8s} {'% peak':>7s} {'forecast':>9s} {'% fcst':>7s}   (forecast: {device_for(report['device'])})"
     )
     fpis: Dict = {}
     for size in args.sizes:  # the most telling sizes first, in case the budget runs out
@@ -114,17 +142,22 @@ def run_inference(args, device: torch.device, report: Dict) -> None:
                     ts = timed(fwd, device, args.iters, args.warmup + (3 if mode else 0))
                     best, med = batch / min(ts), batch / sorted(ts)[len(ts) // 2]
                     tflops = fpis[key] * best / 1e12
+                    fc = forecast_img_s(arch, dict(kw, **(extra if div else {})), div, size, batch, report)
                     row.update(
                         img_s=best,
                         img_s_median=med,
                         peak_mib=peak_mib(device),
                         tflops=tflops,
                         pct_peak=100 * tflops / args.peak_tflops,
+                        forecast_img_s=fc,
+                        pct_forecast=None if fc is None else 100 * best / fc,
                     )
                     mem = row["peak_mib"]
+                    fc_txt = f"{fc:9.1f} {row['pct_forecast']:6.1f}%" if fc is not None else f"{'-':>9s} {'-':>7s}"
                     print(
                         f"{name:26s} {size:5d} {batch:5d} {best:10.1f} {med:8.1f} "
-                        f"{mem if mem is not None else float('nan'):9.0f} {tflops:8.2f} {row['pct_peak']:6.1f}%",
+                        f"{mem if mem is not None else float('nan'):9.0f} {tflops:8.2f} {row['pct_peak']:6.1f}% "
+                        f"{fc_txt}",
                         flush=True,
                     )
                 except torch.cuda.OutOfMemoryError:
@@ -138,6 +171,74 @@ def run_inference(args, device: torch.device, report: Dict) -> None:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             model = run = None
+
+
+def _kernel_times(fn, iters: int) -> Dict[str, List[float]]:
+    """GPU kernel name -> [launches, device microseconds] per call of ``fn`` (torch.profiler, ``iters`` calls)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    out: Dict[str, List[float]] = {}
+    for evt in prof.key_averages():
+        if evt.device_type != DeviceType.CUDA:
+            continue
+        us = getattr(evt, "self_device_time_total", None)
+        us = us if us is not None else evt.self_cuda_time_total
+        out[evt.key] = [evt.count / iters, us / iters]
+    return out
+
+
+def kernels_vs_roofline(args, device: torch.device, report: Dict) -> None:
+    """The 35M model's forward at the targets' sizes, batch 1, bf16: each Triton kernel's measured time against
+    its forecast, then the other kernels (torch's) together, then the sum."""
+    report["kernels"] = []
+    if device.type != "cuda" or triton_backend(device) != "triton":
+        return
+    dev = device_for(report["device"])
+    for size in (1024, 2048):  # first after the ceilings (the inference table may use up the budget)
+        try:
+            model = timm.create_model("matmamba_vision_35m_patch16_224", img_size=size, ssd_backend="triton")
+            model = model.to(device).eval()
+            x = torch.randn(1, 3, size, size, device=device)
+
+            def fwd():
+                with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+                    model(x)
+
+            timed(fwd, device, 1, 2)  # compile and warm up
+            measured = _kernel_times(fwd, 3)
+            fc = forecast("35m", size, 1)
+        except Exception as e:  # report and go on
+            print(f"kernel table at {size} px failed: {type(e).__name__}: {str(e)[:200]}")
+            continue
+        print(f"\n35M, {size} px, batch 1, bf16: kernels vs roofline on {dev} (us per forward)")
+        print(f"{'kernel':34s} {'launches':>8s} {'measured':>10s} {'forecast':>10s} {'% of roofline':>14s}")
+        rows = []
+        for key, item in sorted(fc.items.items()):
+            if key.startswith("triton:"):
+                name = key.split(":", 1)[1]
+                launches, us = measured.pop(name, [0.0, 0.0])
+                rows.append((name, launches, us, item.seconds[dev] * 1e6))
+        other_fc = sum(i.seconds[dev] for k, i in fc.items.items() if not k.startswith("triton:")) * 1e6
+        rows.append(
+            (
+                "other kernels (torch)",
+                sum(v[0] for v in measured.values()),
+                sum(v[1] for v in measured.values()),
+                other_fc,
+            )
+        )
+        rows.append(("all", sum(r[1] for r in rows), sum(r[2] for r in rows), fc.seconds(dev) * 1e6))
+        for name, launches, us, fus in rows:
+            pct = f"{100 * fus / us:13.0f}%" if us else f"{'-':>14s}"
+            print(f"{name:34s} {launches:8.0f} {us:10.1f} {fus:10.1f} {pct}")
+            report["kernels"].append(dict(px=size, kernel=name, launches=launches, us=us, forecast_us=fus, device=dev))
+        model = x = None
+        torch.cuda.empty_cache()
 
 
 def run_training(args, device: torch.device, report: Dict) -> None:
@@ -340,7 +441,7 @@ def main() -> None:
         f"available: {mamba_ssm_available()}, {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}"
     )
     report: Dict = dict(device=name, torch=torch.__version__, quick=args.quick, inference=[], training=[])
-    for section in (ceilings, run_inference, run_training, targets):
+    for section in (ceilings, kernels_vs_roofline, run_inference, run_training, targets):
         section(args, device, report)
         if args.json:  # after every section, so a run cut short still leaves its figures
             with open(args.json, "w") as f:
