@@ -176,7 +176,7 @@ def _train(args: argparse.Namespace, info: DistInfo, guards: ExitStack) -> Dict[
 class _Run:
     """One training run. Built in the order below: the run folder and every check before anything is trained,
     the model and data, the optimisation, a resume, the Matryoshka step, the outputs. :meth:`epoch` then trains
-    one epoch (:meth:`train_epoch`), validates it (:meth:`validate`) and checkpoints it (:meth:`end_epoch`)."""
+    one epoch (:meth:`train_epoch`), validates it (:meth:`validate_epoch`) and checkpoints it (:meth:`end_epoch`)."""
 
     def __init__(self, args: argparse.Namespace, info: DistInfo, guards: ExitStack):
         self.args, self.info = args, info
@@ -491,7 +491,7 @@ class _Run:
         """Train, validate and checkpoint ``epoch``; its validation metrics per granularity."""
         t0 = time.time()
         train_loss = self.train_epoch(epoch)
-        metrics, ema_metrics = self.validate(epoch)
+        metrics, ema_metrics = self.validate_epoch(epoch)
         self.end_epoch(epoch, train_loss, metrics, ema_metrics, t0)
         return metrics
 
@@ -550,7 +550,7 @@ class _Run:
         bar.close()
         return {g: s / max(count, 1) for g, s in sums.items()}
 
-    def validate(self, epoch: int):
+    def validate_epoch(self, epoch: int):
         """Validation at every trained granularity (and of the EMA model); the scheduler's epoch step on the
         metric; the replicas checked for divergence. Returns (metrics, EMA metrics or None)."""
         info = self.info
