@@ -86,8 +86,8 @@ def accuracy_pass(
     """One :class:`AccuracyMeter` per configuration (each what ``model.set_granularity`` takes) over ``batches``
     of (images, targets): each batch moved to ``device`` once and every configuration run on it with the model's
     ``forward_many`` (outputs bit-identical to one forward each). The model's mode is left as it is."""
-    meters = [AccuracyMeter() for _ in configs]
     configs = list(configs)
+    meters = [AccuracyMeter() for _ in configs]
     for images, targets in batches:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with autocast_context(device, amp_dtype):
