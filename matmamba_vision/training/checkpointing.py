@@ -4,7 +4,7 @@ schedule is a function of the step, rebuilt from the flags at resume), each writ
 :mod:`matmamba_vision.weights`; the state file is written last and is the commit point. The last N are
 kept; ``model_best.safetensors`` (and ``model_best_ema.safetensors``) track the best validation top-1, and the
 folder ``model_best/`` holds the same weights with their config for timm (``local-dir:RUN/model_best``). The
-files' names, and finding the newest, are :mod:`.checkpoint_files`'.
+files' names, and finding the newest checkpoint: :mod:`.checkpoint_files`.
 
 Before training starts, :func:`matmamba_vision.runtime.check_output_dir` and :func:`check_free_space` report an
 output folder that cannot be written or has too little room, and :func:`check_resume_matches` refuses to resume a
