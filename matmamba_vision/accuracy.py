@@ -1,15 +1,17 @@
 """Classification metrics over batches (timm's ``accuracy`` and ``AverageMeter``): top-k accuracy and
-cross-entropy, shared by training's validation and the evaluation scripts."""
+cross-entropy, and :func:`accuracy_pass`, the loop that measures them for several configurations in one data
+pass; shared by training's validation and the evaluation scripts."""
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+import contextlib
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from timm.utils import AverageMeter, accuracy
 
-__all__ = ["AccuracyMeter", "topk_correct"]
+__all__ = ["AccuracyMeter", "topk_correct", "accuracy_pass", "autocast_context"]
 
 
 def _check_shapes(logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -63,3 +65,32 @@ class AccuracyMeter:
         out["loss"] = float(t[0]) / count
         out["samples"] = count
         return out
+
+
+def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    """``torch.autocast`` for ``amp_dtype`` on ``device``'s type, or a no-op when ``amp_dtype`` is None."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype)
+
+
+@torch.no_grad()
+def accuracy_pass(
+    model: torch.nn.Module,
+    batches: Iterable,
+    configs: Sequence,
+    device: torch.device,
+    amp_dtype: Optional[torch.dtype] = None,
+    share_prefix: bool = True,
+) -> List[AccuracyMeter]:
+    """One :class:`AccuracyMeter` per configuration (each what ``model.set_granularity`` takes) over ``batches``
+    of (images, targets): each batch moved to ``device`` once and every configuration run on it with the model's
+    ``forward_many`` (outputs bit-identical to one forward each). The model's mode is left as it is."""
+    configs = list(configs)
+    meters = [AccuracyMeter() for _ in configs]
+    for images, targets in batches:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with autocast_context(device, amp_dtype):
+            for idx, logits in model.forward_many(images, configs, share_prefix=share_prefix):
+                meters[idx].update(logits, targets)
+    return meters

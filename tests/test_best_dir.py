@@ -3,7 +3,8 @@
 import timm
 import torch
 
-from matmamba_vision.training.checkpointing import BEST_DIR, reconcile_best
+from matmamba_vision.training.checkpoint_files import BEST_DIR
+from matmamba_vision.training.checkpointing import reconcile_best
 from matmamba_vision.weights import load_weights, save_model_dir, save_weights
 
 SMALL = dict(embed_dim=32, depth=1, d_state=16)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from eval_synthetic import SyntheticLoader, tiny_model
 
+from matmamba_vision.accuracy import AccuracyMeter
 from matmamba_vision.evaluation import (
     evaluate_configs,
     official_sweep,
@@ -16,6 +17,7 @@ from matmamba_vision.evaluation import (
     validation_tables,
     write_validation_outputs,
 )
+from matmamba_vision.training.validation import validate
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,25 @@ def test_batched_sweep_equals_one_pass_per_configuration(model):
     assert loader.batches_served == 4 + 4 * len(configs)
     # distinct submodels really do differ (the comparison above is not vacuous)
     assert len({round(r["loss"], 6) for r in batched}) > 1
+
+
+def test_training_validation_is_the_same_loop(model):
+    """train.py's per-epoch validation and validate.py's sweep give the same numbers per granularity, each
+    equal to one plain forward per granularity, and training's validation keeps the model's mode."""
+    configs = parse_granularities(model, None)
+    loader = SyntheticLoader(40, n_classes=7, batch_size=12, noise=1.0)
+    model.train()
+    trained = validate(model, loader, [c.dims[0] for c in configs], torch.device("cpu"))
+    assert model.training
+    rows = evaluate_configs(model, loader, configs)
+    for cfg, row in zip(configs, rows):
+        meter = AccuracyMeter()
+        with torch.no_grad(), model.granularity(cfg.dims[0]):
+            for images, targets in loader:
+                meter.update(model(images), targets)
+        plain = meter.result()
+        for key in ("top1", "top5", "loss"):
+            assert trained[cfg.dims[0]][key] == row[key] == plain[key], (cfg.name, key)
 
 
 def test_max_samples_and_empty_split(model):

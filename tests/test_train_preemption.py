@@ -20,7 +20,7 @@ import torch
 from train_utils import REPO, TINY_MODEL, free_port, make_image_folder, subprocess_env
 
 from matmamba_vision.training import main
-from matmamba_vision.training.checkpointing import latest_state_file
+from matmamba_vision.training.checkpoint_files import newest_checkpoint
 from matmamba_vision.training.preemption import EXIT_DEADLINE, EXIT_PREEMPTED, EXIT_SECOND_SIGNAL
 from matmamba_vision.training.run_lock import LOCK_NAME, RunLock, _start_time
 from matmamba_vision.weights import load_torch, load_weights
@@ -351,7 +351,7 @@ def test_sigterm_inside_a_checkpoint_write(tmp_path, data, second):
     print(f"\n{'second SIGTERM' if second else 'SIGTERM'} to exit: {took:.2f} s")
     assert took < (1.0 if second else deadline)
     assert not half.exists() and not list(run.glob(".*.tmp")), "a partial file was left"
-    assert latest_state_file(run) == run / "checkpoint-0-2.state.pt"
+    assert newest_checkpoint(run) == run / "checkpoint-0-2.state.pt"
     assert load_torch(run / "checkpoint-0-2.state.pt")["step"] == 2
 
 
@@ -412,7 +412,7 @@ def test_resume_auto_needs_an_experiment_name(tmp_path, data):
 
 
 def test_newest_checkpoint_order_and_pruning(tmp_path):
-    from matmamba_vision.training.midepoch import newest_checkpoint, prune_mid_epoch
+    from matmamba_vision.training.checkpoint_files import prune_mid_epoch
 
     for stem in ("checkpoint-0", "checkpoint-0-5", "checkpoint-1-3", "checkpoint-1-12"):
         for ext in (".safetensors", ".state.pt"):

@@ -3,7 +3,6 @@ top-1, top-5 and loss, parameters and GFLOPs, Pareto membership, and the result 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from tqdm.auto import tqdm
 
-from ..accuracy import AccuracyMeter
+from ..accuracy import accuracy_pass
 from ..elastic import count_flops, count_params
 from ..models.matmamba_vision import MatMambaVision
 from .report import format_table, pareto_front, plot_tradeoff, write_csv, write_json
@@ -21,20 +20,12 @@ from .submodels import SubmodelConfig
 __all__ = [
     "evaluate_configs",
     "config_costs",
-    "autocast_context",
     "iterate_batches",
     "validate_configs",
     "write_validation_outputs",
     "validation_tables",
     "CSV_COLUMNS",
 ]
-
-
-def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
-    """``torch.autocast`` for ``amp_dtype`` on ``device``'s type, or a no-op when ``amp_dtype`` is None."""
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype)
 
 
 def iterate_batches(
@@ -82,15 +73,9 @@ def evaluate_configs(
         raise ValueError("configs: nothing to evaluate (give at least one granularity or mix'n'match list)")
     device = torch.device(device)
     model.eval().to(device)
-    meters = [AccuracyMeter() for _ in configs]
-    dims_list = [c.dims for c in configs]
     start = time.perf_counter()
-    for images, targets in iterate_batches(loader, max_samples, desc, log_freq):
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        with autocast_context(device, amp_dtype):
-            for idx, logits in model.forward_many(images, dims_list, share_prefix=share_prefix):
-                meters[idx].update(logits, targets)
+    batches = iterate_batches(loader, max_samples, desc, log_freq)
+    meters = accuracy_pass(model, batches, [c.dims for c in configs], device, amp_dtype, share_prefix)
     seconds = time.perf_counter() - start
     if meters[0].count == 0:
         raise ValueError("the evaluation split is empty: the loader yielded no images")

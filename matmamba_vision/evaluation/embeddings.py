@@ -28,8 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..accuracy import autocast_context
 from ..models.matmamba_vision import MatMambaVision
-from .classification import autocast_context, iterate_batches
+from .classification import iterate_batches
 
 __all__ = ["EmbeddingSet", "EmbeddingCache", "embed_splits", "file_sha256", "state_dict_sha256", "CACHE_VERSION"]
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import timm
 import yaml
 
-from ..training.checkpointing import latest_state_file
+from ..training.checkpoint_files import newest_checkpoint, weights_of
 from ..training.config import parse_args as parse_train_args
 from ..weights import atomic_write
 
@@ -63,10 +63,10 @@ class StageLog:
 
 def final_weights(exp_dir: Path) -> Path:
     """The weights of the last finished epoch in a train.py experiment folder."""
-    state = latest_state_file(exp_dir)
+    state = newest_checkpoint(exp_dir)
     if state is None:
         raise ValueError(f"{exp_dir}: no finished training checkpoint")
-    return state.with_name(state.name.replace(".state.pt", ".safetensors"))
+    return weights_of(state)
 
 
 def untrained_grid(model, levels: Sequence[int]) -> List[int]:
@@ -142,7 +142,7 @@ class Plan:
             name,
             "--no-progress",
         ]
-        if latest_state_file(exp) is not None:  # interrupted: continue from its last finished epoch
+        if newest_checkpoint(exp) is not None:  # interrupted: continue from its last finished epoch
             argv += ["--resume", str(exp)]
         return argv
 

@@ -3,7 +3,8 @@
 schedule is a function of the step, rebuilt from the flags at resume), each written atomically with
 :mod:`matmamba_vision.weights`; the state file is written last and is the commit point. The last N are
 kept; ``model_best.safetensors`` (and ``model_best_ema.safetensors``) track the best validation top-1, and the
-folder ``model_best/`` holds the same weights with their config for timm (``local-dir:RUN/model_best``).
+folder ``model_best/`` holds the same weights with their config for timm (``local-dir:RUN/model_best``). The
+files' names, and finding the newest checkpoint: :mod:`.checkpoint_files`.
 
 Before training starts, :func:`matmamba_vision.runtime.check_output_dir` and :func:`check_free_space` report an
 output folder that cannot be written or has too little room, and :func:`check_resume_matches` refuses to resume a
@@ -14,10 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -33,7 +33,16 @@ from ..weights import (
     save_torch,
     save_weights,
 )
-from .midepoch import mid_epoch_name, newest_checkpoint, prune_mid_epoch
+from .checkpoint_files import (
+    BEST_DIR,
+    STATE,
+    WEIGHTS,
+    CheckpointName,
+    newest_checkpoint,
+    prune_epochs,
+    prune_mid_epoch,
+    run_files,
+)
 
 __all__ = [
     "rng_state",
@@ -43,19 +52,16 @@ __all__ = [
     "load_training_state",
     "read_training_state",
     "check_resume_matches",
-    "latest_state_file",
     "check_free_space",
     "reconcile_best",
     "REGULARISATION_ARGS",
-    "BEST_DIR",
 ]
 
 # model_args a resumed run may change: regularisation and the SSD kernel choice, not the architecture
 REGULARISATION_ARGS = ("drop_rate", "proj_drop_rate", "drop_path_rate", "ssd_backend")
 
 _logger = logging.getLogger("train")
-BEST_DIR = "model_best"  # the best model as a timm folder: config.json + model.safetensors
-_STATE_RE = re.compile(r"checkpoint-(\d+)\.state\.pt$")
+_BEST, _BEST_EMA = CheckpointName.best(), CheckpointName.best(ema=True)
 
 
 def rng_state() -> Dict[str, Any]:
@@ -83,16 +89,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
 
 
-def _state_files(directory: Path) -> List[Tuple[int, Path]]:
-    found = [(int(m.group(1)), p) for p in directory.glob("checkpoint-*.state.pt") if (m := _STATE_RE.search(p.name))]
-    return sorted(found)
-
-
-def latest_state_file(directory: Path) -> Optional[Path]:
-    """The newest complete checkpoint state file in ``directory`` (end-of-epoch or in-epoch), or None."""
-    return newest_checkpoint(Path(directory))
-
-
 def resolve_resume(path: str) -> Path:
     """The state file to resume from: given directly, beside a weights file, or the newest in a folder."""
     p = Path(path)
@@ -101,8 +97,8 @@ def resolve_resume(path: str) -> Path:
         if newest is None:
             raise ValueError(f"--resume: no checkpoint-*.state.pt in {p}")
         return newest
-    if p.name.endswith(".safetensors"):
-        state = p.with_name(p.name[: -len(".safetensors")] + ".state.pt")
+    if p.name.endswith(WEIGHTS):
+        state = p.with_name(p.name[: -len(WEIGHTS)] + STATE)
         if p.is_file() and not state.is_file():  # e.g. model_best: weights only
             raise ValueError(
                 f"--resume: {path} has no training state beside it ({state.name}); resume a "
@@ -179,12 +175,8 @@ def check_free_space(directory: Path, model: torch.nn.Module, keep: int, ema: bo
     """ValueError when ``directory``'s file system (its own, or its nearest existing parent's) has less free
     space than :func:`checkpoint_bytes` (less the checkpoints already there, which a resumed run replaces)."""
     directory = Path(directory)
-    existing = sum(
-        p.stat().st_size
-        for pattern in ("checkpoint-*", "model_best*", "model_best/*")
-        for p in directory.glob(pattern)
-        if p.is_file()
-    )
+    best_dir = [p for p in (directory / BEST_DIR).glob("*") if p.is_file()]
+    existing = sum(p.stat().st_size for p in [*(p for _, _, p in run_files(directory)), *best_dir])
     need = max(checkpoint_bytes(model, keep, ema) - existing, 1 << 20)
     on_disk = next(d for d in (directory, *directory.parents) if d.exists())  # the folder may not exist yet
     free = shutil.disk_usage(on_disk).free
@@ -211,7 +203,7 @@ def reconcile_best(source: Path, directory: Path, best: Dict[str, Any]) -> Dict[
 
 
 def _sync_best_dir(directory: Path) -> None:
-    folder, weights = directory / BEST_DIR, directory / "model_best.safetensors"
+    folder, weights = directory / BEST_DIR, directory / _BEST.weights
     if not (folder / "config.json").is_file():
         return
     if not weights.is_file():
@@ -233,34 +225,36 @@ def _reconcile_best_files(source: Path, directory: Path, best: Dict[str, Any]) -
         return best
 
     def written(folder: Path) -> Optional[int]:
-        path = folder / "model_best.safetensors"
+        path = folder / _BEST.weights
         return read_weights_metadata(path).get("epoch") if path.is_file() else None
 
     here = written(directory)
     if here == epoch:
         return best
     if here is not None:
-        for name in ("model_best", "model_best_ema"):
-            if (directory / f"{name}.safetensors").is_file():
-                os.replace(directory / f"{name}.safetensors", directory / f"{name}-epoch{here}.abandoned.safetensors")
+        for name in (_BEST, _BEST_EMA):
+            if (directory / name.weights).is_file():
+                aside = CheckpointName.abandoned(here, ema=name.ema)
+                os.replace(directory / name.weights, directory / aside.weights)
         _logger.warning(
-            "model_best of epoch %d is not the resumed run's: moved aside as model_best-epoch%d.abandoned.safetensors",
+            "model_best of epoch %d is not the resumed run's: moved aside as %s",
             here,
-            here,
+            CheckpointName.abandoned(here).weights,
         )
     if written(source) == epoch:  # resumed into another folder: the run's best comes along
-        for name in ("model_best", "model_best_ema"):
-            if (source / f"{name}.safetensors").is_file():
-                path = source / f"{name}.safetensors"
+        for name in (_BEST, _BEST_EMA):
+            if (source / name.weights).is_file():
+                path = source / name.weights
                 save_weights(load_weights(path), directory / path.name, metadata=read_weights_metadata(path))
         return best
-    weights, state = source / f"checkpoint-{epoch}.safetensors", source / f"checkpoint-{epoch}.state.pt"
+    kept = CheckpointName.at_epoch(epoch)
+    weights, state = source / kept.weights, source / kept.state
     if weights.is_file() and state.is_file():
         meta = read_weights_metadata(weights)
-        save_weights(load_weights(weights), directory / "model_best.safetensors", metadata=meta)
+        save_weights(load_weights(weights), directory / _BEST.weights, metadata=meta)
         ema = load_torch(state).get("ema")
         if ema is not None:
-            save_weights(ema, directory / "model_best_ema.safetensors", metadata=meta)
+            save_weights(ema, directory / _BEST_EMA.weights, metadata=meta)
         _logger.info("model_best: the resumed run's best (epoch %d) restored from %s", epoch, weights.name)
         return best
     _logger.warning("the resumed run's best (epoch %d) is no longer kept; the next validation starts a new best", epoch)
@@ -289,12 +283,11 @@ class CheckpointManager:
     ) -> Optional[Path]:
         if not self.enabled:
             return None
-        weights = self.directory / f"checkpoint-{epoch}.safetensors"
+        name = CheckpointName.at_epoch(epoch)
+        weights = self.directory / name.weights
         save_weights(model.state_dict(), weights, metadata=dict(metadata, epoch=epoch))
-        path = save_torch(
-            dict(state, epoch=epoch, weights=weights.name), self.directory / f"checkpoint-{epoch}.state.pt"
-        )
-        self._prune()
+        path = save_torch(dict(state, epoch=epoch, weights=weights.name), self.directory / name.state)
+        prune_epochs(self.directory, self.keep)
         prune_mid_epoch(self.directory)
         return path
 
@@ -305,12 +298,10 @@ class CheckpointManager:
         ones are removed once it is complete."""
         if not self.enabled:
             return None
-        stem = mid_epoch_name(epoch, batches)
-        weights = self.directory / f"{stem}.safetensors"
+        name = CheckpointName.mid_epoch(epoch, batches)
+        weights = self.directory / name.weights
         save_weights(model.state_dict(), weights, metadata=dict(metadata, epoch=epoch, batch=batches))
-        path = save_torch(
-            dict(state, epoch=epoch, batch=batches, weights=weights.name), self.directory / f"{stem}.state.pt"
-        )
+        path = save_torch(dict(state, epoch=epoch, batch=batches, weights=weights.name), self.directory / name.state)
         prune_mid_epoch(self.directory)
         return path
 
@@ -325,12 +316,7 @@ class CheckpointManager:
         model's args and ``data_config``, model.safetensors) for timm's ``local-dir:`` loader."""
         if not self.enabled:
             return
-        save_weights(model.state_dict(), self.directory / "model_best.safetensors", metadata=metadata)
+        save_weights(model.state_dict(), self.directory / _BEST.weights, metadata=metadata)
         if ema is not None:
-            save_weights(ema.state_dict(), self.directory / "model_best_ema.safetensors", metadata=metadata)
+            save_weights(ema.state_dict(), self.directory / _BEST_EMA.weights, metadata=metadata)
         save_model_dir(model, self.directory / BEST_DIR, data_config)
-
-    def _prune(self) -> None:
-        for epoch, path in _state_files(self.directory)[: -self.keep]:
-            for old in (self.directory / f"checkpoint-{epoch}.safetensors", path):
-                old.unlink(missing_ok=True)

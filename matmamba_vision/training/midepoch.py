@@ -1,10 +1,10 @@
 """Checkpoints inside an epoch and where a run resumes.
 
-An in-epoch checkpoint is ``checkpoint-E-B.safetensors`` + ``checkpoint-E-B.state.pt``: epoch E (from 0) after
-its first B batches. Its state also holds the epoch's running train-loss sums and every rank's RNG and loader
-state (the position in the epoch's data order), so a run resumed from it continues the epoch where it stopped
-and ends bit-identical to an uninterrupted one. Only the newest in-epoch checkpoint is kept, and none older than
-the newest end-of-epoch ``checkpoint-E``. :func:`newest_checkpoint` orders both kinds by training progress.
+An in-epoch checkpoint (``checkpoint-E-B``, see :mod:`.checkpoint_files`) is epoch E (from 0) after its first B
+batches. Its state also holds the epoch's running train-loss sums and every rank's RNG and loader state (the
+position in the epoch's data order), so a run resumed from it continues the epoch where it stopped and ends
+bit-identical to an uninterrupted one. Only the newest in-epoch checkpoint is kept, and none older than the
+newest end-of-epoch ``checkpoint-E``.
 
 :class:`CheckpointTrigger` decides, after every optimiser step, whether to write one (``--checkpoint-interval-steps``
 on the global step count, so a resumed run writes at the same steps; ``--checkpoint-interval-minutes`` since
@@ -14,8 +14,6 @@ so every rank writes and stops at the same step.
 
 from __future__ import annotations
 
-import math
-import re
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -23,54 +21,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from .checkpoint_files import newest_checkpoint
+
 __all__ = [
-    "mid_epoch_name",
-    "newest_checkpoint",
-    "prune_mid_epoch",
     "resume_position",
     "CheckpointTrigger",
     "resolve_auto_resume",
     "gather_rank_states",
 ]
-
-_ANY_STATE_RE = re.compile(r"^checkpoint-(\d+)(?:-(\d+))?\.state\.pt$")
-
-
-def mid_epoch_name(epoch: int, batches: int) -> str:
-    return f"checkpoint-{epoch}-{batches}"
-
-
-def _progress(path: Path) -> Optional[Tuple[int, float]]:
-    m = _ANY_STATE_RE.match(path.name)
-    if m is None:
-        return None
-    return int(m.group(1)), (int(m.group(2)) if m.group(2) is not None else math.inf)
-
-
-def _all_states(directory: Path) -> List[Tuple[Tuple[int, float], Path]]:
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [(key, p) for p in directory.glob("checkpoint-*.state.pt") if (key := _progress(p)) is not None]
-    return sorted(found)
-
-
-def newest_checkpoint(directory: Path) -> Optional[Path]:
-    """The state file of the furthest-trained complete checkpoint in ``directory`` (end-of-epoch or in-epoch),
-    or None. A state file is written last, so its presence means the checkpoint is complete."""
-    states = _all_states(directory)
-    return states[-1][1] if states else None
-
-
-def prune_mid_epoch(directory: Path) -> None:
-    """Remove every in-epoch checkpoint but the newest, and those older than the newest end-of-epoch one."""
-    states = _all_states(directory)
-    newest = states[-1][0] if states else None
-    for key, path in states:
-        if key[1] != math.inf and key != newest:
-            stem = path.name[: -len(".state.pt")]
-            path.unlink(missing_ok=True)  # the state first: a weights file alone is never taken for a checkpoint
-            (Path(directory) / f"{stem}.safetensors").unlink(missing_ok=True)
 
 
 def resume_position(state: Dict[str, Any]) -> Tuple[int, int]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Dict, Iterable, Sequence
 
 import torch
 
-from ..accuracy import AccuracyMeter
+from ..accuracy import accuracy_pass
 from .distributed import all_reduce_sum
 
 __all__ = ["validate"]
@@ -17,18 +16,12 @@ __all__ = ["validate"]
 def validate(
     model: torch.nn.Module, loader: Iterable, granularities: Sequence[int], device: torch.device, amp_dtype=None
 ) -> Dict[int, Dict[str, float]]:
-    """``{g: {'loss', 'top1', 'top5'}}`` (percentages) over the whole loader, each g on the same batches."""
+    """``{g: {'loss', 'top1', 'top5'}}`` (percentages) over the whole loader, each g on the same batches (the
+    evaluation scripts' loop, :func:`matmamba_vision.accuracy.accuracy_pass`)."""
     was_training = model.training
     model.eval()
-    meters = [AccuracyMeter() for _ in granularities]
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     try:
-        for images, targets in loader:
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            for meter, g in zip(meters, granularities):
-                with model.granularity(g), autocast:
-                    logits = model(images)
-                meter.update(logits, targets)
+        meters = accuracy_pass(model, loader, list(granularities), device, amp_dtype)
     finally:
         model.train(was_training)
     totals = all_reduce_sum(torch.stack([m.totals() for m in meters]).to(device)).cpu()

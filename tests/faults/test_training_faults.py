@@ -20,7 +20,8 @@ from train_utils import TINY_MODEL, make_image_folder, subprocess_env, train_cmd
 
 from matmamba_vision.runtime import check_output_dir
 from matmamba_vision.training import main
-from matmamba_vision.training.checkpointing import latest_state_file, load_training_state
+from matmamba_vision.training.checkpoint_files import newest_checkpoint
+from matmamba_vision.training.checkpointing import load_training_state
 from matmamba_vision.weights import load_torch
 
 FLAGS = ["-b", "4", "--threads", "1", "-j", "0", "--no-progress"]
@@ -127,7 +128,7 @@ def test_sigkill_inside_a_checkpoint_write_keeps_the_previous_one_and_resume_wor
     assert proc.returncode == -signal.SIGKILL
     assert digests(out) == before
     # the previous checkpoint is the newest complete one, and it loads
-    assert latest_state_file(out) == out / "checkpoint-0.state.pt"
+    assert newest_checkpoint(out) == out / "checkpoint-0.state.pt"
     state = load_training_state(out / "checkpoint-0.state.pt", tiny_model())
     assert state["epoch"] == 0 and state["step"] == 3
     assert not (out / "checkpoint-1.state.pt").exists()
@@ -202,7 +203,7 @@ def test_resume_after_a_change_of_model_or_granularities_is_refused(tmp_path, da
     with no_state_loaded() as loads, pytest.raises(ValueError, match=r"--resume .*checkpoint-0\.state\.pt.*" + message):
         run(data, tmp_path, "--resume", str(out), *flags, experiment="")
     assert loads == [], f"state loaded before the refusal: {loads}"
-    assert digests(out) == before and latest_state_file(out) == out / "checkpoint-0.state.pt"
+    assert digests(out) == before and newest_checkpoint(out) == out / "checkpoint-0.state.pt"
 
 
 def test_resume_with_other_regularisation_is_accepted(tmp_path, data, trained):
