@@ -1,12 +1,15 @@
 """Adaptive retrieval: per-query cascade, shortlist and rerank, the persistent index (tiny model, fake data)."""
 
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from eval_synthetic import SyntheticLoader, tiny_model
+from PIL import Image
 
 from matmamba_vision.evaluation import EmbeddingCache, embed_splits, faiss_available, knn_search, parse_granularities
 from matmamba_vision.evaluation.cascade import (
@@ -19,7 +22,9 @@ from matmamba_vision.evaluation.cascade import (
 )
 from matmamba_vision.evaluation.knn_index import ExactDatabase, index_key, open_index
 from matmamba_vision.evaluation.rerank import rerank, rerank_table, run_rerank, write_rerank_outputs
+from matmamba_vision.weights import save_weights
 
+ROOT = Path(__file__).resolve().parents[1]
 needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")
 IDENT = dict(model="tiny", weights="w0", dataset="synthetic", split="train", transform={"input_size": [1, 28, 28]})
 
@@ -177,3 +182,60 @@ def test_bad_or_partial_index_files(model, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         open_index(tmp_path / "new", key, interrupted, progress=lambda s: None)
     assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}_adaptive", ROOT / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _folder(root, n_train=24, n_val=12, n_classes=4):
+    """ROOT/{train,val}/CLASS/*.png from the synthetic templates (grey 28x28)."""
+    for split, n in (("train", n_train), ("val", n_val)):
+        data = SyntheticLoader(n, n_classes=n_classes, seed=len(split), noise=0.3)
+        for i, (img, t) in enumerate(zip(data.images, data.targets)):
+            d = root / split / f"c{int(t)}"
+            d.mkdir(parents=True, exist_ok=True)
+            px = np.clip(img[0].numpy() * 60 + 128, 0, 255).astype(np.uint8)
+            Image.fromarray(px, mode="L").save(d / f"{i}.png")
+    return root
+
+
+@needs_faiss
+def test_retrieval_script_cascade_rerank_index_and_own_baseline_database(model, tmp_path, monkeypatch, capsys):
+    retrieval = _script("retrieval")
+    data = _folder(tmp_path / "data")
+    ckpt, other = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_weights(model.state_dict(), ckpt)
+    save_weights(tiny_model(seed=3, depth=2).state_dict(), other)
+    tiny = ["--model", "matmamba_vision_tiny_patch4_28", "--model-kwargs", "embed_dim=32", "depth=2", "d_state=16"]
+    common = [*tiny, "-j", "0", "-b", "8", "--data-dir", str(data), "--num-classes", "10", "--knn-backend", "faiss"]
+    common += ["--cache-dir", str(tmp_path / "cache"), "--index-dir", str(tmp_path / "index")]
+    splits = []
+    real = retrieval.loader_from_args
+    monkeypatch.setattr(
+        retrieval, "loader_from_args", lambda a, split, cfg: splits.append(split) or real(a, split, cfg)
+    )
+    out = tmp_path / "out"
+    rows = retrieval.main(
+        [*common, "--checkpoint", str(ckpt), "--output", str(out), "--cascade", "8,16,32"]
+        + ["--cascade-thresholds", "0.01", "inf", "--rerank", "10", "24", "--baseline-checkpoints", f"b={other}"]
+    )
+    assert (tmp_path / "index" / "meta.json").is_file() and "train" in splits
+    assert [(r["query_kind"], r["db_model"]) for r in rows][-2:] == [("baseline", "nested"), ("baseline", "b")]
+    casc = json.loads((out / "cascade.json").read_text())["rows"]
+    assert [r["kind"] for r in casc] == ["fixed"] * 3 + ["cascade"] * 2 and casc[-1]["share_32"] == 1.0
+    rer = json.loads((out / "rerank.json").read_text())["rows"]
+    assert [r["K"] for r in rer] == [24, 10, 24] and rer[2]["top1"] == rer[0]["top1"]
+    assert (out / "cascade.png").read_bytes()[:4] == b"\x89PNG"
+    # a query-only run against the saved index: the database split is never opened
+    splits.clear()
+    again = retrieval.main([*common, "--checkpoint", str(ckpt), "--output", str(out), "--cascade", "8,32"])
+    assert splits == ["val"] and [r["top1"] for r in again] == [r["top1"] for r in rows[:3]]
+    assert "index: reused" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="was built with weights = "):  # another model's weights
+        retrieval.main([*common, "--checkpoint", str(other), "--output", str(out)])
+    with pytest.raises(ValueError, match="was built with index = "):
+        retrieval.main([*common, "--checkpoint", str(ckpt), "--output", str(out), "--knn-index", "HNSW32"])

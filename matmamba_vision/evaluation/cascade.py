@@ -310,7 +310,8 @@ def cascade_table(rows: Sequence[Dict[str, Any]], markdown: bool = False) -> str
     cols = ["kind", "configs", "threshold", "top1", "map10", "query_gflops", *shares, "ms_per_query"]
     heads = ["kind", "query g", "threshold", "1-NN top-1 %", "mAP@10 %", "GFLOPs/query"]
     heads += [f"at {c[6:]}" for c in shares] + ["ms/query"]
-    return format_table(rows, cols, heads, markdown=markdown)
+    fmt = dict(query_gflops=".4g", threshold=".4g", ms_per_query=".3g")
+    return format_table(rows, cols, heads, floatfmt=fmt, markdown=markdown)
 
 
 def plot_cascade(rows: Sequence[Dict[str, Any]], path, title: str = ""):

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -192,10 +192,12 @@ def open_index(
     key: Dict[str, Any],
     database: Callable[[], EmbeddingSet],
     progress: Callable[[str], None] = print,
+    extra_meta: Optional[Dict[str, Any]] = None,
 ) -> FaissDatabase:
     """The index saved in ``index_dir`` when its key equals ``key`` (ValueError naming the first difference,
     or a damaged/partial folder); else, when ``index_dir`` is absent or empty, build it from ``database()``
-    (called only then: a reused index reads no database image) and save it atomically."""
+    (called only then: a reused index reads no database image) and save it atomically, with ``extra_meta``
+    (read after ``database()`` returns) in its ``meta.json``."""
     index_dir = Path(index_dir)
     if index_dir.exists() and not index_dir.is_dir():
         raise ValueError(f"--index-dir {index_dir} is a file; name a folder")
@@ -213,6 +215,7 @@ def open_index(
     index = build_faiss_index(emb.embeddings, key["index"])
     build_s = time.perf_counter() - t0
     meta = dict(
+        extra_meta or {},
         key=key,
         rows=int(index.ntotal),
         dim=int(index.d),

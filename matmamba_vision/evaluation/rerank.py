@@ -164,7 +164,8 @@ def run_rerank(
 def rerank_table(rows: Sequence[Dict[str, Any]], markdown: bool = False) -> str:
     cols = ["kind", "shortlist", "shortlist_dim", "K", "top1", "map10", "query_gflops", "search_gflops", "ms_per_query"]
     heads = ["kind", "shortlist g", "dims", "K", "1-NN top-1 %", "mAP@10 %", "encoder GFLOPs", "search GFLOPs", "ms/q"]
-    return format_table(rows, cols, heads, markdown=markdown)
+    fmt = dict(query_gflops=".4g", search_gflops=".4g", ms_per_query=".3g")
+    return format_table(rows, cols, heads, floatfmt=fmt, markdown=markdown)
 
 
 def write_rerank_outputs(rows: Sequence[Dict[str, Any]], out_dir, meta: Dict[str, Any]) -> Dict:
