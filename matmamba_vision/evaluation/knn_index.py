@@ -172,6 +172,9 @@ def _save(index_dir: Path, db: FaissDatabase) -> None:
     index_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{index_dir.name}-", dir=index_dir.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would keep a shared index from other users
         faiss.write_index(db.index, str(tmp / _INDEX))
         with open(tmp / _INDEX, "rb+") as f:
             os.fsync(f.fileno())
