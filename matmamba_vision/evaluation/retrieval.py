@@ -1,7 +1,8 @@
 """Adaptive image retrieval: a database embedded by one submodel, queries embedded by others, exact kNN.
 
 Every (query, database) granularity pair is scored with 1-NN top-1, mAP@10 and recall@1/5/10. Separately
-trained baselines can be added as query models against the same database (they share no metric space).
+trained baselines can be added as query models against the same database (they share no metric space) and
+are also scored against their own database.
 
 The k-nearest-neighbour search is exact, by inner product (cosine on L2-normalised embeddings), in chunks.
 
