@@ -4,11 +4,13 @@
     python retrieval.py                                       # tiny model, Fashion-MNIST train (db) / val (queries)
     python retrieval.py --checkpoint output/train/RUN/model_best.safetensors --db-granularities 128 64 32 16
     python retrieval.py --model matmamba_vision_35m_patch16_224 --pretrained --data-dir /data/imagenet
+    python retrieval.py --checkpoint RUN/model_best.safetensors --cascade 16,32,64,128 --rerank --index-dir IDX
 
 Reports 1-NN top-1, mAP@10 and recall@1/5/10 per (query, database) granularity pair; writes
 ``retrieval.csv``, ``retrieval.json`` and ``retrieval.png`` to ``--output``. Embeddings are cached in
 ``--cache-dir`` (keyed by model, checkpoint SHA-256, granularity, split, a fingerprint of its files, transform,
-``--max-samples``, precision and device type).
+``--max-samples``, precision and device type). ``--cascade`` and ``--rerank`` add ``cascade.{csv,json,png}`` and
+``rerank.{csv,json}``; ``--index-dir`` keeps the database as a faiss index between runs.
 """
 
 from __future__ import annotations
