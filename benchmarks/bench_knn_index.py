@@ -1,9 +1,9 @@
 """A database index at ImageNet scale on synthetic vectors: faiss Flat (exact) vs HNSW32, inner product.
 
 N database vectors of width D (default 1.28M x 512, the 35M model's D), clustered like class embeddings
-(C centres plus Gaussian noise, L2-normalised; synthetic, not a model's embeddings), and Q queries drawn the
-same way. Reports each index's build time and memory (resident-set growth), query time, and HNSW32's recall@1
-against exact search with its query-speed ratio, at several ``efSearch``.
+(C centres of norm ~1 plus Gaussian noise of norm ``--noise``, L2-normalised; synthetic, not a model's
+embeddings), and Q queries drawn the same way. Reports each index's build time and memory (resident-set
+growth), query time, and HNSW32's recall@1 against exact search with its query-speed ratio, per ``efSearch``.
 
     python benchmarks/bench_knn_index.py [--n 1280000] [--dim 512] [--queries 10000] [--threads 2]
 """
@@ -44,8 +44,10 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries", type=int, default=10_000)
     ap.add_argument("--classes", type=int, default=1000, help="cluster centres")
-    ap.add_argument("--noise", type=float, default=0.05, help="per-coordinate noise around a centre")
-    ap.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128])
+    ap.add_argument(
+        "--noise", type=float, default=0.5, help="norm of the Gaussian noise around a centre, relative to the centre's"
+    )
+    ap.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     import faiss
@@ -55,8 +57,9 @@ def main() -> None:
     print(f"# faiss {faiss.__version__}, {args.threads} threads, CPU {cpu_name()}")
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((args.classes, args.dim)).astype(np.float32) / np.sqrt(args.dim)
-    db = vectors(args.n, centres, args.noise, rng)
-    q = vectors(args.queries, centres, args.noise, rng)
+    sigma = args.noise / np.sqrt(args.dim)  # centres have norm ~1; the noise has norm ~noise at any width
+    db = vectors(args.n, centres, sigma, rng)
+    q = vectors(args.queries, centres, sigma, rng)
     results = {}
     for name in ("Flat", "HNSW32"):
         before = rss_bytes()
