@@ -4,11 +4,13 @@
     python retrieval.py                                       # tiny model, Fashion-MNIST train (db) / val (queries)
     python retrieval.py --checkpoint output/train/RUN/model_best.safetensors --db-granularities 128 64 32 16
     python retrieval.py --model matmamba_vision_35m_patch16_224 --pretrained --data-dir /data/imagenet
+    python retrieval.py --checkpoint RUN/model_best.safetensors --cascade 16,32,64,128 --rerank --index-dir IDX
 
 Reports 1-NN top-1, mAP@10 and recall@1/5/10 per (query, database) granularity pair; writes
 ``retrieval.csv``, ``retrieval.json`` and ``retrieval.png`` to ``--output``. Embeddings are cached in
 ``--cache-dir`` (keyed by model, checkpoint SHA-256, granularity, split, a fingerprint of its files, transform,
-``--max-samples``, precision and device type).
+``--max-samples``, precision and device type). ``--cascade`` and ``--rerank`` add ``cascade.{csv,json,png}`` and
+``rerank.{csv,json}``; ``--index-dir`` keeps the database as a faiss index between runs.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ from matmamba_vision.evaluation import (
     state_dict_sha256,
     uniform_configs,
     write_retrieval_outputs,
+)
+from matmamba_vision.evaluation.adaptive import (
+    add_adaptive_args,
+    check_adaptive_args,
+    needs_database_images,
+    open_database_index,
+    run_adaptive,
 )
 from matmamba_vision.evaluation.cli import (
     add_common_args,
@@ -92,8 +101,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=[],
         metavar="[LABEL=]PATH",
         help="separately trained models (weights file for --model, or a save_model_dir folder) "
-        "embedding queries against the full model's database",
+        "embedding queries against the full model's database and against their own",
     )
+    add_adaptive_args(p)
     return parse_flags(p, argv)
 
 
@@ -118,6 +128,7 @@ def main(argv=None) -> list:
             raise ValueError(
                 f"--knn-index {args.knn_index!r} is not a faiss index_factory string ({str(e).splitlines()[0][:200]})"
             ) from None
+    check_adaptive_args(args, backend)
     if args.max_samples is not None and args.max_samples < 10:
         raise ValueError(f"--max-samples must be at least 10 for retrieval (mAP@10 and R@10), got {args.max_samples}")
     checkpoint = read_checkpoint_from_args(args)  # the one read of --checkpoint
@@ -142,7 +153,26 @@ def main(argv=None) -> list:
         baselines.append(Baseline(label, bmodel.to(device), bfile.sha256 if bfile else state_dict_sha256(bmodel)))
     weights = checkpoint.sha256 if checkpoint is not None else state_dict_sha256(model)
     model_identity = dict(model=args.model, model_args=model.model_args, weights=weights)
-    db_loader = loader_from_args(args, args.db_split, data_config)
+    db_ident = data_identity(args, args.db_split, data_config)
+    query_ident = data_identity(args, args.query_split, data_config)
+    cache = EmbeddingCache(args.cache_dir or None)
+    db_index = None
+    if args.index_dir:
+        if len(db_configs) != 1:
+            raise ValueError("--index-dir holds one database granularity; name one with --db-granularities")
+        db_index = open_database_index(
+            args,
+            model,
+            db_configs[0],
+            model_identity,
+            db_ident,
+            cache,
+            lambda: loader_from_args(args, args.db_split, data_config),
+            device=str(device),
+            amp_dtype=amp_dtype_from_args(args),
+        )
+    reads_db = db_index is None or needs_database_images(args)
+    db_loader = loader_from_args(args, args.db_split, data_config) if reads_db else db_index.loader_stub
     query_loader = loader_from_args(args, args.query_split, data_config)
     limit = "" if args.max_samples is None else f", {args.max_samples} of each, spread"
     print(
@@ -159,9 +189,9 @@ def main(argv=None) -> list:
         db_configs,
         query_configs,
         model_identity,
-        data_identity(args, args.db_split, data_config),
-        data_identity(args, args.query_split, data_config),
-        EmbeddingCache(args.cache_dir or None),
+        db_ident,
+        query_ident,
+        cache,
         baselines=baselines,
         backend=backend,
         device=str(device),
@@ -170,6 +200,7 @@ def main(argv=None) -> list:
         index=args.knn_index,
         share_prefix=not args.no_prefix_sharing,
         img_size=tuple(data_config["input_size"][1:]),
+        db_index=db_index,
     )
     seconds = time.perf_counter() - start
     meta = dict(
@@ -196,6 +227,26 @@ def main(argv=None) -> list:
     )
     if args.results_file:
         write_results_file(args.results_file, rows, meta, CSV_COLUMNS)
+    paths.update(
+        run_adaptive(
+            args,
+            model,
+            levels,
+            max(db_configs, key=lambda c: sum(c.dims)),
+            db_loader,
+            query_loader,
+            model_identity,
+            db_ident,
+            cache,
+            backend,
+            str(device),
+            amp_dtype_from_args(args),
+            tuple(data_config["input_size"][1:]),
+            out_dir,
+            meta,
+            database=db_index,
+        )
+    )
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}  ({seconds:.1f} s)")
     return rows
 

@@ -83,7 +83,11 @@ def test_matrix_and_baseline(model, tmp_path):
         ("baseline", 16, 32),
         ("granularity", 32, 8),
         ("granularity", 16, 8),
+        ("baseline", 16, 16),  # the baseline against its own database
     ]
+    assert [r["db_model"] for r in rows] == ["nested"] * 5 + ["small"]
+    own, nested = rows[-1], rows[2]
+    assert own["db_size"] == nested["db_size"] == 40 and own["query_gflops"] == nested["query_gflops"]
     # the baseline meets the full-width database wherever it is listed
     rows = run_retrieval(
         model,
@@ -98,10 +102,11 @@ def test_matrix_and_baseline(model, tmp_path):
         baselines=[Baseline("small", other, "b0")],
         backend="torch",
     )
-    assert [(r["query_kind"], r["db_granularity"]) for r in rows] == [
-        ("granularity", 8),
-        ("granularity", 32),
-        ("baseline", 32),
+    assert [(r["query_kind"], r["db_model"], r["db_granularity"]) for r in rows] == [
+        ("granularity", "nested", 8),
+        ("granularity", "nested", 32),
+        ("baseline", "nested", 32),
+        ("baseline", "small", 16),
     ]
     paths = write_retrieval_outputs(rows, tmp_path, {})
     assert paths["png"].stat().st_size > 0

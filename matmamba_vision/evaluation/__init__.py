@@ -3,6 +3,8 @@
 - :mod:`.submodels` which submodel configurations to evaluate; ``MatMambaVision.forward_many`` runs many on one batch;
 - :mod:`.classification` accuracy (:mod:`matmamba_vision.accuracy`) and cost of many submodels in one pass;
 - :mod:`.embeddings` cached embedding passes; :mod:`.retrieval` exact chunked kNN (faiss or torch) and scores;
+- adaptive retrieval: :mod:`.cascade` per-query escalation, :mod:`.rerank` shortlist and rerank,
+  :mod:`.knn_index` a saved faiss index of the database, :mod:`.adaptive` retrieval.py's flags for them;
 - :mod:`.report` result files, tables, Pareto fronts and plots; :mod:`.cli` what validate.py and retrieval.py
   share.
 """

@@ -192,9 +192,10 @@ def plot_retrieval(rows: Sequence[Dict], path: os.PathLike, title: str = "") -> 
         ax.plot(x, [r["top1"] for r in sel], "o-", label=f"1-NN top-1, database g={dg}")
         ax.plot(x, [r["map10"] for r in sel], "s--", alpha=0.7, label=f"mAP@10, database g={dg}")
     for r in baselines:
-        ax.scatter([r["query_granularity"]], [r["top1"]], marker="x", s=80, c="k", zorder=3)
+        own = r.get("db_model") not in (None, "nested")  # against its own database
+        ax.scatter([r["query_granularity"]], [r["top1"]], marker="+" if own else "x", s=80, c="k", zorder=3)
         ax.annotate(
-            f"baseline {r['query']}",
+            f"baseline {r['query']}{' (own database)' if own else ''}",
             (r["query_granularity"], r["top1"]),
             textcoords="offset points",
             xytext=(5, 5),

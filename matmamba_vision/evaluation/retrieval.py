@@ -1,7 +1,8 @@
 """Adaptive image retrieval: a database embedded by one submodel, queries embedded by others, exact kNN.
 
 Every (query, database) granularity pair is scored with 1-NN top-1, mAP@10 and recall@1/5/10. Separately
-trained baselines can be added as query models against the same database (they share no metric space).
+trained baselines can be added as query models against the same database (they share no metric space) and
+are also scored against their own database.
 
 The k-nearest-neighbour search is exact, by inner product (cosine on L2-normalised embeddings), in chunks.
 
@@ -55,6 +56,7 @@ CSV_COLUMNS = (
     "query",
     "query_kind",
     "query_granularity",
+    "db_model",
     "db_granularity",
     "top1",
     "map10",
@@ -132,9 +134,16 @@ def run_retrieval(
     index: str = "Flat",
     share_prefix: bool = True,
     img_size: Optional[Union[int, Tuple[int, int]]] = None,
+    db_index: Optional[Any] = None,
 ) -> List[Dict[str, Any]]:
     """Embed (or read from ``cache``) the database at each ``db_configs`` and the queries at each
-    ``query_configs`` and every baseline, then score every query set against every database.
+    ``query_configs`` and every baseline, then score every query set against every database. Each baseline is
+    also scored against its own database (the database split embedded by the baseline; ``db_model`` = its label,
+    ``'nested'`` for the model's databases).
+
+    ``db_index``: a searchable database (``.search(queries, k)``, ``.labels``, ``.ntotal``, ``.from_cache``, as
+    :mod:`.knn_index` builds) standing for the single entry of ``db_configs``; the database split is then not
+    embedded by the model.
 
     ``model_identity`` names the model and its weights (e.g. checkpoint SHA-256); ``db_identity`` and
     ``query_identity`` the data and transform of each split. ValueError on empty splits or class lists that
@@ -152,15 +161,21 @@ def run_retrieval(
         if getattr(loader, "num_samples", None) == 0:
             raise ValueError(f"the {name} split ({ident.get('split')}) is empty")
     common = dict(device=device, amp_dtype=amp_dtype, max_samples=max_samples, share_prefix=share_prefix)
-    db_sets = embed_splits(
-        model,
-        db_loader,
-        [c.dims for c in db_configs],
-        dict(model_identity, **db_identity),
-        cache,
-        names=[c.name for c in db_configs],
-        desc=f"embed {db_identity.get('split', 'db')}",
-        **common,
+    if db_index is not None and len(db_configs) != 1:
+        raise ValueError(f"a database index stands for one database granularity, got {len(db_configs)}")
+    db_sets = (
+        [db_index]
+        if db_index is not None
+        else embed_splits(
+            model,
+            db_loader,
+            [c.dims for c in db_configs],
+            dict(model_identity, **db_identity),
+            cache,
+            names=[c.name for c in db_configs],
+            desc=f"embed {db_identity.get('split', 'db')}",
+            **common,
+        )
     )
     q_sets = embed_splits(
         model,
@@ -204,6 +219,16 @@ def run_retrieval(
                 query_params_non_embedding=count_params(b.model, None, exclude_embedding=True),
                 query_gflops=count_flops(b.model, None, img_size) / 1e9,
                 set=bs,
+                own_db=embed_splits(
+                    b.model,
+                    db_loader,
+                    [dims],
+                    dict(model="baseline", weights=b.weights_id, model_args=b.model.model_args, **db_identity),
+                    cache,
+                    names=[f"baseline-{b.label}"],
+                    desc=f"embed baseline {b.label} {db_identity.get('split', 'db')}",
+                    **common,
+                )[0],
             )
         )
     rows = []
@@ -213,16 +238,42 @@ def run_retrieval(
         for q in queries:
             if q["query_kind"] == "baseline" and dcfg is not widest:
                 continue
-            metrics = score_pair(q["set"], ds, backend=backend, device=str(device), index=index)
-            row = {k: v for k, v in q.items() if k != "set"}
+            if db_index is not None:
+                metrics = _score_searchable(q["set"], db_index)
+            else:
+                metrics = score_pair(q["set"], ds, backend=backend, device=str(device), index=index)
+            row = {k: v for k, v in q.items() if k not in ("set", "own_db")}
             row.update(
+                db_model="nested",
                 db_granularity=_granularity_value(dcfg.dims),
                 **metrics,
                 query_cached=q["set"].from_cache,
                 db_cached=ds.from_cache,
             )
             rows.append(row)
+    for q in queries:  # each baseline against its own database
+        if q["query_kind"] == "baseline":
+            row = {k: v for k, v in q.items() if k not in ("set", "own_db")}
+            metrics = score_pair(q["set"], q["own_db"], backend=backend, device=str(device), index=index)
+            row.update(
+                db_model=q["query"],
+                db_granularity=q["query_granularity"],
+                **metrics,
+                query_cached=q["set"].from_cache,
+                db_cached=q["own_db"].from_cache,
+            )
+            rows.append(row)
     return rows
+
+
+def _score_searchable(query: EmbeddingSet, database: Any) -> Dict[str, float]:
+    """Retrieval metrics of ``query`` against a searchable database (see ``run_retrieval``'s ``db_index``)."""
+    if database.ntotal < K:
+        raise ValueError(f"the database has {database.ntotal} images; mAP@10 and recall@10 need at least {K}")
+    _, nn = database.search(query.embeddings, K)
+    out = retrieval_metrics(nn, query.labels, database.labels)
+    out["db_size"] = int(database.ntotal)
+    return out
 
 
 def _granularity_value(dims: Sequence[int]):
@@ -250,6 +301,7 @@ def retrieval_table(rows: Sequence[Dict[str, Any]], markdown: bool = False) -> s
         "query",
         "query_kind",
         "query_granularity",
+        "db_model",
         "db_granularity",
         "top1",
         "map10",
@@ -263,6 +315,7 @@ def retrieval_table(rows: Sequence[Dict[str, Any]], markdown: bool = False) -> s
         "query",
         "kind",
         "query g",
+        "database model",
         "database g",
         "1-NN top-1 %",
         "mAP@10 %",

@@ -138,6 +138,11 @@ def _fig3(path: Path, nested_rows, widths_by_variant, base, levels, title: str) 
     return _save(fig, path)
 
 
+def _nested_db(row) -> bool:
+    """A retrieval row against the nested model's database (baselines also have rows against their own)."""
+    return row.get("db_model", "nested") == "nested"
+
+
 def _fig5(path: Path, retrieval_by_variant, levels, chance: float, title: str) -> Path:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -147,7 +152,7 @@ def _fig5(path: Path, retrieval_by_variant, levels, chance: float, title: str) -
             q = {int(r["query_granularity"]): r for r in rows if r["query_kind"] == "granularity"}
             ax.plot(xs, [_pct(q[g][key]) for g in levels], "-o", c=colour, label=f"{variant} queries")
         rows = retrieval_by_variant.get("nested", [])
-        b = {int(r["query_granularity"]): r for r in rows if r["query_kind"] == "baseline"}
+        b = {int(r["query_granularity"]): r for r in rows if r["query_kind"] == "baseline" and _nested_db(r)}
         if b:
             ax.plot(
                 xs,
@@ -277,9 +282,16 @@ def write_report(
         for v, rows in retrieval_by_variant.items():
             q = {int(x["query_granularity"]): x for x in rows if x["query_kind"] == "granularity"}
             r[f"{v}_top1"], r[f"{v}_map"] = _pct(q[g]["top1"]), _pct(q[g]["map10"])
-        b = {int(x["query_granularity"]): x for x in retrieval_by_variant["nested"] if x["query_kind"] == "baseline"}
+        b = {
+            int(x["query_granularity"]): x
+            for x in retrieval_by_variant["nested"]
+            if x["query_kind"] == "baseline" and _nested_db(x)
+        }
         if g in b:
             r["base_top1"], r["base_map"] = _pct(b[g]["top1"]), _pct(b[g]["map10"])
+        own = {int(x["query_granularity"]): x for x in retrieval_by_variant["nested"] if not _nested_db(x)}
+        if g in own:
+            r["own_top1"] = _pct(own[g]["top1"])
         ret_rows.append(r)
     rcols, rheads = [], []
     for v in retrieval_by_variant:
@@ -287,8 +299,8 @@ def write_report(
         rheads += [f"{v} queries 1-NN top-1 %", f"{v} mAP@10 %"]
     table5 = format_table(
         ret_rows,
-        ["g", *rcols, "base_top1", "base_map"],
-        ["query width g", *rheads, "baseline queries 1-NN top-1 %", "baseline mAP@10 %"],
+        ["g", *rcols, "base_top1", "base_map", "own_top1"],
+        ["query width g", *rheads, "baseline queries 1-NN top-1 %", "baseline mAP@10 %", "baseline, own database %"],
         markdown=True,
     )
 
@@ -321,7 +333,11 @@ def write_report(
             "(target: within 0.3 points, or above with a variant)"
         )
     q = {int(x["query_granularity"]): x for x in retrieval_by_variant["nested"] if x["query_kind"] == "granularity"}
-    b = {int(x["query_granularity"]): x for x in retrieval_by_variant["nested"] if x["query_kind"] == "baseline"}
+    b = {
+        int(x["query_granularity"]): x
+        for x in retrieval_by_variant["nested"]
+        if x["query_kind"] == "baseline" and _nested_db(x)
+    }
     full = _pct(q[D]["top1"])
     for g in levels[1:3]:
         loss = full - _pct(q[g]["top1"])
