@@ -39,6 +39,7 @@ __all__ = [
     "checkpoint_filter_fn",
     "Granularity",
     "DEFAULT_MODEL",
+    "DATA_CONFIG_KEYS",
 ]
 
 # The model the scripts default to (train.py's embedded Fashion-MNIST recipe, and validate.py/retrieval.py
@@ -648,6 +649,10 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> MatMambaVision:
         feature_cfg=dict(out_indices=out_indices, feature_cls=MatMambaFeatures),
         **kwargs,
     )
+
+
+# The data-config keys of timm that the evaluation transform reads (a model's pretrained cfg carries them).
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
