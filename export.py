@@ -63,8 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    # None (full width), one g for every block, or one per block
-    granularity = args.granularity[0] if args.granularity and len(args.granularity) == 1 else args.granularity or None
+    gs = args.granularity  # None: full width; one g for every block, or one per block
+    granularity = gs[0] if gs and len(gs) == 1 else gs
     output = Path(args.output)
     if args.format == "onnx" and args.opset < MIN_OPSET:
         raise ValueError(f"--opset must be >= {MIN_OPSET}, got {args.opset}")
