@@ -1,5 +1,5 @@
 # `make demo`: set up .venv (and Debian's Fashion-MNIST package when root), then run the main job.
-# `make test`: set up the same, then run the test suite.
+# `make test`: set up the same, then run the test suite and timm's own model tests.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -51,10 +51,15 @@ demo-eval: $(STAMP)
 reproduce: $(STAMP)
 	$(PY) reproduce.py --output $(REPRO_RUN) $(REPRO_ARGS)
 
+# timm's own tests/test_models.py (from the installed timm's sdist, fetched with pip once into $(TIMM_TESTS))
+# over every registered matmamba* model; tests/timm_suite/run.py lists what it leaves out, and why.
+TIMM_TESTS ?= $(VENV)/timm-tests
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -n 2 tests
+	$(PY) tests/timm_suite/run.py --cache $(TIMM_TESTS) -n 2
 
 # On a machine with a GPU, with any Python that has torch, triton, timm and pytest (no .venv, no network):
 # gpu-test runs the CUDA-only tests, gpu-fig4 the paper's Fig. 4 and issue 14's targets (JSON + PNG in

@@ -13,12 +13,9 @@ loaded program) and compares it with PyTorch; above a relative error of 1e-4 it 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import List, Optional, Union
 
 import matmamba_vision  # noqa: F401  (registers the models with timm)
-from matmamba_vision.data import error_line
 from matmamba_vision.evaluation.cli import data_config_from_args, model_from_args, read_checkpoint_from_args
 from matmamba_vision.export import (
     DEFAULT_OPSET,
@@ -29,31 +26,18 @@ from matmamba_vision.export import (
     export_model,
     sidecar_path,
 )
-from matmamba_vision.flags import ModelKwargs, positive_fraction
+from matmamba_vision.flags import GranularityList, add_model_args, parse_flags, positive_fraction, run_script
+from matmamba_vision.models.matmamba_vision import DATA_CONFIG_KEYS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--model", "-m", default=None, help="timm model name (default: the one recorded in a train.py checkpoint)"
-    )
-    p.add_argument(
-        "--model-kwargs",
-        nargs="*",
-        default={},
-        action=ModelKwargs,
-        metavar="KEY=VALUE",
-        help="extra timm.create_model kwargs: embed_dim=64 depth=4, or '{embed_dim: 64, depth: 4}'",
-    )
-    weights = p.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--checkpoint", default="", help="our safetensors checkpoint or an official pytorch_model.bin")
-    weights.add_argument("--pretrained", action="store_true", help="the official weights from the hub")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: the model's)")
-    p.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's)")
-    p.add_argument("--img-size", type=int, default=None, help="input size fixed in the graph (default: the model's)")
+    model = add_model_args(p, model_help="timm model name (default: the one recorded in a train.py checkpoint)")
+    model.add_argument("--checkpoint", default="", help="our safetensors checkpoint or an official pytorch_model.bin")
     p.add_argument(
         "--granularity",
         nargs="+",
+        action=GranularityList,
         default=None,
         metavar="G",
         help="one g for every block, or one per block (space- or comma-separated); default full width",
@@ -71,24 +55,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     d.add_argument("--interpolation", default="", choices=("", "bilinear", "bicubic", "nearest"))
     # model_from_args (shared with validate.py) checks these evaluation flags; an export has no data loader
     p.set_defaults(batch_size=1, workers=0, max_samples=None)
-    return p.parse_args(argv)
-
-
-def parse_granularity(values: Optional[List[str]]) -> Union[None, int, List[int]]:
-    """``--granularity``: None (full width), one int, or a per-block list ('64 32' or '64,32')."""
-    if not values:
-        return None
-    parts = [s for v in values for s in v.replace(",", " ").split()]
-    try:
-        ints = [int(s) for s in parts]
-    except ValueError:
-        raise ValueError(f"--granularity: {' '.join(parts)!r} is not a list of integers") from None
-    return ints[0] if len(ints) == 1 else ints
+    args = parse_flags(p, argv)
+    if bool(args.checkpoint) == bool(args.pretrained):  # the weights: exactly one of the two
+        p.error("give one of --checkpoint and --pretrained")
+    return args
 
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    granularity = parse_granularity(args.granularity)
+    gs = args.granularity  # None: full width; one g for every block, or one per block
+    granularity = gs[0] if gs and len(gs) == 1 else gs
     output = Path(args.output)
     if args.format == "onnx" and args.opset < MIN_OPSET:
         raise ValueError(f"--opset must be >= {MIN_OPSET}, got {args.opset}")
@@ -103,9 +79,7 @@ def main(argv=None) -> Path:
         model=args.model,
         checkpoint=args.checkpoint or None,
         pretrained=args.pretrained,
-        preprocessing={
-            k: data_config.get(k) for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
-        },
+        preprocessing={k: data_config.get(k) for k in DATA_CONFIG_KEYS},
     )
     path = export_model(
         model,
@@ -123,8 +97,5 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, ModuleNotFoundError, ExportVerificationError) as e:  # one clear line, no traceback
-        print(f"error: {error_line(e)}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, ValueError) else 1)
+    # one clear line, no traceback; exit 2: bad flags or input, 1: the export failed (or onnx is not installed)
+    run_script(main, failures=(ModuleNotFoundError, ExportVerificationError))

@@ -20,7 +20,7 @@ import sys
 
 import retrieval
 import validate
-from matmamba_vision.data import error_line
+from matmamba_vision.flags import run_script
 from matmamba_vision.reproduction import Plan, Runners, reproduce
 from matmamba_vision.training import TrainingError
 from matmamba_vision.training import main as train_main
@@ -94,7 +94,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, TrainingError) as e:
-        sys.exit(f"reproduce.py: error: {error_line(e)}")
+    run_script(main, failures=(TrainingError,))  # exit 2: bad flags or data; 1: a training failed

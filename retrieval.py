@@ -16,13 +16,12 @@ Reports 1-NN top-1, mAP@10 and recall@1/5/10 per (query, database) granularity p
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import matmamba_vision  # noqa: F401  (registers the models with timm)
 from matmamba_vision.argformat import DefaultsHelpFormatter
-from matmamba_vision.data import error_line
+from matmamba_vision.data.identity import data_identity
 from matmamba_vision.evaluation import (
     KNN_BACKENDS,
     Baseline,
@@ -46,18 +45,12 @@ from matmamba_vision.evaluation.cli import (
     add_common_args,
     amp_dtype_from_args,
     build_baseline,
-    check_outputs,
-    data_config_from_args,
-    data_identity,
     loader_from_args,
-    model_from_args,
-    read_checkpoint_from_args,
-    resolve_device,
-    trained_levels,
+    setup_from_args,
 )
 from matmamba_vision.evaluation.report import write_results_file
 from matmamba_vision.evaluation.retrieval import CSV_COLUMNS
-from matmamba_vision.flags import parse_flags
+from matmamba_vision.flags import GranularityList, parse_flags, run_script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--db-granularities",
         nargs="*",
+        action=GranularityList,
         default=None,
         help="database granularities (default: full width); several give the full matrix",
     )
@@ -75,6 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--query-granularities",
         "--granularities",
         nargs="*",
+        action=GranularityList,
         default=None,
         help="query granularities (default: the trained levels)",
     )
@@ -115,7 +110,6 @@ def main(argv=None) -> list:
             "name two different splits"
         )
     start = time.perf_counter()
-    device = resolve_device(args.device)
     backend = resolve_backend(args.knn_backend)
     if args.knn_index != "Flat":  # checked before hours of embedding, not after
         if backend != "faiss":
@@ -131,12 +125,8 @@ def main(argv=None) -> list:
     check_adaptive_args(args, backend)
     if args.max_samples is not None and args.max_samples < 10:
         raise ValueError(f"--max-samples must be at least 10 for retrieval (mAP@10 and R@10), got {args.max_samples}")
-    checkpoint = read_checkpoint_from_args(args)  # the one read of --checkpoint
-    model = model_from_args(args, checkpoint).to(device)
-    out_dir = check_outputs(args)  # before the evaluation, not after it
-    data_config = data_config_from_args(args, model)
+    device, checkpoint, model, out_dir, data_config, levels = setup_from_args(args)
     full = [int(blk.mixer.max_granularity) for blk in model.layers]
-    levels = trained_levels(checkpoint, model)
     db_configs = (
         parse_granularities(model, args.db_granularities, levels, "--db-granularities")
         if args.db_granularities
@@ -153,8 +143,8 @@ def main(argv=None) -> list:
         baselines.append(Baseline(label, bmodel.to(device), bfile.sha256 if bfile else state_dict_sha256(bmodel)))
     weights = checkpoint.sha256 if checkpoint is not None else state_dict_sha256(model)
     model_identity = dict(model=args.model, model_args=model.model_args, weights=weights)
-    db_ident = data_identity(args, args.db_split, data_config)
-    query_ident = data_identity(args, args.query_split, data_config)
+    db_ident = data_identity(args.dataset, args.data_dir, args.db_split, data_config)
+    query_ident = data_identity(args.dataset, args.data_dir, args.query_split, data_config)
     cache = EmbeddingCache(args.cache_dir or None)
     db_index = None
     if args.index_dir:
@@ -252,8 +242,4 @@ def main(argv=None) -> list:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as e:  # bad flags or data: one clear line, no traceback
-        print(f"error: {error_line(e)}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)  # bad flags or data: one clear line, no traceback, exit 2

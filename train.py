@@ -7,13 +7,8 @@
         --aa '' --color-jitter 0                      # ffcv: no PIL transforms (RandAugment, colour jitter)
 """
 
-import sys
-
-from matmamba_vision.data import error_line
+from matmamba_vision.flags import run_script
 from matmamba_vision.training import TrainingError, main
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, TrainingError) as e:
-        sys.exit(f"train.py: error: {error_line(e)}")
+    run_script(main, failures=(TrainingError,))  # exit 2: bad flags or data; 1: training failed

@@ -11,12 +11,10 @@ Writes ``validate.csv``, ``validate.json`` and ``validate.png`` to ``--output`` 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import matmamba_vision  # noqa: F401  (registers the models with timm)
 from matmamba_vision.argformat import DefaultsHelpFormatter
-from matmamba_vision.data import error_line
 from matmamba_vision.evaluation import dedupe_configs, parse_granularities, parse_mixnmatch
 from matmamba_vision.evaluation.classification import (
     CSV_COLUMNS,
@@ -24,19 +22,9 @@ from matmamba_vision.evaluation.classification import (
     validation_tables,
     write_validation_outputs,
 )
-from matmamba_vision.evaluation.cli import (
-    add_common_args,
-    amp_dtype_from_args,
-    check_outputs,
-    data_config_from_args,
-    loader_from_args,
-    model_from_args,
-    read_checkpoint_from_args,
-    resolve_device,
-    trained_levels,
-)
+from matmamba_vision.evaluation.cli import add_common_args, amp_dtype_from_args, loader_from_args, setup_from_args
 from matmamba_vision.evaluation.report import write_results_file
-from matmamba_vision.flags import parse_flags
+from matmamba_vision.flags import GranularityList, parse_flags, run_script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--granularities",
         nargs="*",
+        action=GranularityList,
         default=None,
         help="uniform granularities g to evaluate (default: the trained levels D, D/2, D/4, D/8)",
     )
@@ -61,12 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list:
     args = parse_args(argv)
     start = time.perf_counter()
-    device = resolve_device(args.device)
-    checkpoint = read_checkpoint_from_args(args)  # the one read of --checkpoint
-    model = model_from_args(args, checkpoint).to(device)
-    out_dir = check_outputs(args)  # before the evaluation, not after it
-    data_config = data_config_from_args(args, model)
-    levels = trained_levels(checkpoint, model)
+    device, checkpoint, model, out_dir, data_config, levels = setup_from_args(args)
     configs = dedupe_configs(
         parse_granularities(model, args.granularities, levels)
         + parse_mixnmatch(model, args.mixnmatch, args.seed, levels)
@@ -114,8 +98,4 @@ def main(argv=None) -> list:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as e:  # bad flags or data: one clear line, no traceback
-        print(f"error: {error_line(e)}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)  # bad flags or data: one clear line, no traceback, exit 2

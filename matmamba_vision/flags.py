@@ -1,15 +1,20 @@
-"""Command-line value checks shared by train.py, validate.py and retrieval.py.
+"""The scripts' command-line surface: flag value checks, the model flags, granularity lists and exit codes.
 
-Each flag's value is checked once, by its argparse ``type=`` (a :class:`FlagType`), at parse time; a ``-c``
-config file's values pass through the same functions. ``--model-kwargs`` takes timm's ``KEY=VALUE ...`` or
-one YAML mapping (``'{depth: 2}'``, as recorded runs' ``args.yaml`` hold it).
+Each flag's value is checked once, by its argparse ``type=`` (a :class:`FlagType`) or action, at parse time; a
+``-c`` config file's values pass through the same functions. ``--model-kwargs`` takes timm's ``KEY=VALUE ...``
+or one YAML mapping (``'{depth: 2}'``, as recorded runs' ``args.yaml`` hold it). Every script exits
+:data:`EXIT_USAGE` (2) on a usage error (a bad flag, value or input) and :data:`EXIT_FAILURE` (1) when a run
+that started fails (:func:`run_script`).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+import operator
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import yaml
 from timm.utils import ParseKwargs
@@ -29,9 +34,20 @@ __all__ = [
     "compile_backend",
     "ModelKwargs",
     "parse_model_kwargs",
+    "GranularityList",
+    "parse_granularity_list",
+    "add_model_args",
+    "model_kwargs_from_args",
     "parse_flags",
     "flag_name",
+    "EXIT_USAGE",
+    "EXIT_FAILURE",
+    "error_line",
+    "run_script",
 ]
+
+EXIT_USAGE = 2  # a bad flag, value or input: argparse's own exit code for a usage error
+EXIT_FAILURE = 1  # a run that started and failed (a non-finite loss, an export that does not verify)
 
 
 class FlagType:
@@ -140,6 +156,89 @@ class ModelKwargs(ParseKwargs):
         setattr(namespace, self.dest, parse_model_kwargs(values))
 
 
+def parse_granularity_list(values: Union[None, int, str, Sequence[Union[int, str]]], flag: str) -> List[int]:
+    """One list of granularities from ``'128 64'``, ``'128,64'``, an integer, or a sequence of those (a config
+    file's list): ``[128, 64]``; ValueError naming ``flag`` otherwise."""
+    if values is None:
+        return []
+    out = []
+    for item in values if isinstance(values, (list, tuple)) else [values]:
+        try:
+            if isinstance(item, str):
+                out += [int(v) for v in item.replace(",", " ").split()]
+            elif isinstance(item, bool):
+                raise TypeError
+            else:
+                out.append(operator.index(item))  # int, numpy integers
+        except (TypeError, ValueError):
+            raise ValueError(f"{flag}: {item!r} is not a list of integers") from None
+    return out
+
+
+class GranularityList(argparse.Action):
+    """A granularity-list flag (``nargs``): ``128 64`` or ``128,64`` stored as ``[128, 64]``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, parse_granularity_list(values, flag_name(self)))
+
+
+def add_model_args(
+    parser: argparse.ArgumentParser,
+    model_default: Optional[str] = None,
+    model_help: str = "timm model name",
+    num_classes_default: str = "the model's",
+    dropout: bool = False,
+):
+    """The model flags every script takes, timm's names: ``--model/-m``, ``--pretrained``, ``--num-classes``,
+    ``--img-size``, ``--in-chans``, ``--model-kwargs``; with ``dropout`` (training) ``--drop``, ``--proj-drop``,
+    ``--drop-path``. Returns the ``model`` argument group, for a script's own weights flags.
+    :func:`model_kwargs_from_args` turns them into ``create_model`` kwargs."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", "-m", default=model_default, help=model_help)
+    g.add_argument("--pretrained", action="store_true", help="the model's published weights (the hub or its cache)")
+    g.add_argument(
+        "--num-classes", type=positive_int, default=None, help=f"classifier classes (default: {num_classes_default})"
+    )
+    g.add_argument("--img-size", type=positive_int, default=None, help="input image size (default: the model's)")
+    g.add_argument("--in-chans", type=positive_int, default=None, help="input channels (default: the model's)")
+    if dropout:
+        g.add_argument("--drop", type=drop_prob, default=0.0, help="dropout before the head")
+        g.add_argument("--proj-drop", type=drop_prob, default=0.0, help="dropout on the mixers' in/out projections")
+        g.add_argument("--drop-path", type=drop_prob, default=0.0, help="stochastic depth (linear over depth)")
+    g.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        default=None,
+        action=ModelKwargs,
+        metavar="KEY=VALUE",
+        help="extra timm.create_model kwargs: embed_dim=64 depth=4, or a YAML mapping '{embed_dim: 64, depth: 4}'",
+    )
+    return g
+
+
+# flag (its dest) -> create_model kwarg
+_DROPOUT_FLAGS = (("drop", "drop_rate"), ("proj_drop", "proj_drop_rate"), ("drop_path", "drop_path_rate"))
+_SIZE_FLAGS = ("num_classes", "img_size", "in_chans")
+
+
+def model_kwargs_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """``create_model`` kwargs from :func:`add_model_args`' flags: the dropout rates (where the script has them),
+    the size flags given, and ``--model-kwargs`` (a dict since parsing). ValueError when a size flag and
+    ``--model-kwargs`` give one kwarg two values."""
+    kwargs: Dict[str, Any] = {key: getattr(args, dest) for dest, key in _DROPOUT_FLAGS if hasattr(args, dest)}
+    extra = args.model_kwargs or {}
+    for key in _SIZE_FLAGS:
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        if key in extra and extra[key] != value:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"{flag} {value} and --model-kwargs {key}={extra[key]!r} disagree; give one of them")
+        kwargs[key] = value
+    kwargs.update(extra)
+    return kwargs
+
+
 def flag_name(action: argparse.Action) -> str:
     """The flag's long name (``--validation-batch-size`` for ``-vb/--validation-batch-size``)."""
     return max(action.option_strings, key=len) if action.option_strings else action.dest
@@ -157,3 +256,28 @@ def parse_flags(parser: argparse.ArgumentParser, argv: Optional[List[str]] = Non
         if action is not None and isinstance(action.type, FlagType) and not e.message.startswith("invalid choice"):
             raise ValueError(f"{flag_name(action)} {e.message}") from None
         parser.error(str(e))
+
+
+def error_line(error: BaseException) -> str:
+    """An error's message on one line, for the scripts: a DataLoader worker's error is re-raised with the
+    worker's whole traceback in its message, cut here to the original error's own message."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
+def run_script(main: Callable[[], Any], failures: Tuple[Type[BaseException], ...] = ()) -> None:
+    """A script's ``main()``: a ValueError (bad flags or input) is one line on stderr and exit
+    :data:`EXIT_USAGE`, an error in ``failures`` one line and exit :data:`EXIT_FAILURE`; any other error keeps
+    its traceback."""
+    prog = Path(sys.argv[0]).name
+    try:
+        main()
+    except ValueError as e:
+        print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except failures as e:
+        print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
+        sys.exit(EXIT_FAILURE)

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from .hub import resolve_hub_weights
 from .models import MatMambaVision, checkpoint_filter_fn, unwrap_state_dict
+from .models.matmamba_vision import DATA_CONFIG_KEYS
 
 __all__ = [
     "CheckpointError",
@@ -291,9 +292,6 @@ def build_model(
     return model
 
 
-_DATA_CFG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-
-
 def save_model_dir(model: MatMambaVision, directory: PathLike, data_config: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``config.json`` and ``model.safetensors``; ``timm.create_model('local-dir:DIR', pretrained=True)``
     rebuilds it, and timm's validate.py takes ``--model local-dir:DIR --pretrained`` with no other flag.
@@ -320,7 +318,7 @@ def save_model_dir(model: MatMambaVision, directory: PathLike, data_config: Opti
         model.pretrained_cfg = cfg
     # the config's input size is the model's own (it may have been built or resized to another one)
     saved_cfg = model.pretrained_cfg
-    data = {k: tuple(v) if isinstance(v, list) else v for k, v in (data_config or {}).items() if k in _DATA_CFG_KEYS}
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in (data_config or {}).items() if k in DATA_CONFIG_KEYS}
     model.pretrained_cfg = dict(saved_cfg, **data)
     model.pretrained_cfg.update(
         num_classes=model.num_classes,

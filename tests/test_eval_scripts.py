@@ -376,7 +376,8 @@ def test_a_loader_worker_error_is_reported_on_one_line(tmp_path):
     """An unreadable image met in a DataLoader worker (validate.py's default -j 2) came out as ~45 lines."""
     from train_utils import truncated_jpeg
 
-    from matmamba_vision.data import create_eval_loader, error_line, fmnist_data_config
+    from matmamba_vision.data import create_eval_loader, fmnist_data_config
+    from matmamba_vision.flags import error_line
 
     data = _folder(tmp_path / "data")
     truncated_jpeg(data / "val" / "a" / "0broken.jpg")

@@ -65,6 +65,43 @@ def test_default_cfg_contract(name):
     assert model.global_pool == "avg"  # kept
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_reset_classifier_and_set_input_size_keep_mode_device_dtype(training):
+    """timm's contract: the rebuilt head and patch embedding take the model's training mode, device and dtype
+    (after model.eval(), a new head came back in training mode)."""
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL).to(torch.float64).train(training)
+    frozen = model.patch_embed.proj.weight.requires_grad_(False)
+    for num_classes, pool in ((5, None), (0, None), (3, "avg")):
+        model.reset_classifier(num_classes, pool)
+        model.set_input_size(img_size=(32, 24), patch_size=(4, 4) if num_classes else 8)
+        assert all(m.training == training for m in model.modules())
+        assert {(p.device, p.dtype) for p in model.parameters()} == {(torch.device("cpu"), torch.float64)}
+    assert model.get_classifier().out_features == 3 and not model.patch_embed.proj.weight.requires_grad
+    assert frozen is not model.patch_embed.proj.weight  # a new patch size built a new kernel
+    assert model(torch.randn(2, 1, 32, 24, dtype=torch.float64)).shape == (2, 3)
+
+
+def test_model_builds_on_the_meta_device():
+    """timm's config tests build every model under ``torch.device("meta")`` and run its forward there."""
+    with torch.device("meta"):
+        model = timm.create_model("matmamba_vision_tiny_patch4_28", device="meta", drop_path_rate=0.1).eval()
+    out = model.forward_features(torch.randn(1, 1, 28, 28, device="meta"))
+    assert out.is_meta and out.shape == (1, 7 * 7 + 1, model.num_features)
+
+
+def test_torch_fx_traces_the_model():
+    """timm's fx feature extraction: the blocks are leaves, the input check a wrapped function."""
+    from timm.layers import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = timm.create_model("matmamba_vision_tiny_patch4_28", **SMALL).eval()
+    tracer = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    fx = create_feature_extractor(model, return_nodes=["head"], tracer_kwargs=tracer)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(fx(x)["head"], model(x))
+
+
 def test_unknown_kwarg_raises_type_error():
     with pytest.raises(TypeError):
         timm.create_model("matmamba_vision_tiny_patch4_28", not_a_kwarg=1)

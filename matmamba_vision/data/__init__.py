@@ -12,7 +12,6 @@ from .loader import (
     create_eval_loader,
     create_train_loader,
     dataset_classes,
-    error_line,
     fmnist_data_config,
     resolve_dataset,
 )
@@ -39,7 +38,6 @@ __all__ = [
     "TensorTrainLoader",
     "create_eval_loader",
     "create_train_loader",
-    "error_line",
     "fmnist_data_config",
     "resolve_dataset",
     "TensorAugment",

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..flags import FlagType, nonneg_int, parse_flags, positive_int
+from ..flags import FlagType, nonneg_int, parse_flags, positive_int, run_script
 from ..weights import atomic_write
 from .ffcv_pipeline import beton_path, ffcv_meta_path, require_ffcv
 from .fmnist import FashionMNIST
@@ -122,7 +121,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as e:  # bad data: one clear line, no traceback
-        sys.exit(f"ffcv_writer: error: {e}")
+    run_script(main)  # bad flags or data: one clear line, no traceback, exit 2

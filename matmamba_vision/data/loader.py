@@ -50,7 +50,6 @@ __all__ = [
     "create_eval_loader",
     "create_train_loader",
     "fmnist_data_config",
-    "error_line",
 ]
 
 DATASETS = ("", "fmnist", "folder", "ffcv")
@@ -84,16 +83,6 @@ def fmnist_data_config(in_chans: int = 1) -> dict:
     return dict(
         input_size=(in_chans, 28, 28), interpolation="bilinear", mean=mean, std=std, crop_pct=1.0, crop_mode="center"
     )
-
-
-def error_line(error: BaseException) -> str:
-    """An error's message on one line, for the scripts: a DataLoader worker's error is re-raised with the
-    worker's whole traceback in its message, cut here to the original error's own message."""
-    text = str(error)
-    if "Original Traceback" in text:
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return text
 
 
 def _folder_or_fmnist_dataset(

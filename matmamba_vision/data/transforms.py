@@ -12,6 +12,8 @@ from timm.data.random_erasing import RandomErasing
 from timm.data.transforms_factory import transforms_imagenet_train
 from torchvision.transforms import RandomHorizontalFlip
 
+from ..models.matmamba_vision import DATA_CONFIG_KEYS
+
 __all__ = [
     "AA_OFFICIAL",
     "official_aa",
@@ -92,8 +94,7 @@ def model_data_config(model, args: Optional[dict] = None) -> dict:
 
 
 def _eval_keys(data_config: dict) -> dict:
-    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-    return {k: data_config[k] for k in keys if k in data_config}
+    return {k: data_config[k] for k in DATA_CONFIG_KEYS if k in data_config}
 
 
 def create_eval_transform(data_config: dict):

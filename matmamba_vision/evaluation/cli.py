@@ -1,20 +1,19 @@
-"""What validate.py and retrieval.py share: timm-style flags, building the model, data config and loaders."""
+"""What validate.py and retrieval.py share: timm-style flags, building the model, data config and loaders, and
+the start both make (:func:`setup_from_args`)."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
-import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import torch
 
 from ..data.match import data_channels, data_mismatch_warnings
 from ..data.transforms import model_data_config
-from ..flags import ModelKwargs, nonneg_int, positive_fraction, positive_int
+from ..flags import add_model_args, model_kwargs_from_args, nonneg_int, positive_fraction, positive_int
 from ..models.matmamba_vision import DEFAULT_MODEL, MatMambaVision, checkpoint_filter_fn
 from ..runtime import check_output_dir, resolve_device
 from ..weights import CheckpointFile, build_model, read_checkpoint
@@ -28,37 +27,22 @@ __all__ = [
     "amp_dtype_from_args",
     "output_dir_from_args",
     "check_outputs",
-    "check_same_classes",
     "build_baseline",
-    "data_identity",
     "read_checkpoint_from_args",
     "trained_levels",
+    "EvalSetup",
+    "setup_from_args",
 ]
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The flags both scripts take, named as in timm's validate.py where timm has one."""
-    g = parser.add_argument_group("model")
-    g.add_argument(
-        "--model",
-        "-m",
-        default=None,
-        help=f"timm model name (default: the one recorded in a train.py checkpoint, else {DEFAULT_MODEL})",
+    """The flags both scripts take, named as in timm's validate.py where timm has one (the model's from
+    :func:`..flags.add_model_args`; ``--model-kwargs`` add to, and override, those a train.py checkpoint of the
+    same model recorded)."""
+    g = add_model_args(
+        parser, model_help=f"timm model name (default: the one recorded in a train.py checkpoint, else {DEFAULT_MODEL})"
     )
-    g.add_argument("--pretrained", action="store_true", help="load the official weights from the hub")
     g.add_argument("--checkpoint", default="", help="our safetensors checkpoint or an official pytorch_model.bin")
-    g.add_argument("--num-classes", type=positive_int, default=None, help="classifier classes (default: the model's)")
-    g.add_argument("--img-size", type=positive_int, default=None, help="input image size (default: the model's)")
-    g.add_argument("--in-chans", type=positive_int, default=None, help="input channels (default: the model's)")
-    g.add_argument(
-        "--model-kwargs",
-        nargs="*",
-        default={},
-        action=ModelKwargs,
-        metavar="KEY=VALUE",
-        help="extra timm.create_model kwargs: embed_dim=64 depth=4, or '{embed_dim: 64, depth: 4}' "
-        "(added to, and overriding, those recorded in a train.py checkpoint of the same model)",
-    )
     d = parser.add_argument_group("data")
     d.add_argument(
         "--dataset",
@@ -105,17 +89,6 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def _model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
-    kwargs: Dict[str, Any] = dict(args.model_kwargs or {})
-    if args.num_classes is not None:
-        kwargs["num_classes"] = args.num_classes
-    if args.img_size is not None:
-        kwargs["img_size"] = args.img_size
-    if args.in_chans is not None:
-        kwargs["in_chans"] = args.in_chans
-    return kwargs
-
-
 def read_checkpoint_from_args(args: argparse.Namespace) -> Optional[CheckpointFile]:
     """``--checkpoint`` read once (weights, train.py's record of model, kwargs and granularities, SHA-256), or
     None without one."""
@@ -156,7 +129,7 @@ def model_from_args(args: argparse.Namespace, checkpoint: Optional[CheckpointFil
     kwargs: Dict[str, Any] = {}
     if meta.get("model") == args.model and isinstance(meta.get("model_kwargs"), dict):
         kwargs.update(meta["model_kwargs"])  # --model-kwargs and the size flags add to and override these
-    kwargs.update(_model_kwargs(args))
+    kwargs.update(model_kwargs_from_args(args))
     kwargs.update(extra)
     try:
         model = build_model(args.model, pretrained=args.pretrained, checkpoint=checkpoint, **kwargs)
@@ -182,7 +155,7 @@ def build_baseline(args: argparse.Namespace, spec: str) -> tuple:
     meta = checkpoint.metadata
     name = meta.get("model") or args.model or DEFAULT_MODEL
     kwargs = dict(meta.get("model_kwargs") or {}) if isinstance(meta.get("model_kwargs"), dict) else {}
-    kwargs.update(_model_kwargs(args))
+    kwargs.update(model_kwargs_from_args(args))
     kwargs.pop("mixer_dims", None)
     probe = build_model(name, **kwargs)
     state = checkpoint_filter_fn(dict(checkpoint.state_dict), probe)
@@ -242,44 +215,6 @@ def loader_from_args(args: argparse.Namespace, split: str, data_config: Dict[str
     )
 
 
-def split_fingerprint(dataset: str, data_dir: Optional[str], split: str) -> str:
-    """SHA-256 over the split's files (relative path, size, modification time): changes when images are added,
-    removed, renamed or rewritten. One ``stat`` per file (ImageNet's 1.28M: seconds, against hours of embedding)."""
-    from ..data import resolve_dataset
-    from ..data.ffcv_pipeline import beton_path, ffcv_meta_path
-    from ..data.fmnist import fmnist_root
-    from ..data.folder import split_dir
-
-    kind = resolve_dataset(dataset, data_dir)
-    if kind == "fmnist":
-        root = Path(fmnist_root(data_dir))
-        files = [p for p in root.iterdir() if p.is_file()]
-    elif kind == "ffcv":
-        root = Path(data_dir)
-        files = [p for p in (beton_path(root, split), ffcv_meta_path(beton_path(root, split))) if p.is_file()]
-    else:
-        root = split_dir(data_dir, split) or Path(data_dir) / split
-        files = [Path(d) / f for d, _, names in os.walk(root) for f in names]
-    digest = hashlib.sha256()
-    for p in sorted(files):
-        st = p.stat()
-        digest.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def data_identity(args: argparse.Namespace, split: str, data_config: Dict[str, Any]) -> Dict[str, Any]:
-    """What identifies a split's images and transform (part of an embedding cache key): the dataset, the folder,
-    a fingerprint of its files (an entry is not served after the images changed) and the transform."""
-    data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
-    return dict(
-        dataset=args.dataset or ("folder" if data_dir else "fmnist"),
-        data_dir=data_dir,
-        split=split,
-        files=split_fingerprint(args.dataset, data_dir, split),
-        transform={k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data_config.items())},
-    )
-
-
 def amp_dtype_from_args(args: argparse.Namespace) -> Optional[torch.dtype]:
     return getattr(torch, args.amp_dtype) if args.amp else None
 
@@ -311,25 +246,23 @@ def check_outputs(args: argparse.Namespace) -> Path:
     return out
 
 
-def check_same_classes(
-    db_classes: Optional[List], query_classes: Optional[List], db_split: str = "database", query_split: str = "query"
-) -> None:
-    """ValueError when the database and query splits disagree on the class list (names the differences)."""
-    if db_classes is None or query_classes is None:
-        return
-    db_classes, query_classes = list(db_classes), list(query_classes)
-    if db_classes == query_classes:
-        return
-    only_db = [c for c in db_classes if c not in set(query_classes)]
-    only_q = [c for c in query_classes if c not in set(db_classes)]
-    detail = []
-    if only_db:
-        detail.append(f"only in {db_split}: {only_db[:8]}{' ...' if len(only_db) > 8 else ''}")
-    if only_q:
-        detail.append(f"only in {query_split}: {only_q[:8]}{' ...' if len(only_q) > 8 else ''}")
-    if not detail:
-        detail.append("same classes in a different order, so label ids would not match")
-    raise ValueError(
-        f"class lists differ between the {db_split} split ({len(db_classes)} classes) and the "
-        f"{query_split} split ({len(query_classes)} classes): " + "; ".join(detail)
-    )
+class EvalSetup(NamedTuple):
+    """What validate.py and retrieval.py start from: :func:`setup_from_args`."""
+
+    device: torch.device
+    checkpoint: Optional[CheckpointFile]
+    model: MatMambaVision
+    out_dir: Path
+    data_config: Dict[str, Any]
+    levels: List[int]
+
+
+def setup_from_args(args: argparse.Namespace) -> EvalSetup:
+    """The evaluation scripts' start: the device, ``--checkpoint`` read once, the model on the device (eval
+    mode), the output folders probed before any evaluation runs, the data config and the trained levels."""
+    device = resolve_device(args.device)
+    checkpoint = read_checkpoint_from_args(args)
+    model = model_from_args(args, checkpoint).to(device)
+    out_dir = check_outputs(args)
+    data_config = data_config_from_args(args, model)
+    return EvalSetup(device, checkpoint, model, out_dir, data_config, trained_levels(checkpoint, model))

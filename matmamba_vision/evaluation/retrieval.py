@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.identity import check_same_classes
 from ..elastic import count_flops, count_params
 from ..models.matmamba_vision import MatMambaVision
-from .cli import check_same_classes
 from .embeddings import EmbeddingCache, EmbeddingSet, embed_splits
 from .report import format_table, plot_retrieval, write_csv, write_json
 from .submodels import SubmodelConfig

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+from ..flags import parse_granularity_list
 from ..models.matmamba_vision import MatMambaVision
 
 __all__ = [
@@ -184,16 +185,14 @@ def parse_granularities(
     flag: str = "--granularities",
 ) -> List[SubmodelConfig]:
     """A granularities flag (``flag``, named in errors): None/empty = the trained ``levels`` (default
-    ``model.matryoshka_levels``); otherwise ints (strings accepted, also comma-separated)."""
+    ``model.matryoshka_levels``); otherwise ints (strings accepted: ``'128 64'``, ``'128,64'``)."""
     levels = list(levels or model.matryoshka_levels)
     if not spec:
         return uniform_configs(model, levels, levels, flag)
-    values = []
-    for s in (part for item in spec for part in str(item).replace(",", " ").split()):  # '128 64' or '128,64'
-        try:
-            values.append(int(s))
-        except (TypeError, ValueError):
-            raise ValueError(f"{flag}: {s!r} is not an integer; trained levels: {levels}") from None
+    try:
+        values = parse_granularity_list(list(spec), flag)
+    except ValueError as e:
+        raise ValueError(f"{e}; trained levels: {levels}") from None
     return uniform_configs(model, values, levels, flag)
 
 

@@ -9,7 +9,16 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, PatchEmbed, get_device_dtype, resample_abs_pos_embed, resample_patch_embed, to_2tuple
+from timm.layers import (
+    DropPath,
+    PatchEmbed,
+    get_device_dtype,
+    register_notrace_function,
+    register_notrace_module,
+    resample_abs_pos_embed,
+    resample_patch_embed,
+    to_2tuple,
+)
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._manipulate import checkpoint
@@ -30,6 +39,7 @@ __all__ = [
     "checkpoint_filter_fn",
     "Granularity",
     "DEFAULT_MODEL",
+    "DATA_CONFIG_KEYS",
 ]
 
 # The model the scripts default to (train.py's embedded Fashion-MNIST recipe, and validate.py/retrieval.py
@@ -46,6 +56,26 @@ def _check_img_size(img_size, patch_size) -> None:
     grid, patch = to_2tuple(img_size), to_2tuple(patch_size)
     if any(not is_integer(s) or s < 1 or s % p for s, p in zip(grid, patch)):
         raise ValueError(f"img_size {img_size} must be a positive multiple of patch_size {patch_size}")
+
+
+@register_notrace_function  # it branches on the input's shape: a leaf when torch.fx traces the model (a public name:
+# torch.fx wraps no name that starts with "_")
+def check_input_images(
+    x: torch.Tensor, in_chans: int, img_size: Tuple[int, int], patch_size: Tuple[int, int], dynamic_img_size: bool
+) -> None:
+    """ValueError unless ``x`` is a batch of images the model takes."""
+    if x.dim() != 4:
+        raise ValueError(f"expected images of shape (batch, {in_chans}, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"expected {in_chans} input channels (in_chans), got {x.shape[1]}")
+    size = tuple(x.shape[-2:])
+    if dynamic_img_size:
+        if size[0] % patch_size[0] or size[1] % patch_size[1]:
+            raise ValueError(f"image size {size} must be a multiple of patch_size {patch_size}")
+    elif size != tuple(img_size):
+        raise ValueError(
+            f"expected {img_size} images, got {size}; create the model with img_size={size} or dynamic_img_size=True"
+        )
 
 
 def _resample_pos_embed(pos: torch.Tensor, new_size: Tuple[int, int], old_size: Tuple[int, int]) -> torch.Tensor:
@@ -70,6 +100,7 @@ def _prefix_tree(dims_list: Sequence[Sequence[int]]) -> Dict:
     return root
 
 
+@register_notrace_module  # its forward branches on the input (pieces, granularity): a leaf when torch.fx traces
 class MatMambaBlock(nn.Module):
     """``residual = h + residual; h = drop_path(mixer(norm(residual)))`` (add -> norm -> mixer, no MLP)."""
 
@@ -218,7 +249,7 @@ class MatMambaVision(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
         self.pos_embed = nn.Parameter(torch.empty(1, num_patches + 1, embed_dim, **dd))
         nn.init.normal_(self.pos_embed, std=0.02)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # also under torch.device("meta")
         self.layers = nn.ModuleList(
             MatMambaBlock(
                 embed_dim,
@@ -290,6 +321,8 @@ class MatMambaVision(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new head of ``num_classes`` (0: none), on the model's device and dtype and in its training mode
+        (timm's contract); ``global_pool`` None keeps the pooling."""
         if global_pool is not None:
             if global_pool not in GLOBAL_POOLS:
                 raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
@@ -298,6 +331,7 @@ class MatMambaVision(nn.Module):
         self.model_args.update(num_classes=num_classes, global_pool=self.global_pool)
         dd = get_device_dtype(self)
         self.head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
 
     @torch.jit.ignore
     def set_input_size(
@@ -384,20 +418,9 @@ class MatMambaVision(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(f"expected images of shape (batch, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels (in_chans), got {x.shape[1]}")
-        size = tuple(x.shape[-2:])
-        if self.dynamic_img_size:
-            p = self.patch_embed.patch_size
-            if size[0] % p[0] or size[1] % p[1]:
-                raise ValueError(f"image size {size} must be a multiple of patch_size {p}")
-        elif size != tuple(self.patch_embed.img_size):
-            raise ValueError(
-                f"expected {self.patch_embed.img_size} images, got {size}; create the model with img_size={size} "
-                "or dynamic_img_size=True"
-            )
+        check_input_images(
+            x, self.in_chans, self.patch_embed.img_size, self.patch_embed.patch_size, self.dynamic_img_size
+        )
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         pos = self.pos_embed
@@ -628,6 +651,10 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> MatMambaVision:
         feature_cfg=dict(out_indices=out_indices, feature_cls=MatMambaFeatures),
         **kwargs,
     )
+
+
+# The data-config keys of timm that the evaluation transform reads (a model's pretrained cfg carries them).
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

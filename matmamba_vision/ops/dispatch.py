@@ -52,8 +52,9 @@ def _reference_ssd(x, dt, A, B, C, chunk_size=256, initial_state=None, return_fi
 
 def _torch_ssd(x, dt, A, B, C, chunk_size=256, initial_state=None, return_final_state=False):
     """The fast path in eager on the CPU; compiled, the reference (the compiler fuses its per-head decay work);
-    on CUDA the reference too (the fast path's data-dependent checks would synchronise with the GPU)."""
-    if torch.compiler.is_compiling() or x.is_cuda:
+    on CUDA the reference too (the fast path's data-dependent checks would synchronise with the GPU), and on the
+    meta device (shapes only: those checks need values)."""
+    if torch.compiler.is_compiling() or x.is_cuda or x.is_meta:
         return _reference_ssd(x, dt, A, B, C, chunk_size, initial_state, return_final_state)
     return ssd_scan_fast(x, dt, A, B, C, chunk_size, initial_state, return_final_state)
 

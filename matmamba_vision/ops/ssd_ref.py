@@ -15,6 +15,7 @@ size except through rounding.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -174,7 +175,8 @@ def scan_float32(
     if seqlen == 0:  # nothing to scan: no outputs, and the state passes through unchanged
         final = initial_state.float() if initial_state is not None else x.new_zeros(b, h, p, n, dtype=torch.float32)
         return (x.new_empty(x.shape), final) if return_final_state else x.new_empty(x.shape)
-    with torch.autocast(x.device.type, enabled=False):  # float32 throughout, also under autocast
+    # float32 throughout, also under autocast (the meta device, shapes only, has no autocast to turn off)
+    with torch.autocast(x.device.type, enabled=False) if x.device.type != "meta" else nullcontext():
         x, dt, A, B, C = (t.float() for t in (x, dt, A, B, C))
         y, final = core(x, dt, A, B, C, initial_state, return_final_state)
     y = y.to(out_dtype)

@@ -15,7 +15,9 @@ import yaml
 from ..argformat import DefaultsHelpFormatter
 from ..flags import (
     FlagType,
+    GranularityList,
     ModelKwargs,
+    add_model_args,
     compile_backend,
     drop_prob,
     nonneg_float,
@@ -23,6 +25,7 @@ from ..flags import (
     not_nan_float,
     optimizer_name,
     parse_flags,
+    parse_granularity_list,
     parse_model_kwargs,
     positive_float,
     positive_fraction,
@@ -43,13 +46,6 @@ RE_MAX_AREA = FlagType("re_max_area", float, lambda v: 0.02 <= v <= 1, "in [0.02
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "constant", "wsd", "rsqrt", "none")
 
 
-def _ints(text: str) -> List[int]:
-    try:
-        return [int(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas or spaces, got {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Matryoshka training of MatMamba-Vision models (timm-style flags).",
@@ -67,9 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--val-split", default="val")
     d.add_argument("-j", "--workers", type=nonneg_int, default=0, help="data loader processes per rank")
     d.add_argument("--skip-corrupt", action="store_true", help="skip (and log) images that fail to decode")
-    m = p.add_argument_group("model")
-    m.add_argument("--model", default=DEFAULT_MODEL, help="timm model name")
-    m.add_argument("--pretrained", action="store_true", help="start from the model's published weights")
+    m = add_model_args(p, model_default=DEFAULT_MODEL, num_classes_default="the number of class folders", dropout=True)
     m.add_argument("--initial-checkpoint", default="", help="weights to start from (ours or official)")
     m.add_argument(
         "--resume",
@@ -77,25 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="state file, weights file or experiment folder to continue; 'auto': "
         "the newest checkpoint in --output/--experiment if there is one (else start fresh)",
     )
-    m.add_argument("--num-classes", type=positive_int, default=None, help="default: the number of class folders")
-    m.add_argument("--img-size", type=positive_int, default=None, help="input image size (default: the model's)")
-    m.add_argument("--in-chans", type=positive_int, default=None, help="input channels (default: the model's)")
-    m.add_argument("--drop", type=drop_prob, default=0.0, help="dropout before the head")
-    m.add_argument("--proj-drop", type=drop_prob, default=0.0, help="dropout on the mixers' in/out projections")
-    m.add_argument("--drop-path", type=drop_prob, default=0.0, help="stochastic depth (linear over depth)")
     m.add_argument("--head-init-bias", type=float, default=None, help="initial value of the head's bias")
-    m.add_argument(
-        "--model-kwargs",
-        nargs="*",
-        default=None,
-        action=ModelKwargs,
-        metavar="KEY=VALUE",
-        help="extra create_model kwargs, timm's depth=2 embed_dim=64 or a YAML mapping '{depth: 2}'",
-    )
     t = p.add_argument_group("Matryoshka")
     t.add_argument(
         "--granularities",
-        type=_ints,
+        action=GranularityList,
         nargs="+",
         default=None,
         help="trained g values, e.g. 128 64 or 128,64; default D, D/2, D/4, D/8",
@@ -277,12 +257,14 @@ def _config_value(action: argparse.Action, value, path: str):
         return None
     if isinstance(action, ModelKwargs):  # a mapping, a YAML mapping string or a list of KEY=VALUE
         return parse_model_kwargs(value)
+    if isinstance(action, GranularityList):  # a list, one number, or '128 64' / '128,64'
+        return parse_granularity_list(value, f"--config: {path}: {key}")
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
         if not isinstance(value, bool):
             raise ValueError(f"--config: {path}: {key} takes true or false, got {value!r}")
         return value
     if action.nargs in ("+", "*") or isinstance(action.nargs, int):
-        values = value if isinstance(value, list) else [value] if action.type is _ints else None
+        values = value if isinstance(value, list) else None
         if values is None:
             raise ValueError(f"--config: {path}: {key} takes a list, got {value!r}")
         values = [convert(v) for v in values]
@@ -360,8 +342,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             raise ValueError(f"--config: unknown keys in {known.config}: {unknown}")
         parser.set_defaults(**{k: _config_value(actions[k], v, known.config) for k, v in cfg.items()})
     args = parse_flags(parser, argv)
-    if args.granularities is not None:  # '128 64', '128,64' or a YAML list: one flat list
-        args.granularities = [g for v in args.granularities for g in (v if isinstance(v, list) else [v])]
     if args.model_kwargs is None:
         args.model_kwargs = {}
     check_args(args)

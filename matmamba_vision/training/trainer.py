@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..data import create_eval_loader, create_mixup, create_train_loader, dataset_classes, model_data_config
 from ..data.match import data_channels, data_mismatch_warnings
-from ..flags import parse_model_kwargs
+from ..flags import model_kwargs_from_args
 from ..runtime import check_output_dir
 from ..weights import build_model, load_checkpoint
 from .checkpoint_files import newest_checkpoint, run_files
@@ -50,17 +50,8 @@ class TrainingError(RuntimeError):
     """Training stopped (e.g. a non-finite loss); the message says where and what was kept."""
 
 
-def _model_kwargs(args: argparse.Namespace) -> Dict:
-    kwargs = dict(drop_rate=args.drop, drop_path_rate=args.drop_path, proj_drop_rate=args.proj_drop)
-    for key in ("num_classes", "img_size", "in_chans"):
-        if getattr(args, key) is not None:
-            kwargs[key] = getattr(args, key)
-    kwargs.update(parse_model_kwargs(args.model_kwargs))  # a dict already unless main() was bypassed
-    return kwargs
-
-
 def _create_model(args: argparse.Namespace, num_classes: int):
-    kwargs = _model_kwargs(args)
+    kwargs = model_kwargs_from_args(args)
     kwargs.setdefault("num_classes", num_classes)
     try:
         model = build_model(args.model, pretrained=args.pretrained, **kwargs)
@@ -202,7 +193,7 @@ class _Run:
         self.meta = {
             "model": args.model,
             "granularities": self.granularities,
-            "model_kwargs": dict(_model_kwargs(args), num_classes=self.num_classes),
+            "model_kwargs": dict(model_kwargs_from_args(args), num_classes=self.num_classes),
         }
 
     # ---- set-up

@@ -310,5 +310,5 @@ def test_scripts_report_a_read_only_folder_in_one_line(tmp_path, data):
             text=True,
             timeout=300,
         )
-    assert done.returncode == 1 and done.stderr.startswith("train.py: error: --output"), done.stderr[-2000:]
+    assert done.returncode == 2 and done.stderr.startswith("train.py: error: --output"), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
