@@ -13,7 +13,7 @@ It ends with a choice per dot for 16-bit inputs (bf16 operands where every outpu
 half of a bf16 rounding; fp16 operands only where they are fp16 inputs already, exact and in range) and the
 errors of that choice, all dots together, beside today's (every dot on TF32).
 
-    python benchmarks/ssd_dot_precision.py [--seqlen 320] [--heads 4]
+    python benchmarks/ssd_dot_precision.py [--seqlen 320] [--heads 4] [--kernels bwd_bc w_kernel]
 """
 
 from __future__ import annotations
@@ -217,6 +217,8 @@ def main() -> None:
             f"worst {worst[(site, 'bf16')]:.1e})   fp16 inputs: {c_h}"
         )
     print()
+    if args.kernels:
+        print("(--kernels: the dots not measured stay float32 in the two rows below)")
     print(head)
     for label, _ in SHAPES:
         for in_dtype, idx, name in ((torch.bfloat16, 0, "bf16"), (torch.float16, 1, "fp16")):
