@@ -7,9 +7,10 @@ wrapped to int32 still lands inside it and shows up as a wrong result, not a cra
 
 import torch
 
-from matmamba_vision.ops.triton.causal_conv import causal_conv1d, causal_conv1d_ref
-from matmamba_vision.ops.triton.gated_norm import gated_rms_norm, gated_rms_norm_ref
-from matmamba_vision.ops.triton.ssd import ssd, ssd_ref
+from matmamba_vision.ops import causal_conv1d_ref, gated_rms_norm_ref, ssd_scan_ref
+from matmamba_vision.ops.triton.causal_conv import causal_conv1d
+from matmamba_vision.ops.triton.gated_norm import gated_rms_norm
+from matmamba_vision.ops.triton.ssd import ssd
 
 STRIDE = 1 << 20  # elements between tokens
 SHIFT = 1 << 31  # where the views start in the storage
@@ -43,7 +44,9 @@ def test_ssd_forward_with_token_offsets_past_2_31():
     A, D, h0 = -torch.rand(h) - 0.5, torch.randn(h), torch.randn(1, h, p, n)
     y, final = ssd(x, dt, A, B, C, D=D, initial_state=h0, return_final_state=True, chunk_size=64)
     compact = [t.contiguous() for t in (x, dt, B, C)]
-    y_ref, final_ref = ssd_ref(*compact[:2], A, *compact[2:], D=D, initial_state=h0, chunk_size=64)
+    y_ref, final_ref = ssd_scan_ref(
+        *compact[:2], A, *compact[2:], chunk_size=64, initial_state=h0, return_final_state=True, D=D
+    )
     assert max_rel(y, y_ref) <= 2e-3
     assert max_rel(final, final_ref) <= 2e-5
 

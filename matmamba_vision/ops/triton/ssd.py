@@ -411,6 +411,8 @@ def _chunk_bwd_kernel(
     BLOCK_N: tl.constexpr,
     HAS_D: tl.constexpr,
     PREC: tl.constexpr,
+    XGY16: tl.constexpr,
+    DSB16: tl.constexpr,
 ):
     """Per (chunk, batch x head, headdim block): the gradients of the chunk's three terms, the inter-chunk
     ``exp(a_i) C_i s``, the intra-chunk ``sum_{j<=i} (C_i . B_j) exp(a_i - a_j) dt_j x_j`` and the own state
@@ -418,7 +420,11 @@ def _chunk_bwd_kernel(
 
     dx is complete (all of d_state is looped over here) and stored in x's dtype; what sums over headdim
     (ddt, the per-token dA terms, dD) is stored as this headdim block's float32 partial, per head, and summed
-    outside (no atomics). dB and dC, which sum over the heads of a group, are :func:`_chunk_bwd_bc_kernel`'s."""
+    outside (no atomics). dB and dC, which sum over the heads of a group, are :func:`_chunk_bwd_bc_kernel`'s.
+
+    Operands (chosen per dot from the errors that benchmarks/ssd_dot_precision.py measures): ``XGY16``: dy . x
+    in the inputs' 16-bit dtype (exact); ``DSB16``: B . dS_out with dS_out rounded to B's dtype (bf16 only);
+    else float32 operands (TF32 for 16-bit inputs)."""
     pid_bh, pid_c, pid_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2)
     bi, hi = pid_bh // H, pid_bh % H
     gi = hi // (H // G)
@@ -432,10 +438,8 @@ def _chunk_bwd_kernel(
     pp = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     pm = pp < P
     qp_mask = tm[:, None] & pm[None, :]
-    xm = tl.load(X + bi * sxb + t[:, None] * sxl + hi * sxh + pp[None, :] * sxp, mask=qp_mask, other=0.0).to(tl.float32)
-    gy = tl.load(GY + bi * syb + t[:, None] * syl + hi * syh + pp[None, :] * syp, mask=qp_mask, other=0.0).to(
-        tl.float32
-    )
+    xm = tl.load(X + bi * sxb + t[:, None] * sxl + hi * sxh + pp[None, :] * sxp, mask=qp_mask, other=0.0)
+    gy = tl.load(GY + bi * syb + t[:, None] * syl + hi * syh + pp[None, :] * syp, mask=qp_mask, other=0.0)
     # The d_state loop keeps only (Q, BLOCK_P) accumulators: with dS_out = the leaving state's gradient,
     # x_j^T dS_out B_j = sum_p x_j[p] (B_j . dS_out[p]) and dy_i^T s C_i = sum_p dy_i[p] (C_i . s[p]).
     dx_own = tl.zeros((Q, BLOCK_P), dtype=tl.float32)  # B_j . dS_out[p]
@@ -447,28 +451,32 @@ def _chunk_bwd_kernel(
         nm = nn < N
         qn_mask = tm[:, None] & nm[None, :]
         pn_mask = pm[:, None] & nm[None, :]
-        Bm = tl.load(B + bi * sbb + t[:, None] * sbl + gi * sbg + nn[None, :] * sbn, mask=qn_mask, other=0.0).to(
-            tl.float32
-        )
+        Bm = tl.load(B + bi * sbb + t[:, None] * sbl + gi * sbg + nn[None, :] * sbn, mask=qn_mask, other=0.0)
         dS = tl.load(DST + (base + pp[:, None]) * N + nn[None, :], mask=pn_mask, other=0.0)  # d(leaving state)
-        dx_own += tl.dot(Bm, tl.trans(dS), input_precision=PREC)
+        if DSB16:
+            dx_own += tl.dot(Bm, tl.trans(dS.to(Bm.dtype)))
+        else:
+            dx_own += tl.dot(Bm.to(tl.float32), tl.trans(dS), input_precision=PREC)
         Cm = tl.load(C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn, mask=qn_mask, other=0.0).to(
             tl.float32
         )
         S = tl.load(ST + (base + pp[:, None]) * N + nn[None, :], mask=pn_mask, other=0.0)  # entering state
         c_s += tl.dot(Cm, tl.trans(S), input_precision=PREC)
         ds_s += tl.sum(dS * S, axis=1)
-    x_ds_b = tl.sum(xm * dx_own, axis=1)  # x_j^T dS_out B_j
-    gy_s_c = tl.sum(gy * c_s, axis=1)  # dy_i^T s C_i
+    x_ds_b = tl.sum(xm.to(tl.float32) * dx_own, axis=1)  # x_j^T dS_out B_j
+    gy_s_c = tl.sum(gy.to(tl.float32) * c_s, axis=1)  # dy_i^T s C_i
     w_own = tl.exp(a_last - a) * dt  # the own state's weight of token j
     cb = tl.load(CB + ((bi * G + gi) * NC + pid_c) * Q * Q + q[:, None] * Q + q[None, :])  # C_i . B_j
     k = cb * _causal_decay(a, Q)  # (C_i . B_j) exp(a_i - a_j), j <= i
-    dx = tl.dot(tl.trans(k), gy, input_precision=PREC) * dt[:, None] + dx_own * w_own[:, None]
+    dx = tl.dot(tl.trans(k), gy.to(tl.float32), input_precision=PREC) * dt[:, None] + dx_own * w_own[:, None]
     if HAS_D:
-        dx += tl.load(D + hi).to(tl.float32) * gy
+        dx += tl.load(D + hi).to(tl.float32) * gy.to(tl.float32)
     tl.store(DX + bi * sob + t[:, None] * sol + hi * soh + pp[None, :] * sop, dx.to(DX.dtype.element_ty), mask=qp_mask)
     # dt as a multiplier: the intra-chunk term and the own state
-    m = k * tl.dot(gy, tl.trans(xm), input_precision=PREC)  # times dy_i . x_j over this headdim block
+    if XGY16:
+        m = k * tl.dot(gy, tl.trans(xm))  # times dy_i . x_j over this headdim block
+    else:
+        m = k * tl.dot(gy.to(tl.float32), tl.trans(xm.to(tl.float32)), input_precision=PREC)
     ddt = tl.sum(m, axis=0) + tl.exp(a_last - a) * x_ds_b
     # d(a_i), a = cumsum(dt A) within the chunk
     m = m * dt[None, :]
@@ -481,7 +489,7 @@ def _chunk_bwd_kernel(
     tl.store(DDT_P + prow * L + t, ddt, mask=tm)
     tl.store(DA_P + prow * L + t, dda * dt, mask=tm)
     if HAS_D:
-        tl.store(DD_P + prow * NC + pid_c, tl.sum(tl.sum(gy * xm, axis=1), axis=0))
+        tl.store(DD_P + prow * NC + pid_c, tl.sum(tl.sum(gy.to(tl.float32) * xm.to(tl.float32), axis=1), axis=0))
 
 
 @triton.jit
@@ -512,10 +520,12 @@ def _chunk_w_kernel(
     Q: tl.constexpr,
     BLOCK_P: tl.constexpr,
     PREC: tl.constexpr,
+    OPS16: tl.constexpr,
 ):
     """Per (split x batch x group, chunk): the intra-chunk weights ``sum_h W_h`` over ``HPS`` heads of the group
     (a split), ``W_h[i, j] = (dy_i . x_j) exp(a_i - a_j) dt_j`` (j <= i), stored as the split's float32 (Q x Q)
-    partial; :func:`_chunk_bwd_bc_kernel` multiplies their sum by B and C."""
+    partial; :func:`_chunk_bwd_bc_kernel` multiplies their sum by B and C. ``OPS16``: dy . x in the inputs'
+    16-bit dtype (exact), not as float32 operands on TF32."""
     pid, pid_c = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)  # int64: bi x batch stride
     row, gi = pid // G, pid % G  # row = split x batch + batch index
     split, bi = row // BATCH, row % BATCH
@@ -530,13 +540,12 @@ def _chunk_w_kernel(
         for p0 in range(0, P, BLOCK_P):
             pp = p0 + tl.arange(0, BLOCK_P)
             qp_mask = tm[:, None] & (pp < P)[None, :]
-            xm = tl.load(X + bi * sxb + t[:, None] * sxl + hi * sxh + pp[None, :] * sxp, mask=qp_mask, other=0.0).to(
-                tl.float32
-            )
-            gy = tl.load(GY + bi * syb + t[:, None] * syl + hi * syh + pp[None, :] * syp, mask=qp_mask, other=0.0).to(
-                tl.float32
-            )
-            gx += tl.dot(gy, tl.trans(xm), input_precision=PREC)
+            xm = tl.load(X + bi * sxb + t[:, None] * sxl + hi * sxh + pp[None, :] * sxp, mask=qp_mask, other=0.0)
+            gy = tl.load(GY + bi * syb + t[:, None] * syl + hi * syh + pp[None, :] * syp, mask=qp_mask, other=0.0)
+            if OPS16:
+                gx += tl.dot(gy, tl.trans(xm))
+            else:
+                gx += tl.dot(gy.to(tl.float32), tl.trans(xm.to(tl.float32)), input_precision=PREC)
         a = tl.load(ACUM + ((bi * H + hi) * NC + pid_c) * Q + q)
         dt = tl.load(DT + bi * sdb + t * sdl + hi * sdh, mask=tm, other=0.0).to(tl.float32)
         W += _causal_decay(a, Q) * gx * dt[None, :]
@@ -587,13 +596,15 @@ def _chunk_bwd_bc_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
+    WB16: tl.constexpr,
 ):
     """Per (split x batch x group, chunk, d_state block): dB and dC of the chunk's tokens, summed over ``HPS`` heads
     of the group (a split; the splits' float32 partials are added outside):
 
     ``dC_i = sum_h exp(a_i) dy_i s^T + W B``, ``dB_j = sum_h w_own_j x_j dS^T + W^T C`` with ``W`` the group's
     intra-chunk weights summed over its heads (:func:`_chunk_w_kernel`; its two Q x Q x d_state products once
-    per group, in split 0)."""
+    per group, in split 0). ``WB16``: ``W B`` with W rounded to B's dtype (bf16 only; chosen from the errors that
+    benchmarks/ssd_dot_precision.py measures), else float32 operands (TF32 for 16-bit inputs)."""
     pid, pid_c, pid_n = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2)
     row, gi = pid // G, pid % G  # row = split x batch + batch index (int64: bi x batch stride passes 2^31)
     split, bi = row // BATCH, row % BATCH
@@ -632,10 +643,11 @@ def _chunk_bwd_bc_kernel(
     qn_mask = tm[:, None] & nm[None, :]
     if split == 0:
         Wm = tl.load(W + ((bi * G + gi) * NC + pid_c) * Q * Q + q[:, None] * Q + q[None, :])
-        Bm = tl.load(B + bi * sbb + t[:, None] * sbl + gi * sbg + nn[None, :] * sbn, mask=qn_mask, other=0.0).to(
-            tl.float32
-        )
-        dC += tl.dot(Wm, Bm, input_precision=PREC)
+        Bm = tl.load(B + bi * sbb + t[:, None] * sbl + gi * sbg + nn[None, :] * sbn, mask=qn_mask, other=0.0)
+        if WB16:
+            dC += tl.dot(Wm.to(Bm.dtype), Bm)
+        else:
+            dC += tl.dot(Wm, Bm.to(tl.float32), input_precision=PREC)
         Cm = tl.load(C + bi * scb + t[:, None] * scl + gi * scg + nn[None, :] * scn, mask=qn_mask, other=0.0).to(
             tl.float32
         )
@@ -861,6 +873,7 @@ def _bc_grads(x, dt, B, C, acum, states, dstates, grad_y, q):
         Q=q,
         BLOCK_P=block_p,
         PREC=prec,
+        OPS16=_ops16(x, torch.float16, torch.bfloat16) and grad_y.dtype == x.dtype,  # dy . x: exact in 16 bits
         num_warps=BWD_WARPS,
     )
     w = w_p.sum(0) if splits > 1 else w_p[0]
@@ -897,6 +910,7 @@ def _bc_grads(x, dt, B, C, acum, states, dstates, grad_y, q):
         BLOCK_P=block_p,
         BLOCK_N=block_n,
         PREC=prec,
+        WB16=_ops16(B, torch.bfloat16),  # not fp16: the float32 weights could pass its range
         num_warps=BWD_WARPS,
     )
     return db_p.sum(0).to(B.dtype), dc_p.sum(0).to(C.dtype)
@@ -1006,6 +1020,8 @@ def _ssd_bwd(
         *grad_y.stride(),
         *dx.stride(),
         HAS_D=D is not None,
+        XGY16=_ops16(x, torch.float16, torch.bfloat16) and grad_y.dtype == x.dtype,  # dy . x: exact in 16 bits
+        DSB16=_ops16(B, torch.bfloat16),  # not fp16: the float32 state gradients could pass its range
         num_warps=BWD_WARPS,
         **common,
     )
