@@ -36,10 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..accuracy import autocast_context
 from ..elastic import count_flops
 from ..layers import use_backend
 from ..models.matmamba_vision import MatMambaVision
-from .classification import autocast_context, iterate_batches
+from .classification import iterate_batches
 from .report import format_table, write_csv, write_json
 from .submodels import SubmodelConfig
 

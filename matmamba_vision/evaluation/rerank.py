@@ -23,10 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..accuracy import autocast_context
 from ..elastic import count_flops
 from ..models.matmamba_vision import MatMambaVision
 from .cascade import _full_dims, _gvalue, _lcp, prefix_flops
-from .classification import autocast_context, iterate_batches
+from .classification import iterate_batches
 from .embeddings import EmbeddingSet
 from .report import format_table, write_csv, write_json
 from .retrieval import K, knn_search, retrieval_metrics
