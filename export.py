@@ -4,10 +4,13 @@
     python export.py --model matmamba_vision_35m_patch16_224 --pretrained --granularity 64 --output mmv35m_g64.onnx
     python export.py --checkpoint output/train/demo/model_best.safetensors --granularity 32 --output demo_g32.onnx
     python export.py --checkpoint CKPT --granularity 128 128 64 64 --format exported-program --output m.pt2
+    python export.py --from-results output/eval/RUN/validate.json --max-ms 5 --output best_5ms.onnx
 
 Writes the file and ``FILE.json`` beside it (model args, granularity, input size, mean/std, interpolation, crop,
 the file's SHA-256, the verification figure). The export always runs the file (ONNX Runtime on the CPU, or the
 loaded program) and compares it with PyTorch; above a relative error of 1e-4 it fails and writes nothing.
+With ``--from-results`` (``validate.py --latency``'s file) it exports the most accurate configuration within
+``--max-ms``/``--max-memory-mb``/``--max-params``, re-times the file here and records the check in the JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from matmamba_vision.export import (
     sidecar_path,
 )
 from matmamba_vision.flags import ModelKwargs, positive_fraction
+from matmamba_vision.selection import add_budget_args, check_exported_choice, choice_from_args, selection_metadata
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra timm.create_model kwargs: embed_dim=64 depth=4, or '{embed_dim: 64, depth: 4}'",
     )
-    weights = p.add_mutually_exclusive_group(required=True)
+    weights = p.add_mutually_exclusive_group()  # one of them, or --from-results naming them
     weights.add_argument("--checkpoint", default="", help="our safetensors checkpoint or an official pytorch_model.bin")
     weights.add_argument("--pretrained", action="store_true", help="the official weights from the hub")
     p.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: the model's)")
@@ -69,6 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     d.add_argument("--std", type=float, nargs="+", default=None)
     d.add_argument("--crop-pct", type=positive_fraction, default=None)
     d.add_argument("--interpolation", default="", choices=("", "bilinear", "bicubic", "nearest"))
+    add_budget_args(p)
     # model_from_args (shared with validate.py) checks these evaluation flags; an export has no data loader
     p.set_defaults(batch_size=1, workers=0, max_samples=None)
     return p.parse_args(argv)
@@ -88,7 +93,10 @@ def parse_granularity(values: Optional[List[str]]) -> Union[None, int, List[int]
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    granularity = parse_granularity(args.granularity)
+    choice = choice_from_args(args)  # --from-results: the configuration, model and weights its results name
+    if choice is None and not (args.checkpoint or args.pretrained):
+        raise ValueError("one of --checkpoint, --pretrained or --from-results is required")
+    granularity = choice.dims if choice is not None else parse_granularity(args.granularity)
     output = Path(args.output)
     if args.format == "onnx" and args.opset < MIN_OPSET:
         raise ValueError(f"--opset must be >= {MIN_OPSET}, got {args.opset}")
@@ -106,6 +114,7 @@ def main(argv=None) -> Path:
         preprocessing={
             k: data_config.get(k) for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
         },
+        **(selection_metadata(choice, args.from_results) if choice is not None else {}),
     )
     path = export_model(
         model,
@@ -119,6 +128,13 @@ def main(argv=None) -> Path:
         metadata=metadata,
     )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) and {sidecar_path(path)}")
+    if choice is not None:
+        check = check_exported_choice(path, args.format, choice, repeats=args.retime_repeats)
+        print(
+            f"chose {choice.name} from {args.from_results}; re-timed here in {check['runtime']}: median "
+            f"{check['median_ms']:.4g} ms at batch {check['batch']}, {'meets' if check['meets_budget'] else 'misses'} "
+            "the budget"
+        )
     return path
 
 
