@@ -141,8 +141,9 @@ def test_measure_latency_checks_its_arguments(model):
 
 
 def test_memory_is_weights_plus_working_memory(model):
-    configs = parse_granularities(model, ["32"])
-    _, res = measure_latency(model, configs, repeats=1, warmup=1, progress=False)
+    configs = parse_granularities(model, ["32", "16"])
+    _, res = measure_latency(model, configs, repeats=2, warmup=1, live_bytes=0, progress=False)  # rebuilt per visit
+    assert all(r["repeats"] == 2 for r in res.values())
     mb = res[(32, 32)]["memory_mb"]
     if mb is None:
         pytest.skip("/proc/self/clear_refs is not available here")

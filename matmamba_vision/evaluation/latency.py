@@ -13,6 +13,9 @@ and 90th-percentile milliseconds per batch, and the memory of the configuration:
   ``tracemalloc`` does not see torch's allocations, and this torch's profiler reports CPU frees only. Where
   ``/proc`` cannot be used the column is empty.
 
+With ``compile`` every configuration is its own compiled graph of the same ``forward``; a call checks the
+guards of the graphs before its own, a per-call overhead growing with the number of configurations.
+
 Timings are cached (:class:`LatencyCache`) under a key naming the machine (CPU model or GPU name), device,
 runtime and its version, threads, batch, input size, dtype and the model's architecture; an entry is only ever
 served for an identical key, so timings from another machine or runtime are refused, not reused.
@@ -21,6 +24,7 @@ served for an identical key, so timings from another machine or runtime are refu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import importlib.metadata
 import json
@@ -29,7 +33,6 @@ import os
 import platform
 import tempfile
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -61,7 +64,7 @@ __all__ = [
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
 LATENCY_COLUMNS = ("latency_ms", "latency_p90_ms", "memory_mb", "pareto_latency")
-LIVE_BYTES = 2 << 30  # weights of the submodels kept built at once; beyond it the least recently used is rebuilt
+LIVE_BYTES = 2 << 30  # weights of the submodels kept built at once; the configurations beyond it are rebuilt per visit
 CACHE_VERSION = 1
 Dims = Tuple[int, ...]
 
@@ -310,6 +313,19 @@ def _ort_runner(model: MatMambaVision, dims: Dims, x: torch.Tensor, threads: int
     return _Runner(lambda: session.run(None, feed), path.stat().st_size, keep=session)
 
 
+def _compile_limits(runtime: str, n: int):
+    """For ``compile``: room for one compiled graph per configuration (they share the model's ``forward``, and
+    past dynamo's recompile limit a configuration would silently run eager)."""
+    if runtime != "compile":
+        return contextlib.nullcontext()
+    import torch._dynamo.config as dynamo
+
+    limit = max(dynamo.recompile_limit, n + 1)
+    return dynamo.patch(
+        recompile_limit=limit, accumulated_recompile_limit=max(dynamo.accumulated_recompile_limit, limit)
+    )
+
+
 def measure_latency(
     model: MatMambaVision,
     configs: Sequence[SubmodelConfig],
@@ -330,7 +346,8 @@ def measure_latency(
     Returns (the :func:`latency_key`, {dims: record}); a record holds ``median_ms``, ``p90_ms``, ``memory_mb``
     (None where unmeasurable), ``repeats`` and ``cached``. Configurations found in ``cache`` under the same key
     are not timed again; new ones are stored in it. ``threads`` (default ``torch.get_num_threads()``) is set
-    for the measurement only.
+    for the measurement only. Built submodels are kept while their weights total at most ``live_bytes``; the
+    configurations beyond that are rebuilt, and warmed up again, at each visit.
     """
     if not configs:
         raise ValueError("configs: nothing to time")
@@ -352,13 +369,13 @@ def measure_latency(
     if not todo:
         return key, results
     x = torch.randn(batch, model.in_chans, *model.patch_embed.img_size, device=device)
-    live: "OrderedDict[Dims, _Runner]" = OrderedDict()
+    live: Dict[Dims, _Runner] = {}
     memory: Dict[Dims, Optional[int]] = {}
     times: Dict[Dims, List[float]] = {d: [] for d in todo}
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with tempfile.TemporaryDirectory(prefix="mmv_latency_") as folder:
+        with tempfile.TemporaryDirectory(prefix="mmv_latency_") as folder, _compile_limits(runtime, len(todo)):
 
             def build(dims: Dims) -> _Runner:
                 if runtime == "onnxruntime":
@@ -378,12 +395,11 @@ def measure_latency(
 
             def get(dims: Dims) -> _Runner:
                 if dims in live:
-                    live.move_to_end(dims)
                     return live[dims]
-                while live and sum(r.weight_bytes for r in live.values()) > live_bytes:
-                    live.popitem(last=False)
-                live[dims] = build(dims)
-                return live[dims]
+                runner = build(dims)
+                if sum(r.weight_bytes for r in live.values()) + runner.weight_bytes <= live_bytes:
+                    live[dims] = runner  # kept built; the others are rebuilt (and warmed up) at each visit
+                return runner
 
             bar = tqdm(total=repeats * len(todo), desc=f"latency ({runtime})", unit="call", disable=not progress)
             for r in range(repeats):
