@@ -35,7 +35,13 @@ from matmamba_vision.evaluation.cli import (
     resolve_device,
     trained_levels,
 )
-from matmamba_vision.evaluation.latency import LATENCY_COLUMNS, add_latency_args, latency_from_args, latency_table
+from matmamba_vision.evaluation.latency import (
+    LATENCY_COLUMNS,
+    add_latency_args,
+    check_latency_args,
+    latency_from_args,
+    latency_table,
+)
 from matmamba_vision.evaluation.report import write_results_file
 from matmamba_vision.flags import parse_flags
 
@@ -64,6 +70,7 @@ def main(argv=None) -> list:
     args = parse_args(argv)
     start = time.perf_counter()
     device = resolve_device(args.device)
+    check_latency_args(args, device)
     checkpoint = read_checkpoint_from_args(args)  # the one read of --checkpoint
     model = model_from_args(args, checkpoint).to(device)
     out_dir = check_outputs(args)  # before the evaluation, not after it

@@ -1,6 +1,7 @@
 """Issue 29: measured latency per configuration (validate.py --latency), its cache, selection under a budget,
 and export.py --from-results. Stored timings are made up; no test asserts how fast anything runs."""
 
+import importlib.metadata
 import importlib.util
 import json
 from pathlib import Path
@@ -236,3 +237,24 @@ def test_export_budget_flags_are_checked(tmp_path):
     with pytest.raises(ValueError, match="one of --checkpoint, --pretrained or --from-results is required"):
         export_cli.main(["--output", out])
     assert not list(tmp_path.glob("m.onnx*"))
+
+
+def test_latency_flags_are_checked_before_any_evaluation():
+    import argparse
+
+    args = argparse.Namespace(latency=True, latency_runtime="onnxruntime")
+    with pytest.raises(ValueError, match="--latency-runtime onnxruntime times on the CPU; got --device cuda"):
+        lat.check_latency_args(args, "cuda")
+    lat.check_latency_args(argparse.Namespace(latency=False, latency_runtime="onnxruntime"), "cuda")
+
+
+@pytest.mark.skipif(not ONNX, reason="onnx, onnxscript and onnxruntime are needed (pip install '.[export]')")
+def test_onnxruntime_latency_is_keyed_by_its_version(model, tmp_path):
+    cache = LatencyCache(tmp_path / "latency.json")
+    key, res = measure_latency(
+        model, parse_granularities(model, ["8"]), runtime="onnxruntime", repeats=2, warmup=0, cache=cache
+    )
+    assert key["runtime"] == "onnxruntime" and key["onnxruntime"] == importlib.metadata.version("onnxruntime")
+    assert res[(8, 8)]["repeats"] == 2 and res[(8, 8)]["median_ms"] > 0
+    assert cache.lookup(latency_key(model, "eager", 1)) == {}  # the eager key does not see ORT's timings
+    assert set(cache.lookup(key)) == {"8 8"}

@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import ctypes
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -57,6 +58,7 @@ __all__ = [
     "LatencyCache",
     "measure_latency",
     "add_latency_columns",
+    "check_latency_args",
     "latency_from_args",
     "latency_table",
     "time_exported",
@@ -444,6 +446,21 @@ def add_latency_columns(
         r["pareto_latency"] = i in front
 
 
+def check_latency_args(args: argparse.Namespace, device: Any) -> None:
+    """validate.py, before any evaluation: ValueError when ``--latency-runtime`` cannot run on ``--device``, and
+    ModuleNotFoundError when it needs a package that is missing."""
+    if not args.latency:
+        return
+    if args.latency_runtime == "onnxruntime":
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"--latency-runtime onnxruntime times on the CPU; got --device {device}")
+        missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ModuleNotFoundError(
+                f"--latency-runtime onnxruntime needs {', '.join(missing)}: pip install 'matmamba-vision[export]'"
+            )
+
+
 def latency_from_args(
     args: argparse.Namespace,
     model: MatMambaVision,
@@ -502,11 +519,12 @@ def time_exported(
 ) -> Dict[str, Any]:
     """Time an exported file in its runtime on the CPU (ONNX: ONNX Runtime; exported-program: the loaded
     program in eager PyTorch) at ``batch``; returns median_ms, p90_ms, memory_mb and what ran where."""
-    from ..export import EXPORT_FORMATS, INPUT_NAME
+    from ..export import EXPORT_FORMATS, INPUT_NAME, sidecar_path
 
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}")
-    info = json.loads(Path(str(path) + ".json").read_text()) if Path(str(path) + ".json").is_file() else {}
+    side = sidecar_path(path)
+    info = json.loads(side.read_text()) if side.is_file() else {}
     shape = (info.get("input") or {}).get("shape")
     if not shape:
         raise ValueError(f"{path}: its JSON sidecar (with the input shape) is needed to time it")
