@@ -13,7 +13,7 @@ from test_eval_scripts import TINY, _folder, _script
 
 import matmamba_vision as mv
 from matmamba_vision.evaluation import latency as lat
-from matmamba_vision.evaluation import official_sweep, parse_granularities
+from matmamba_vision.evaluation import latency_cache, official_sweep, parse_granularities
 from matmamba_vision.evaluation.latency import LatencyCache, latency_key, measure_latency
 from matmamba_vision.selection import NoSubmodelFitsError, budget_check, load_results
 from matmamba_vision.weights import save_weights
@@ -120,7 +120,7 @@ def test_cache_key_refuses_timings_from_another_machine_or_runtime(model, tmp_pa
     assert cache.lookup(dict(key, threads=key["threads"] + 1)) == {}
     assert cache.lookup(latency_key(model, "eager", 2)) == {}
     # another machine: refused, and said why; measured anew and stored beside the first entry
-    monkeypatch.setattr(lat, "machine_name", lambda device="cpu": "Another CPU @ 1.00GHz")
+    monkeypatch.setattr(latency_cache, "machine_name", lambda device="cpu": "Another CPU @ 1.00GHz")
     other = latency_key(model, "eager", 1)
     assert cache.lookup(other) == {}
     assert any("machine: " in why and "Another CPU" in why for why in cache.refused(other))

@@ -4,7 +4,9 @@
 - :mod:`.classification` accuracy (:mod:`matmamba_vision.accuracy`) and cost of many submodels in one pass;
 - :mod:`.embeddings` cached embedding passes; :mod:`.retrieval` exact chunked kNN (faiss or torch) and scores;
 - :mod:`.report` result files, tables, Pareto fronts and plots; :mod:`.cli` what validate.py and retrieval.py
-  share.
+  share;
+- :mod:`.latency` measured latency and memory per configuration (``validate.py --latency``), cached
+  (:mod:`.latency_cache`) per machine and runtime; :func:`matmamba_vision.select_submodel` chooses under a budget.
 """
 
 from ..accuracy import AccuracyMeter, topk_correct
