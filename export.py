@@ -4,10 +4,13 @@
     python export.py --model matmamba_vision_35m_patch16_224 --pretrained --granularity 64 --output mmv35m_g64.onnx
     python export.py --checkpoint output/train/demo/model_best.safetensors --granularity 32 --output demo_g32.onnx
     python export.py --checkpoint CKPT --granularity 128 128 64 64 --format exported-program --output m.pt2
+    python export.py --from-results output/eval/RUN/validate.json --max-ms 5 --output best_5ms.onnx
 
 Writes the file and ``FILE.json`` beside it (model args, granularity, input size, mean/std, interpolation, crop,
 the file's SHA-256, the verification figure). The export always runs the file (ONNX Runtime on the CPU, or the
 loaded program) and compares it with PyTorch; above a relative error of 1e-4 it fails and writes nothing.
+With ``--from-results`` (``validate.py --latency``'s file) it exports the most accurate configuration within
+``--max-ms``/``--max-memory-mb``/``--max-params``, re-times the file here and records the check in the JSON.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from matmamba_vision.export import (
 )
 from matmamba_vision.flags import GranularityList, add_model_args, parse_flags, positive_fraction, run_script
 from matmamba_vision.models.matmamba_vision import DATA_CONFIG_KEYS
+from matmamba_vision.selection import add_budget_args, check_exported_choice, choice_from_args, selection_metadata
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,18 +57,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     d.add_argument("--std", type=float, nargs="+", default=None)
     d.add_argument("--crop-pct", type=positive_fraction, default=None)
     d.add_argument("--interpolation", default="", choices=("", "bilinear", "bicubic", "nearest"))
+    add_budget_args(p)
     # model_from_args (shared with validate.py) checks these evaluation flags; an export has no data loader
     p.set_defaults(batch_size=1, workers=0, max_samples=None)
     args = parse_flags(p, argv)
-    if bool(args.checkpoint) == bool(args.pretrained):  # the weights: exactly one of the two
-        p.error("give one of --checkpoint and --pretrained")
+    if args.checkpoint and args.pretrained:  # the weights: one of the two, or --from-results naming them
+        p.error("give one of --checkpoint and --pretrained, not both")
+    if not (args.checkpoint or args.pretrained or args.from_results):
+        p.error("give one of --checkpoint, --pretrained or --from-results")
     return args
 
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
+    choice = choice_from_args(args)  # --from-results: the configuration, model and weights its results name
     gs = args.granularity  # None: full width; one g for every block, or one per block
-    granularity = gs[0] if gs and len(gs) == 1 else gs
+    granularity = choice.dims if choice is not None else gs[0] if gs and len(gs) == 1 else gs
     output = Path(args.output)
     if args.format == "onnx" and args.opset < MIN_OPSET:
         raise ValueError(f"--opset must be >= {MIN_OPSET}, got {args.opset}")
@@ -80,6 +88,7 @@ def main(argv=None) -> Path:
         checkpoint=args.checkpoint or None,
         pretrained=args.pretrained,
         preprocessing={k: data_config.get(k) for k in DATA_CONFIG_KEYS},
+        **(selection_metadata(choice, args.from_results) if choice is not None else {}),
     )
     path = export_model(
         model,
@@ -93,6 +102,13 @@ def main(argv=None) -> Path:
         metadata=metadata,
     )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) and {sidecar_path(path)}")
+    if choice is not None:
+        check = check_exported_choice(path, args.format, choice, repeats=args.retime_repeats)
+        print(
+            f"chose {choice.name} from {args.from_results}; re-timed here in {check['runtime']}: median "
+            f"{check['median_ms']:.4g} ms at batch {check['batch']}, {'meets' if check['meets_budget'] else 'misses'} "
+            "the budget"
+        )
     return path
 
 

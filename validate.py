@@ -23,6 +23,13 @@ from matmamba_vision.evaluation.classification import (
     write_validation_outputs,
 )
 from matmamba_vision.evaluation.cli import add_common_args, amp_dtype_from_args, loader_from_args, setup_from_args
+from matmamba_vision.evaluation.latency import (
+    LATENCY_COLUMNS,
+    add_latency_args,
+    check_latency_args,
+    latency_from_args,
+    latency_table,
+)
 from matmamba_vision.evaluation.report import write_results_file
 from matmamba_vision.flags import GranularityList, parse_flags, run_script
 
@@ -44,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="'official' (the paper's mix'n'match sweep), 'random:N', or a JSON/CSV file of per-layer lists",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of random:N")
+    add_latency_args(p)
     return parse_flags(p, argv)
 
 
@@ -51,6 +59,7 @@ def main(argv=None) -> list:
     args = parse_args(argv)
     start = time.perf_counter()
     device, checkpoint, model, out_dir, data_config, levels = setup_from_args(args)
+    check_latency_args(args, device)  # before the evaluation, not after it
     configs = dedupe_configs(
         parse_granularities(model, args.granularities, levels)
         + parse_mixnmatch(model, args.mixnmatch, args.seed, levels)
@@ -73,6 +82,7 @@ def main(argv=None) -> list:
         share_prefix=not args.no_prefix_sharing,
         log_freq=args.log_freq,
     )
+    latency = latency_from_args(args, model, configs, rows, device) if args.latency else None
     seconds = time.perf_counter() - start
     meta = dict(
         model=args.model,
@@ -87,12 +97,18 @@ def main(argv=None) -> list:
         model_args=model.model_args,
         seconds=seconds,
         device=str(device),
+        latency=latency,
     )
     print()
     print(validation_tables(rows), flush=True)  # shown before the files are written
-    paths = write_validation_outputs(rows, out_dir, meta, title=f"{args.model} ({args.split})")
+    if latency:
+        print("\n" + latency_table(rows), flush=True)
+    extra = LATENCY_COLUMNS if latency else ()
+    paths = write_validation_outputs(
+        rows, out_dir, meta, title=f"{args.model} ({args.split})", extra_columns=extra, latency=latency
+    )
     if args.results_file:
-        write_results_file(args.results_file, rows, meta, CSV_COLUMNS)
+        write_results_file(args.results_file, rows, meta, CSV_COLUMNS + extra)
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}  ({seconds:.1f} s)")
     return rows
 

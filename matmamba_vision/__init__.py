@@ -13,6 +13,7 @@ from .export import export_model
 from .layers import use_backend
 from .models import MatMambaVision, checkpoint_filter_fn, convert_official_state_dict
 from .ops import SSD_BACKENDS, ssd_scan
+from .selection import select_submodel
 
 __version__ = "0.1.0"
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "count_params",
     "count_flops",
     "export_model",
+    "select_submodel",
     "use_backend",
     "SSD_BACKENDS",
     "ssd_scan",

@@ -97,3 +97,18 @@ def test_heads_must_fill_groups():
     x, dt, A, B, C = make_inputs(1, 10, 3, 2, 2, 4)
     with pytest.raises(ValueError, match="multiple of groups"):
         ssd_scan(x, dt, A, B, C, 4, backend="torch")
+
+
+def test_exported_decay_form_equals_the_masked_one():
+    """The exported graph's decay (clamp and subtract, no select) matches the eager masked form: the same
+    zeros below e^-60, the kept terms within e^-60 (~1e-26)."""
+    from matmamba_vision.ops.ssd_ref import exp_dropped, exp_dropped_traced
+
+    q = 40
+    a = torch.cumsum(-torch.rand(3, q) * torch.tensor([[0.1], [3.0], [9.0]]), dim=-1)  # cumulative decays
+    seg = a.unsqueeze(-1) - a.unsqueeze(-2)  # <= 0 on and below the diagonal, > 0 above
+    keep = torch.ones(q, q, dtype=torch.bool).tril_(-1)
+    want = exp_dropped(seg.masked_fill(~keep, 0.0))
+    got = exp_dropped_traced(seg)
+    assert ((got == 0) == (want == 0)).all() and (want == 0).any()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-25)

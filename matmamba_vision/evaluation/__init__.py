@@ -6,7 +6,9 @@
 - adaptive retrieval: :mod:`.cascade` per-query escalation, :mod:`.rerank` shortlist and rerank,
   :mod:`.knn_index` a saved faiss index of the database, :mod:`.adaptive` retrieval.py's flags for them;
 - :mod:`.report` result files, tables, Pareto fronts and plots; :mod:`.cli` what validate.py and retrieval.py
-  share.
+  share;
+- :mod:`.latency` measured latency and memory per configuration (``validate.py --latency``), cached
+  (:mod:`.latency_cache`) per machine and runtime; :func:`matmamba_vision.select_submodel` chooses under a budget.
 """
 
 from ..accuracy import AccuracyMeter, topk_correct

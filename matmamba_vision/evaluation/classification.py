@@ -153,14 +153,24 @@ def validate_configs(
 
 
 def write_validation_outputs(
-    rows: Sequence[Dict[str, Any]], out_dir: os.PathLike, meta: Dict[str, Any], stem: str = "validate", title: str = ""
+    rows: Sequence[Dict[str, Any]],
+    out_dir: os.PathLike,
+    meta: Dict[str, Any],
+    stem: str = "validate",
+    title: str = "",
+    extra_columns: Sequence[str] = (),
+    latency: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Path]:
-    """``<stem>.csv``, ``<stem>.json`` (meta + rows) and ``<stem>.png`` in ``out_dir``."""
+    """``<stem>.csv`` (``CSV_COLUMNS`` + ``extra_columns``), ``<stem>.json`` (meta + rows) and ``<stem>.png`` in
+    ``out_dir``; with ``latency`` (its key: runtime, batch, machine) the plot adds accuracy against measured ms."""
     out_dir = Path(out_dir)
+    label = ""
+    if latency:
+        label = f"measured ms per batch of {latency['batch']} ({latency['runtime']}, {latency['machine']})"
     paths = {
-        "csv": write_csv(rows, out_dir / f"{stem}.csv", CSV_COLUMNS),
+        "csv": write_csv(rows, out_dir / f"{stem}.csv", tuple(CSV_COLUMNS) + tuple(extra_columns)),
         "json": write_json(dict(meta, rows=list(rows)), out_dir / f"{stem}.json"),
-        "png": plot_tradeoff(rows, out_dir / f"{stem}.png", title=title),
+        "png": plot_tradeoff(rows, out_dir / f"{stem}.png", title=title, latency_label=label),
     }
     return paths
 

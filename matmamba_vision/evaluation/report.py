@@ -130,19 +130,21 @@ def _save(fig, path: os.PathLike) -> Path:
         plt.close(fig)
 
 
-def plot_tradeoff(rows: Sequence[Dict], path: os.PathLike, metric: str = "top1", title: str = "") -> Path:
-    """Accuracy against non-embedding parameters and against GFLOPs: every configuration as a dot, the
-    trained granularities as labelled stars, the Pareto front as a line. Rows need params_non_embedding,
-    gflops, ``metric``, name and trained."""
+def plot_tradeoff(
+    rows: Sequence[Dict], path: os.PathLike, metric: str = "top1", title: str = "", latency_label: str = ""
+) -> Path:
+    """Accuracy against non-embedding parameters and against GFLOPs (and, with ``latency_label``, against
+    measured ``latency_ms``): every configuration as a dot, the trained granularities as labelled stars, the
+    Pareto front as a line. Rows need params_non_embedding, gflops, ``metric``, name and trained."""
     if not rows:
         raise ValueError("rows: nothing to plot")
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    panels = [("params_non_embedding", "parameters, non-embedding (M)", 1e-6), ("gflops", "GFLOPs per image", 1.0)]
+    if latency_label:
+        panels.append(("latency_ms", latency_label, 1.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5))
     ys = [r[metric] for r in rows]
-    for ax, key, label, scale in (
-        (axes[0], "params_non_embedding", "parameters, non-embedding (M)", 1e-6),
-        (axes[1], "gflops", "GFLOPs per image", 1.0),
-    ):
+    for ax, (key, label, scale) in zip(axes, panels):
         xs = [r[key] * scale for r in rows]
         mix = [i for i, r in enumerate(rows) if not r.get("trained")]
         trained = [i for i, r in enumerate(rows) if r.get("trained")]

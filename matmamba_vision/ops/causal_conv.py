@@ -88,7 +88,7 @@ def _causal_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     k = weight.shape[1]
     img = x.view(b, seqlen, 1, ch).permute(0, 3, 1, 2)  # (b, ch, seqlen, 1), channels-last strides
     out = F.conv2d(img, weight.view(ch, 1, k, 1), bias, padding=(k - 1, 0), groups=ch)
-    return out[:, :, :seqlen, 0].permute(0, 2, 1)
+    return out[:, :, :seqlen].squeeze(3).permute(0, 2, 1)  # squeeze, not [..., 0]: exported, a Gather is slow
 
 
 @functools.lru_cache(maxsize=None)

@@ -15,6 +15,7 @@ size except through rounding.
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from typing import Callable, Optional, Tuple
 
@@ -74,6 +75,16 @@ def exp_dropped(t: torch.Tensor) -> torch.Tensor:
     return t.masked_fill_(t < -_DROP, float("-inf")).exp_()
 
 
+_EXP_DROP = math.exp(-_DROP) * (1 + 1e-5)  # above any rounding of exp(-_DROP) in float32
+
+
+def exp_dropped_traced(t: torch.Tensor) -> torch.Tensor:
+    """:func:`exp_dropped` of ``min(t, 0)`` for an exported graph: ``max(exp(clamp(t, -_DROP, 0)) - e^-_DROP, 0)``,
+    so the dropped terms are exactly 0 and the kept ones move by ~1e-26 at most. Elementwise clamp, subtract
+    and max only: the masked selects (``Where``) of the eager form are among ONNX Runtime's slowest CPU ops."""
+    return (torch.exp(t.clamp(-_DROP, 0.0)) - _EXP_DROP).clamp_min(0.0)
+
+
 def pad_seq(t: torch.Tensor, pad: int) -> torch.Tensor:
     """``t`` (batch, seqlen, ...) with ``pad`` zero tokens appended."""
     return F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) if pad else t
@@ -112,7 +123,10 @@ def ssd_chunked_exact(
     # The diagonal and above set to 0 (not clamped: clamp's gradient vanishes where a below-diagonal entry is
     # exactly 0, e.g. dt = 0 or A = 0, and the diagonal's is pure rounding noise).
     keep = torch.ones(q, q, dtype=torch.bool, device=seg.device).tril_(-1)
-    decay = exp_dropped(seg.masked_fill(~keep, 0.0) if torch.is_grad_enabled() else seg.masked_fill_(~keep, 0.0))
+    if torch.compiler.is_exporting():  # the same values (seg > 0 only above the diagonal), without a select
+        decay = exp_dropped_traced(seg)
+    else:
+        decay = exp_dropped(seg.masked_fill(~keep, 0.0) if torch.is_grad_enabled() else seg.masked_fill_(~keep, 0.0))
     scores = (decay.view(b, nc, g, hg, q, q) * cb.unsqueeze(3)).view(b, nc, h, q, q)
     xd_h = xd.permute(0, 1, 3, 2, 4)  # (b, c, h, q, p)
     y = torch.matmul(scores, xd_h)  # (b, c, h, q, p)
@@ -120,7 +134,8 @@ def ssd_chunked_exact(
     final = None
     if nc > 1 or h0 is not None or want_final:
         # Each chunk's own end state, from its inputs decayed to the chunk's end.
-        to_end = exp_dropped(a_cum[..., -1:] - a_cum)  # (b, c, h, q)
+        to_end = a_cum[..., -1:] - a_cum  # (b, c, h, q), <= 0
+        to_end = exp_dropped_traced(to_end) if torch.compiler.is_exporting() else exp_dropped(to_end)
         xs = (xd_h * to_end.unsqueeze(-1)).view(b, nc, g, hg, q, p)
         xs = xs.transpose(-1, -2).reshape(b, nc, g, hg * p, q)
         chunk_states = torch.matmul(xs, B).view(b, nc, g, hg, p, n)
