@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -15,6 +14,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from matmamba_vision.evaluation.latency_cache import machine_name
 
 
 def arg_parser(doc: str, rounds: int, batch: Optional[int] = None) -> argparse.ArgumentParser:
@@ -34,14 +35,8 @@ def setup(threads: int = 2) -> None:
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    """The CPU's model name, as the latency cache records the machine."""
+    return machine_name("cpu")
 
 
 def header(title: str) -> None:

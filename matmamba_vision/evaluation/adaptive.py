@@ -21,8 +21,9 @@ from ..flags import positive_int
 from ..models.matmamba_vision import MatMambaVision
 from .cascade import cascade_table, run_cascade, write_cascade_outputs
 from .embeddings import EmbeddingCache, EmbeddingSet, embed_splits
-from .knn_index import ExactDatabase, FaissDatabase, build_faiss_index, index_key, open_index
+from .knn_index import ExactDatabase, FaissDatabase, index_key, open_index
 from .rerank import RERANK_KS, rerank_table, run_rerank, write_rerank_outputs
+from .retrieval import build_faiss_index
 from .submodels import SubmodelConfig, parse_granularities
 
 __all__ = ["add_adaptive_args", "check_adaptive_args", "open_database_index", "needs_database_images", "run_adaptive"]

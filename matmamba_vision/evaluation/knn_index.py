@@ -27,9 +27,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 
 from .embeddings import EmbeddingSet, file_sha256
-from .retrieval import _as_f32, knn_search
+from .retrieval import _as_f32, build_faiss_index, knn_search
 
-__all__ = ["ExactDatabase", "FaissDatabase", "build_faiss_index", "open_index", "index_key", "INDEX_VERSION"]
+__all__ = ["ExactDatabase", "FaissDatabase", "open_index", "index_key", "INDEX_VERSION"]
 
 INDEX_VERSION = 1
 _INDEX, _LAB, _META = "index.faiss", "labels.i64", "meta.json"
@@ -74,28 +74,6 @@ class FaissDatabase:
             raise ValueError(f"k must be in [1, database size {self.ntotal}], got {k}")
         s, i = self.index.search(_as_f32(queries), k)
         return s, i.astype(np.int64)
-
-
-def build_faiss_index(embeddings: np.ndarray, spec: str = "Flat", chunk: int = 65536) -> Any:
-    """A faiss ``index_factory(dim, spec)`` inner-product index over ``embeddings`` (trained on a sample of at
-    most max(100k, 64 x dim) rows when the index needs training). ValueError for a bad ``spec`` or too few rows."""
-    import faiss
-
-    n, dim = embeddings.shape
-    try:
-        idx = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as e:
-        raise ValueError(f"knn index {spec!r} is not a valid faiss index_factory string ({e})") from None
-    try:
-        if not idx.is_trained:
-            rng = np.random.default_rng(0)
-            rows = np.sort(rng.choice(n, size=min(n, max(100_000, 64 * dim)), replace=False))
-            idx.train(_as_f32(embeddings[rows]))
-        for a in range(0, n, chunk):
-            idx.add(_as_f32(embeddings[a : a + chunk]))
-    except RuntimeError as e:
-        raise ValueError(f"knn index {spec!r} cannot be built over {n} database rows ({e}); use 'Flat'") from None
-    return idx
 
 
 def index_key(

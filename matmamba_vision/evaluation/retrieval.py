@@ -444,11 +444,12 @@ def knn_search(
     return best_s.numpy(), best_i.numpy()
 
 
-def _approximate(queries, database, k, spec, query_chunk, db_chunk, progress):
-    """Build the faiss ``index_factory(spec)`` index (inner product) over ``database`` and search it."""
+def build_faiss_index(embeddings: np.ndarray, spec: str = "Flat", chunk: int = 65536, progress: bool = False) -> Any:
+    """A faiss ``index_factory(dim, spec)`` inner-product index over ``embeddings`` (trained on a sample of at
+    most max(100k, 64 x dim) rows when the index needs training). ValueError for a bad ``spec`` or too few rows."""
     import faiss
 
-    dim = database.shape[1]
+    n, dim = embeddings.shape
     try:
         idx = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
@@ -456,16 +457,20 @@ def _approximate(queries, database, k, spec, query_chunk, db_chunk, progress):
     try:
         if not idx.is_trained:
             rng = np.random.default_rng(0)
-            n = min(database.shape[0], max(100_000, 64 * dim))
-            rows = np.sort(rng.choice(database.shape[0], size=n, replace=False))
-            idx.train(_as_f32(database[rows]))
-        for a in tqdm(range(0, database.shape[0], db_chunk), desc=f"index {spec}", disable=not progress):
-            idx.add(_as_f32(database[a : a + db_chunk]))
+            rows = np.sort(rng.choice(n, size=min(n, max(100_000, 64 * dim)), replace=False))
+            idx.train(_as_f32(embeddings[rows]))
+        for a in tqdm(range(0, n, chunk), desc=f"index {spec}", disable=not progress):
+            idx.add(_as_f32(embeddings[a : a + chunk]))
     except RuntimeError as e:  # e.g. fewer database rows than an IVF index's clusters
         raise ValueError(
-            f"knn index {spec!r} cannot be built over {database.shape[0]} database rows ({e}); "
-            "use 'Flat' (exact) or a smaller index"
+            f"knn index {spec!r} cannot be built over {n} database rows ({e}); use 'Flat' (exact) or a smaller index"
         ) from None
+    return idx
+
+
+def _approximate(queries, database, k, spec, query_chunk, db_chunk, progress):
+    """Build the faiss ``index_factory(spec)`` index (inner product) over ``database`` and search it."""
+    idx = build_faiss_index(database, spec, db_chunk, progress)
     out_s, out_i = [], []
     for a in range(0, queries.shape[0], query_chunk):
         s, i = idx.search(_as_f32(queries[a : a + query_chunk]), k)
