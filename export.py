@@ -62,9 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.set_defaults(batch_size=1, workers=0, max_samples=None)
     args = parse_flags(p, argv)
     if args.checkpoint and args.pretrained:  # the weights: one of the two, or --from-results naming them
-        p.error("give one of --checkpoint and --pretrained, not both")
+        raise ValueError("--checkpoint and --pretrained exclude each other: give one")
     if not (args.checkpoint or args.pretrained or args.from_results):
-        p.error("give one of --checkpoint, --pretrained or --from-results")
+        raise ValueError("one of --checkpoint, --pretrained or --from-results is required")
     return args
 
 

@@ -247,9 +247,10 @@ def test_baseline_checkpoint_widths_read_from_its_shapes(scripts, checkpoint, tm
             *TINY,
         ]
     )
-    assert [(r["query"], r["query_kind"], r["query_granularity"]) for r in rows] == [
-        ("g=32", "granularity", 32),
-        ("small", "baseline", 16),
+    assert [(r["query"], r["query_kind"], r["query_granularity"], r["db_model"]) for r in rows] == [
+        ("g=32", "granularity", 32, "nested"),
+        ("small", "baseline", 16, "nested"),
+        ("small", "baseline", 16, "small"),  # the baseline against its own database too
     ]
     assert rows[1]["query_params_non_embedding"] < rows[0]["query_params_non_embedding"]
 
@@ -535,5 +536,7 @@ def test_each_script_reads_its_checkpoint_once(scripts, tmp_path, monkeypatch):
         ]
     )
     assert len(reads) == 2, reads  # the model's checkpoint, and the same file once more as the baseline
-    assert len(rows) == 2 and rows[0]["query_granularity"] == 32  # the submodel's row and the baseline's
+    # the submodel's row, the baseline's against the model's database and against its own
+    assert len(rows) == 3 and rows[0]["query_granularity"] == 32
+    assert [r["db_model"] for r in rows] == ["nested", "nested", "base"]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == ckpt_mod.read_checkpoint(path).sha256

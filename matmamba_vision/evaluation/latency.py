@@ -155,7 +155,7 @@ class _Runner:
 def _torch_runner(
     model: MatMambaVision, dims: Dims, x: torch.Tensor, runtime: str, amp_dtype: Optional[torch.dtype]
 ) -> _Runner:
-    from .classification import autocast_context
+    from ..accuracy import autocast_context
 
     sub = extract_submodel(model, list(dims)).to(x.device).eval().requires_grad_(False)
     weight_bytes = sum(t.numel() * t.element_size() for t in [*sub.parameters(), *sub.buffers()])
