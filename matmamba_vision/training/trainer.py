@@ -208,14 +208,18 @@ class _Run:
         self.out_dir = out_dir = from_main(experiment_dir(args.output, args.experiment, args.model, self.resume_state))
         self.lock = RunLock(out_dir)
         _on_main(info, self.lock.check)  # a live run there is named (taken in __init__, once every check passed)
-        held = newest_checkpoint(out_dir) or next((p for name, _, p in run_files(out_dir) if name.is_best), None)
-        if self.resume_state is None and held is not None:  # a new run would prune and overwrite that run's files
-            raise ValueError(
-                f"--output/--experiment: {out_dir} already holds a run ({held.name}); continue it with "
-                f"--resume {out_dir}, or choose another --experiment"
-            )
-        if info.is_main:  # only rank 0 writes; read-only, no permission, full, a file in the way: reported first
-            check_output_dir(out_dir)
+
+        def check_folder() -> None:
+            """On rank 0 only: the other ranks would list the folder while rank 0's write probe makes and removes it."""
+            held = newest_checkpoint(out_dir) or next((p for name, _, p in run_files(out_dir) if name.is_best), None)
+            if self.resume_state is None and held is not None:  # a new run would prune and overwrite its files
+                raise ValueError(
+                    f"--output/--experiment: {out_dir} already holds a run ({held.name}); continue it with "
+                    f"--resume {out_dir}, or choose another --experiment"
+                )
+            check_output_dir(out_dir)  # read-only, no permission, full, a file in the way: reported first
+
+        _on_main(info, check_folder)
         self.log = setup_logging(info.is_main)  # log.txt starts when the folder is made, after every check
         random_seed(args.seed)
 
