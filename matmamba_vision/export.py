@@ -199,7 +199,8 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _version(dist: str) -> Optional[str]:
+def package_version(dist: str) -> Optional[str]:
+    """The installed version of ``dist``, or None."""
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -259,7 +260,9 @@ def _sidecar(
             "rtol": VERIFY_RTOL,
             "batch_sizes": list(VERIFY_BATCHES),
         },
-        "versions": {d: _version(d) for d in ("matmamba-vision", "torch", "timm", "onnx", "onnxscript", "onnxruntime")},
+        "versions": {
+            d: package_version(d) for d in ("matmamba-vision", "torch", "timm", "onnx", "onnxscript", "onnxruntime")
+        },
     }
     info.update(metadata)
     return _jsonable(info)

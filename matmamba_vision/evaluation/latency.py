@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import importlib.metadata
 import importlib.util
 import json
 import math
@@ -39,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..elastic import extract_submodel
+from ..export import package_version
 from ..flags import nonneg_int, positive_int
 from ..models.matmamba_vision import MatMambaVision
 from .latency_cache import (
@@ -49,7 +49,6 @@ from .latency_cache import (
     key_mismatch,
     latency_key,
     machine_name,
-    package_version,
 )
 from .report import format_table, pareto_front
 from .submodels import SubmodelConfig

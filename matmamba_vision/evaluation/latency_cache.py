@@ -8,7 +8,6 @@ reused.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import platform
@@ -17,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from ..export import package_version
 from ..models.matmamba_vision import MatMambaVision
 from ..weights import atomic_write
 
@@ -24,7 +24,6 @@ __all__ = [
     "RUNTIMES",
     "default_cache_path",
     "machine_name",
-    "package_version",
     "latency_key",
     "key_mismatch",
     "dims_key",
@@ -53,14 +52,6 @@ def machine_name(device: Any = "cpu") -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def package_version(dist: str) -> Optional[str]:
-    """The installed version of ``dist``, or None."""
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _jsonable(value: Any) -> Any:
