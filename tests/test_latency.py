@@ -4,6 +4,7 @@ and export.py --from-results. Stored timings are made up; no test asserts how fa
 import importlib.metadata
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,34 @@ def test_cache_key_refuses_timings_from_another_machine_or_runtime(model, tmp_pa
     assert len(json.loads(cache.path.read_text())["entries"]) == 2
 
 
+@pytest.mark.parametrize("settle", [0, 1])
+def test_a_kept_configuration_is_called_untimed_before_each_timed_call(settle):
+    calls = []  # the configuration of every call, in order
+
+    def make(dims):
+        return lat._Runner(lambda: calls.append(dims), 4)
+
+    a, b = (32, 32), (8, 8)
+    kw = dict(repeats=3, warmup=1, settle=settle, memory_first=True, device=torch.device("cpu"), progress=False)
+    times, memory = lat._time_rounds([a, b], make, live_bytes=8, **kw)
+    assert {d: len(t) for d, t in times.items()} == {a: 3, b: 3} and set(memory) == {a, b}
+    built = [a, a, a, b, b, b]  # round 0: the memory call, the warm-up and the timed call of each
+    assert calls == built + [b] * (1 + settle) + [a] * (1 + settle) + [a] * (1 + settle) + [b] * (1 + settle)
+    assert lat.default_settle("onnxruntime") == 1 and lat.default_settle("eager") == 0
+    calls.clear()  # rebuilt at each visit (nothing kept): warmed up again, and no untimed call more
+    lat._time_rounds([a, b], make, live_bytes=0, **dict(kw, repeats=2))
+    assert calls == built + [b, b, a, a]
+
+
+def test_settle_is_part_of_the_key(model):
+    assert latency_key(model, "onnxruntime", 1)["settle"] == 1
+    assert "settle" not in latency_key(model, "onnxruntime", 1, settle=0)  # as ORT timings were keyed before
+    assert latency_key(model, "eager", 1, settle=2)["settle"] == 2
+    assert latency_key(model, "eager", 1) == latency_key(model, "eager", 1, settle=0)
+    with pytest.raises(ValueError, match="settle must be an integer >= 0"):
+        latency_key(model, "eager", 1, settle=-1)
+
+
 def test_measure_latency_checks_its_arguments(model):
     configs = parse_granularities(model, None)
     with pytest.raises(ValueError, match="runtime must be one of"):
@@ -249,12 +278,23 @@ def test_latency_flags_are_checked_before_any_evaluation():
 
 
 @pytest.mark.skipif(not ONNX, reason="onnx, onnxscript and onnxruntime are needed (pip install '.[export]')")
-def test_onnxruntime_latency_is_keyed_by_its_version(model, tmp_path):
+def test_onnxruntime_latency_is_keyed_by_its_version(model, tmp_path, monkeypatch):
     cache = LatencyCache(tmp_path / "latency.json")
+    children, real = [], lat._in_child
+
+    def in_child(fn, *args):  # the real child process, its result recorded
+        children.append((fn, real(fn, *args)))
+        return children[-1][1]
+
+    monkeypatch.setattr(lat, "_in_child", in_child)
     key, res = measure_latency(
         model, parse_granularities(model, ["8"]), runtime="onnxruntime", repeats=2, warmup=0, cache=cache
     )
     assert key["runtime"] == "onnxruntime" and key["onnxruntime"] == importlib.metadata.version("onnxruntime")
+    # timed in a child process of its own, every session on one shared thread pool, settled before each call
+    [(fn, (_, _, how))] = children
+    assert fn is lat._ort_timings and how["pid"] != os.getpid() and how["per_session_threads"] is False
+    assert key["settle"] == 1
     assert res[(8, 8)]["repeats"] == 2 and res[(8, 8)]["median_ms"] > 0
     assert cache.lookup(latency_key(model, "eager", 1)) == {}  # the eager key does not see ORT's timings
     assert set(cache.lookup(key)) == {"8 8"}

@@ -3,7 +3,14 @@
 Every configuration is cut out as a standalone submodel (:func:`~matmamba_vision.extract_submodel`, what a
 deployment runs), warmed up, then timed in interleaved rounds (one call of each configuration per round, the
 start rotating), so drift and noise from other processes hit all configurations alike. Reported: the median
-and 90th-percentile milliseconds per batch, and the memory of the configuration:
+and 90th-percentile milliseconds per batch, and the memory of the configuration.
+
+ONNX Runtime is timed as a single deployed session runs, which export.py's re-timing measures: in a child process
+whose sessions share one intra-op thread pool (:func:`_ort_timings`), each timed call right after an untimed one
+of the same configuration (``settle``, :func:`.latency_cache.default_settle`). Timed in the parent, with a pool
+per session and no such call, the medians ran 2-3x the re-timed ones at batch 1 and far more at batch 32.
+
+Memory:
 
 - ``memory_mb`` = its weights (PyTorch: parameter and buffer bytes; ONNX Runtime: the model file) plus the
   peak working memory of one call. On CUDA the working memory is ``torch.cuda.max_memory_allocated`` growth
@@ -45,6 +52,7 @@ from .latency_cache import (
     RUNTIMES,
     LatencyCache,
     default_cache_path,
+    default_settle,
     dims_key,
     key_mismatch,
     latency_key,
@@ -57,6 +65,7 @@ __all__ = [  # the key and the cache (:mod:`.latency_cache`) are re-exported
     "RUNTIMES",
     "default_cache_path",
     "machine_name",
+    "default_settle",
     "latency_key",
     "key_mismatch",
     "LatencyCache",
@@ -169,24 +178,61 @@ def _torch_runner(
     return _Runner(call, weight_bytes, keep=fn)
 
 
-def _ort_session(path: os.PathLike, threads: int):
+def _ort_session(path: os.PathLike, threads: int, shared_pool: bool = False):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads of its own, or (``shared_pool``) running on
+    the process's global thread pools, which :func:`_ort_timings` sizes first."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
+    if shared_pool:
+        opts.use_per_session_threads = False
+    else:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _ort_runner(model: MatMambaVision, dims: Dims, x: torch.Tensor, threads: int, folder: Path) -> _Runner:
+def _export_onnx(model: MatMambaVision, dims: Dims, folder: Path) -> Path:
     from ..export import export_model
 
     path = folder / f"{dims_key(dims).replace(' ', '_')}.onnx"
     if not path.is_file():
         export_model(model, path, granularity=list(dims), verify=False)
-    session = _ort_session(path, threads)
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    return _Runner(lambda: session.run(None, feed), path.stat().st_size, keep=session)
+    return path
+
+
+def _ort_timings(
+    paths: Dict[Dims, str], shape: Sequence[int], threads: int, rounds: Dict[str, Any]
+) -> Tuple[Dict[Dims, List[float]], Dict[Dims, Optional[int]], Dict[str, Any]]:
+    """Run in a child process of its own (:func:`_in_child`): time the exported files with :func:`_time_rounds`,
+    every session on one global intra-op pool of ``threads`` threads.
+
+    In the parent, each session would bring its own pool, whose threads keep spinning after its call while the
+    next configuration's session runs: on 2 cores at batch 32, some configurations' medians came out 10-50x
+    their time alone. One pool, sized before the process's first session, is what a single deployed session has.
+    Returns (times, memory, how: the child's pid and the pool setting)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    ort.set_global_thread_pool_sizes(threads, 1)
+    x = np.random.default_rng(0).standard_normal(tuple(shape), dtype=np.float32)
+
+    def make(dims: Dims) -> _Runner:
+        session = _ort_session(paths[dims], threads, shared_pool=True)
+        feed = {session.get_inputs()[0].name: x}
+        return _Runner(lambda: session.run(None, feed), Path(paths[dims]).stat().st_size, keep=session)
+
+    times, memory = _time_rounds(list(paths), make, memory_first=True, device=torch.device("cpu"), **rounds)
+    return times, memory, dict(pid=os.getpid(), per_session_threads=False, global_intra_op_threads=threads)
+
+
+def _in_child(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a fresh (spawned) Python process; its result or its exception."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def _compile_limits(runtime: str, n: int):
@@ -200,6 +246,64 @@ def _compile_limits(runtime: str, n: int):
     return dynamo.patch(
         recompile_limit=limit, accumulated_recompile_limit=max(dynamo.accumulated_recompile_limit, limit)
     )
+
+
+def _time_rounds(
+    todo: Sequence[Dims],
+    make: Callable[[Dims], _Runner],
+    *,
+    repeats: int,
+    warmup: int,
+    settle: int,
+    live_bytes: int,
+    memory_first: bool,
+    device: torch.device,
+    desc: str = "",
+    progress: bool = True,
+) -> Tuple[Dict[Dims, List[float]], Dict[Dims, Optional[int]]]:
+    """Seconds of ``repeats`` interleaved timed calls per configuration, and its memory (weights plus working
+    memory, see the module docstring; None where unmeasurable).
+
+    ``make(dims)`` builds a runner. Runners are kept while their weights total at most ``live_bytes``; the
+    others are rebuilt, and warmed up again, at each visit. A kept one is called ``settle`` times untimed right
+    before its timed call. ``memory_first``: the working memory is taken in the first call (ONNX Runtime, whose
+    arena keeps its memory), else after the warm-up."""
+    live: Dict[Dims, _Runner] = {}
+    memory: Dict[Dims, Optional[int]] = {}
+    times: Dict[Dims, List[float]] = {d: [] for d in todo}
+
+    def build(dims: Dims) -> _Runner:
+        runner = make(dims)
+        first = dims not in memory
+        if first and memory_first:
+            memory[dims] = _peak_growth(runner.call, device)
+        for _ in range(warmup):
+            runner.call()
+        if first and not memory_first:
+            memory[dims] = _peak_growth(runner.call, device)
+        if memory[dims] is not None and first:
+            memory[dims] += runner.weight_bytes
+        return runner
+
+    bar = tqdm(total=repeats * len(todo), desc=f"latency ({desc})", unit="call", disable=not progress)
+    for r in range(repeats):
+        shift = r % len(todo)
+        for dims in [*todo[shift:], *todo[:shift]]:
+            runner = live.get(dims)
+            if runner is None:  # built and warmed up in this visit
+                runner = build(dims)
+                if sum(k.weight_bytes for k in live.values()) + runner.weight_bytes <= live_bytes:
+                    live[dims] = runner
+            else:
+                for _ in range(settle):
+                    runner.call()
+            t0 = time.perf_counter()
+            runner.call()
+            times[dims].append(time.perf_counter() - t0)
+            bar.update()
+    bar.close()
+    live.clear()
+    return times, memory
 
 
 def measure_latency(
@@ -216,6 +320,7 @@ def measure_latency(
     cache: Optional[LatencyCache] = None,
     live_bytes: int = LIVE_BYTES,
     progress: bool = True,
+    settle: Optional[int] = None,
 ) -> Tuple[Dict[str, Any], Dict[Dims, Dict[str, Any]]]:
     """Time every configuration of ``model`` (one batch of ``batch`` images at the model's input size).
 
@@ -223,7 +328,8 @@ def measure_latency(
     (None where unmeasurable), ``repeats`` and ``cached``. Configurations found in ``cache`` under the same key
     are not timed again; new ones are stored in it. ``threads`` (default ``torch.get_num_threads()``) is set
     for the measurement only. Built submodels are kept while their weights total at most ``live_bytes``; the
-    configurations beyond that are rebuilt, and warmed up again, at each visit.
+    configurations beyond that are rebuilt, and warmed up again, at each visit. A kept one is called ``settle``
+    times untimed right before its timed call (default: :func:`default_settle`, 1 in ONNX Runtime, else 0).
     """
     if not configs:
         raise ValueError("configs: nothing to time")
@@ -232,7 +338,8 @@ def measure_latency(
             raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
     device = torch.device(device)
     threads = int(threads or torch.get_num_threads())
-    key = latency_key(model, runtime, batch, device, threads, amp_dtype)
+    settle = default_settle(runtime) if settle is None else settle
+    key = latency_key(model, runtime, batch, device, threads, amp_dtype, settle)
     stored = cache.lookup(key) if cache is not None else {}
     results: Dict[Dims, Dict[str, Any]] = {}
     todo: List[Dims] = []
@@ -245,49 +352,22 @@ def measure_latency(
     if not todo:
         return key, results
     x = torch.randn(batch, model.in_chans, *model.patch_embed.img_size, device=device)
-    live: Dict[Dims, _Runner] = {}
-    memory: Dict[Dims, Optional[int]] = {}
-    times: Dict[Dims, List[float]] = {d: [] for d in todo}
+    rounds = dict(repeats=repeats, warmup=warmup, settle=settle, live_bytes=live_bytes, desc=runtime, progress=progress)
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory(prefix="mmv_latency_") as folder, _compile_limits(runtime, len(todo)):
-
-            def build(dims: Dims) -> _Runner:
-                if runtime == "onnxruntime":
-                    runner = _ort_runner(model, dims, x.cpu(), threads, Path(folder))
-                else:
-                    runner = _torch_runner(model, dims, x, runtime, amp_dtype)
-                first = dims not in memory
-                if first and runtime == "onnxruntime":  # its arena is allocated in the first call and kept
-                    memory[dims] = _peak_growth(runner.call, device)
-                for _ in range(warmup):
-                    runner.call()
-                if first and runtime != "onnxruntime":
-                    memory[dims] = _peak_growth(runner.call, device)
-                if memory[dims] is not None and first:
-                    memory[dims] += runner.weight_bytes
-                return runner
-
-            def get(dims: Dims) -> _Runner:
-                if dims in live:
-                    return live[dims]
-                runner = build(dims)
-                if sum(r.weight_bytes for r in live.values()) + runner.weight_bytes <= live_bytes:
-                    live[dims] = runner  # kept built; the others are rebuilt (and warmed up) at each visit
-                return runner
-
-            bar = tqdm(total=repeats * len(todo), desc=f"latency ({runtime})", unit="call", disable=not progress)
-            for r in range(repeats):
-                shift = r % len(todo)
-                for dims in todo[shift:] + todo[:shift]:
-                    runner = get(dims)
-                    t0 = time.perf_counter()
-                    runner.call()
-                    times[dims].append(time.perf_counter() - t0)
-                    bar.update()
-            bar.close()
-            live.clear()
+            if runtime == "onnxruntime":
+                paths = {dims: str(_export_onnx(model, dims, Path(folder))) for dims in todo}
+                times, memory, _ = _in_child(_ort_timings, paths, tuple(x.shape), threads, rounds)
+            else:
+                times, memory = _time_rounds(
+                    todo,
+                    lambda dims: _torch_runner(model, dims, x, runtime, amp_dtype),
+                    memory_first=False,
+                    device=device,
+                    **rounds,
+                )
     finally:
         torch.set_num_threads(saved_threads)
     new = {}

@@ -1,9 +1,10 @@
 """The key a latency is measured under, and the cache of measured latencies.
 
 A key names the machine (CPU model or GPU name), device type, runtime and its version, threads, batch, input
-size, dtype and the model's architecture. :class:`LatencyCache` serves an entry only for an identical key, so
-timings taken on another machine, in another runtime, or at other threads, batch or size are refused, not
-reused.
+size, dtype, the model's architecture and, where it is not 0, ``settle`` (the untimed calls before each timed one
+of a configuration kept built, see :func:`default_settle`). :class:`LatencyCache` serves an entry only for an
+identical key, so timings taken on another machine, in another runtime, or at other threads, batch or size are
+refused, not reused.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "RUNTIMES",
     "default_cache_path",
     "machine_name",
+    "default_settle",
     "latency_key",
     "key_mismatch",
     "dims_key",
@@ -54,6 +56,22 @@ def machine_name(device: Any = "cpu") -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def default_settle(runtime: str) -> int:
+    """Untimed calls of a configuration kept built right before each of its timed calls: 1 in ONNX Runtime,
+    0 in PyTorch.
+
+    Timing rounds interleave the configurations, so a call follows calls of the others. There an ONNX Runtime
+    session ran 2.7-3x slower than back to back (the demo model, batch 1, 2-core CPU; alike with one intra-op
+    thread and with one thread pool for all sessions, so not its threads waking up: most likely its weights and
+    buffers leaving the caches). One untimed call first brings it back to the steady state a deployment runs it
+    in, which export.py's re-timing measures.
+    Eager PyTorch showed no such difference beyond its noise, and an extra call per round would double the
+    timing of large models."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    return 1 if runtime == "onnxruntime" else 0
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
@@ -65,11 +83,18 @@ def latency_key(
     device: Any = "cpu",
     threads: Optional[int] = None,
     amp_dtype: Optional[torch.dtype] = None,
+    settle: Optional[int] = None,
 ) -> Dict[str, Any]:
     """What a timing depends on: machine, device type, runtime (and its version), threads, batch, input size,
-    dtype and architecture (weights do not matter: the work depends on the shapes only)."""
+    dtype, architecture (weights do not matter: the work depends on the shapes only) and ``settle`` (default:
+    :func:`default_settle`; named in the key where it is not 0, so the keys of timings taken without it stay
+    as they were)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if settle is None:
+        settle = default_settle(runtime)
+    if isinstance(settle, bool) or not isinstance(settle, int) or settle < 0:
+        raise ValueError(f"settle must be an integer >= 0, got {settle!r}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     device = torch.device(device)
@@ -90,6 +115,8 @@ def latency_key(
     )
     if runtime == "onnxruntime":
         key["onnxruntime"] = package_version("onnxruntime")
+    if settle:
+        key["settle"] = settle
     return _jsonable(key)
 
 
