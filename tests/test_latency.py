@@ -181,8 +181,10 @@ def test_memory_is_weights_plus_working_memory(model):
     assert mb >= weights
 
 
-def test_validate_latency_writes_timings_beside_accuracy(tmp_path):
+def test_validate_latency_writes_timings_beside_accuracy(tmp_path, monkeypatch):
     validate = _script("validate")
+    live, measure = [], lat.measure_latency
+    monkeypatch.setattr(lat, "measure_latency", lambda *a, **kw: live.append(kw["live_bytes"]) or measure(*a, **kw))
     ckpt = tmp_path / "model.safetensors"
     save_weights(tiny_model(depth=2).state_dict(), ckpt)
     data = _folder(tmp_path / "data", n_val=8)
@@ -195,12 +197,14 @@ def test_validate_latency_writes_timings_beside_accuracy(tmp_path):
         "2",
         "--latency-warmup",
         "0",
+        "--latency-live-mb",
+        "1",
         "--latency-cache",
         str(tmp_path / "c.json"),
     ]
     rows = validate.main(args)
     assert len(rows) == 6 and all(r["latency_ms"] > 0 and r["latency_p90_ms"] >= r["latency_ms"] for r in rows)
-    assert any(r["pareto_latency"] for r in rows)
+    assert any(r["pareto_latency"] for r in rows) and live == [1 << 20]
     info = json.loads((out / "validate.json").read_text())
     assert info["latency"]["runtime"] == "eager" and info["latency"]["batch"] == 1
     assert info["latency"]["machine"] == lat.machine_name("cpu") and info["latency"]["cached"] == 0

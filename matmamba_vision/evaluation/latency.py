@@ -99,6 +99,13 @@ def add_latency_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     g.add_argument("--latency-repeats", type=positive_int, default=10, help="timed rounds (default: 10)")
     g.add_argument("--latency-warmup", type=nonneg_int, default=2, help="untimed calls per build (default: 2)")
     g.add_argument(
+        "--latency-live-mb",
+        type=nonneg_int,
+        default=LIVE_BYTES >> 20,
+        help="weights (MB) of the configurations kept built while timing; the others are rebuilt and warmed up "
+        "again at each of their timed calls (default: %(default)s)",
+    )
+    g.add_argument(
         "--latency-cache",
         default=None,
         help=f"timings cache file (default: {default_cache_path()}); 'none' to measure everything anew",
@@ -442,6 +449,7 @@ def latency_from_args(
         warmup=args.latency_warmup,
         amp_dtype=amp_dtype,
         cache=cache,
+        live_bytes=args.latency_live_mb << 20,
     )
     add_latency_columns(rows, timings)
     cached = sum(1 for t in timings.values() if t["cached"])
