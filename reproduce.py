@@ -87,7 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-args", default="", help="extra train.py flags for every model, e.g. '--epochs 1'")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate on N images of each split (default: all)")
     p.add_argument("--new-run", action="store_true", help="when --output holds another plan: use OUTPUT-2, -3, ...")
-    p.add_argument("--report-from", default=None, metavar="RESULTS", help="only write the report of a results.json into --output")
+    p.add_argument(
+        "--report-from", default=None, metavar="RESULTS", help="only write the report of a results.json into --output"
+    )
     return p.parse_args(argv)
 
 
