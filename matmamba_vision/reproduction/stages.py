@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import yaml
 
-from ..data.loader import dataset_classes
+from ..data.loader import dataset_classes, train_holdout_record
 from ..elastic import extract_submodel
 from ..training.checkpoint_files import newest_checkpoint, weights_of
 from ..training.config import parse_args as parse_train_args
@@ -125,6 +125,7 @@ class Plan:
             raise ValueError(f"variants: valid ones are {list(VARIANTS)}, got {self.variants}")
         args = parse_train_args(self._recipe_argv())
         self.model_name = args.model
+        self.dataset, self.data_dir = args.dataset, args.data_dir
         self.model_kwargs = dict(args.model_kwargs)  # parsed by train.py's parser (KEY=VALUE or a YAML mapping)
         self.model_kwargs.setdefault("num_classes", len(dataset_classes(args.dataset, args.data_dir, "train")))
         probe = build_model(self.model_name, **self.model_kwargs)
@@ -160,6 +161,10 @@ class Plan:
             eval_args=self.eval_args,
             commit=self.commit,
         )
+
+    def holdout_record(self) -> Dict[str, Any]:
+        """The held-out split the models were trained without (sizes, seed, per class, index SHA-256)."""
+        return train_holdout_record(self.dataset, self.data_dir)
 
     # ------------------------------------------------------------------ names and folders
     @staticmethod
