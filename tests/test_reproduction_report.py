@@ -326,6 +326,13 @@ def test_load_results_rejects(tmp_path, edit, message):
         load_results(path)
 
 
+def test_record_without_a_field_is_a_value_error():
+    results = make_results(seeds=(0,), variants=())
+    del results["retrieval"][0]["db_width"]
+    with pytest.raises(ValueError, match="lacks a field"):
+        render_markdown(results)
+
+
 def test_load_results_rejects_non_json(tmp_path):
     path = tmp_path / "results.json"
     path.write_text("{")

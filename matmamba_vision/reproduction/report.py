@@ -11,98 +11,34 @@ import argparse
 import json
 import math
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..evaluation.report import format_table, pareto_front
 from ..flags import parse_flags, run_script
 from ..weights import atomic_write
+from .report_data import FORMAT, VERSION, Run, Stat, check_results, label, level_name, load_results, stat_of
+from .report_figures import plot_accuracy, plot_retrieval
 
-__all__ = ["FORMAT", "VERSION", "Stat", "load_results", "check_results", "render_markdown", "write_report", "main"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Stat",
+    "load_results",
+    "check_results",
+    "accuracy_verdict",
+    "retrieval_loss",
+    "choose_variant",
+    "untrained_gaps",
+    "render_markdown",
+    "write_report",
+    "main",
+]
 
-FORMAT = "matmamba-vision reproduction results"
-VERSION = 1
 WITHIN = 0.3  # points: nested within this of its own-init baseline meets the accuracy target
 MAX_RETRIEVAL_LOSS = 2.0  # points a narrower level's queries may lose against full-width queries
 BASELINE_GAP = 50.0  # points an own-init baseline's queries must fall below the nested queries
 _EPS = 1e-9  # float noise in differences of means (89.77 - 89.47 is not exactly 0.3)
-
-_TOP = ("written", "commands", "plan", "machine", "params", "models", "retrieval", "stages")
-_PLAN = ("model", "patches", "tokens", "levels", "widths", "seeds", "variants", "holdout", "test_split")
-
-
-# ---------------------------------------------------------------------------------------------- the file
-
-
-def check_results(results: Any) -> Dict[str, Any]:
-    """``results`` itself when it is a results.json object of this format and version, else ValueError."""
-    if not isinstance(results, dict):
-        raise ValueError(f"results must be a JSON object, got {type(results).__name__}")
-    if results.get("format") != FORMAT:
-        raise ValueError(f"results format must be {FORMAT!r}, got {results.get('format')!r}")
-    if results.get("version") != VERSION:
-        raise ValueError(f"results version must be {VERSION}, got {results.get('version')!r}")
-    missing = [k for k in _TOP if k not in results]
-    if missing:
-        raise ValueError(f"results lack {', '.join(missing)}")
-    missing = [k for k in _PLAN if k not in results["plan"]]
-    if missing:
-        raise ValueError(f"results plan lacks {', '.join(missing)}")
-    if not results["plan"]["levels"] or not results["plan"]["seeds"]:
-        raise ValueError("results plan levels and seeds must not be empty")
-    return results
-
-
-def load_results(path: Union[str, Path]) -> Dict[str, Any]:
-    """Read and check a results.json (format and version); ValueError naming what is wrong."""
-    try:
-        results = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not JSON: {e}") from None
-    try:
-        return check_results(results)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-
-
-# ---------------------------------------------------------------------------------------------- numbers
-
-
-@dataclass(frozen=True)
-class Stat:
-    """One measurement over seeds."""
-
-    values: Tuple[float, ...]
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return math.fsum(self.values) / len(self.values)
-
-    @property
-    def lo(self) -> float:
-        return min(self.values)
-
-    @property
-    def hi(self) -> float:
-        return max(self.values)
-
-    @property
-    def spread(self) -> float:
-        return self.hi - self.lo
-
-    def __str__(self) -> str:
-        if self.n == 1:
-            return f"{self.mean:.2f} (1 seed)"
-        return f"{self.mean:.2f} ({self.lo:.2f}-{self.hi:.2f}, {self.n} seeds)"
-
-
-def _stat(values: Sequence[float]) -> Optional[Stat]:
-    return Stat(tuple(float(v) for v in values)) if values else None
 
 
 def _cell(s: Optional[Stat]) -> str:
@@ -111,103 +47,6 @@ def _cell(s: Optional[Stat]) -> str:
 
 def _mean(s: Optional[Stat]) -> Optional[float]:
     return None if s is None else s.mean
-
-
-def level_name(g: int, D: int) -> str:
-    """D, D/2, D/4, ... (or g/D as a fraction of D when D is not a multiple of g)."""
-    if g == D:
-        return "D"
-    return f"D/{D // g}" if D % g == 0 else f"{g / D:.2g}D"
-
-
-def label(variant: str) -> str:
-    """The plain nested model is ``nested``; a variant ``nested-{variant}`` (as the model names)."""
-    return f"nested-{variant}" if variant else "nested"
-
-
-class Run:
-    """results.json indexed: models by kind, retrieval rows by what they compare."""
-
-    def __init__(self, results: Dict[str, Any]):
-        check_results(results)
-        self.results = results
-        plan = self.plan = results["plan"]
-        self.levels = [int(g) for g in plan["levels"]]
-        self.D = max(self.levels)
-        self.trained = sorted(self.levels)
-        self.widths = sorted(int(w) for w in plan["widths"])
-        self.seeds = [int(s) for s in plan["seeds"]]
-        self.variants = [str(v) for v in plan["variants"]]
-        self.candidates = ["", *self.variants]
-        self.params = {int(k): v for k, v in results["params"].items()}
-        self.models: Dict[str, Dict] = {}
-        for i, m in enumerate(results["models"]):
-            if "name" not in m or "kind" not in m:
-                raise ValueError(f"results models[{i}] lacks name or kind")
-            self.models[m["name"]] = m
-        # (kind, who, query_width) -> rows; kind: self (a nested model's queries vs its own full-width database),
-        # cross (a baseline's queries vs the nested database), own (a baseline vs its own database), null
-        self.ret: Dict[Tuple[str, str, int], List[Dict]] = {}
-        for i, r in enumerate(results["retrieval"]):
-            q, db = self.models.get(r.get("query_model")), self.models.get(r.get("db_model"))
-            if q is None or db is None:
-                raise ValueError(
-                    f"results retrieval[{i}]: query_model {r.get('query_model')!r} or db_model "
-                    f"{r.get('db_model')!r} is not in models"
-                )
-            key = self._ret_key(q, db, int(r["db_width"]))
-            if key is not None:
-                self.ret.setdefault((*key, int(r["query_width"])), []).append(r)
-        for rows in self.ret.values():
-            rows.sort(key=lambda r: int(r["seed"]))
-
-    def _ret_key(self, q: Dict, db: Dict, db_width: int) -> Optional[Tuple[str, str]]:
-        plain_db = db["kind"] == "nested" and not db.get("variant") and db_width == self.D
-        if q["kind"] == "nested" and q["name"] == db["name"] and db_width == self.D:
-            return "self", q.get("variant", "")
-        if q["kind"] == "nested" and not q.get("variant") and plain_db:
-            return "null", ""
-        if q["kind"] == "baseline" and plain_db:
-            return "cross", q["init"]
-        if q["kind"] == "baseline" and q["name"] == db["name"]:
-            return "own", q["init"]
-        return None
-
-    def nested(self, variant: str = "") -> List[Dict]:
-        ms = [m for m in self.models.values() if m["kind"] == "nested" and m.get("variant", "") == variant]
-        return sorted(ms, key=lambda m: int(m["seed"]))
-
-    def baselines(self, init: str, g: int) -> List[Dict]:
-        ms = [
-            m
-            for m in self.models.values()
-            if m["kind"] == "baseline" and m.get("init") == init and int(m["width"]) == g
-        ]
-        return sorted(ms, key=lambda m: int(m["seed"]))
-
-    def top1(self, models: Sequence[Dict], g: int, split: str = "test") -> Optional[Stat]:
-        """Top-1 % at uniform width g over ``models`` (their seeds), from the test or ``minival`` split."""
-        key = str(g)
-        if split == "test":
-            vals = [m["test"]["uniform"][key] for m in models if key in m.get("test", {}).get("uniform", {})]
-        else:
-            vals = [m[split][key] for m in models if key in m.get(split, {})]
-        return _stat(vals)
-
-    def retrieval(self, kind: str, who: str, qw: int, metric: str = "top1") -> Optional[Stat]:
-        return _stat([r[metric] for r in self.ret.get((kind, who, qw), [])])
-
-    def retrieval_by_seed(self, kind: str, who: str, qw: int) -> Dict[int, float]:
-        return {int(r["seed"]): float(r["top1"]) for r in self.ret.get((kind, who, qw), [])}
-
-    def has_null(self) -> bool:
-        return any(k[0] == "null" for k in self.ret)
-
-    def name(self, g: int) -> str:
-        return f"{level_name(g, self.D)} (g={g})"
-
-    def cost(self, g: int, key: str) -> Optional[float]:
-        return self.params.get(g, {}).get(key)
 
 
 # ---------------------------------------------------------------------------------------------- verdicts
@@ -241,7 +80,7 @@ def retrieval_loss(run: Run, variant: str, g: int) -> Optional[Stat]:
     """Per seed: top-1 of full-width queries minus top-1 of g queries, both against the same full-width db."""
     full = run.retrieval_by_seed("self", variant, run.D)
     part = run.retrieval_by_seed("self", variant, g)
-    return _stat([full[s] - part[s] for s in sorted(full) if s in part])
+    return stat_of([full[s] - part[s] for s in sorted(full) if s in part])
 
 
 def choose_variant(run: Run) -> Tuple[str, Dict[str, Optional[Stat]]]:
@@ -254,7 +93,7 @@ def choose_variant(run: Run) -> Tuple[str, Dict[str, Optional[Stat]]]:
             mv = m.get("minival", {})
             if all(str(g) in mv for g in run.levels):
                 per_seed.append(math.fsum(mv[str(g)] for g in run.levels) / len(run.levels))
-        scores[v] = _stat(per_seed)
+        scores[v] = stat_of(per_seed)
     scored = [v for v in run.candidates if scores[v] is not None]
     chosen = max(scored, key=lambda v: scores[v].mean) if scored else ""
     return chosen, scores
@@ -296,8 +135,9 @@ def _header(run: Run) -> str:
     lines = [
         "# Reproduction of the MatMamba paper's vision claims at small scale",
         "",
-        f"Generated from `results.json` (written {r['written']}) alone, by `python -m "
-        "matmamba_vision.reproduction.report`. Every number is a mean over seeds with (min-max, n seeds).",
+        f"Generated from `results.json` (written {r['written']}) alone; `python -m "
+        "matmamba_vision.reproduction.report results.json` regenerates it. Every number is a mean over seeds "
+        "with (min-max, n seeds).",
         "",
         f"- Model: `{plan['model']}` {json.dumps(plan.get('model_kwargs', {}), sort_keys=True)}, depth "
         f"{plan.get('depth', 'n/a')}, D = {plan.get('embed_dim', run.D)}; sequence length {plan['tokens']} tokens "
@@ -539,7 +379,8 @@ def _mixnmatch(run: Run) -> List[Dict[str, Any]]:
             )
             entry["top1"].append(c["top1"])
     rows = [
-        {"name": k, "stat": _stat(v["top1"]), "params": v["params"], "gflops": v["gflops"]} for k, v in configs.items()
+        {"name": k, "stat": stat_of(v["top1"]), "params": v["params"], "gflops": v["gflops"]}
+        for k, v in configs.items()
     ]
     return sorted(rows, key=lambda r: (r["params"], r["name"]))
 
@@ -695,25 +536,26 @@ def _stages_section(run: Run) -> str:
 
 def render_markdown(results: Dict[str, Any]) -> str:
     """REPRODUCTION.md's text from a results.json dict (checked first)."""
-    run = Run(results)
-    chosen, scores = choose_variant(run)
-    parts = [
-        _header(run),
-        _models_section(run),
-        _choice_section(run, chosen, scores),
-        _targets_section(run, chosen),
-        _fig3_section(run),
-        _fig5_section(run),
-        _stages_section(run),
-    ]
+    try:
+        run = Run(results)
+        chosen, scores = choose_variant(run)
+        parts = [
+            _header(run),
+            _models_section(run),
+            _choice_section(run, chosen, scores),
+            _targets_section(run, chosen),
+            _fig3_section(run),
+            _fig5_section(run),
+            _stages_section(run),
+        ]
+    except (KeyError, TypeError) as e:  # a record without a field the schema requires
+        raise ValueError(f"results: a record lacks a field or has the wrong type ({type(e).__name__}: {e})") from None
     return "\n\n".join(parts) + "\n"
 
 
 def write_report(results: Dict[str, Any], out_dir: Union[str, Path]) -> Path:
     """Write REPRODUCTION.md, fig3_accuracy.png and fig5_retrieval.png into ``out_dir`` from a results.json
     dict alone; returns the Markdown's path."""
-    from .report_figures import plot_accuracy, plot_retrieval
-
     text = render_markdown(results)
     run = Run(results)
     out = Path(out_dir)
@@ -741,4 +583,4 @@ def main(argv: Optional[List[str]] = None) -> Path:
 
 
 if __name__ == "__main__":
-    run_script(main)  # a bad file or flag: one line, exit 2
+    run_script(main, failures=(OSError,))  # a bad file or flag: one line, exit 2; an unreadable one: exit 1

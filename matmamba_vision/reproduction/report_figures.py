@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..evaluation.report import _pyplot
 from ..weights import atomic_write
-from .report import Run, Stat, label
+from .report_data import Run, Stat, label
 
 __all__ = ["plot_accuracy", "plot_retrieval"]
 
