@@ -223,6 +223,8 @@ def _models_section(run: Run) -> str:
 
 
 def _choice_section(run: Run, chosen: str, scores: Dict[str, Optional[Stat]]) -> str:
+    if not run.variants:
+        return "## Variant choice\n\nThis run has no variants: the plain nested model is the one reported."
     rows = [{"c": label(v), "s": _cell(scores[v]), "x": "yes" if v == chosen else ""} for v in run.candidates]
     table = format_table(
         rows,
@@ -240,9 +242,7 @@ def _choice_section(run: Run, chosen: str, scores: Dict[str, Optional[Stat]]) ->
         table,
         "",
     ]
-    if not run.variants:
-        lines.append("This run has no variants: the plain nested model is the one reported.")
-    elif all(s is None for s in scores.values()):
+    if all(s is None for s in scores.values()):
         lines.append("results.json holds no held-out figures: the plain nested model is the one reported.")
     else:
         lines.append(f"Chosen: **{label(chosen)}**.")
