@@ -33,8 +33,9 @@ def check_results(results: Any) -> Dict[str, Any]:
     missing = [k for k in _PLAN if k not in results["plan"]]
     if missing:
         raise ValueError(f"results plan lacks {', '.join(missing)}")
-    if not results["plan"]["levels"] or not results["plan"]["seeds"]:
-        raise ValueError("results plan levels and seeds must not be empty")
+    empty = [k for k in ("levels", "widths", "seeds") if not results["plan"][k]]
+    if empty:
+        raise ValueError(f"results plan {', '.join(empty)} must not be empty")
     return results
 
 
