@@ -108,6 +108,8 @@ def _free_folder(plan_of, output: str) -> str:
 def main(argv=None):
     args = parse_args(argv)
     if args.report_from:
+        if not Path(args.report_from).is_file():
+            raise ValueError(f"--report-from: {args.report_from} is not a file")
         path = write_report(load_results(args.report_from), Path(args.output))
         print(f"[reproduce] wrote {path}")
         return path

@@ -16,11 +16,11 @@ import torch
 from ..evaluation.latency_cache import machine_name
 from ..weights import atomic_write
 from .report import write_report
+from .report_data import FORMAT, VERSION
 from .stages import TEST_SPLIT, Plan, Runners, Stage, StageLog
 
-__all__ = ["reproduce", "collect_results", "load_rows", "RESULTS_FORMAT", "RESULTS_VERSION"]
+__all__ = ["reproduce", "collect_results", "load_rows"]
 
-RESULTS_FORMAT, RESULTS_VERSION = "matmamba-vision reproduction results", 1
 RETRIEVAL_METRICS = ("top1", "map10", "recall1", "recall5", "recall10")
 
 
@@ -134,8 +134,8 @@ def collect_results(plan: Plan, stage_log: StageLog) -> Dict[str, Any]:
         test_split=TEST_SPLIT,
     )
     return dict(
-        format=RESULTS_FORMAT,
-        version=RESULTS_VERSION,
+        format=FORMAT,
+        version=VERSION,
         written=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         commands=stage_log.commands,
         plan=record,
