@@ -30,7 +30,6 @@ __all__ = [
     "untrained_gaps",
     "render_markdown",
     "write_report",
-    "main",
 ]
 
 WITHIN = 0.3  # points: nested within this of its own-init baseline meets the accuracy target
