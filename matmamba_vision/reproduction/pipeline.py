@@ -21,6 +21,7 @@ from .stages import TEST_SPLIT, Plan, Runners, Stage, StageLog
 
 __all__ = ["reproduce", "collect_results", "load_rows"]
 
+RECIPE_CHOICE = "docs/reproduction/recipe_choice.json"
 RETRIEVAL_METRICS = ("top1", "map10", "recall1", "recall5", "recall10")
 
 
@@ -112,6 +113,16 @@ def _retrieval_results(plan: Plan, name: str) -> List[Dict[str, Any]]:
     return out
 
 
+def _recipe_choice(plan: Plan) -> Dict[str, Any]:
+    """The held-out figures behind the recipe file (benchmarks/choose_reproduce_recipe.py's output committed as
+    docs/reproduction/recipe_choice.json), when they were made for this run's recipe file; else None."""
+    path = Path(__file__).resolve().parents[2] / RECIPE_CHOICE
+    if not plan.config or not path.is_file():
+        return None
+    choice = json.loads(path.read_text())
+    return choice if Path(choice.get("base_config", "")).name == Path(plan.config).name else None
+
+
 def collect_results(plan: Plan, stage_log: StageLog) -> Dict[str, Any]:
     """Every number of the run from its evaluation files: the one source of the report (schema version 1)."""
     stages = plan.stages()
@@ -132,6 +143,7 @@ def collect_results(plan: Plan, stage_log: StageLog) -> Dict[str, Any]:
         widths=plan.widths,
         holdout=plan.holdout_record(),
         test_split=TEST_SPLIT,
+        recipe_choice=_recipe_choice(plan),
     )
     return dict(
         format=FORMAT,

@@ -2,7 +2,7 @@
 
 Every number is a mean over seeds with its range; every target is judged strictly and ends in **met** or
 **missed** (with why). Nothing is read from the clock or from other files, so the same results give the same
-Markdown, byte for byte. Regenerate with ``python -m matmamba_vision.reproduction.report RESULTS_JSON``.
+Markdown, byte for byte. Regenerate with ``python reproduce.py --report-from RESULTS_JSON --output DIR``.
 """
 
 from __future__ import annotations
@@ -132,8 +132,8 @@ def _header(run: Run) -> str:
     lines = [
         "# Reproduction of the MatMamba paper's vision claims at small scale",
         "",
-        f"Generated from `results.json` (written {r['written']}) alone; `python -m "
-        "matmamba_vision.reproduction.report results.json` regenerates it. Every number is a mean over seeds "
+        f"Generated from `results.json` (written {r['written']}) alone; `python reproduce.py "
+        "--report-from results.json --output DIR` regenerates it. Every number is a mean over seeds "
         "with (min-max, n seeds).",
         "",
         f"- Model: `{plan['model']}` {json.dumps(plan.get('model_kwargs', {}), sort_keys=True)}, depth "
