@@ -109,10 +109,15 @@ def main(argv=None) -> list:
     kind = resolve_dataset(args.dataset, args.data_dir)
     check_split(kind, args.db_split)
     check_split(kind, args.query_split)
+    if args.db_split == args.query_split:
+        raise ValueError(
+            f"--db-split and --query-split are both {args.db_split!r}: every query would retrieve itself; "
+            "name two different splits"
+        )
     if splits_overlap(args.db_split, args.query_split):
         raise ValueError(
-            f"--db-split {args.db_split!r} and --query-split {args.query_split!r} share images: every such query "
-            "would retrieve itself; name two disjoint splits (e.g. minitrain and minival, or train and val)"
+            f"--db-split {args.db_split!r} and --query-split {args.query_split!r} share images: those queries "
+            "would retrieve themselves; name two disjoint splits (e.g. minitrain and minival, or train and val)"
         )
     start = time.perf_counter()
     backend = resolve_backend(args.knn_backend)
