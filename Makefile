@@ -15,10 +15,13 @@ DEMO_RUN ?= output/train/demo
 DEMO_CKPT ?= $(DEMO_RUN)/model_best.safetensors
 DEMO_EVAL_SAMPLES ?= 2000
 
-# `make reproduce`: the paper's vision claims at small scale (reproduce.py; REPRODUCTION.md + PNGs in $(REPRO_RUN));
-# run it again to continue an interrupted run. REPRO_ARGS adds flags, e.g. REPRO_ARGS=--variants.
-REPRO_RUN ?= output/reproduce
+# `make reproduce`: the paper's vision claims at small scale (reproduce.py; results.json, REPRODUCTION.md and PNGs
+# in $(REPRO_RUN)); run it again to continue an interrupted run. `make reproduce QUICK=1`: the 4-token model, one
+# seed, for a look (its own folder). REPRO_ARGS adds flags, e.g. REPRO_ARGS="--variants none".
+QUICK ?=
+REPRO_RUN ?= $(if $(QUICK),output/reproduce-quick,output/reproduce)
 REPRO_ARGS ?=
+REPRO_QUICK_ARGS := --config configs/reproduce_fmnist_quick.yaml --seeds 0
 
 .PHONY: demo demo-eval reproduce test gpu-test gpu-fig4 gpu-check setup clean
 
@@ -49,7 +52,7 @@ demo-eval: $(STAMP)
 		--cache-dir $(DEMO_RUN)/embedding_cache
 
 reproduce: $(STAMP)
-	$(PY) reproduce.py --output $(REPRO_RUN) $(REPRO_ARGS)
+	$(PY) reproduce.py --output $(REPRO_RUN) $(if $(QUICK),$(REPRO_QUICK_ARGS)) $(REPRO_ARGS)
 
 # timm's own tests/test_models.py (from the installed timm's sdist, fetched with pip once into $(TIMM_TESTS))
 # over every registered matmamba* model; tests/timm_suite/run.py lists what it leaves out, and why.

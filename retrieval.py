@@ -21,7 +21,9 @@ from pathlib import Path
 
 import matmamba_vision  # noqa: F401  (registers the models with timm)
 from matmamba_vision.argformat import DefaultsHelpFormatter
+from matmamba_vision.data.holdout import SPLITS_HELP, splits_overlap
 from matmamba_vision.data.identity import data_identity
+from matmamba_vision.data.loader import check_split, resolve_dataset
 from matmamba_vision.evaluation import (
     KNN_BACKENDS,
     Baseline,
@@ -56,8 +58,8 @@ from matmamba_vision.flags import GranularityList, parse_flags, run_script
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     add_common_args(p)
-    p.add_argument("--db-split", default="train", help="database split (default: %(default)s)")
-    p.add_argument("--query-split", default="val", help="query split (default: %(default)s)")
+    p.add_argument("--db-split", default="train", help=f"database split: {SPLITS_HELP} (default: %(default)s)")
+    p.add_argument("--query-split", default="val", help=f"query split: {SPLITS_HELP} (default: %(default)s)")
     p.add_argument(
         "--db-granularities",
         nargs="*",
@@ -104,10 +106,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list:
     args = parse_args(argv)
+    kind = resolve_dataset(args.dataset, args.data_dir)
+    check_split(kind, args.db_split)
+    check_split(kind, args.query_split)
     if args.db_split == args.query_split:
         raise ValueError(
             f"--db-split and --query-split are both {args.db_split!r}: every query would retrieve itself; "
             "name two different splits"
+        )
+    if splits_overlap(args.db_split, args.query_split):
+        raise ValueError(
+            f"--db-split {args.db_split!r} and --query-split {args.query_split!r} share images: those queries "
+            "would retrieve themselves; name two disjoint splits (e.g. minitrain and minival, or train and val)"
         )
     start = time.perf_counter()
     backend = resolve_backend(args.knn_backend)

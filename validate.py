@@ -15,6 +15,8 @@ import time
 
 import matmamba_vision  # noqa: F401  (registers the models with timm)
 from matmamba_vision.argformat import DefaultsHelpFormatter
+from matmamba_vision.data.holdout import SPLITS_HELP
+from matmamba_vision.data.loader import check_split, resolve_dataset
 from matmamba_vision.evaluation import dedupe_configs, parse_granularities, parse_mixnmatch
 from matmamba_vision.evaluation.classification import (
     CSV_COLUMNS,
@@ -37,7 +39,7 @@ from matmamba_vision.flags import GranularityList, parse_flags, run_script
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     add_common_args(p)
-    p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
+    p.add_argument("--split", default="val", help=f"split to evaluate: {SPLITS_HELP} (default: %(default)s)")
     p.add_argument(
         "--granularities",
         nargs="*",
@@ -57,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list:
     args = parse_args(argv)
+    check_split(resolve_dataset(args.dataset, args.data_dir), args.split)  # before the model is built
     start = time.perf_counter()
     device, checkpoint, model, out_dir, data_config, levels = setup_from_args(args)
     check_latency_args(args, device)  # before the evaluation, not after it

@@ -4,6 +4,7 @@
 
 from .fmnist import FMNIST_CLASSES, FashionMNIST, load_fmnist
 from .folder import create_folder_dataset
+from .holdout import HOLDOUT_SEED, HOLDOUT_SPLITS, SPLITS, holdout_indices, holdout_record, holdout_size
 from .loader import (
     DATASETS,
     EvalLoader,
@@ -14,6 +15,7 @@ from .loader import (
     dataset_classes,
     fmnist_data_config,
     resolve_dataset,
+    train_holdout_record,
 )
 from .transforms import (
     TensorAugment,
@@ -31,6 +33,12 @@ __all__ = [
     "FashionMNIST",
     "load_fmnist",
     "create_folder_dataset",
+    "HOLDOUT_SEED",
+    "HOLDOUT_SPLITS",
+    "SPLITS",
+    "holdout_indices",
+    "holdout_record",
+    "holdout_size",
     "DATASETS",
     "dataset_classes",
     "EvalLoader",
@@ -39,6 +47,7 @@ __all__ = [
     "create_eval_loader",
     "create_train_loader",
     "fmnist_data_config",
+    "train_holdout_record",
     "resolve_dataset",
     "TensorAugment",
     "create_eval_transform",

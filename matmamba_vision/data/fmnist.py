@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .holdout import SPLITS, holdout_subset, source_split
+
 __all__ = ["FMNIST_DIR", "FMNIST_CLASSES", "fmnist_root", "read_idx", "load_fmnist", "FashionMNIST"]
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -63,17 +65,21 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def load_fmnist(split: str = "train", root: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 28, 28) uint8 and labels (N,) int64 of ``split`` ('train': 60k, 'val': the 10k test set)."""
-    if split not in _PREFIX:
-        raise ValueError(f"split must be one of {sorted(_PREFIX)} for Fashion-MNIST, got {split!r}")
+    """Images (N, 28, 28) uint8 and labels (N,) int64 of ``split`` ('train': 60k, 'val': the 10k test set,
+    'minitrain'/'minival': the 50k/10k parts of 'train' of :mod:`.holdout`)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)} for Fashion-MNIST, got {split!r}")
     base = fmnist_root(root)
-    files = [base / f"{_PREFIX[split]}-{kind}-ubyte.gz" for kind in ("images-idx3", "labels-idx1")]
+    files = [base / f"{_PREFIX[source_split(split)]}-{kind}-ubyte.gz" for kind in ("images-idx3", "labels-idx1")]
     for f in files:
         if not f.is_file():
             raise ValueError(f"data_dir: Fashion-MNIST file {f} is missing")
     images, labels = (read_idx(f) for f in files)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(f"{base}: image and label files of split {split!r} do not match")
+    subset = holdout_subset(split, labels)
+    if subset is not None:
+        images, labels = images[subset], labels[subset]
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
 
 

@@ -10,14 +10,17 @@ from typing import Callable, List, Optional
 from PIL import Image
 from timm.data import ImageDataset, create_dataset
 
+from .holdout import HOLDOUT_SPLITS, holdout_subset, source_split
+
 __all__ = ["SPLIT_DIRS", "split_dir", "CheckedImageDataset", "create_folder_dataset", "check_images"]
 
 _logger = logging.getLogger(__name__)
-SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation")}
+SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation"), "minitrain": ("train",), "minival": ("train",)}
 
 
 def split_dir(data_dir: str, split: str) -> Optional[Path]:
-    """The folder of ``split`` under ``data_dir`` (``val`` also found as ``validation``), or None."""
+    """The folder of ``split`` under ``data_dir`` (``val`` also found as ``validation``; ``minitrain`` and
+    ``minival`` are parts of ``train``), or None."""
     if split not in SPLIT_DIRS:
         raise ValueError(f"split must be one of {sorted(SPLIT_DIRS)}, got {split!r}")
     for name in SPLIT_DIRS[split]:
@@ -82,8 +85,9 @@ def create_folder_dataset(
     skip_corrupt: bool = False,
     verify: bool = True,
 ) -> CheckedImageDataset:
-    """One split of an ImageNet-style folder; missing or empty folders, class lists that differ between
-    ``train`` and ``val``, and (with ``verify`` and no ``skip_corrupt``) unreadable files raise ValueError."""
+    """One split of an ImageNet-style folder (``minitrain``/``minival``: the parts of ``train`` of
+    :mod:`.holdout`, stratified by the folder's targets); missing or empty folders, class lists that differ
+    between ``train`` and ``val``, and (with ``verify`` and no ``skip_corrupt``) unreadable files raise ValueError."""
     if not data_dir or not Path(data_dir).is_dir():
         raise ValueError(f"data_dir: folder {data_dir!r} does not exist")
     root = split_dir(data_dir, split)
@@ -92,7 +96,9 @@ def create_folder_dataset(
 
     def load(path: Path, tf=None) -> CheckedImageDataset:
         try:
-            reader_ds = create_dataset("", root=str(path), split=split, search_split=False, input_img_mode=img_mode)
+            reader_ds = create_dataset(
+                "", root=str(path), split=source_split(split), search_split=False, input_img_mode=img_mode
+            )
         except RuntimeError as e:  # timm: 'Found 0 images in subfolders of ...'
             raise ValueError(f"data_dir: {path} is empty: {e}") from e
         if not len(reader_ds.reader.class_to_idx) or not len(reader_ds):
@@ -115,7 +121,11 @@ def create_folder_dataset(
         )
 
     dataset = load(root, transform)
-    other_split = "val" if split == "train" else "train"
+    if split in HOLDOUT_SPLITS:
+        samples = dataset.reader.samples
+        subset = holdout_subset(split, [target for _, target in samples])
+        dataset.reader.samples = [samples[i] for i in subset]
+    other_split = "train" if split == "val" else "val"
     other = split_dir(data_dir, other_split)
     if other is not None:
         other_classes = load(other).classes

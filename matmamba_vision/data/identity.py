@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Optional
 from .ffcv_pipeline import beton_path, ffcv_meta_path
 from .fmnist import fmnist_root
 from .folder import split_dir
-from .loader import resolve_dataset
+from .holdout import HOLDOUT_SPLITS
+from .loader import resolve_dataset, train_holdout_record
 
 __all__ = ["split_fingerprint", "data_identity", "check_same_classes"]
 
@@ -38,15 +39,20 @@ def split_fingerprint(dataset: str, data_dir: Optional[str], split: str) -> str:
 
 def data_identity(dataset: str, data_dir: Optional[str], split: str, data_config: Dict[str, Any]) -> Dict[str, Any]:
     """What identifies a split's images and transform (part of an embedding cache key): the dataset, the folder,
-    a fingerprint of its files (an entry is not served after the images changed) and the transform."""
+    the split's name, a fingerprint of its files (an entry is not served after the images changed), the
+    transform, and for minitrain/minival the held-out split's seed, size and index SHA-256."""
     data_dir = os.path.abspath(data_dir) if data_dir else None
-    return dict(
+    identity = dict(
         dataset=dataset or ("folder" if data_dir else "fmnist"),
         data_dir=data_dir,
         split=split,
         files=split_fingerprint(dataset, data_dir, split),
         transform={k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data_config.items())},
     )
+    if split in HOLDOUT_SPLITS:
+        record = train_holdout_record(dataset, data_dir)
+        identity["holdout"] = {k: record[k] for k in ("seed", "size", "of", "sha256")}
+    return identity
 
 
 def check_same_classes(

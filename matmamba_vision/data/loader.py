@@ -7,6 +7,8 @@ Both return an object that iterates over ``(images float tensor, targets long te
 - ``'fmnist'``: Fashion-MNIST (Debian's IDX files; ``data_dir`` may point at another copy);
 - ``'folder'``: ``data_dir/train/CLASS/*`` and ``data_dir/val/CLASS/*`` through timm's dataset;
 - ``'ffcv'``: ``data_dir/{train,val}.beton`` written by ``python -m matmamba_vision.data.ffcv_writer``.
+
+Splits: ``train``, ``val`` and, for Fashion-MNIST and folders, ``minitrain``/``minival`` (:mod:`.holdout`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .batches import (
 from .ffcv_pipeline import beton_path, create_ffcv_loader, ffcv_meta_path
 from .fmnist import FMNIST_CLASSES, FashionMNIST, load_fmnist
 from .folder import create_folder_dataset
+from .holdout import HOLDOUT_SPLITS, SPLITS, holdout_record
 from .transforms import (
     TensorAugment,
     create_eval_transform,
@@ -50,6 +53,8 @@ __all__ = [
     "create_eval_loader",
     "create_train_loader",
     "fmnist_data_config",
+    "check_split",
+    "train_holdout_record",
 ]
 
 DATASETS = ("", "fmnist", "folder", "ffcv")
@@ -65,6 +70,29 @@ def resolve_dataset(dataset: str, data_dir: Optional[str]) -> str:
     if dataset in ("folder", "ffcv") and not data_dir:
         raise ValueError(f"dataset {dataset!r} needs data_dir")
     return dataset
+
+
+def check_split(kind: str, split: str, any_ffcv_name: bool = False) -> None:
+    """ValueError for a split name that is not one of ``SPLITS`` (with ``any_ffcv_name``, ffcv data may name any
+    ``.beton`` file), or for minitrain/minival with ffcv data (they are carved from fmnist or folder data)."""
+    if kind == "ffcv" and split in HOLDOUT_SPLITS:
+        raise ValueError(
+            f"split {split!r}: the held-out splits {list(HOLDOUT_SPLITS)} are for fmnist/folder data, not ffcv "
+            "(train from the image folder, or use the train/val .beton files)"
+        )
+    if split not in SPLITS and not (kind == "ffcv" and any_ffcv_name):
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+
+
+def train_holdout_record(dataset: str = "", data_dir: Optional[str] = None) -> dict:
+    """:func:`~.holdout.holdout_record` of the data's train split (the labels are read, not the images)."""
+    kind = resolve_dataset(dataset, data_dir)
+    check_split(kind, "minival")
+    if kind == "fmnist":
+        labels = load_fmnist("train", data_dir)[1].numpy()
+    else:
+        labels = [t for _, t in create_folder_dataset(data_dir, "train", verify=False).reader.samples]
+    return holdout_record(labels)
 
 
 def _rank_world(distributed: bool) -> Tuple[int, int]:
@@ -98,6 +126,7 @@ def _folder_or_fmnist_dataset(
 def dataset_classes(dataset: str = "", data_dir: Optional[str] = None, split: str = "train") -> list:
     """Class names of a split without building a loader (folder listing, Fashion-MNIST's, or the .beton's JSON)."""
     kind = resolve_dataset(dataset, data_dir)
+    check_split(kind, split, any_ffcv_name=True)
     if kind == "fmnist":
         return list(FMNIST_CLASSES)
     if kind == "ffcv":
@@ -119,7 +148,8 @@ def create_eval_loader(
     skip_corrupt: bool = False,
     max_samples: Optional[int] = None,
 ) -> EvalLoader:
-    """An evaluation loader of ``split`` ('train' or 'val'; Fashion-MNIST's 'val' is its 10k test set) with
+    """An evaluation loader of ``split`` ('train', 'val', or for Fashion-MNIST and folders 'minitrain' and
+    'minival', the parts of 'train' of :mod:`.holdout`; Fashion-MNIST's 'val' is its 10k test set) with
     evaluation transforms only (resize, centre crop, normalise), in dataset order; ``max_samples``: only that
     many images, spread evenly over the split.
 
@@ -129,8 +159,7 @@ def create_eval_loader(
     unless ``skip_corrupt``: then it is logged and the next image taken) raises ValueError.
     """
     kind = resolve_dataset(dataset, data_dir)
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    check_split(kind, split)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     data_config = dict(data_config or fmnist_data_config())
@@ -196,6 +225,7 @@ def create_train_loader(
     else uses timm's transforms.
     """
     kind = resolve_dataset(dataset, data_dir)
+    check_split(kind, split, any_ffcv_name=True)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     data_config = dict(data_config or fmnist_data_config())

@@ -13,6 +13,7 @@ from typing import List, Optional, Tuple
 import yaml
 
 from ..argformat import DefaultsHelpFormatter
+from ..data.holdout import SPLITS_HELP
 from ..flags import (
     FlagType,
     GranularityList,
@@ -59,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="'' (Fashion-MNIST without --data-dir, folder with it), 'fmnist', 'folder' or 'ffcv'",
     )
     d.add_argument("--data-dir", default=None, help="folder with train/ and val/ (or the .beton files for ffcv)")
-    d.add_argument("--train-split", default="train")
-    d.add_argument("--val-split", default="val")
+    d.add_argument("--train-split", default="train", help=f"split trained on: {SPLITS_HELP}")
+    d.add_argument("--val-split", default="val", help=f"split validated on each epoch: {SPLITS_HELP}")
     d.add_argument("-j", "--workers", type=nonneg_int, default=0, help="data loader processes per rank")
     d.add_argument("--skip-corrupt", action="store_true", help="skip (and log) images that fail to decode")
     m = add_model_args(p, model_default=DEFAULT_MODEL, num_classes_default="the number of class folders", dropout=True)
