@@ -1,6 +1,5 @@
 """Adaptive retrieval: per-query cascade, shortlist and rerank, the persistent index (tiny model, fake data)."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,6 +9,7 @@ import pytest
 import torch
 from eval_synthetic import SyntheticLoader, tiny_model
 from PIL import Image
+from train_utils import load_script
 
 from matmamba_vision.evaluation import EmbeddingCache, embed_splits, faiss_available, knn_search, parse_granularities
 from matmamba_vision.evaluation.cascade import (
@@ -184,13 +184,6 @@ def test_bad_or_partial_index_files(model, tmp_path):
     assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".tmp-*"))
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}_adaptive", ROOT / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _folder(root, n_train=24, n_val=12, n_classes=4):
     """ROOT/{train,val}/CLASS/*.png from the synthetic templates (grey 28x28)."""
     for split, n in (("train", n_train), ("val", n_val)):
@@ -205,7 +198,7 @@ def _folder(root, n_train=24, n_val=12, n_classes=4):
 
 @needs_faiss
 def test_retrieval_script_cascade_rerank_index_and_own_baseline_database(model, tmp_path, monkeypatch, capsys):
-    retrieval = _script("retrieval")
+    retrieval = load_script("retrieval")
     data = _folder(tmp_path / "data")
     ckpt, other = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     save_weights(model.state_dict(), ckpt)

@@ -1,6 +1,5 @@
 """validate.py and retrieval.py end to end: an image folder, the Fashion-MNIST default, bad input."""
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -10,6 +9,7 @@ import pytest
 import torch
 from eval_synthetic import SyntheticLoader, tiny_model
 from PIL import Image
+from train_utils import load_script
 
 from matmamba_vision.weights import CheckpointError, save_weights
 
@@ -39,16 +39,9 @@ TINY_YAML = [
 ]
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def scripts():
-    return _script("validate"), _script("retrieval")
+    return load_script("validate"), load_script("retrieval")
 
 
 def _folder(root: Path, n_train=24, n_val=12, classes=("a", "b", "c", "d"), val_classes=None):

@@ -1,12 +1,11 @@
 """The held-out split (minitrain/minival carved from train): stratification, determinism, every loader and script."""
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
-from train_utils import TINY_MODEL, make_image_folder
+from train_utils import TINY_MODEL, load_script, make_image_folder
 
 from matmamba_vision.data import create_eval_loader, create_train_loader, dataset_classes, load_fmnist
 from matmamba_vision.data.folder import create_folder_dataset, split_dir
@@ -24,13 +23,6 @@ from matmamba_vision.training import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"_holdout_{name}", ROOT / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -174,12 +166,12 @@ def test_bad_split_names_list_the_holdout_splits(tmp_path, folder):
         lambda: create_train_loader("", str(folder), "test"),
         lambda: split_dir(str(folder), "test"),
         lambda: load_fmnist("test", str(tmp_path)),
-        lambda: _script("validate").main(["--data-dir", str(folder), "--split", "test"]),
+        lambda: load_script("validate").main(["--data-dir", str(folder), "--split", "test"]),
     ]
     for call in calls:
         with pytest.raises(ValueError, match="minitrain.*minival"):
             call()
-    retrieval = _script("retrieval")
+    retrieval = load_script("retrieval")
     with pytest.raises(ValueError, match="minitrain.*minival"):
         retrieval.main(["--data-dir", str(folder), "--query-split", "test"])
     with pytest.raises(ValueError, match="share images"):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from eval_synthetic import tiny_model
-from test_eval_scripts import TINY, _folder, _script
+from test_eval_scripts import TINY, _folder
+from train_utils import load_script
 
 import matmamba_vision as mv
 from matmamba_vision.evaluation import latency as lat
@@ -182,7 +183,7 @@ def test_memory_is_weights_plus_working_memory(model):
 
 
 def test_validate_latency_writes_timings_beside_accuracy(tmp_path, monkeypatch):
-    validate = _script("validate")
+    validate = load_script("validate")
     live, measure = [], lat.measure_latency
     monkeypatch.setattr(lat, "measure_latency", lambda *a, **kw: live.append(kw["live_bytes"]) or measure(*a, **kw))
     ckpt = tmp_path / "model.safetensors"
@@ -219,7 +220,7 @@ def test_validate_latency_writes_timings_beside_accuracy(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not ONNX, reason="onnx, onnxscript and onnxruntime are needed (pip install '.[export]')")
 def test_export_from_results_round_trips_the_configuration(model, tmp_path, capsys):
-    export_cli = _script("export")
+    export_cli = load_script("export")
     ckpt = tmp_path / "model.safetensors"
     save_weights(model.state_dict(), ckpt)
     configs = official_sweep(model)
@@ -257,7 +258,7 @@ def test_export_from_results_round_trips_the_configuration(model, tmp_path, caps
 
 
 def test_export_budget_flags_are_checked(tmp_path):
-    export_cli = _script("export")
+    export_cli = load_script("export")
     results = tmp_path / "validate.json"
     results.write_text(json.dumps(dict(META, rows=ROWS)))
     out = str(tmp_path / "m.onnx")

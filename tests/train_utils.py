@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import sys
@@ -18,6 +19,14 @@ TINY_MODEL = [
     "--model-kwargs",
     "{embed_dim: 32, depth: 2, d_state: 8, headdim: 4}",
 ]
+
+
+def load_script(name: str):
+    """One of the repository's scripts (``validate``, ``retrieval``, ``export``, ...) loaded as a fresh module."""
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def make_image_folder(
