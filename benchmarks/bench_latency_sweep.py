@@ -23,8 +23,9 @@ import timm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import matmamba_vision  # noqa: F401,E402  (registers the models)
 from _common import arg_parser, header, setup  # noqa: E402
+
+import matmamba_vision  # noqa: F401,E402  (registers the models)
 from matmamba_vision.elastic import count_flops, count_params  # noqa: E402
 from matmamba_vision.evaluation.latency import measure_latency  # noqa: E402
 from matmamba_vision.evaluation.submodels import dedupe_configs, official_sweep, uniform_configs  # noqa: E402
@@ -75,8 +76,10 @@ def main() -> None:
     beaten = sum(any(o["gflops"] > r["gflops"] and o["median_ms"] < r["median_ms"] for o in rows) for r in rows)
     rho = spearman(ms, gf)
     print(f"timed {len(rows)} configurations ({args.rounds} rounds each) in {wall:.1f} s (goal: <= 300 s)")
-    print(f"Spearman(median ms, GFLOPs) = {rho:.3f}; {beaten} of {len(rows)} are slower than a configuration "
-          "with more GFLOPs")
+    print(
+        f"Spearman(median ms, GFLOPs) = {rho:.3f}; {beaten} of {len(rows)} are slower than a configuration "
+        "with more GFLOPs"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = dict(

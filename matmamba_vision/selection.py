@@ -34,6 +34,15 @@ __all__ = [
 
 Results = Union[str, os.PathLike, Dict[str, Any], Sequence[Dict[str, Any]]]
 _BUDGETS = (("max_ms", "latency_ms", "ms"), ("max_memory_mb", "memory_mb", "MB"), ("max_params", "params", "params"))
+# which measured latency ``max_ms`` bounds: (validate.py's column, the re-timing's key)
+LATENCY_STATISTICS = {"median": ("latency_ms", "median_ms"), "p90": ("latency_p90_ms", "p90_ms")}
+
+
+def _columns(latency: str) -> Tuple[Tuple[str, str, str], ...]:
+    """_BUDGETS with max_ms on the column of ``latency`` (a key of :data:`LATENCY_STATISTICS`)."""
+    if latency not in LATENCY_STATISTICS:
+        raise ValueError(f"latency must be one of {sorted(LATENCY_STATISTICS)}, got {latency!r}")
+    return tuple((n, LATENCY_STATISTICS[latency][0] if n == "max_ms" else c, u) for n, c, u in _BUDGETS)
 
 
 class NoSubmodelFitsError(ValueError):
@@ -50,7 +59,7 @@ class SubmodelChoice:
     dims: List[int]
     row: Dict[str, Any] = field(repr=False)
     meta: Dict[str, Any] = field(repr=False)
-    budget: Dict[str, Optional[float]]
+    budget: Dict[str, Any]
 
     @property
     def latency_ms(self) -> Optional[float]:
@@ -137,9 +146,13 @@ def select_submodel(
     max_memory_mb: Optional[float] = None,
     max_params: Optional[int] = None,
     metric: str = "top1",
+    latency: str = "median",
 ) -> SubmodelChoice:
-    """The most accurate configuration (by ``metric``) whose measured median latency, memory and total
-    parameters are within the given budgets (None: no limit); ties go to the faster, then the smaller one.
+    """The most accurate configuration (by ``metric``) whose measured latency, memory and total parameters are
+    within the given budgets (None: no limit); ties go to the faster, then the smaller one.
+
+    ``latency``: which measured latency ``max_ms`` bounds, ``'median'`` or ``'p90'`` (9 calls in 10 within the
+    budget: a margin for the noise of a re-timing); the export's re-timing check uses the same one.
 
     ``results``: validate.py's result file (path to its .json or .csv) or its loaded content. Latency and
     memory budgets need a file written with ``validate.py --latency``; they hold on the machine, runtime,
@@ -149,16 +162,18 @@ def select_submodel(
     budget = dict(max_ms=max_ms, max_memory_mb=max_memory_mb, max_params=max_params)
     for name, value in budget.items():
         _check_budget(name, value)
+    columns = _columns(latency)
     rows, meta = load_results(results)
     if any(r.get(metric) is None for r in rows):
         raise ValueError(f"metric {metric!r} is not in every result row (e.g. top1, top5)")
-    for name, col, _ in _BUDGETS:
+    for name, col, _ in columns:
         if budget[name] is not None and any(r.get(col) is None for r in rows):
             why = "run validate.py --latency" if col != "params" else "validate.py writes it"
             raise ValueError(f"{name}: the results hold no measured {col} for every configuration ({why})")
-    fits = [r for r in rows if all(budget[n] is None or r[c] <= budget[n] for n, c, _ in _BUDGETS)]
+    fits = [r for r in rows if all(budget[n] is None or r[c] <= budget[n] for n, c, _ in columns)]
     if not fits:
         limits = ", ".join(f"{n}={budget[n]:g}" for n, _, _ in _BUDGETS if budget[n] is not None)
+        limits += f" ({latency} latency)" if max_ms is not None else ""
         if all(r.get("latency_ms") is not None for r in rows):
             fastest, what = min(rows, key=lambda r: (r["latency_ms"], r["params"])), "fastest"
         else:
@@ -172,15 +187,20 @@ def select_submodel(
             f"the {what} is {_describe(fastest, metric)}"
         )
     best = max(fits, key=lambda r: (r[metric], -(r.get("latency_ms") or 0.0), -(r.get("params") or 0)))
-    return SubmodelChoice(name=best["name"], dims=[int(g) for g in best["dims"]], row=best, meta=meta, budget=budget)
+    budget_record: Dict[str, Any] = dict(budget, latency=latency)
+    return SubmodelChoice(
+        name=best["name"], dims=[int(g) for g in best["dims"]], row=best, meta=meta, budget=budget_record
+    )
 
 
-def budget_check(
-    measured: Dict[str, Any], budget: Dict[str, Optional[float]], params: Optional[int] = None
-) -> Dict[str, Any]:
-    """Whether a re-timing (``median_ms``, ``memory_mb``) and ``params`` meet ``budget`` (:class:`SubmodelChoice`'s):
-    the measured figures, the budget, ``meets_budget`` and the list of ``misses`` (one line each)."""
-    got = dict(max_ms=measured.get("median_ms"), max_memory_mb=measured.get("memory_mb"), max_params=params)
+def budget_check(measured: Dict[str, Any], budget: Dict[str, Any], params: Optional[int] = None) -> Dict[str, Any]:
+    """Whether a re-timing (``median_ms`` or ``p90_ms``, as ``budget['latency']`` says; ``memory_mb``) and ``params``
+    meet ``budget`` (:class:`SubmodelChoice`'s): the measured figures, the budget, ``meets_budget`` and the list of
+    ``misses`` (one line each)."""
+    latency = budget.get("latency", "median")
+    _columns(latency)
+    ms = measured.get(LATENCY_STATISTICS[latency][1])
+    got = dict(max_ms=ms, max_memory_mb=measured.get("memory_mb"), max_params=params)
     misses = []
     for name, _, unit in _BUDGETS:
         limit = budget.get(name)
@@ -189,7 +209,8 @@ def budget_check(
         if got[name] is None:
             misses.append(f"{name}={limit:g}: not measurable here")
         elif got[name] > limit:
-            misses.append(f"{name}={limit:g}: measured {got[name]:.4g} {unit}")
+            what = f" ({latency})" if name == "max_ms" else ""
+            misses.append(f"{name}={limit:g}{what}: measured {got[name]:.4g} {unit}")
     return dict(measured, budget=dict(budget), meets_budget=not misses, misses=misses)
 
 
@@ -203,7 +224,14 @@ def add_budget_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="validate.py's .json (or .csv): export its most accurate configuration within the budget; model, "
         "weights and model args default to the ones it records",
     )
-    g.add_argument("--max-ms", type=positive_float, default=None, help="median latency budget (ms per batch)")
+    g.add_argument("--max-ms", type=positive_float, default=None, help="latency budget (ms per batch)")
+    g.add_argument(
+        "--max-ms-statistic",
+        choices=sorted(LATENCY_STATISTICS),
+        default="median",
+        help="the measured latency --max-ms bounds, in the choice and in the re-timing check; p90 leaves a margin "
+        "for timing noise (default: median)",
+    )
     g.add_argument("--max-memory-mb", type=positive_float, default=None, help="memory budget (MB)")
     g.add_argument("--max-params", type=positive_int, default=None, help="parameter budget (total)")
     g.add_argument(
@@ -222,7 +250,9 @@ def choice_from_args(args: argparse.Namespace) -> Optional[SubmodelChoice]:
     if args.granularity:
         raise ValueError("--granularity and --from-results exclude each other (the results choose the granularity)")
     try:
-        choice = select_submodel(args.from_results, args.max_ms, args.max_memory_mb, args.max_params)
+        choice = select_submodel(
+            args.from_results, args.max_ms, args.max_memory_mb, args.max_params, latency=args.max_ms_statistic
+        )
     except NoSubmodelFitsError as e:
         raise NoSubmodelFitsError(f"--from-results: {e}") from None
     except ValueError as e:

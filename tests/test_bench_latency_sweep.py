@@ -12,6 +12,7 @@ import timm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_latency_sweep as bls  # noqa: E402
+
 from matmamba_vision.evaluation.submodels import official_sweep  # noqa: E402
 
 

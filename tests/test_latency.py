@@ -94,12 +94,27 @@ def test_bad_budgets_and_results_are_refused():
         mv.select_submodel({"rows": []})
 
 
+def test_a_p90_budget_leaves_a_margin_in_the_choice_and_in_the_check():
+    results = dict(META, rows=ROWS)  # p90 = 1.1 x median
+    assert mv.select_submodel(results, max_ms=6.0).name == "32x1+16x1"  # median 6.0
+    choice = mv.select_submodel(results, max_ms=6.0, latency="p90")
+    assert choice.name == "32x1+8x1" and choice.budget["latency"] == "p90"  # p90 4.95; 32x1+16x1's is 6.6
+    with pytest.raises(NoSubmodelFitsError, match=r"max_ms=3.2 \(p90 latency\)"):
+        mv.select_submodel(results, max_ms=3.2, latency="p90")  # g=8: median 3.0, p90 3.3
+    with pytest.raises(ValueError, match=r"latency must be one of \['median', 'p90'\], got 'p99'"):
+        mv.select_submodel(results, max_ms=6.0, latency="p99")
+    retimed = dict(median_ms=4.8, p90_ms=5.2, memory_mb=None)
+    assert budget_check(retimed, dict(max_ms=5.0, latency="median"))["meets_budget"]
+    miss = budget_check(retimed, dict(max_ms=5.0, latency="p90"))
+    assert miss["misses"] == ["max_ms=5 (p90): measured 5.2 ms"]
+
+
 def test_budget_check_names_the_miss():
     ok = budget_check(dict(median_ms=4.0, memory_mb=10.0), dict(max_ms=5.0, max_memory_mb=None, max_params=None))
     assert ok["meets_budget"] and ok["misses"] == [] and ok["budget"]["max_ms"] == 5.0
     miss = budget_check(dict(median_ms=6.25, memory_mb=None), dict(max_ms=5.0, max_memory_mb=8.0, max_params=100), 50)
     assert not miss["meets_budget"]
-    assert miss["misses"] == ["max_ms=5: measured 6.25 ms", "max_memory_mb=8: not measurable here"]
+    assert miss["misses"] == ["max_ms=5 (median): measured 6.25 ms", "max_memory_mb=8: not measurable here"]
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +253,7 @@ def test_export_from_results_round_trips_the_configuration(model, tmp_path, caps
     want = rows[2]
     assert info["granularity_per_layer"] == want["dims"] and info["selection"]["name"] == want["name"]
     assert info["selection"]["dims"] == want["dims"] and info["selection"]["budget"]["max_ms"] == budget
+    assert info["selection"]["budget"]["latency"] == "median"
     assert info["selection"]["measured"]["top1"] == want["top1"]
     assert info["selection"]["latency_measured_with"]["machine"] == "CPU X"
     assert info["checkpoint"] == str(ckpt) and info["model"] == META["model"]
@@ -245,7 +261,7 @@ def test_export_from_results_round_trips_the_configuration(model, tmp_path, caps
     assert check["meets_budget"] is False and check["repeats"] == 2 and check["batch"] == 1
     assert check["machine"] == lat.machine_name("cpu") and check["runtime"].startswith("onnxruntime")
     err = capsys.readouterr().err
-    assert "best.onnx misses its budget in onnxruntime" in err and f"max_ms={budget:g}: measured" in err
+    assert "best.onnx misses its budget in onnxruntime" in err and f"max_ms={budget:g} (median): measured" in err
     assert "the results were timed on CPU X" in err
     import onnxruntime as ort
 
