@@ -85,10 +85,19 @@ def test_plan_stages_and_initial_weights(tmp_path):
 
 def test_eta_from_finished_stages(tmp_path):
     log = StageLog(tmp_path, {"model": "m"})
-    stages = [Stage("train", "nested-s0"), Stage("train", "nested-s1"), Stage("validate", "nested-s0")]
-    assert log.eta(stages) is None
-    log.done = {"train nested-s0": {"seconds": 100.0}, "validate baseline-own-g8-s0": {"seconds": 4.0}}
-    assert log.eta(stages[1:]) == pytest.approx(100.0 + 4.0)  # same cost key, then same verb
+    stages = [
+        Stage("train", "nested-s1"),
+        Stage("train", "nested-distill-s1"),
+        Stage("train", "baseline-own-g8-s0"),
+        Stage("validate", "nested-s0"),
+    ]
+    assert log.eta(stages) == (None, 4)
+    log.done = {"train nested-s0": {"seconds": 100.0}, "validate baseline-own-g16-s0": {"seconds": 4.0}}
+    # same cost key; then same verb and kind; a baseline's training is not guessed from the nested model's
+    assert log.eta(stages) == (pytest.approx(100.0 + 100.0), 2)
+    log.done["train baseline-same-g8-s0"] = {"seconds": 30.0}
+    log.done["validate nested-s1"] = {"seconds": 6.0}
+    assert log.eta(stages) == (pytest.approx(100.0 + 100.0 + 30.0 + 6.0), 0)
 
 
 def test_interrupted_reproduction_resumes_and_refuses_another_plan(tmp_path, capsys):

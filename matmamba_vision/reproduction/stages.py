@@ -67,6 +67,11 @@ class Stage:
         """Stages of one key cost about the same (the ETA's unit): the verb and the model without its seed."""
         return f"{self.verb} {self.model.rsplit('-s', 1)[0]}"
 
+    @property
+    def kind_key(self) -> str:
+        """The verb and whether the model is nested or a baseline (the ETA's fallback unit)."""
+        return f"{self.verb} {self.model.split('-', 1)[0]}"
+
 
 def final_weights(exp_dir: Path) -> Path:
     """The weights of the last finished epoch in a train.py experiment folder."""
@@ -371,23 +376,26 @@ class StageLog:
         text = json.dumps(dict(plan=self.plan, commands=self.commands, stages=self.done), indent=2) + "\n"
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
 
-    def eta(self, remaining: Sequence[Stage]) -> Optional[float]:
-        """Seconds left: each remaining stage costs the mean of finished stages of its cost key, else of its verb,
-        else of all; None before the first stage finished."""
+    def eta(self, remaining: Sequence[Stage]) -> Tuple[Optional[float], int]:
+        """(seconds left, stages not counted): each remaining stage costs the mean of the finished stages of its cost
+        key, else of those of its verb and kind (nested or baseline); a stage with neither is not yet timed and
+        left out of the seconds (a baseline trains in a fraction of the nested model's time, so no guess is made).
+        Seconds are None before the first stage finished."""
         if not self.done:
-            return None
+            return None, len(remaining)
         by_key: Dict[str, List[float]] = {}
         for name, rec in self.done.items():
-            verb, model = name.split(" ", 1)
-            for key in (Stage(verb, model).cost_key, verb, ""):
+            st = Stage(*name.split(" ", 1))
+            for key in (st.cost_key, st.kind_key):
                 by_key.setdefault(key, []).append(rec["seconds"])
-        total = 0.0
+        total, untimed = 0.0, 0
         for st in remaining:
-            for key in (st.cost_key, st.verb, ""):
-                if key in by_key:
-                    total += sum(by_key[key]) / len(by_key[key])
-                    break
-        return total
+            known = [by_key[k] for k in (st.cost_key, st.kind_key) if k in by_key]
+            if known:
+                total += sum(known[0]) / len(known[0])
+            else:
+                untimed += 1
+        return total, untimed
 
     def run(self, index: int, stages: Sequence[Stage], fn: Callable[[], Any], log: Callable[[str], None] = print):
         """Run stage ``stages[index]`` unless it is recorded; True when it ran now."""
@@ -396,8 +404,11 @@ class StageLog:
         if stage.name in self.done:
             log(f"{head}: done already ({self.done[stage.name]['seconds']:.0f} s), skipped")
             return False
-        eta = self.eta([s for s in stages[index:] if s.name not in self.done])
-        log(f"{head}: running" + (f" (ETA of the run: {_minutes(eta)})" if eta is not None else ""))
+        eta, untimed = self.eta([s for s in stages[index:] if s.name not in self.done])
+        note = ""
+        if eta is not None:
+            note = f" (ETA of the run: {_minutes(eta)}" + (f" + {untimed} stages not yet timed)" if untimed else ")")
+        log(f"{head}: running{note}")
         t0 = time.time()
         fn()
         self.done[stage.name] = {
