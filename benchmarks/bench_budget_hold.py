@@ -2,11 +2,11 @@
 
 For N latency budgets evenly spaced from just above the fastest configuration's median (or p90) to the slowest
 one's, ``export.py --from-results RESULTS --max-ms B --max-ms-statistic median|p90`` picks the most accurate
-configuration within B, exports it (ONNX for ONNX Runtime results, else an exported program) and re-times the
-file in its runtime (the sidecar's ``budget_check``, on the same statistic). Reports per budget the choice, its
-top-1, the re-timed figure, whether it met B, and the best uniform-width configuration within B (from the same
-results); then, per statistic, how many budgets held and how many choices were at least as accurate as that
-uniform width.
+configuration within B, exports it to ONNX and re-times the file in ONNX Runtime (the sidecar's
+``budget_check``, on the same statistic). Results timed in another runtime are refused: no exported file runs in
+it. Reports per budget the choice, its top-1, the re-timed figure, whether it met B, and the best uniform-width
+configuration within B (from the same results); then, per statistic, how many budgets held and how many choices
+were at least as accurate as that uniform width.
 
     python benchmarks/bench_budget_hold.py --results RUN/validate.json [--budgets 10] [--statistics median p90]
 """
@@ -42,8 +42,14 @@ def main() -> None:
     rows = [r for r in results["rows"] if r.get("latency_ms") is not None]
     if not rows:
         raise SystemExit(f"--results {args.results}: no latency_ms column (run validate.py with --latency)")
-    runtime = (results.get("latency") or {}).get("runtime", "eager")
-    fmt, suffix = ("onnx", "onnx") if runtime == "onnxruntime" else ("exported-program", "pt2")
+    runtime = (results.get("latency") or {}).get("runtime")
+    if runtime != "onnxruntime":
+        raise SystemExit(
+            f"--results {args.results}: timed in {runtime}; the exported file must run in the runtime the results "
+            "were timed in, and only ONNX Runtime results have one (an ExportedProgram runs its graph op by op, "
+            "not as the eager model): use validate.py --latency-runtime onnxruntime"
+        )
+    fmt, suffix = "onnx", "onnx"
     uniform = [r for r in rows if len(set(r["dims"])) == 1]
     out = Path(args.out or tempfile.mkdtemp(prefix="budget-hold-"))
     out.mkdir(parents=True, exist_ok=True)

@@ -263,6 +263,7 @@ def test_export_from_results_round_trips_the_configuration(model, tmp_path, caps
     err = capsys.readouterr().err
     assert "best.onnx misses its budget in onnxruntime" in err and f"max_ms={budget:g} (median): measured" in err
     assert "the results were timed on CPU X" in err
+    assert "the results were timed in eager, best.onnx runs in onnxruntime" in err  # not the runtime timed
     import onnxruntime as ort
 
     x = torch.randn(3, 1, 28, 28)
