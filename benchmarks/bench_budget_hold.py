@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from matmamba_vision.selection import LATENCY_STATISTICS  # noqa: E402
 
 
 def main() -> None:
@@ -32,8 +34,8 @@ def main() -> None:
     ap.add_argument(
         "--statistics",
         nargs="+",
-        default=["median", "p90"],
-        choices=["median", "p90"],
+        default=sorted(LATENCY_STATISTICS),
+        choices=sorted(LATENCY_STATISTICS),
         help="the latency the budgets bound (export.py --max-ms-statistic), each over its own spread of budgets",
     )
     ap.add_argument("--out", default="", help="folder for the exported files (default: a temporary one)")
@@ -54,7 +56,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="budget-hold-"))
     out.mkdir(parents=True, exist_ok=True)
     for stat in args.statistics:
-        col, key = {"median": ("latency_ms", "median_ms"), "p90": ("latency_p90_ms", "p90_ms")}[stat]
+        col, key = LATENCY_STATISTICS[stat]
         ms = [r[col] for r in rows]
         held = at_least_uniform = 0
         budgets = np.linspace(min(ms) * 1.02, max(ms), args.budgets)
