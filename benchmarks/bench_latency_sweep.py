@@ -36,6 +36,11 @@ def spearman(a: list, b: list) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def slower_than_a_bigger_one(rows: list) -> int:
+    """How many rows some row with more GFLOPs beats on median ms."""
+    return sum(any(o["gflops"] > r["gflops"] and o["median_ms"] < r["median_ms"] for o in rows) for r in rows)
+
+
 def main() -> None:
     ap = arg_parser(__doc__, rounds=10, batch=1)
     ap.add_argument("--model", default="matmamba_vision_35m_patch16_224")
@@ -73,7 +78,7 @@ def main() -> None:
             )
         )
     ms, gf = [r["median_ms"] for r in rows], [r["gflops"] for r in rows]
-    beaten = sum(any(o["gflops"] > r["gflops"] and o["median_ms"] < r["median_ms"] for o in rows) for r in rows)
+    beaten = slower_than_a_bigger_one(rows)
     rho = spearman(ms, gf)
     print(f"timed {len(rows)} configurations ({args.rounds} rounds each) in {wall:.1f} s (goal: <= 300 s)")
     print(

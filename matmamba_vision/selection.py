@@ -38,11 +38,17 @@ _BUDGETS = (("max_ms", "latency_ms", "ms"), ("max_memory_mb", "memory_mb", "MB")
 LATENCY_STATISTICS = {"median": ("latency_ms", "median_ms"), "p90": ("latency_p90_ms", "p90_ms")}
 
 
-def _columns(latency: str) -> Tuple[Tuple[str, str, str], ...]:
-    """_BUDGETS with max_ms on the column of ``latency`` (a key of :data:`LATENCY_STATISTICS`)."""
+def _latency_keys(latency: str) -> Tuple[str, str]:
+    """(validate.py's column, the re-timing's key) of ``latency``; ValueError naming the valid ones."""
     if latency not in LATENCY_STATISTICS:
         raise ValueError(f"latency must be one of {sorted(LATENCY_STATISTICS)}, got {latency!r}")
-    return tuple((n, LATENCY_STATISTICS[latency][0] if n == "max_ms" else c, u) for n, c, u in _BUDGETS)
+    return LATENCY_STATISTICS[latency]
+
+
+def _columns(latency: str) -> Tuple[Tuple[str, str, str], ...]:
+    """_BUDGETS with max_ms on the column of ``latency`` (a key of :data:`LATENCY_STATISTICS`)."""
+    column = _latency_keys(latency)[0]
+    return tuple((n, column if n == "max_ms" else c, u) for n, c, u in _BUDGETS)
 
 
 class NoSubmodelFitsError(ValueError):
@@ -198,8 +204,7 @@ def budget_check(measured: Dict[str, Any], budget: Dict[str, Any], params: Optio
     meet ``budget`` (:class:`SubmodelChoice`'s): the measured figures, the budget, ``meets_budget`` and the list of
     ``misses`` (one line each)."""
     latency = budget.get("latency", "median")
-    _columns(latency)
-    ms = measured.get(LATENCY_STATISTICS[latency][1])
+    ms = measured.get(_latency_keys(latency)[1])
     got = dict(max_ms=ms, max_memory_mb=measured.get("memory_mb"), max_params=params)
     misses = []
     for name, _, unit in _BUDGETS:

@@ -21,6 +21,12 @@ def test_spearman_is_rank_correlation():
     assert bls.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
 
 
+def test_slower_than_a_bigger_one_counts_rank_inversions():
+    rows = [dict(gflops=1.0, median_ms=3.0), dict(gflops=2.0, median_ms=2.0), dict(gflops=3.0, median_ms=4.0)]
+    assert bls.slower_than_a_bigger_one(rows) == 1  # only the 1-GFLOP row: the 2-GFLOP one is faster
+    assert bls.slower_than_a_bigger_one(rows[1:]) == 0
+
+
 def test_sweep_times_every_configuration(tmp_path, monkeypatch):
     model = "matmamba_vision_tiny_patch14_28"
     argv = ["bench_latency_sweep.py", "--model", model, "--rounds", "1", "--warmup", "0", "--out", str(tmp_path)]

@@ -390,11 +390,11 @@ class StageLog:
                 by_key.setdefault(key, []).append(rec["seconds"])
         total, untimed = 0.0, 0
         for st in remaining:
-            known = [by_key[k] for k in (st.cost_key, st.kind_key) if k in by_key]
-            if known:
-                total += sum(known[0]) / len(known[0])
-            else:
+            seconds = next((by_key[k] for k in (st.cost_key, st.kind_key) if k in by_key), None)
+            if seconds is None:
                 untimed += 1
+            else:
+                total += sum(seconds) / len(seconds)
         return total, untimed
 
     def run(self, index: int, stages: Sequence[Stage], fn: Callable[[], Any], log: Callable[[str], None] = print):
