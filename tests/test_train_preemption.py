@@ -69,11 +69,14 @@ import matmamba_vision.training.matryoshka as mt
 where, rank = Path(os.environ["PAUSE_DIR"]), os.environ.get("RANK", "0")
 steps = {int(s) for s in os.environ.get("PAUSE_STEPS", "").split(",") if s}
 original_call, original_write = mt.MatryoshkaStep.__call__, ck.atomic_write
+def mark(name, text):  # the marker appears with its content, never empty (the test reads it as soon as it exists)
+    (where / f".{name}").write_text(text)
+    os.replace(where / f".{name}", where / name)
 def call(self, *a, **k):
     out = original_call(self, *a, **k)
     step = int(next(iter(self.optimizer.state.values()))["step"])
     if step in steps:
-        (where / f"paused-{rank}-{step}").write_text(str(os.getpid()))
+        mark(f"paused-{rank}-{step}", str(os.getpid()))
         while not (where / f"go-{step}").exists():
             time.sleep(0.01)
     return out
@@ -83,7 +86,7 @@ def write(path, fn):
         if Path(path).name == os.environ.get("PAUSE_WRITE"):
             with open(tmp, "r+b") as f:
                 f.truncate(os.path.getsize(tmp) // 2)
-            (where / "paused-write").write_text(tmp)
+            mark("paused-write", tmp)
             time.sleep(600)
     return original_write(path, half)
 mt.MatryoshkaStep.__call__, ck.atomic_write = call, write
