@@ -27,6 +27,16 @@ def test_slower_than_a_bigger_one_counts_rank_inversions():
     assert bls.slower_than_a_bigger_one(rows[1:]) == 0
 
 
+def test_worst_inversion_names_the_pair():
+    rows = [
+        dict(name="a", gflops=1.0, median_ms=3.0),
+        dict(name="b", gflops=2.0, median_ms=2.0),
+        dict(name="c", gflops=3.0, median_ms=2.5),
+    ]
+    assert bls.worst_inversion(rows) == dict(ratio=1.5, slower="a", faster="b")
+    assert bls.worst_inversion(rows[1:]) is None
+
+
 def test_sweep_times_every_configuration(tmp_path, monkeypatch):
     model = "matmamba_vision_tiny_patch14_28"
     argv = ["bench_latency_sweep.py", "--model", model, "--rounds", "1", "--warmup", "0", "--out", str(tmp_path)]
@@ -43,3 +53,18 @@ def test_sweep_times_every_configuration(tmp_path, monkeypatch):
     beaten = sum(any(o["gflops"] > r["gflops"] and o["median_ms"] < r["median_ms"] for o in rows) for r in rows)
     assert out["slower_than_a_bigger_one"] == beaten
     assert (tmp_path / "sweep.png").stat().st_size > 0
+
+
+def test_every_nth_keeps_the_uniform_widths(tmp_path, monkeypatch):
+    model = "matmamba_vision_tiny_patch14_28"
+    argv = ["bench_latency_sweep.py", "--model", model, "--rounds", "1", "--warmup", "0", "--every", "4"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path)])
+    bls.main()
+    out = json.loads((tmp_path / "sweep.json").read_text())
+    m = timm.create_model(model)
+    uniform = {tuple([g] * len(m.layers)) for g in m.matryoshka_levels}
+    assert {tuple(r["dims"]) for r in out["rows"]} == uniform | {tuple(c.dims) for c in official_sweep(m)[::4]}
+    assert out["every"] == 4
+    monkeypatch.setattr(sys, "argv", [*argv[:-1], "0"])
+    with pytest.raises(SystemExit):
+        bls.main()
