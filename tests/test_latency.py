@@ -147,8 +147,10 @@ def test_cache_key_refuses_timings_from_another_machine_or_runtime(model, tmp_pa
 
 
 @pytest.mark.parametrize("settle", [0, 1])
-def test_a_kept_configuration_is_called_untimed_before_each_timed_call(settle):
+def test_a_kept_configuration_is_called_untimed_before_each_timed_call(settle, monkeypatch):
     calls = []  # the configuration of every call, in order
+    # no working memory, so both stay kept whatever the process's resident set does meanwhile
+    monkeypatch.setattr(lat, "_peak_growth", lambda call, device: call() or 0)
 
     def make(dims):
         return lat._Runner(lambda: calls.append(dims), 4)
@@ -163,6 +165,24 @@ def test_a_kept_configuration_is_called_untimed_before_each_timed_call(settle):
     calls.clear()  # rebuilt at each visit (nothing kept): warmed up again, and no untimed call more
     lat._time_rounds([a, b], make, live_bytes=0, **dict(kw, repeats=2))
     assert calls == built + [b, b, a, a]
+
+
+@pytest.mark.parametrize("memory_first, rebuilt", [(True, 2), (False, 0)])
+def test_a_kept_onnx_session_counts_its_arena_against_the_live_budget(monkeypatch, memory_first, rebuilt):
+    """ORT's arena stays with its session: 24 kept 35M sessions at batch 32 held 23 GB and were OOM-killed."""
+    built = []
+
+    def make(dims):
+        built.append(dims)
+        return lat._Runner(lambda: None, 4)
+
+    monkeypatch.setattr(lat, "_peak_growth", lambda call, device: call() or 100)  # each call's working memory
+    a, b = (32, 32), (8, 8)
+    kw = dict(repeats=3, warmup=0, settle=0, device=torch.device("cpu"), progress=False)
+    _, memory = lat._time_rounds([a, b], make, live_bytes=150, memory_first=memory_first, **kw)
+    assert memory == {a: 104, b: 104}
+    # with its arena (104 bytes) only the first fits in 150: the second is rebuilt at each of its later visits
+    assert len(built) == 2 + rebuilt
 
 
 def test_settle_is_part_of_the_key(model):

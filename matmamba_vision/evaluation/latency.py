@@ -80,7 +80,7 @@ __all__ = [  # the key and the cache (:mod:`.latency_cache`) are re-exported
 ]
 
 LATENCY_COLUMNS = ("latency_ms", "latency_p90_ms", "memory_mb", "pareto_latency")
-LIVE_BYTES = 2 << 30  # weights of the submodels kept built at once; the configurations beyond it are rebuilt per visit
+LIVE_BYTES = 2 << 30  # memory the submodels kept built at once may hold; those beyond it are rebuilt per visit
 Dims = Tuple[int, ...]
 
 
@@ -102,8 +102,9 @@ def add_latency_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--latency-live-mb",
         type=nonneg_int,
         default=LIVE_BYTES >> 20,
-        help="weights (MB) of the configurations kept built while timing; the others are rebuilt and warmed up "
-        "again at each of their timed calls (default: %(default)s)",
+        help="memory (MB) the configurations kept built while timing may hold (weights; in ONNX Runtime also "
+        "each session's arena); the others are rebuilt and warmed up again at each of their timed calls "
+        "(default: %(default)s)",
     )
     g.add_argument(
         "--latency-cache",
@@ -161,10 +162,12 @@ def _peak_growth(call: Callable[[], Any], device: torch.device) -> Optional[int]
 
 
 class _Runner:
-    """One configuration built for the runtime: ``call()`` runs one batch; ``weight_bytes`` its weights."""
+    """One configuration built for the runtime: ``call()`` runs one batch; ``weight_bytes`` its weights;
+    ``held_bytes`` what it holds while kept (:func:`_time_rounds` adds the arena of a runtime that keeps one)."""
 
     def __init__(self, call: Callable[[], Any], weight_bytes: int, keep: Any = None):
         self.call, self.weight_bytes, self._keep = call, weight_bytes, keep
+        self.held_bytes = weight_bytes
 
 
 def _torch_runner(
@@ -271,10 +274,11 @@ def _time_rounds(
     """Seconds of ``repeats`` interleaved timed calls per configuration, and its memory (weights plus working
     memory, see the module docstring; None where unmeasurable).
 
-    ``make(dims)`` builds a runner. Runners are kept while their weights total at most ``live_bytes``; the
+    ``make(dims)`` builds a runner. Runners are kept while what they hold totals at most ``live_bytes``; the
     others are rebuilt, and warmed up again, at each visit. A kept one is called ``settle`` times untimed right
-    before its timed call. ``memory_first``: the working memory is taken in the first call (ONNX Runtime, whose
-    arena keeps its memory), else after the warm-up."""
+    before its timed call. ``memory_first``: the working memory is taken in the first call, and a kept runner
+    holds it too (ONNX Runtime, whose arena keeps its memory: 35M sessions at batch 32 hold about a GB each);
+    else it is taken after the warm-up, and a kept runner holds its weights."""
     live: Dict[Dims, _Runner] = {}
     memory: Dict[Dims, Optional[int]] = {}
     times: Dict[Dims, List[float]] = {d: [] for d in todo}
@@ -290,6 +294,8 @@ def _time_rounds(
             memory[dims] = _peak_growth(runner.call, device)
         if memory[dims] is not None and first:
             memory[dims] += runner.weight_bytes
+        if memory_first and memory[dims] is not None:
+            runner.held_bytes = memory[dims]
         return runner
 
     bar = tqdm(total=repeats * len(todo), desc=f"latency ({desc})", unit="call", disable=not progress)
@@ -299,7 +305,7 @@ def _time_rounds(
             runner = live.get(dims)
             if runner is None:  # built and warmed up in this visit
                 runner = build(dims)
-                if sum(k.weight_bytes for k in live.values()) + runner.weight_bytes <= live_bytes:
+                if sum(k.held_bytes for k in live.values()) + runner.held_bytes <= live_bytes:
                     live[dims] = runner
             else:
                 for _ in range(settle):
@@ -333,10 +339,11 @@ def measure_latency(
 
     Returns (the :func:`latency_key`, {dims: record}); a record holds ``median_ms``, ``p90_ms``, ``memory_mb``
     (None where unmeasurable), ``repeats`` and ``cached``. Configurations found in ``cache`` under the same key
-    are not timed again; new ones are stored in it. ``threads`` (default ``torch.get_num_threads()``) is set
-    for the measurement only. Built submodels are kept while their weights total at most ``live_bytes``; the
-    configurations beyond that are rebuilt, and warmed up again, at each visit. A kept one is called ``settle``
-    times untimed right before its timed call (default: :func:`default_settle`, 1 in ONNX Runtime, else 0).
+    are not timed again; new ones are stored in it. ``threads`` (default ``torch.get_num_threads()``) is set for the
+    measurement only. Built submodels are kept while what they hold totals at most ``live_bytes`` (their weights; in
+    ONNX Runtime also the session's arena); the configurations beyond that are rebuilt, and warmed up again, at each
+    visit. A kept one is called ``settle`` times untimed right before its timed call (default:
+    :func:`default_settle`, 1 in ONNX Runtime, else 0).
     """
     if not configs:
         raise ValueError("configs: nothing to time")
