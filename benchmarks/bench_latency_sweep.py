@@ -11,7 +11,7 @@ Writes ``sweep.json`` and ``sweep.png`` (median ms against GFLOPs) to ``--out``.
         [--runtime eager] [--every 1] [--live-mb 10240] [--out benchmarks/results/latency_sweep]
 
 ``--every N`` times every N-th configuration of the sweep (the uniform widths always): an ONNX Runtime run exports
-each configuration first, about a minute apiece for the 35M model on the 2-core CPU.
+each configuration first, about 25 s apiece for the 35M model on the 2-core CPU.
 """
 
 from __future__ import annotations
