@@ -162,12 +162,10 @@ def _peak_growth(call: Callable[[], Any], device: torch.device) -> Optional[int]
 
 
 class _Runner:
-    """One configuration built for the runtime: ``call()`` runs one batch; ``weight_bytes`` its weights;
-    ``held_bytes`` what it holds while kept (:func:`_time_rounds` adds the arena of a runtime that keeps one)."""
+    """One configuration built for the runtime: ``call()`` runs one batch; ``weight_bytes`` its weights."""
 
     def __init__(self, call: Callable[[], Any], weight_bytes: int, keep: Any = None):
         self.call, self.weight_bytes, self._keep = call, weight_bytes, keep
-        self.held_bytes = weight_bytes
 
 
 def _torch_runner(
@@ -294,9 +292,10 @@ def _time_rounds(
             memory[dims] = _peak_growth(runner.call, device)
         if memory[dims] is not None and first:
             memory[dims] += runner.weight_bytes
-        if memory_first and memory[dims] is not None:
-            runner.held_bytes = memory[dims]
         return runner
+
+    def held(dims: Dims, runner: _Runner) -> int:  # what a kept runner holds: an ORT arena stays with its session
+        return memory[dims] if memory_first and memory[dims] is not None else runner.weight_bytes
 
     bar = tqdm(total=repeats * len(todo), desc=f"latency ({desc})", unit="call", disable=not progress)
     for r in range(repeats):
@@ -305,7 +304,7 @@ def _time_rounds(
             runner = live.get(dims)
             if runner is None:  # built and warmed up in this visit
                 runner = build(dims)
-                if sum(k.held_bytes for k in live.values()) + runner.held_bytes <= live_bytes:
+                if sum(held(d, k) for d, k in live.items()) + held(dims, runner) <= live_bytes:
                     live[dims] = runner
             else:
                 for _ in range(settle):
